@@ -1,0 +1,262 @@
+"""Tests of TRIO token selection (reference greedy, fixed-shape twin, ONNX export) and peer rules."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as nnf
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from trio_edge.errors import InputError
+from trio_edge.trio.peers import dart_select, fastv_select, random_select, uniform_select
+from trio_edge.trio.selection import cluster_iterations_needed, nms_select_fixed, select_tokens
+
+THRESHOLDS = [0.0, 0.5, 0.8, 1.0]
+
+
+def brute_force(scores, features, keep, threshold):
+    """Independent greedy in plain Python lists (only sim is computed the same way)."""
+    unit = nnf.normalize(features.float(), dim=-1)
+    sim = (unit @ unit.T).tolist()
+    s = scores.tolist()
+    order = sorted(range(len(s)), key=lambda i: (-s[i], i))
+    kept, dead = [], set()
+    for i in order:
+        if len(kept) < keep and i not in dead:
+            kept.append(i)
+            dead.update(j for j, v in enumerate(sim[i]) if v >= threshold)
+    kept += [i for i in order if i not in kept][: keep - len(kept)]
+    return sorted(kept)
+
+
+def greedy_kept_count(scores, features, keep, threshold):
+    """How many tokens greedy keeps before the fill (to prove the fill path is exercised)."""
+    unit = nnf.normalize(features.float(), dim=-1)
+    above = (unit @ unit.T >= threshold).tolist()
+    order = sorted(range(len(scores)), key=lambda i: (-scores.tolist()[i], i))
+    kept, dead = 0, set()
+    for i in order:
+        if kept < keep and i not in dead:
+            kept += 1
+            dead.update(j for j, a in enumerate(above[i]) if a)
+    return kept
+
+
+def random_case(rng: random.Random):
+    """One random input: tied scores, duplicated rows and low-dim clusters all show up often."""
+    m = rng.choice([1, 2, 3, 5, 8, 13, rng.randint(1, 200)])
+    d = rng.choice([1, 2, 3, 8, 16, 32])
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    if rng.random() < 0.5:  # few distinct integer values: many ties
+        scores = torch.randint(0, rng.randint(1, 4), (m,), generator=gen).float()
+    else:
+        scores = torch.randn(m, generator=gen)
+    features = torch.randn(m, d, generator=gen)
+    if rng.random() < 0.5 and m > 1:  # copy some rows onto others: forced suppression
+        src = torch.randint(0, m, (m // 2,), generator=gen)
+        dst = torch.randint(0, m, (m // 2,), generator=gen)
+        features[dst] = features[src] * (1 + torch.rand(m // 2, 1, generator=gen))
+    if rng.random() < 0.1:
+        features[0] = 0.0  # a zero row normalises to zero: similarity 0 with everything
+    threshold = rng.choice(THRESHOLDS + [rng.uniform(-0.2, 1.0)])
+    keep = rng.randint(1, m)
+    return scores, features, keep, threshold
+
+
+CASES = [random_case(random.Random(seed)) for seed in range(320)]
+
+
+def test_cases_cover_ties_duplicates_and_fill():
+    tied = sum(len(set(s.tolist())) < len(s) for s, *_ in CASES)
+    filled = sum(greedy_kept_count(s, f, k, t) < k for s, f, k, t in CASES)
+    assert tied >= 50 and filled >= 30, (tied, filled)
+    assert {t for *_, t in CASES} >= set(THRESHOLDS)
+
+
+@pytest.mark.parametrize("chunk", range(8))
+def test_select_tokens_matches_brute_force(chunk):
+    for n, (scores, features, keep, threshold) in enumerate(CASES[chunk::8]):
+        got = select_tokens(scores, features, keep, threshold)
+        assert got.dtype == torch.long and got.shape == (keep,)
+        assert got.tolist() == brute_force(scores, features, keep, threshold), (chunk, n)
+
+
+@pytest.mark.parametrize("chunk", range(8))
+def test_fixed_matches_reference_when_converged(chunk):
+    for n, (scores, features, keep, threshold) in enumerate(CASES[chunk::8]):
+        needed = cluster_iterations_needed(scores, features, threshold)
+        expected = select_tokens(scores, features, keep, threshold)
+        for iterations in (needed, needed + 2):
+            kept, converged = nms_select_fixed(scores, features, keep, threshold, iterations)
+            assert bool(converged) and kept.dtype == torch.long, (chunk, n)
+            assert torch.equal(kept, expected), (chunk, n, iterations)
+        if needed > 1:  # one step short has not reached the fixed point yet
+            assert not bool(nms_select_fixed(scores, features, keep, threshold, needed - 1)[1])
+
+
+def chain(m=20, threshold=0.95):
+    """Points on an arc: neighbours are similar (>= threshold), next-but-one are not."""
+    step = 0.75 * math.acos(threshold)
+    assert math.cos(step) >= threshold > math.cos(2 * step)
+    assert (m + 1) * step < 2 * math.pi  # no wrap-around: the arc never meets its start
+    angles = torch.arange(m, dtype=torch.float64) * step
+    features = torch.stack([angles.cos(), angles.sin()], dim=1).float()
+    return torch.arange(m, 0, -1).float(), features  # visit along the chain
+
+
+def test_chain_needs_many_iterations():
+    scores, features = chain()
+    # Greedy keeps 0, which suppresses 1, so 2 survives and suppresses 3, and so on.
+    assert select_tokens(scores, features, 10, 0.95).tolist() == list(range(0, 20, 2))
+    needed = cluster_iterations_needed(scores, features, 0.95)
+    assert needed >= 10  # each step settles only about one more link of the chain
+    kept, converged = nms_select_fixed(scores, features, 10, 0.95, 3)
+    assert not bool(converged)
+    kept, converged = nms_select_fixed(scores, features, 10, 0.95, needed)
+    assert bool(converged) and kept.tolist() == list(range(0, 20, 2))
+
+
+@st.composite
+def inputs(draw, distinct):
+    m = draw(st.integers(1, 40))
+    d = draw(st.integers(1, 6))
+    if distinct:
+        scores = draw(st.lists(st.integers(-1000, 1000), min_size=m, max_size=m, unique=True))
+    else:
+        scores = draw(st.lists(st.integers(-3, 3), min_size=m, max_size=m))
+    rows = draw(st.lists(st.lists(st.integers(-3, 3), min_size=d, max_size=d), min_size=m, max_size=m))
+    keep = draw(st.integers(1, m))
+    threshold = draw(st.sampled_from([0.0, 0.3, 0.5, 0.8, 0.95, 1.0]))
+    return torch.tensor(scores).float(), torch.tensor(rows).float(), keep, threshold
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs(distinct=False))
+def test_result_is_a_valid_index_set(case):
+    scores, features, keep, threshold = case
+    kept = select_tokens(scores, features, keep, threshold)
+    assert kept.shape == (keep,) and kept.dtype == torch.long
+    assert kept.tolist() == sorted(set(kept.tolist()))
+    assert 0 <= kept.min() and kept.max() < len(scores)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs(distinct=True), st.randoms(use_true_random=False))
+def test_kept_set_ignores_input_order(case, rnd):
+    scores, features, keep, threshold = case
+    perm = list(range(len(scores)))
+    rnd.shuffle(perm)
+    perm = torch.tensor(perm)
+    unit = nnf.normalize(features, dim=-1)
+    unit_p = nnf.normalize(features[perm], dim=-1)
+    # The rule promises order-independence for identical similarities; BLAS may round a
+    # permuted matmul differently in the last bit, which is not what this test is about.
+    assume(torch.equal(unit_p @ unit_p.T, (unit @ unit.T)[perm][:, perm]))
+    kept = select_tokens(scores, features, keep, threshold)
+    kept_p = select_tokens(scores[perm], features[perm], keep, threshold)
+    assert sorted(perm[kept_p].tolist()) == kept.tolist()
+
+
+class FixedSelect(torch.nn.Module):
+    def forward(self, scores, features):
+        return nms_select_fixed(scores, features, keep=10, threshold=0.8, iterations=8)
+
+
+def all_op_types(graph):
+    for node in graph.node:
+        yield node.op_type
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs]:
+                yield from all_op_types(sub)
+
+
+def test_fixed_select_exports_to_onnx(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "select.onnx"
+    example = (torch.randn(64), torch.randn(64, 16))
+    torch.onnx.export(FixedSelect().eval(), example, str(path), dynamo=True, opset_version=18)
+    model = onnx.load(str(path))
+    ops = set(all_op_types(model.graph))
+    for function in model.functions:
+        ops |= {node.op_type for node in function.node}
+    assert not ops & {"Loop", "If", "NonZero", "Scan"}, ops
+    assert not [op for op in ops if op.startswith("Scatter")], ops
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    gen = torch.Generator().manual_seed(7)
+    converged_runs = 0
+    for n in range(20):
+        scores = torch.randint(0, 4, (64,), generator=gen).float() if n % 2 else torch.randn(64, generator=gen)
+        features = torch.randn(64, 16, generator=gen)
+        features[32:48] = features[:16] * 2  # duplicates: exercises suppression
+        kept, converged = session.run(None, dict(zip(names, (scores.numpy(), features.numpy()))))
+        assert kept.dtype == np.int64 and kept.shape == (10,)
+        if converged:
+            converged_runs += 1
+            assert kept.tolist() == select_tokens(scores, features, 10, 0.8).tolist(), n
+    assert converged_runs >= 15
+
+
+# ---- peers -------------------------------------------------------------------------------
+
+
+def test_fastv_keeps_top_attention_ties_to_lower_index():
+    attention = torch.tensor([0.1, 0.5, 0.3, 0.5, 0.0, 0.3])
+    assert fastv_select(attention, 3).tolist() == [1, 2, 3]
+    assert fastv_select(attention, 1).tolist() == [1]
+
+
+def test_dart_drops_near_duplicates_of_pivots():
+    keys = torch.tensor([[5.0], [1.0], [1.0], [1.0], [1.0], [4.0]])  # pivots: 0 and 5
+    features = torch.tensor(
+        [[1.0, 0, 0], [2.0, 0.01, 0], [0, 0, 1.0], [0.01, 1.0, 0], [0.5, 0, 1.0], [0, 1.0, 0]]
+    )  # 1 copies pivot 0, 3 copies pivot 5; 2 is orthogonal to both, 4 in between
+    assert dart_select(keys, features, 4, num_pivots=2).tolist() == [0, 2, 4, 5]
+    assert dart_select(keys, features, 3, num_pivots=2).tolist() == [0, 2, 5]
+    assert dart_select(keys, features, 1, num_pivots=2).tolist() == [0]
+    assert dart_select(keys, features, 6, num_pivots=8).tolist() == list(range(6))
+
+
+def test_random_is_seeded_subset():
+    a = random_select(100, 10, seed=3)
+    assert a.tolist() == random_select(100, 10, seed=3).tolist()
+    assert a.tolist() != random_select(100, 10, seed=4).tolist()
+    assert a.dtype == torch.long and a.tolist() == sorted(set(a.tolist())) and a.max() < 100
+
+
+def test_uniform_stride():
+    assert uniform_select(10, 4).tolist() == [0, 2, 5, 7]
+    assert uniform_select(576, 576).tolist() == list(range(576))
+    assert uniform_select(576, 144).tolist() == list(range(0, 576, 4))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda k: select_tokens(torch.rand(576), torch.rand(576, 4), k),
+        lambda k: nms_select_fixed(torch.rand(576), torch.rand(576, 4), k, 0.8, 4),
+        lambda k: fastv_select(torch.rand(576), k),
+        lambda k: dart_select(torch.rand(576, 4), torch.rand(576, 4), k),
+        lambda k: random_select(576, k, seed=0),
+        lambda k: uniform_select(576, k),
+    ],
+)
+def test_keep_validation_names_the_numbers(call):
+    with pytest.raises(InputError, match=r"keep=700 is larger than the 576 image tokens; lower"):
+        call(700)
+    with pytest.raises(InputError, match=r"keep=0 .*576"):
+        call(0)
+
+
+def test_shape_and_threshold_validation():
+    with pytest.raises(InputError, match="1-D"):
+        select_tokens(torch.rand(4, 1), torch.rand(4, 2), 2)
+    with pytest.raises(InputError, match="5 image tokens"):
+        select_tokens(torch.rand(5), torch.rand(4, 2), 2)
+    with pytest.raises(InputError, match="finite"):
+        select_tokens(torch.rand(4), torch.rand(4, 2), 2, threshold=float("nan"))

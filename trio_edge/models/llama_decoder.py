@@ -1,0 +1,175 @@
+"""Llama-family decoder (Llama, Vicuna, Mistral) as export-friendly functional pieces.
+
+Uses the transformers layer's own submodules (projections, norms, MLP, rotary embedding) so the
+numbers are transformers' numbers; only attention is re-written, to read and write one static KV
+buffer per layer group with a one-hot `where` instead of ScatterND, and to evaluate queries for a
+subset of positions (TRIO's proxy).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _heads(layer) -> tuple[int, int, int]:
+    attn = layer.self_attn
+    cfg = attn.config
+    head_dim = attn.head_dim
+    return cfg.num_attention_heads, cfg.num_key_value_heads, head_dim
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x (heads, T, hd); cos/sin (T, hd)
+    return x * cos + rotate_half(x) * sin
+
+
+def grouped_attention(q, k, v, allowed, scale):
+    """q (H, T, hd), k/v (KVH, N, hd), allowed (T, N) bool -> (T, H*hd).
+
+    Grouped-query attention without materialising repeated keys: the query heads of one KV head
+    are stacked along the query axis.
+    """
+    num_heads, t, head_dim = q.shape
+    num_kv = k.shape[0]
+    groups = num_heads // num_kv
+    q = q.reshape(num_kv, groups * t, head_dim)
+    scores = torch.matmul(q, k.transpose(1, 2)) * scale  # (KVH, G*T, N)
+    scores = scores.reshape(num_kv, groups, t, -1)
+    scores = torch.where(allowed, scores, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).reshape(num_kv, groups * t, -1)
+    out = torch.matmul(probs, v).reshape(num_heads, t, head_dim)  # (H, T, hd)
+    return out.transpose(0, 1).reshape(t, num_heads * head_dim)
+
+
+def project_qkv(layer, x, cos, sin):
+    """x (T, D) normalised input -> rotated q (H, T, hd), k (KVH, T, hd), v (KVH, T, hd)."""
+    num_heads, num_kv, head_dim = _heads(layer)
+    attn = layer.self_attn
+    t = x.shape[0]
+    q = attn.q_proj(x).reshape(t, num_heads, head_dim).transpose(0, 1)
+    k = attn.k_proj(x).reshape(t, num_kv, head_dim).transpose(0, 1)
+    v = attn.v_proj(x).reshape(t, num_kv, head_dim).transpose(0, 1)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def write_kv(buffer: torch.Tensor, new: torch.Tensor, past_length: torch.Tensor) -> torch.Tensor:
+    """Write `new` (KVH, T, hd) into `buffer` (KVH, N, hd) at [past_length, past_length+T) without scatter."""
+    n, t = buffer.shape[1], new.shape[1]
+    offset = torch.arange(n, device=buffer.device) - past_length  # (N,)
+    valid = (offset >= 0) & (offset < t)
+    gathered = new.index_select(1, offset.clamp(0, t - 1))  # (KVH, N, hd)
+    return torch.where(valid[None, :, None], gathered, buffer)
+
+
+def layer_step(layer, h, cos, sin, kv, past_length):
+    """One decoder layer on h (T, D) with a static KV buffer kv (2, KVH, N, hd); returns (h, kv)."""
+    x = layer.input_layernorm(h)
+    q, k, v = project_qkv(layer, x, cos, sin)
+    keys = write_kv(kv[0], k, past_length)
+    values = write_kv(kv[1], v, past_length)
+    t, n = h.shape[0], keys.shape[1]
+    query_slot = past_length + torch.arange(t, device=h.device)
+    allowed = torch.arange(n, device=h.device)[None, :] <= query_slot[:, None]  # causal over the buffer
+    attn = grouped_attention(q, keys, values, allowed, layer.self_attn.scaling)
+    h = h + layer.self_attn.o_proj(attn)
+    h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return h, torch.stack((keys, values))
+
+
+class DecoderSegment(nn.Module):
+    """Layers [start, end) with one static KV buffer; prefill (T = prompt) and decode (T = 1) alike.
+
+    Inputs:  hidden (1, T, D), position_ids (1, T) int64, past_length () int64, kv (L, 2, KVH, N, hd)
+    Outputs: hidden (1, T, D) -- or logits (1, V) of the last position when `with_head` -- and kv.
+    """
+
+    def __init__(self, decoder: "LlamaFamilyDecoder", start: int, end: int, with_head: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(decoder.layers[start:end])
+        self.rotary = decoder.rotary
+        self.norm = decoder.norm if with_head else None
+        self.lm_head = decoder.lm_head if with_head else None
+
+    def forward(self, hidden, position_ids, past_length, kv):
+        h = hidden[0]  # (T, D)
+        cos, sin = self.rotary(h, position_ids)
+        cos, sin = cos[0], sin[0]  # (T, hd)
+        new_kv = []
+        for index, layer in enumerate(self.layers):
+            h, layer_kv = layer_step(layer, h, cos, sin, kv[index], past_length)
+            new_kv.append(layer_kv)
+        kv_out = torch.stack(new_kv) if new_kv else kv
+        if self.lm_head is not None:
+            return self.lm_head(self.norm(h[-1:])), kv_out  # (1, V)
+        return h[None], kv_out
+
+
+class LlamaFamilyDecoder:
+    """Access to a Llama-style decoder's parts, plus the model-specific computations TRIO needs."""
+
+    def __init__(self, embed_tokens, layers, rotary, norm, lm_head):
+        self.embed_tokens = embed_tokens
+        self.layers = list(layers)
+        self.rotary = rotary
+        self.norm = norm
+        self.lm_head = lm_head
+        num_heads, num_kv, head_dim = _heads(self.layers[0])
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv, head_dim
+        self.hidden_size = embed_tokens.weight.shape[1]
+        self.vocab_size = lm_head.weight.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def kv_shape(self, num_layers: int, max_length: int) -> tuple[int, ...]:
+        return (num_layers, 2, self.num_kv_heads, max_length, self.head_dim)
+
+    def segment(self, start: int, end: int, with_head: bool) -> DecoderSegment:
+        return DecoderSegment(self, start, end, with_head)
+
+    def proxy_logits(self, layer_index, h, position_ids, query_rows):
+        """TRIO proxy: layer `layer_index` on h (S, D) for the queries picked by `query_rows` (Q, S)
+        one-hot (keys/values for all S), then final norm and lm_head -> logits (Q, V).
+
+        The one-hot contraction (instead of slicing) keeps the traced backward free of Scatter ops.
+        """
+        layer = self.layers[layer_index]
+        cos, sin = self.rotary(h[None], position_ids)
+        cos, sin = cos[0], sin[0]
+        x = layer.input_layernorm(h)
+        num_heads, num_kv, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        attn = layer.self_attn
+        s = h.shape[0]
+        k = apply_rope(attn.k_proj(x).reshape(s, num_kv, head_dim).transpose(0, 1), cos, sin)
+        v = attn.v_proj(x).reshape(s, num_kv, head_dim).transpose(0, 1)
+        xq, cos_q, sin_q = query_rows @ x, query_rows @ cos, query_rows @ sin  # (Q, .)
+        q = apply_rope(attn.q_proj(xq).reshape(-1, num_heads, head_dim).transpose(0, 1), cos_q, sin_q)
+        query_slot = query_rows @ torch.arange(s, device=h.device, dtype=h.dtype)  # (Q,)
+        allowed = torch.arange(s, device=h.device, dtype=h.dtype)[None, :] <= query_slot[:, None]
+        hq = query_rows @ h + attn.o_proj(grouped_attention(q, k, v, allowed, attn.scaling))
+        hq = hq + layer.mlp(layer.post_attention_layernorm(hq))
+        return self.lm_head(self.norm(hq))
+
+    def last_token_attention(self, layer_index, h, position_ids):
+        """Head-averaged attention of the last position to every position at `layer_index`: (S,)."""
+        layer = self.layers[layer_index]
+        cos, sin = self.rotary(h[None], position_ids)
+        q, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
+        groups = self.num_heads // self.num_kv_heads
+        k = k.repeat_interleave(groups, dim=0)  # (H, S, hd)
+        scores = torch.matmul(q[:, -1:], k.transpose(1, 2)) * layer.self_attn.scaling  # (H, 1, S)
+        return torch.softmax(scores.float(), dim=-1).mean(dim=0)[0]
+
+    def keys(self, layer_index, h, position_ids):
+        """Keys of every position at `layer_index`, heads concatenated: (S, KVH*hd)."""
+        layer = self.layers[layer_index]
+        cos, sin = self.rotary(h[None], position_ids)
+        _, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
+        return k.transpose(0, 1).reshape(h.shape[0], -1)

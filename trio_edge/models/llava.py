@@ -1,0 +1,177 @@
+"""Adapters for LLaVA-NeXT and LLaVA-1.5: all knowledge of these families lives here.
+
+An adapter answers what generic code needs: the vision graph for a fixed grid, the image-token
+count, the prompt format, the decoder parts (a Llama-family decoder) and the default TRIO schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InputError, UnsupportedModelError
+from .llama_decoder import LlamaFamilyDecoder
+from .preprocess import letterbox
+
+SUPPORTED_DECODERS = ("LlamaForCausalLM", "LlamaModel", "MistralModel", "MistralForCausalLM")
+# LLaVA's released TRIO schedule for 576 tokens -> 64 (cuts after layers 1, 10, 15 of 32 keeping
+# 92, 54, 22): generalised as cut positions relative to depth and keep fractions relative to M.
+REFERENCE_CUT_DEPTHS = (1 / 32, 10 / 32, 15 / 32)
+REFERENCE_KEEP_WEIGHTS = (92 / 576, 54 / 576, 22 / 576)
+
+
+class VisionFeatures(nn.Module):
+    """pixel tiles (P, 3, h, w) -> image features (M, D), for one fixed grid."""
+
+    def __init__(self, model, image_size_hw: tuple[int, int] | None):
+        super().__init__()
+        self.model = model.model
+        self.image_size_hw = image_size_hw
+
+    def forward(self, pixel_values):
+        if self.image_size_hw is None:  # LLaVA-1.5: one tile, no packing
+            out = self.model.get_image_features(pixel_values=pixel_values)
+        else:
+            out = self.model.get_image_features(pixel_values=pixel_values, image_sizes=[list(self.image_size_hw)])
+        features = out.pooler_output
+        return features[0] if isinstance(features, (list, tuple)) else features.reshape(-1, features.shape[-1])
+
+
+class LlavaAdapter:
+    """LLaVA-1.5 (LlavaForConditionalGeneration): one square tile, no anyres packing."""
+
+    family = "llava-1.5"
+    default_template = "USER: <image>\n{prompt} ASSISTANT:"
+
+    def __init__(self, config, processor, model=None):
+        """`model` may be None where only pre/post-processing is needed (the runtime)."""
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.decoder = None
+        if model is not None:
+            text_model = model.model.language_model
+            arch = type(text_model).__name__
+            if arch not in SUPPORTED_DECODERS:
+                raise UnsupportedModelError(
+                    f"{self.family}: decoder {arch} is not supported (supported: {', '.join(SUPPORTED_DECODERS)})"
+                )
+            self.decoder = LlamaFamilyDecoder(
+                text_model.embed_tokens, text_model.layers, text_model.rotary_emb, text_model.norm, model.lm_head
+            )
+        self.image_token_id = int(self.config.image_token_index)
+        self.image_token = processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
+
+    # ---- image side -------------------------------------------------------------------------------
+    @property
+    def tile_size(self) -> int:
+        return int(self.config.vision_config.image_size)
+
+    def default_grid(self) -> tuple[int, int]:
+        return (self.tile_size, self.tile_size)
+
+    def validate_grid(self, grid: tuple[int, int]) -> None:
+        if tuple(grid) != self.default_grid():
+            raise InputError(f"{self.family} takes one {self.tile_size}x{self.tile_size} tile; --grid {grid[0]}x{grid[1]} "
+                             "is not available for it (omit --grid)")
+
+    def image_token_count(self, grid: tuple[int, int]) -> int:
+        patches = (self.tile_size // int(self.config.vision_config.patch_size)) ** 2
+        return patches + (1 if self.config.vision_feature_select_strategy == "full" else 0)
+
+    def vision_module(self, grid: tuple[int, int]) -> nn.Module:
+        return VisionFeatures(self.model, None)
+
+    def pixel_values(self, image, grid: tuple[int, int]) -> torch.Tensor:
+        """RGB PIL image -> float tiles (P, 3, h, w) for the fixed grid."""
+        processor = self.processor.image_processor
+        fill = tuple(int(round(255 * m)) for m in processor.image_mean)
+        boxed = letterbox(image, grid[0], grid[1], fill)
+        pixels = processor(images=boxed, return_tensors="pt")["pixel_values"]
+        return pixels.reshape(-1, *pixels.shape[-3:])
+
+    # ---- text side --------------------------------------------------------------------------------
+    def format_prompt(self, prompt: str) -> str:
+        """Verbatim if it holds the image slot; else the chat template; else the family's default."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty; pass a question or instruction with --prompt")
+        slots = prompt.count(self.image_token)
+        if slots > 1:
+            raise InputError(f"the prompt has {slots} image slots ({self.image_token!r}); this model takes exactly one image")
+        if slots == 1:
+            return prompt
+        if getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return self.default_template.format(prompt=prompt)
+
+    def prompt_ids(self, prompt: str, num_image_tokens: int) -> torch.Tensor:
+        """Prompt -> input ids (1, S) with the image slot expanded to `num_image_tokens` tokens."""
+        text = self.format_prompt(prompt).replace(self.image_token, self.image_token * num_image_tokens)
+        ids = self.processor.tokenizer(text, return_tensors="pt")["input_ids"]
+        found = int((ids == self.image_token_id).sum())
+        if found != num_image_tokens:
+            raise InputError(f"the prompt tokenised to {found} image tokens, expected {num_image_tokens}; "
+                             f"write the image slot as {self.image_token!r} separated from other text")
+        return ids
+
+    def stop_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id if self.model is not None else None
+        if eos is None:
+            eos = self.processor.tokenizer.eos_token_id
+        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+
+    def hf_inputs(self, image, prompt: str, grid: tuple[int, int]) -> dict:
+        """Inputs for transformers' own `generate` on the same letterboxed image (parity tests)."""
+        processor = self.processor.image_processor
+        fill = tuple(int(round(255 * m)) for m in processor.image_mean)
+        boxed = letterbox(image, grid[0], grid[1], fill)
+        return dict(self.processor(images=boxed, text=self.format_prompt(prompt), return_tensors="pt"))
+
+    # ---- TRIO defaults ----------------------------------------------------------------------------
+    def default_cut_layers(self) -> tuple[int, ...]:
+        layers = self.decoder.num_layers
+        cut_layers = sorted({min(layers - 1, round(d * layers)) for d in REFERENCE_CUT_DEPTHS})
+        return tuple(cut_layers)
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-NeXT (LlavaNextForConditionalGeneration): anyres tiles + base tile, newline tokens."""
+
+    family = "llava-next"
+
+    def pinpoints(self) -> list[tuple[int, int]]:
+        """Grid resolutions as (width, height)."""
+        return [(int(w), int(h)) for h, w in self.config.image_grid_pinpoints]
+
+    def default_grid(self) -> tuple[int, int]:
+        squares = [p for p in self.pinpoints() if p[0] == p[1]] or self.pinpoints()
+        return max(squares, key=lambda p: p[0] * p[1])
+
+    def validate_grid(self, grid: tuple[int, int]) -> None:
+        if tuple(grid) not in self.pinpoints():
+            choices = ", ".join(f"{w}x{h}" for w, h in self.pinpoints())
+            raise InputError(f"--grid {grid[0]}x{grid[1]} is not one of this model's grid resolutions: {choices}")
+
+    def image_token_count(self, grid: tuple[int, int]) -> int:
+        patches = self.tile_size // int(self.config.vision_config.patch_size)
+        rows, cols = grid[1] // self.tile_size * patches, grid[0] // self.tile_size * patches
+        # base tile + packed tiles + one newline token per packed row (no unpadding on the fixed grid)
+        return patches * patches + rows * cols + rows
+
+    def vision_module(self, grid: tuple[int, int]) -> nn.Module:
+        return VisionFeatures(self.model, (grid[1], grid[0]))
+
+
+ADAPTERS = {
+    "LlavaNextForConditionalGeneration": LlavaNextAdapter,
+    "LlavaForConditionalGeneration": LlavaAdapter,
+}
+
+
+def adapter_for(config, processor, model=None) -> LlavaAdapter:
+    """The adapter of a model family, chosen by the checkpoint's declared architecture."""
+    arch = type(model).__name__ if model is not None else (config.architectures or ["?"])[0]
+    if arch not in ADAPTERS:
+        raise UnsupportedModelError(f"no adapter for {arch}; supported: {', '.join(ADAPTERS)}")
+    return ADAPTERS[arch](config, processor, model)

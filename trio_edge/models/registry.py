@@ -1,0 +1,96 @@
+"""Model aliases and loading (alias, Hugging Face id, or local save_pretrained directory)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelNotFoundError
+
+ALIASES = {
+    "llava-next-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",
+    "llava-next-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
+    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
+    "tiny-random": None,  # built in code on first use
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRIO_EDGE_CACHE", Path.home() / ".cache" / "trio-edge"))
+
+
+@dataclass
+class LoadedModel:
+    name: str  # what the user typed
+    source: str  # resolved hub id or directory
+    model: object
+    processor: object
+    adapter: object
+
+    @property
+    def revision(self) -> str | None:
+        return getattr(self.model.config, "_commit_hash", None)
+
+
+def resolve(name: str) -> str:
+    """Alias -> hub id or directory; local directories win over aliases of the same name."""
+    if Path(name).is_dir():
+        return str(Path(name))
+    if name in ALIASES:
+        if ALIASES[name] is None:
+            return str(_built_in(name))
+        return ALIASES[name]
+    if "/" in name and not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # looks like a hub id
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: not a directory, not an alias ({', '.join(ALIASES)}), not a hub id (owner/name)"
+    )
+
+
+def _built_in(name: str) -> Path:
+    from .tiny import make_tiny_llava_next
+
+    target = cache_dir() / name
+    if not (target / "config.json").is_file():
+        from ..export.files import atomic_directory
+
+        with atomic_directory(target) as tmp:
+            make_tiny_llava_next(tmp, seed=0)
+    return target
+
+
+def load(name: str, *, dtype=None, device: str = "cpu") -> LoadedModel:
+    """Load model + processor + adapter; offline without weights, a clear ModelNotFoundError."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    from .llava import adapter_for
+
+    source = resolve(name)
+    hf_logging.disable_progress_bar()
+    kwargs = {"dtype": dtype or torch.float32}
+    try:
+        processor = _from_pretrained(AutoProcessor, source)
+        model = _from_pretrained(AutoModelForImageTextToText, source, **kwargs)
+    except OSError as error:
+        where = f"directory {source}" if Path(source).exists() else (
+            f"the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub")
+        raise ModelNotFoundError(
+            f"cannot load {name!r} ({source}) from {where}: {str(error).splitlines()[0]}\n"
+            f"  to fix: on a machine with internet run `hf download {source}` and copy the cache here, "
+            f"or pass a local directory written by save_pretrained"
+        ) from None
+    model = model.to(device).eval()
+    return LoadedModel(name=name, source=source, model=model, processor=processor, adapter=adapter_for(model.config, processor, model))
+
+
+def _from_pretrained(auto_class, source: str, **kwargs):
+    """Try the local cache first so an offline machine fails fast instead of retrying the network."""
+    try:
+        return auto_class.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError:
+        if Path(source).exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise
+    return auto_class.from_pretrained(source, **kwargs)

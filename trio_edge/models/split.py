@@ -1,0 +1,54 @@
+"""Split a loaded VLM into the plan's PyTorch modules: vision, embed, decoder segments, selects."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..runtime.plan import PipelinePlan, make_plan
+from ..trio.schedule import Schedule
+from ..trio.select_module import SelectStage
+
+
+class EmbedAndMerge(nn.Module):
+    """input_ids (1, T), image_features (M, D) -> (1, T, D): text embeddings with image features at the
+    image-token positions. CumSum + Gather + Where instead of masked_scatter (no NonZero/Scatter)."""
+
+    def __init__(self, embed_tokens, image_token_id: int):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.image_token_id = image_token_id
+
+    def forward(self, input_ids, image_features):
+        is_image = input_ids[0] == self.image_token_id  # (T,)
+        text_ids = torch.where(is_image, torch.zeros_like(input_ids[0]), input_ids[0])
+        text = self.embed_tokens(text_ids)  # (T, D)
+        slot = (torch.cumsum(is_image.to(torch.int64), dim=0) - 1).clamp(0, image_features.shape[0] - 1)
+        image = image_features.index_select(0, slot).to(text.dtype)
+        return torch.where(is_image[:, None], image, text)[None]
+
+
+def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int, max_new_tokens: int,
+             nms_iterations: int = 16) -> PipelinePlan:
+    decoder = adapter.decoder
+    return make_plan(
+        num_layers=decoder.num_layers, num_image_tokens=adapter.image_token_count(grid), schedule=schedule,
+        max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,
+        num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
+        nms_iterations=nms_iterations,
+    )
+
+
+def build_modules(adapter, plan: PipelinePlan) -> dict[str, nn.Module]:
+    """Graph name -> PyTorch module; these are what the torch backend runs and what export traces."""
+    decoder = adapter.decoder
+    modules = {
+        "vision": adapter.vision_module(plan.grid),
+        "embed": EmbedAndMerge(decoder.embed_tokens, adapter.image_token_id),
+    }
+    for seg in plan.segments:
+        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head)
+    for sel in plan.selects:
+        modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep,
+                                        plan.schedule.threshold, plan.schedule.positions, plan.nms_iterations)
+    return {name: module.eval() for name, module in modules.items()}

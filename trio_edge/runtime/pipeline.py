@@ -1,0 +1,169 @@
+"""The generation pipeline: preprocess -> vision -> embed -> segments and selects -> decode loop.
+
+Backend-agnostic: every graph runs through `backend.run(name, inputs)`. One static KV buffer per layer
+group is allocated once per pipeline and reused by every request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InputError
+from ..models.preprocess import load_image
+from .backends.base import TORCH_DTYPES
+from .plan import PipelinePlan, SegmentPlan, SelectPlan
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    kept: list[list[int]]  # per cut, kept image-token indices in the original 0..M-1 numbering
+    timings: dict[str, float]  # ms per stage
+    prompt_tokens: int = 0
+    converged: list[bool] = field(default_factory=list)
+    first_logits: torch.Tensor | None = None
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids, "kept": self.kept, "timings": self.timings,
+                "prompt_tokens": self.prompt_tokens, "nms_converged": self.converged}
+
+
+class _Clock:
+    def __init__(self, device: torch.device):
+        self.device, self.timings = device, {}
+
+    def lap(self, name: str, start: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + (now - start) * 1e3
+        return now
+
+
+class Pipeline:
+    def __init__(self, plan: PipelinePlan, backend, io_adapter, *, stop_token_ids, dtype: str):
+        self.plan, self.backend, self.io = plan, backend, io_adapter
+        self.stop_token_ids = set(stop_token_ids)
+        self.device = backend.device
+        self.dtype = TORCH_DTYPES[dtype]
+        self.kv = {seg.name: torch.zeros(plan.kv_shape(seg), dtype=self.dtype, device=self.device)
+                   for seg in plan.segments}
+
+    # ---- inputs -----------------------------------------------------------------------------------
+    def prepare(self, image, prompt: str):
+        pixels = self.io.pixel_values(load_image(image), self.plan.grid).to(self.device, self.dtype)
+        input_ids = self.io.prompt_ids(prompt, self.plan.num_image_tokens).to(self.device)
+        text_tokens = input_ids.shape[1] - self.plan.num_image_tokens
+        if text_tokens > self.plan.max_text_tokens:
+            raise InputError(f"the prompt has {text_tokens} text tokens; this export allows at most "
+                             f"{self.plan.max_text_tokens} (re-export with a larger --max-text-tokens)")
+        return pixels, input_ids
+
+    # ---- stages -----------------------------------------------------------------------------------
+    def _run_segment(self, seg: SegmentPlan, hidden, position_ids, past_length: int):
+        out = self.backend.run(seg.name, {
+            "hidden": hidden, "position_ids": position_ids,
+            "past_length": torch.tensor(past_length, dtype=torch.int64, device=self.device),
+            "kv": self.kv[seg.name],
+        })
+        self.kv[seg.name] = out["kv_out"]
+        return out["logits" if seg.with_head else "hidden_out"]
+
+    def _run_select(self, sel: SelectPlan, hidden, position_ids, image_start: int):
+        return self.backend.run(sel.name, {
+            "hidden": hidden, "position_ids": position_ids,
+            "image_start": torch.tensor(image_start, dtype=torch.int64, device=self.device),
+        })
+
+    def prefill(self, pixels, input_ids, clock: _Clock):
+        t = time.perf_counter()
+        features = self.backend.run("vision", {"pixel_values": pixels})["image_features"]
+        t = clock.lap("vision", t)
+        hidden = self.backend.run("embed", {"input_ids": input_ids, "image_features": features})["hidden"]
+        t = clock.lap("embed", t)
+        image_start = int((input_ids[0] == self.io.image_token_id).to(torch.int64).argmax())
+        position_ids = torch.arange(input_ids.shape[1], device=self.device)[None]
+        image_ids = torch.arange(self.plan.num_image_tokens, device=self.device)
+        kept, converged, lengths = [], [], {}
+        for stage in self.plan.stages():
+            if isinstance(stage, SelectPlan):
+                out = self._run_select(stage, hidden, position_ids, image_start)
+                hidden, position_ids = out["hidden_out"], out["position_ids_out"]
+                image_ids = image_ids.index_select(0, out["kept"])
+                kept.append(image_ids.tolist())
+                converged.append(bool(out["converged"]))
+            else:
+                lengths[stage.name] = hidden.shape[1]
+                hidden = self._run_segment(stage, hidden, position_ids, 0)
+            t = clock.lap(stage.name, t)
+        return features, hidden, kept, converged, lengths
+
+    def decode_step(self, token: int, features, step: int, prompt_length: int, lengths: dict):
+        ids = torch.tensor([[token]], dtype=torch.int64, device=self.device)
+        hidden = self.backend.run("embed", {"input_ids": ids, "image_features": features})["hidden"]
+        renumber = self.plan.schedule.positions == "renumber"
+        for seg in self.plan.segments:
+            past = lengths[seg.name] + step
+            position = past if renumber else prompt_length + step
+            pos = torch.tensor([[position]], dtype=torch.int64, device=self.device)
+            hidden = self._run_segment(seg, hidden, pos, past)
+        return hidden  # logits (1, V)
+
+    # ---- public -----------------------------------------------------------------------------------
+    def stream(self, image, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int = 0, result: GenerationResult | None = None):
+        """Yield generated token ids one by one; fills `result` (if given) with kept/timings as it goes."""
+        max_new = self.plan.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if not 0 <= max_new <= self.plan.max_new_tokens:
+            raise InputError(f"max_new_tokens={max_new} is outside 0..{self.plan.max_new_tokens}, the maximum this "
+                             "export was built for (re-export with a larger --max-new-tokens)")
+        result = result if result is not None else GenerationResult("", [], [], {})
+        clock = _Clock(self.device)
+        start = time.perf_counter()
+        pixels, input_ids = self.prepare(image, prompt)
+        t = clock.lap("preprocess", start)
+        features, logits, result.kept, result.converged, lengths = self.prefill(pixels, input_ids, clock)
+        result.prompt_tokens, result.first_logits = input_ids.shape[1], logits
+        sampler = torch.Generator(device="cpu").manual_seed(seed)
+        clock.timings["ttft"] = (time.perf_counter() - start) * 1e3
+        result.timings = clock.timings
+        t = time.perf_counter()
+        for step in range(max_new):
+            token = sample(logits[0], temperature, top_p, sampler)
+            result.token_ids.append(token)
+            yield token
+            if token in self.stop_token_ids or step == max_new - 1:
+                break
+            logits = self.decode_step(token, features, step, input_ids.shape[1], lengths)
+        decode_ms = clock.lap("decode", t)
+        steps = max(len(result.token_ids) - 1, 1)
+        clock.timings["decode_ms_per_token"] = clock.timings["decode"] / steps
+        clock.timings["total"] = (decode_ms - start) * 1e3
+
+    def generate(self, image, prompt: str, **kwargs) -> GenerationResult:
+        result = GenerationResult("", [], [], {})
+        for _ in self.stream(image, prompt, result=result, **kwargs):
+            pass
+        result.text = self.decode_text(result.token_ids)
+        return result
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        ids = [t for t in token_ids if t not in self.stop_token_ids]
+        return self.io.processor.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Greedy when temperature == 0, else temperature + nucleus sampling (seeded, on the host)."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(0) - sorted_probs > top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

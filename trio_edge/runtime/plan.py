@@ -1,0 +1,105 @@
+"""The pipeline plan: which graphs run in which order with which static sizes.
+
+Built once from (model, schedule, grid, maxima) at export; stored in the manifest; the runtime
+reads it back and needs nothing else to orchestrate the graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..trio.schedule import Cut, Schedule
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    name: str
+    start: int  # first decoder layer
+    end: int  # one past the last decoder layer
+    image_tokens: int  # image tokens in this group's sequence
+    kv_length: int  # static KV buffer length: max text + image tokens + max new tokens
+    with_head: bool  # ends with final norm + lm_head (the last group)
+
+
+@dataclass(frozen=True)
+class SelectPlan:
+    name: str
+    proxy_layer: int
+    tokens_in: int  # image tokens entering this cut
+    keep: int
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    num_layers: int
+    num_image_tokens: int
+    max_text_tokens: int
+    max_new_tokens: int
+    hidden_size: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    grid: tuple[int, int]
+    schedule: Schedule
+    segments: tuple[SegmentPlan, ...]
+    selects: tuple[SelectPlan, ...]
+    nms_iterations: int
+
+    def stages(self):
+        """Segments and selects interleaved in execution order."""
+        order = []
+        for segment in self.segments:
+            cut = next((s for s in self.selects if s.proxy_layer == segment.start), None)
+            if cut is not None:
+                order.append(cut)
+            order.append(segment)
+        return order
+
+    def kv_shape(self, segment: SegmentPlan) -> tuple[int, ...]:
+        return (segment.end - segment.start, 2, self.num_kv_heads, segment.kv_length, self.head_dim)
+
+    def kv_bytes(self, bytes_per_element: int) -> int:
+        total = 0
+        for segment in self.segments:
+            n = 1
+            for dim in self.kv_shape(segment):
+                n *= dim
+            total += n * bytes_per_element
+        return total
+
+    def to_dict(self) -> dict:
+        body = asdict(self)
+        body["schedule"] = {"cuts": [asdict(c) for c in self.schedule.cuts], "threshold": self.schedule.threshold,
+                            "positions": self.schedule.positions}
+        body["grid"] = list(self.grid)
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict) -> "PipelinePlan":
+        body = dict(body)
+        sched = body["schedule"]
+        body["schedule"] = Schedule(tuple(Cut(**c) for c in sched["cuts"]), sched["threshold"], sched["positions"])
+        body["segments"] = tuple(SegmentPlan(**s) for s in body["segments"])
+        body["selects"] = tuple(SelectPlan(**s) for s in body["selects"])
+        body["grid"] = tuple(body["grid"])
+        return cls(**body)
+
+
+def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
+              hidden_size, num_kv_heads, head_dim, vocab_size, grid, nms_iterations=16) -> PipelinePlan:
+    schedule.validate(num_layers, num_image_tokens)
+    bounds = [c.layer for c in schedule.cuts]
+    starts = [0] + bounds
+    ends = bounds + [num_layers]
+    tokens = [num_image_tokens] + [c.keep for c in schedule.cuts]
+    segments = tuple(
+        SegmentPlan(f"segment_{start:02d}_{end:02d}", start, end, image, max_text_tokens + image + max_new_tokens,
+                    with_head=(end == num_layers))
+        for start, end, image in zip(starts, ends, tokens)
+        if end > start
+    )
+    selects = tuple(
+        SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep) for i, c in enumerate(schedule.cuts)
+    )
+    return PipelinePlan(num_layers, num_image_tokens, max_text_tokens, max_new_tokens, hidden_size, num_kv_heads,
+                        head_dim, vocab_size, tuple(grid), schedule, segments, selects, nms_iterations)

@@ -1,0 +1,128 @@
+"""TRIO pruning schedules: cuts `LAYER:KEEP`, validated against a model, serialised as versioned JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ScheduleError
+
+POSITION_MODES = ("renumber", "original")
+SCHEDULE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Prune after `layer` decoder layers have run (0 = before any), keeping `keep` image tokens."""
+
+    layer: int
+    keep: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    cuts: tuple[Cut, ...] = ()
+    threshold: float = 0.8
+    positions: str = "renumber"
+    provenance: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "cuts", tuple(self.cuts))
+        if self.positions not in POSITION_MODES:
+            raise ScheduleError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ScheduleError(f"the NMS threshold must be within [0, 1], got {self.threshold}")
+        layers = [c.layer for c in self.cuts]
+        if layers != sorted(set(layers)):
+            raise ScheduleError(f"cut layers must be strictly increasing, got {layers}")
+
+    @property
+    def pruning(self) -> bool:
+        return bool(self.cuts)
+
+    @classmethod
+    def parse(cls, text: str, **kwargs) -> "Schedule":
+        """'1:92,10:54,15:22' -> Schedule; '' or 'none' -> no pruning."""
+        text = (text or "").strip()
+        if text.lower() in ("", "none", "full"):
+            return cls((), **kwargs)
+        cuts = []
+        for part in text.split(","):
+            try:
+                layer, keep = (int(x) for x in part.strip().split(":"))
+            except ValueError:
+                raise ScheduleError(f"bad cut {part.strip()!r}: write LAYER:KEEP, e.g. 2:64 (several: 1:92,10:54)") from None
+            cuts.append(Cut(layer, keep))
+        return cls(tuple(cuts), **kwargs)
+
+    def validate(self, num_layers: int, num_image_tokens: int) -> "Schedule":
+        available = num_image_tokens
+        for cut in self.cuts:
+            if not 0 <= cut.layer <= num_layers - 1:
+                raise ScheduleError(f"cut {cut.layer}:{cut.keep}: LAYER must be within 0..{num_layers - 1} "
+                                    f"(the model has {num_layers} decoder layers)")
+            if not 1 <= cut.keep <= available:
+                raise ScheduleError(f"cut {cut.layer}:{cut.keep}: KEEP must be within 1..{available} "
+                                    f"(image tokens entering this cut); lower KEEP")
+            available = cut.keep
+        return self
+
+    def tokens_per_layer(self, num_layers: int, num_image_tokens: int) -> list[int]:
+        counts, current, cuts = [], num_image_tokens, {c.layer: c.keep for c in self.cuts}
+        for layer in range(num_layers):
+            current = cuts.get(layer, current)
+            counts.append(current)
+        return counts
+
+    def layer_averaged_tokens(self, num_layers: int, num_image_tokens: int) -> float:
+        counts = self.tokens_per_layer(num_layers, num_image_tokens)
+        return sum(counts) / len(counts)
+
+    def budget_ratio(self, num_layers: int, num_image_tokens: int) -> float:
+        return self.layer_averaged_tokens(num_layers, num_image_tokens) / num_image_tokens
+
+    def describe(self, num_layers: int, num_image_tokens: int) -> str:
+        cuts = ",".join(f"{c.layer}:{c.keep}" for c in self.cuts) or "none"
+        avg = self.layer_averaged_tokens(num_layers, num_image_tokens)
+        return f"cuts {cuts}: {avg:.1f} of {num_image_tokens} image tokens layer-averaged ({100 * avg / num_image_tokens:.1f}%)"
+
+    def to_json(self) -> str:
+        body = {"format_version": SCHEDULE_FORMAT_VERSION, "cuts": [asdict(c) for c in self.cuts],
+                "threshold": self.threshold, "positions": self.positions, "provenance": self.provenance}
+        return json.dumps(body, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schedule":
+        try:
+            body = json.loads(text)
+            version = body.get("format_version")
+            if version != SCHEDULE_FORMAT_VERSION:
+                raise ScheduleError(f"schedule file format_version {version!r} is not supported "
+                                    f"(this trio-edge reads {SCHEDULE_FORMAT_VERSION}); upgrade trio-edge")
+            cuts = tuple(Cut(int(c["layer"]), int(c["keep"])) for c in body["cuts"])
+            return cls(cuts, float(body.get("threshold", 0.8)), body.get("positions", "renumber"),
+                       body.get("provenance", {}))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ScheduleError(f"not a trio-edge schedule file: {error}") from None
+
+
+def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, num_image_tokens: int,
+                       **kwargs) -> Schedule:
+    """Scale `keep_weights` (one per cut) so the layer-averaged image tokens are ratio * M."""
+    if not 0.0 < ratio <= 1.0:
+        raise ScheduleError(f"--keep-ratio must be within (0, 1], got {ratio}")
+    m, layers = num_image_tokens, num_layers
+    bounds = list(cut_layers[1:]) + [layers]
+    full_cost = cut_layers[0] * m  # layers before the first cut see every token
+    weighted = sum((end - start) * w * m for start, end, w in zip(cut_layers, bounds, keep_weights))
+    scale = (ratio * m * layers - full_cost) / weighted
+    if scale <= 0:
+        lowest = full_cost / (m * layers)
+        raise ScheduleError(f"--keep-ratio {ratio} is below what cuts at layers {list(cut_layers)} can reach "
+                            f"({lowest:.3f}); pass explicit --cuts with an earlier first cut")
+    keeps, previous = [], m
+    for weight in keep_weights:
+        keep = max(1, min(previous, round(scale * weight * m)))
+        keeps.append(keep)
+        previous = keep
+    return Schedule(tuple(Cut(c, k) for c, k in zip(cut_layers, keeps)), **kwargs).validate(layers, m)
