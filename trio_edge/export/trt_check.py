@@ -131,6 +131,10 @@ class CheckReport:
 # --------------------------------------------------------------------------
 
 
+#: Rules reported once per node/tensor (a Cast to DOUBLE also yields a DOUBLE output).
+_ONCE_PER_PLACE = frozenset({"double", "dtype"})
+
+
 class _Context:
     """A loaded model plus lookups the checks share; collects findings."""
 
@@ -144,13 +148,19 @@ class _Context:
         self.functions = {(f.domain, f.name): f for f in model.functions}
         self.checked_functions: set[tuple[str, str]] = set()
         self.initializers = {t.name: t for g in _all_graphs(model.graph) for t in g.initializer}
-        self.producers = {o: n for n in _walk_nodes(model.graph) for o in n.output if o}
+        nodes = [*_walk_nodes(model.graph), *(n for f in model.functions for n in f.node)]
+        self.producers = {o: n for n in nodes for o in n.output if o}
         self.dtypes: dict[str, int] = {}
+        self._seen: set[tuple[str, str]] = set()
 
     def add(self, error: bool, node: onnx.NodeProto | None, message: str, rule: str,
             where: str = "-", op_type: str = "-") -> None:
         if node is not None:
             where, op_type = node_label(node), node.op_type
+        if rule in _ONCE_PER_PLACE:
+            if (where, rule) in self._seen:
+                return
+            self._seen.add((where, rule))
         finding = Finding(self.path.name, where, op_type, message, rule)
         (self.errors if error else self.warnings).append(finding)
 
@@ -275,18 +285,26 @@ def _constant_node_value(node: onnx.NodeProto, base_dir: Path) -> np.ndarray | N
 OpCheck = Callable[[_Context, onnx.NodeProto], None]
 
 
-def _check_topk(ctx: _Context, node: onnx.NodeProto) -> None:
+def _topk_k(ctx: _Context, node: onnx.NodeProto) -> int | None:
+    """TopK's K when it is a build-time constant; reports it otherwise."""
     if ctx.opset is not None and ctx.opset < 10:
-        k = _attr(node, "k")
-    else:
-        value = ctx.const_value(_input(node, 1))
-        if value is None or value.size != 1:
-            ctx.error(node, f"K ('{_input(node, 1)}') is computed at run time; it must be a "
-                      f"constant initializer so the build can check K <= {TOPK_MAX_K} "
-                      "(argsort/sort over a dynamic axis exports this way)", "topk-k-constant")
-            k = None
-        else:
-            k = int(value.reshape(-1)[0])
+        return _attr(node, "k")
+    name = _input(node, 1)
+    value = ctx.const_value(name)
+    if value is None:
+        ctx.error(node, f"K ('{name}') is computed at run time; it must be a constant "
+                  f"initializer so the build can check K <= {TOPK_MAX_K} (argsort/sort over a "
+                  "dynamic axis exports this way)", "topk-k-constant")
+        return None
+    if value.size != 1:
+        ctx.error(node, f"K ('{name}') must hold exactly one value, got shape {list(value.shape)}",
+                  "topk-k-constant")
+        return None
+    return int(value.reshape(-1)[0])
+
+
+def _check_topk(ctx: _Context, node: onnx.NodeProto) -> None:
+    k = _topk_k(ctx, node)
     if k is not None and k > TOPK_MAX_K:
         ctx.error(node, f"K={k} exceeds TensorRT's TopK limit of {TOPK_MAX_K}", "topk-k-limit")
     if _attr(node, "sorted", 1) != 1:
@@ -580,7 +598,6 @@ def _infer_dtypes(ctx: _Context) -> None:
                 ctx.dtypes[info.name] = info.type.tensor_type.elem_type
         for tensor in graph.initializer:
             ctx.dtypes[tensor.name] = tensor.data_type
-    ctx.inferred = model
 
 
 def _check_opset(ctx: _Context) -> None:
@@ -728,10 +745,6 @@ def _extent_problem(path: Path, info: Mapping[str, str], tensor: TensorProto) ->
     return None
 
 
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(external_data_helper.uses_external_data(t) for t in _external_tensors(model))
-
-
 # --------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------
@@ -761,10 +774,10 @@ def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int
     _check_opset(ctx)
     _infer_dtypes(ctx)
     _check_input_dims(ctx, dynamic_axes)
-    _check_value_dtypes(ctx)
-    _check_constant_attr_dtypes(ctx)
     for node in _walk_nodes(model.graph):
         _check_node(ctx, node)
+    _check_constant_attr_dtypes(ctx)
+    _check_value_dtypes(ctx)
     _check_external_data(ctx)
     return CheckReport(str(path), ctx.errors, ctx.warnings)
 
@@ -783,8 +796,8 @@ def _read_manifest(directory: Path) -> _Manifest:
         graphs = json.loads(path.read_text())["graphs"]
         return _Manifest({_manifest_file(g): _manifest_axes(g) for g in graphs}, [])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        message = f"manifest.json is malformed ({type(exc).__name__}: {exc}); expected " \
-                  "{'graphs': [{'file', 'inputs': [{'name', 'dynamic_axes'}]}]}"
+        message = (f"manifest.json is malformed ({type(exc).__name__}: {exc}); expected "
+                   "{'graphs': [{'file', 'inputs': [{'name', 'dynamic_axes'}]}]}")
         return _Manifest({}, [Finding("manifest.json", "-", "-", message, "manifest")])
 
 

@@ -20,8 +20,11 @@ def _heads(layer) -> tuple[int, int, int]:
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    """(x1, x2) -> (-x2, x1) over the last axis, without slicing: the backward of a slice is a
+    slice_scatter (ScatterND in ONNX), the backward of a flip is a flip."""
+    halves = x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2)
+    sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device)[:, None]
+    return (halves * sign).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,9 @@ class LlavaAdapter:
     def vision_module(self, grid: tuple[int, int]) -> nn.Module:
         return VisionFeatures(self.model, None)
 
+    def tile_count(self, grid: tuple[int, int]) -> int:
+        return 1
+
     def pixel_values(self, image, grid: tuple[int, int]) -> torch.Tensor:
         """RGB PIL image -> float tiles (P, 3, h, w) for the fixed grid."""
         processor = self.processor.image_processor
@@ -129,10 +132,24 @@ class LlavaAdapter:
         return dict(self.processor(images=boxed, text=self.format_prompt(prompt), return_tensors="pt"))
 
     # ---- TRIO defaults ----------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.text_config.num_hidden_layers)
+
     def default_cut_layers(self) -> tuple[int, ...]:
-        layers = self.decoder.num_layers
-        cut_layers = sorted({min(layers - 1, round(d * layers)) for d in REFERENCE_CUT_DEPTHS})
-        return tuple(cut_layers)
+        """The released LLaVA schedule's cut depths scaled to this decoder (deduplicated)."""
+        return tuple(sorted({min(self.num_layers - 1, round(d * self.num_layers)) for d in REFERENCE_CUT_DEPTHS}))
+
+    def default_keep_weights(self) -> tuple[float, ...]:
+        return REFERENCE_KEEP_WEIGHTS[-len(self.default_cut_layers()):]
+
+    def schedule(self, grid, **options):
+        """The schedule for user options (--cuts / --keep-ratio / --schedule-file) on this model."""
+        from ..trio.schedule import resolve_schedule
+
+        return resolve_schedule(default_cut_layers=self.default_cut_layers(),
+                                default_keep_weights=self.default_keep_weights(), num_layers=self.num_layers,
+                                num_image_tokens=self.image_token_count(grid), **options)
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -161,6 +178,9 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def vision_module(self, grid: tuple[int, int]) -> nn.Module:
         return VisionFeatures(self.model, (grid[1], grid[0]))
+
+    def tile_count(self, grid: tuple[int, int]) -> int:
+        return (grid[0] // self.tile_size) * (grid[1] // self.tile_size) + 1  # + the base tile
 
 
 ADAPTERS = {

@@ -126,3 +126,29 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
         keeps.append(keep)
         previous = keep
     return Schedule(tuple(Cut(c, k) for c, k in zip(cut_layers, keeps)), **kwargs).validate(layers, m)
+
+
+def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None, schedule_file=None,
+                     positions: str | None = None, threshold: float | None = None, default_cut_layers=(),
+                     default_keep_weights=(), num_layers: int, num_image_tokens: int) -> Schedule:
+    """One schedule from the mutually exclusive user options; no option means no pruning."""
+    given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio),
+                                      ("--schedule-file", schedule_file)) if value is not None]
+    if len(given) > 1:
+        raise ScheduleError(f"{' and '.join(given)} are mutually exclusive; pass one")
+    overrides = {k: v for k, v in (("positions", positions), ("threshold", threshold)) if v is not None}
+    if schedule_file is not None:
+        from pathlib import Path
+
+        path = Path(schedule_file)
+        if not path.is_file():
+            raise ScheduleError(f"schedule file not found: {path}")
+        base = Schedule.from_json(path.read_text())
+        schedule = Schedule(base.cuts, overrides.get("threshold", base.threshold),
+                            overrides.get("positions", base.positions), base.provenance)
+    elif keep_ratio is not None:
+        schedule = schedule_for_ratio(keep_ratio, default_cut_layers, default_keep_weights, num_layers,
+                                      num_image_tokens, **overrides)
+    else:
+        schedule = Schedule.parse(cuts or "", **overrides)
+    return schedule.validate(num_layers, num_image_tokens)

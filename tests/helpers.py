@@ -1,0 +1,80 @@
+"""Test helpers shared by several test files (importable as `from helpers import ...`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trio_edge.models.split import build_modules, plan_for
+from trio_edge.runtime.backends.torch_backend import TorchBackend
+from trio_edge.runtime.graphs import graph_specs
+from trio_edge.runtime.pipeline import Pipeline
+from trio_edge.trio.schedule import Schedule
+
+PROMPTS = (
+    "what color is the circle?",
+    "how many objects are there?",
+    "describe this image please",
+    "which shape is on the left?",
+    "is there a red square in the picture?",
+    "read the first letter",
+)
+
+
+def random_image(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
+    """A deterministic image: smooth colour blobs plus noise (so tokens differ but are not all alike)."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    channels = []
+    for _ in range(3):
+        cx, cy, r = rng.rand() * width, rng.rand() * height, (0.2 + rng.rand() * 0.5) * max(width, height)
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+        channels.append(0.7 * blob + 0.3 * rng.rand(height, width))
+    array = (np.stack(channels, axis=-1) * 255).clip(0, 255).astype("uint8")
+    return Image.fromarray(array, "RGB").convert(mode) if mode != "RGB" else Image.fromarray(array, "RGB")
+
+
+def tile_count(adapter, grid) -> int:
+    tile = adapter.tile_size
+    if adapter.family == "llava-1.5":
+        return 1
+    return (grid[0] // tile) * (grid[1] // tile) + 1
+
+
+class RecordingTorchBackend(TorchBackend):
+    """Torch backend that also records every logits output of the last segment (prefill + decode steps)."""
+
+    def __init__(self, specs, modules, head_graph: str, device: str = "cpu"):
+        super().__init__(specs, modules, device)
+        self.head_graph = head_graph
+        self.logits: list[torch.Tensor] = []
+
+    def run_impl(self, graph, inputs):
+        outputs = super().run_impl(graph, inputs)
+        if graph == self.head_graph:
+            self.logits.append(outputs["logits"][0].detach().clone())
+        return outputs
+
+
+def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_tokens: int = 64,
+                  max_new_tokens: int = 16, *, grid=None, stop_token_ids=None) -> Pipeline:
+    """A torch-backend Pipeline for `loaded` (a registry.LoadedModel) and `schedule`."""
+    adapter = loaded.adapter
+    if schedule is None or isinstance(schedule, str):
+        schedule = Schedule.parse(schedule or "")
+    grid = tuple(grid or adapter.default_grid())
+    plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens)
+    modules = build_modules(adapter, plan)
+    specs = graph_specs(plan, tile_count=tile_count(adapter, grid), tile_size=adapter.tile_size, dtype="float32")
+    head = next(seg.name for seg in plan.segments if seg.with_head)
+    backend = RecordingTorchBackend(specs, modules, head)
+    stops = adapter.stop_token_ids() if stop_token_ids is None else stop_token_ids
+    return Pipeline(plan, backend, adapter, stop_token_ids=stops, dtype="float32")
+
+
+def generate_with_logits(pipe: Pipeline, image, prompt: str, **kwargs):
+    """pipe.generate plus the logits of every generated step (list of (V,) tensors)."""
+    pipe.backend.logits.clear()
+    result = pipe.generate(image, prompt, **kwargs)
+    return result, list(pipe.backend.logits)

@@ -1,0 +1,149 @@
+"""An independent, slow reference of the TRIO-pruned LLaVA pipeline (DESIGN.md section 1).
+
+Built only from transformers' own modules -- the decoder layers called as LlamaDecoderLayer.forward
+with the model's rotary embedding and an explicit causal additive mask, the model's final norm and
+lm_head, `get_image_features` (which packs the anyres features) and the input embeddings -- plus
+trio_edge's greedy selection rule `select_tokens` (itself tested against a brute force elsewhere).
+No trio_edge segment, select-stage, saliency or KV-cache code is used.
+
+Generation is greedy and recomputed from scratch at every step (no KV cache). The kept indices are
+chosen once, at prefill, on the prompt, and reused at every later step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from trio_edge.trio.selection import select_tokens
+
+NUM_SUPERVISED = 4
+
+
+@dataclass
+class ReferenceResult:
+    token_ids: list[int]
+    logits: list[torch.Tensor]  # per generated step, (V,)
+    kept: list[list[int]]  # per cut, in the original 0..M-1 image-token numbering
+    saliency: list[torch.Tensor] = field(default_factory=list)  # per cut, over the current image span
+
+
+def causal_mask(length: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """(1, 1, T, T) additive mask: 0 where key <= query, the dtype's minimum elsewhere."""
+    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    mask = torch.zeros(length, length, dtype=dtype, device=device)
+    mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def run_layer(model, index: int, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """transformers' decoder layer `index` on h (T, D) at `positions` (T,), causal; returns (T, D)."""
+    lm = model.model.language_model
+    layer = lm.layers[index]
+    pos = positions[None].long()
+    cos_sin = lm.rotary_emb(h[None], pos)
+    out = layer(h[None], attention_mask=causal_mask(h.shape[0], h.dtype, h.device), position_ids=pos,
+                position_embeddings=cos_sin)
+    out = out[0] if isinstance(out, tuple) else out
+    return out[0]
+
+
+def head(model, h: torch.Tensor) -> torch.Tensor:
+    return model.lm_head(model.model.language_model.norm(h))
+
+
+def supervised_positions(seq_len: int) -> list[int]:
+    return list(range(seq_len - 1 - NUM_SUPERVISED, seq_len - 1))  # S-5 .. S-2
+
+
+def reference_saliency(model, layer_index: int, h: torch.Tensor, positions: torch.Tensor,
+                       supervised: list[int] | None = None) -> torch.Tensor:
+    """||dLoss/dh_i||_2 for every position (S,), the proxy being transformers' layer `layer_index` run
+    on the FULL sequence (every query), then norm + lm_head; loss = mean CE against the own argmax
+    over positions S-5..S-2 (or `supervised`)."""
+    supervised = supervised_positions(h.shape[0]) if supervised is None else supervised
+    with torch.enable_grad():
+        leaf = h.detach().clone().requires_grad_(True)
+        logits = head(model, run_layer(model, layer_index, leaf, positions)).float()
+        picked = logits[supervised]
+        loss = F.cross_entropy(picked, picked.detach().argmax(dim=-1))
+        (grad,) = torch.autograd.grad(loss, leaf)
+    return grad.float().norm(dim=-1)
+
+
+def embed_prompt(model, inputs: dict):
+    """inputs from the HF processor -> (embeddings (S, D), image_start, M)."""
+    input_ids = inputs["input_ids"]
+    features = model.model.get_image_features(pixel_values=inputs["pixel_values"],
+                                              image_sizes=inputs["image_sizes"]).pooler_output
+    features = torch.cat(list(features), dim=0) if isinstance(features, (list, tuple)) else features
+    embeds = model.get_input_embeddings()(input_ids)[0].clone()
+    is_image = input_ids[0] == model.config.image_token_index
+    where = torch.nonzero(is_image)[:, 0]
+    m = int(where.numel())
+    start = int(where[0])
+    assert torch.equal(where, torch.arange(start, start + m)), "image tokens must be contiguous"
+    assert features.shape[0] == m, (features.shape, m)
+    embeds[is_image] = features.to(embeds.dtype)
+    return embeds, start, m
+
+
+@torch.no_grad()
+def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen):
+    """One from-scratch pass over x (T, D) = prompt + generated embeddings; returns last logits (V,).
+
+    `chosen` holds, per cut, the kept indices local to that cut's image span; filled at prefill."""
+    cuts = {c.layer: (i, c.keep) for i, c in enumerate(schedule.cuts)}
+    renumber = schedule.positions == "renumber"
+    total = x.shape[0]
+    h = x
+    positions = torch.arange(total)  # 'original' position ids of the current rows
+    image_ids = torch.arange(num_image)  # original image numbering of the current image rows
+    m = num_image
+    kept_original, saliencies = [], []
+    for layer in range(len(model.model.language_model.layers)):
+        if layer in cuts:
+            index, keep = cuts[layer]
+            if len(chosen) <= index:  # prefill: choose on the prompt
+                assert total == prompt_len
+                sal = reference_saliency(model, layer, h, positions)[image_start:image_start + m]
+                features = h[image_start:image_start + m]
+                chosen.append(select_tokens(sal, features, keep, schedule.threshold))
+                saliencies.append(sal)
+            local = chosen[index]
+            rows = torch.cat([torch.arange(image_start), image_start + local,
+                              torch.arange(image_start + m, h.shape[0])])
+            h = h[rows]
+            positions = torch.arange(h.shape[0]) if renumber else positions[rows]
+            image_ids = image_ids[local]
+            m = keep
+            kept_original.append(image_ids.tolist())
+        h = run_layer(model, layer, h, positions)
+    return head(model, h[-1]).float(), kept_original, saliencies
+
+
+def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_token_ids=()) -> ReferenceResult:
+    """Greedy generation of the pruned model, recomputed from scratch at every step."""
+    model = model.eval()
+    embeds, image_start, m = embed_prompt(model, inputs)
+    for cut in schedule.cuts:
+        assert 1 <= cut.keep <= m
+    embed = model.get_input_embeddings()
+    prompt_len = embeds.shape[0]
+    x = embeds
+    chosen: list[torch.Tensor] = []
+    token_ids, all_logits, kept, saliency = [], [], [], []
+    for step in range(max_new_tokens):
+        logits, kept_step, sal = _forward(model, x, prompt_len, image_start, m, schedule, chosen)
+        if step == 0:
+            kept, saliency = kept_step, sal
+        token = int(logits.argmax())
+        token_ids.append(token)
+        all_logits.append(logits)
+        if token in stop_token_ids:
+            break
+        with torch.no_grad():
+            x = torch.cat([x, embed(torch.tensor([token]))], dim=0)
+    return ReferenceResult(token_ids, all_logits, kept, saliency)

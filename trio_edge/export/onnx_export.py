@@ -1,0 +1,110 @@
+"""Export one plan graph to ONNX, and validate it against its PyTorch module in ONNX Runtime.
+
+Workarounds live here: the select graph calls torch.autograd.grad, which neither ONNX exporter
+accepts, so it is first traced (forward + backward) into a plain FX graph with make_fx and the core
+ATen decompositions, and that graph is exported (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import ExportError
+from ..runtime.backends.base import TORCH_DTYPES
+from ..runtime.graphs import GraphSpec
+
+# Graphs whose weights exceed this are written with external data (protobuf's limit is 2 GiB).
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """torch.onnx prints progress lines and warnings per graph; keep the CLI's own output readable."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def traced_joint(module: torch.nn.Module, example: tuple) -> torch.nn.Module:
+    """Forward + autograd.grad of `module` as one plain FX graph (symbolic shapes kept)."""
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    return make_fx(module, decomposition_table=core_aten_decompositions(), tracing_mode="symbolic",
+                   _allow_non_fake_inputs=True)(*example)
+
+
+def dynamic_shapes(spec: GraphSpec, ranges: dict[str, tuple[int, int]]):
+    from torch.export import Dim
+
+    dims = {name: Dim(name, min=lo, max=hi) for name, (lo, hi) in ranges.items()}
+    shapes = []
+    for tensor in spec.inputs:
+        axes = {axis: dims[tensor.shape[axis]] for axis in tensor.dynamic_axes()}
+        shapes.append(axes or None)
+    return tuple(shapes)
+
+
+def export_graph(module, spec: GraphSpec, example: dict, ranges: dict, path: Path, *, opset: int,
+                 needs_joint_trace: bool) -> Path:
+    args = tuple(example[t.name] for t in spec.inputs)
+    try:
+        with quiet_export(), torch.no_grad():
+            target = traced_joint(module, args) if needs_joint_trace else module
+            program = torch.onnx.export(
+                target, args, dynamo=True, opset_version=opset,
+                input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                dynamic_shapes=dynamic_shapes(spec, ranges) if ranges else None,
+            )
+            weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+            program.save(path, external_data=weights > EXTERNAL_DATA_BYTES)
+    except ExportError:
+        raise
+    except Exception as error:  # the exporters raise many types; name the graph and keep the cause
+        raise ExportError(f"exporting graph {spec.name} failed: {type(error).__name__}: {str(error)[:2000]}") from error
+    return path
+
+
+def run_onnx(session, spec: GraphSpec, inputs: dict) -> dict:
+    feed = {t.name: inputs[t.name].detach().cpu().numpy() for t in spec.inputs}
+    outputs = session.run([t.name for t in spec.outputs], feed)
+    return {t.name: torch.from_numpy(out) for t, out in zip(spec.outputs, outputs)}
+
+
+def compare_outputs(spec: GraphSpec, expected: dict, actual: dict, *, atol: float, rtol: float) -> list[dict]:
+    """Per-output max abs/rel diff; exact equality for integer and bool outputs."""
+    rows = []
+    for tensor in spec.outputs:
+        want, got = expected[tensor.name].detach().cpu(), actual[tensor.name]
+        row = {"graph": spec.name, "output": tensor.name, "shape_ok": tuple(want.shape) == tuple(got.shape)}
+        if not row["shape_ok"]:
+            row.update(max_abs=float("inf"), max_rel=float("inf"), ok=False)
+        elif want.dtype.is_floating_point:
+            diff = (want.float() - got.float()).abs()
+            scale = want.float().abs().max().clamp_min(1e-12)
+            row.update(max_abs=float(diff.max()) if diff.numel() else 0.0,
+                       max_rel=float(diff.max() / scale) if diff.numel() else 0.0)
+            row["ok"] = bool(torch.allclose(got.float(), want.float(), atol=atol, rtol=rtol))
+        else:
+            equal = bool(torch.equal(want, got.to(want.dtype)))
+            row.update(max_abs=0.0 if equal else float("inf"), max_rel=0.0 if equal else float("inf"), ok=equal)
+        rows.append(row)
+    return rows
+
+
+def validation_dtype_tolerance(dtype: str) -> tuple[float, float]:
+    return (1e-4, 1e-4) if TORCH_DTYPES[dtype] == torch.float32 else (2e-2, 2e-2)

@@ -1,0 +1,105 @@
+"""Inputs to trace and validate each graph: examples for tracing, fresh random inputs, and the
+activations of one real request recorded from the PyTorch pipeline."""
+
+from __future__ import annotations
+
+import torch
+
+from ..runtime.backends.base import TORCH_DTYPES
+from ..runtime.graphs import GraphSpec
+from ..runtime.plan import PipelinePlan
+
+EXAMPLE_TEXT_TOKENS = 12  # text tokens around the image in example prompts
+
+
+def shape_ranges(spec: GraphSpec, plan: PipelinePlan) -> dict[str, tuple[int, int]]:
+    """Declared range of every dynamic axis (these become TensorRT optimization profiles)."""
+    if spec.kind == "embed":
+        return {"query": (1, plan.max_text_tokens + plan.num_image_tokens)}
+    if spec.kind == "segment":
+        seg = next(s for s in plan.segments if s.name == spec.name)
+        return {"query": (1, plan.max_text_tokens + seg.image_tokens)}
+    if spec.kind == "select":
+        sel = next(s for s in plan.selects if s.name == spec.name)
+        return {"seq": (sel.tokens_in + 5, plan.max_text_tokens + sel.tokens_in)}
+    return {}
+
+
+def _image_start_and_len(spec: GraphSpec, plan: PipelinePlan, text_tokens: int):
+    if spec.kind == "select":
+        tokens = next(s for s in plan.selects if s.name == spec.name).tokens_in
+    elif spec.kind == "segment":
+        tokens = next(s for s in plan.segments if s.name == spec.name).image_tokens
+    else:
+        tokens = plan.num_image_tokens
+    return 3, tokens + text_tokens
+
+
+def random_inputs(spec: GraphSpec, plan: PipelinePlan, *, seed: int, text_tokens: int = EXAMPLE_TEXT_TOKENS,
+                  image_token_id: int | None = None) -> list[tuple[str, dict]]:
+    """Cases named 'random-prefill' and (for graphs with a query axis) 'random-decode'."""
+    generator = torch.Generator().manual_seed(seed)
+    image_start, seq = _image_start_and_len(spec, plan, text_tokens)
+    cases = [("random-prefill", seq, 0)]
+    if spec.kind == "segment":
+        cases.append(("random-decode", 1, seq + 2))
+    result = []
+    for case, length, past in cases:
+        inputs = {}
+        for tensor in spec.inputs:
+            shape = [length if isinstance(d, str) else d for d in tensor.shape]
+            dtype = TORCH_DTYPES[tensor.dtype]
+            if tensor.name == "position_ids":
+                inputs[tensor.name] = torch.arange(past, past + length)[None]
+            elif tensor.name == "past_length":
+                inputs[tensor.name] = torch.tensor(past)
+            elif tensor.name == "image_start":
+                inputs[tensor.name] = torch.tensor(image_start)
+            elif tensor.name == "input_ids":
+                ids = torch.randint(5, plan.vocab_size, shape, generator=generator)
+                if image_token_id is not None and length > 1:
+                    ids[0, image_start:image_start + plan.num_image_tokens] = image_token_id
+                inputs[tensor.name] = ids
+            else:
+                inputs[tensor.name] = torch.randn(shape, generator=generator).to(dtype)
+        result.append((case, inputs))
+    return result
+
+
+def example_inputs(spec: GraphSpec, plan: PipelinePlan) -> dict:
+    """Tracing example: a prefill-shaped case with every dynamic axis > 1 (no 0/1 specialisation)."""
+    return random_inputs(spec, plan, seed=0)[0][1]
+
+
+class RecordingBackend:
+    """Wraps a backend and keeps the inputs of the first prefill call and first decode call per graph."""
+
+    def __init__(self, backend):
+        self.inner, self.device, self.specs = backend, backend.device, backend.specs
+        self.cases: dict[str, list[tuple[str, dict]]] = {}
+
+    def run(self, graph, inputs):
+        calls = self.cases.setdefault(graph, [])
+        query = inputs.get("hidden", inputs.get("input_ids"))
+        label = "request-decode" if query is not None and query.shape[1] == 1 else "request-prefill"
+        if label not in {name for name, _ in calls}:
+            calls.append((label, {k: v.clone() for k, v in inputs.items()}))
+        return self.inner.run(graph, inputs)
+
+
+def recorded_request_inputs(modules, specs, plan: PipelinePlan, adapter, dtype: str) -> dict:
+    """Run one real request (synthetic image, short prompt) through the PyTorch graphs and record inputs."""
+    from PIL import Image
+
+    from ..runtime.backends.torch_backend import TorchBackend
+    from ..runtime.pipeline import Pipeline
+
+    width, height = plan.grid
+    gradient = torch.linspace(0, 255, width).repeat(height, 1)
+    pixels = torch.stack([gradient, gradient.T[:height, :width] if width == height else gradient.flip(1),
+                          torch.full_like(gradient, 90)], dim=-1)
+    image = Image.fromarray(pixels.to(torch.uint8).numpy())
+    recorder = RecordingBackend(TorchBackend(specs, modules))
+    pipeline = Pipeline(plan, recorder, adapter, stop_token_ids=[], dtype=dtype)
+    pipeline.generate(image, "what is in the picture?", max_new_tokens=min(3, plan.max_new_tokens))
+    return recorder.cases
