@@ -69,7 +69,6 @@ def test_pruned_matches_reference(tiny, images, pruned_pipelines, schedule_text,
     # Later cuts keep a subset of the earlier cut's tokens.
     for earlier, later in zip(result.kept, result.kept[1:]):
         assert set(later) <= set(earlier)
-    assert all(result.converged)
     assert result.token_ids == ref.token_ids
     assert len(logits) == len(ref.logits) == len(result.token_ids)
     for step, (ours, theirs) in enumerate(zip(logits, ref.logits)):
@@ -110,16 +109,21 @@ def test_sampling_is_reproducible_with_a_seed(tiny, images, full_pipeline):
 
 @pytest.mark.parametrize("schedule_text", ["", "0:30,2:12"])
 def test_stop_token_ends_generation(tiny, images, schedule_text):
-    image, prompt = images[0], PROMPTS[0]
     free = make_pipeline(tiny, schedule_text, stop_token_ids=[])
-    greedy = free.generate(image, prompt, max_new_tokens=MAX_NEW).token_ids
-    assert len(greedy) == MAX_NEW
-    # A token greedy first emits at a later step (so generation must stop early, not at step 0).
-    first_seen = {}
-    for step, token in enumerate(greedy):
-        first_seen.setdefault(token, step)
-    later = [(step, token) for token, step in first_seen.items() if step >= 1]
-    assert later, f"greedy output {greedy} never changes token; pick another prompt"
+    # Find a prompt whose greedy output first emits some token at a later step (so generation must stop
+    # early, not at step 0).
+    for index in range(12):
+        image, prompt = images[index % len(images)], PROMPTS[index % len(PROMPTS)]
+        greedy = free.generate(image, prompt, max_new_tokens=MAX_NEW).token_ids
+        assert len(greedy) == MAX_NEW
+        first_seen = {}
+        for step, token in enumerate(greedy):
+            first_seen.setdefault(token, step)
+        later = sorted((step, token) for token, step in first_seen.items() if step >= 1)
+        if later:
+            break
+    else:
+        pytest.fail("no image/prompt pair found whose greedy output changes token")
     step, stop = later[0]
     stopping = make_pipeline(tiny, schedule_text, stop_token_ids=[stop])
     result = stopping.generate(image, prompt, max_new_tokens=MAX_NEW)
@@ -128,3 +132,20 @@ def test_stop_token_ends_generation(tiny, images, schedule_text):
     assert result.text == stopping.decode_text(greedy[:step])
     # max_new_tokens bounds the output too.
     assert len(free.generate(image, prompt, max_new_tokens=3).token_ids) == 3
+
+
+@pytest.mark.parametrize("threshold", [0.8, 0.3])
+def test_unconverged_nms_falls_back_to_exact_selection(tiny, images, threshold):
+    """With one Cluster-NMS iteration the graph does not converge here; the pipeline warns and still
+    selects exactly what the reference selects."""
+    schedule = Schedule.parse("0:30,2:12", threshold=threshold)
+    pipe = make_pipeline(tiny, schedule, nms_iterations=1)
+    adapter = tiny.adapter
+    with pytest.warns(RuntimeWarning, match="Cluster-NMS"):
+        result, logits = generate_with_logits(pipe, images[0], PROMPTS[0], max_new_tokens=4)
+    ref = reference_generate(tiny.model, adapter.hf_inputs(images[0], PROMPTS[0], adapter.default_grid()), schedule,
+                             4, adapter.stop_token_ids())
+    assert result.kept == ref.kept
+    assert result.token_ids == ref.token_ids
+    for ours, theirs in zip(logits, ref.logits):
+        torch.testing.assert_close(ours, theirs, rtol=TOL, atol=TOL)

@@ -794,10 +794,12 @@ def _read_manifest(directory: Path) -> _Manifest:
         return _Manifest(None, [])
     try:
         graphs = json.loads(path.read_text())["graphs"]
+        if isinstance(graphs, Mapping):  # trio-export writes {graph name: entry}
+            graphs = list(graphs.values())
         return _Manifest({_manifest_file(g): _manifest_axes(g) for g in graphs}, [])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         message = (f"manifest.json is malformed ({type(exc).__name__}: {exc}); expected "
-                   "{'graphs': [{'file', 'inputs': [{'name', 'dynamic_axes'}]}]}")
+                   "{'graphs': {name: {'file', 'inputs': [{'name', 'dynamic_axes'}]}}}")
         return _Manifest({}, [Finding("manifest.json", "-", "-", message, "manifest")])
 
 

@@ -8,11 +8,17 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 
+# Trained checkpoints shipped inside the package (package data under trio_edge/assets/).
+SHIPPED = {
+    "trio-tiny": Path(__file__).resolve().parent.parent / "assets" / "trio-tiny",
+}
+
 ALIASES = {
     "llava-next-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",
     "llava-next-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
     "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
     "tiny-random": None,  # built in code on first use
+    "trio-tiny": str(SHIPPED["trio-tiny"]),  # trained on the synthetic VQA task, shipped in the package
 }
 
 
@@ -38,6 +44,11 @@ def resolve(name: str) -> str:
     if Path(name).is_dir():
         return str(Path(name))
     if name in ALIASES:
+        if name in SHIPPED:
+            if not (SHIPPED[name] / "config.json").is_file():
+                raise ModelNotFoundError(f"{name!r} should be shipped at {SHIPPED[name]} but is missing there; "
+                                         "reinstall trio-edge (its package data holds the weights)")
+            return str(SHIPPED[name])
         if ALIASES[name] is None:
             return str(_built_in(name))
         return ALIASES[name]

@@ -15,7 +15,8 @@ _WORDS = (
     "object objects left right top bottom center middle upper lower red green blue yellow purple orange "
     "white black gray circle square triangle cross ring star bar one two three four five six seven eight "
     "nine zero yes no there are image picture describe this more than less same code read letter digit "
-    "bigger smaller larger compare count first second answer word with please short"
+    "bigger smaller larger compare count first second answer word with please short "
+    "circles squares triangles crosses rings stars"
 ).split()
 _SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 _PUNCTUATION = list(":?.,!'-\n")
@@ -53,17 +54,19 @@ def make_tiny_tokenizer():
 
 
 def tiny_llava_next_config(*, vocab_size: int, image_token_id: int, tile: int = 56, patch: int = 14,
-                           hidden: int = 64, layers: int = 4, vision_layers: int = 2):
+                           hidden: int = 64, layers: int = 4, vision_layers: int = 2, vision_hidden: int = 32,
+                           heads: int = 4, kv_heads: int = 2):
     """Config of a LLaVA-NeXT with a CLIP-style tower and a grouped-query Llama decoder."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
 
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=2,
-        image_size=tile, patch_size=patch, projection_dim=32,
+        hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers,
+        num_attention_heads=max(2, vision_hidden // 16), image_size=tile, patch_size=patch,
+        projection_dim=vision_hidden,
     )
     text = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
         bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False,
     )
     pinpoints = [[tile, tile], [tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]

@@ -7,12 +7,15 @@ group is allocated once per pipeline and reused by every request.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
 from ..models.preprocess import load_image
+from ..trio.select_module import apply_selection
+from ..trio.selection import select_tokens
 from .backends.base import TORCH_DTYPES
 from .plan import PipelinePlan, SegmentPlan, SelectPlan
 
@@ -24,12 +27,11 @@ class GenerationResult:
     kept: list[list[int]]  # per cut, kept image-token indices in the original 0..M-1 numbering
     timings: dict[str, float]  # ms per stage
     prompt_tokens: int = 0
-    converged: list[bool] = field(default_factory=list)
     first_logits: torch.Tensor | None = None
 
     def to_json(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "kept": self.kept, "timings": self.timings,
-                "prompt_tokens": self.prompt_tokens, "nms_converged": self.converged}
+                "prompt_tokens": self.prompt_tokens}
 
 
 class _Clock:
@@ -74,10 +76,25 @@ class Pipeline:
         return out["logits" if seg.with_head else "hidden_out"]
 
     def _run_select(self, sel: SelectPlan, hidden, position_ids, image_start: int):
-        return self.backend.run(sel.name, {
-            "hidden": hidden, "position_ids": position_ids,
-            "image_start": torch.tensor(image_start, dtype=torch.int64, device=self.device),
-        })
+        start = torch.tensor(image_start, dtype=torch.int64, device=self.device)
+        out = self.backend.run(sel.name, {"hidden": hidden, "position_ids": position_ids, "image_start": start})
+        if not bool(out["converged"]):
+            out = self._exact_select_on_host(sel, hidden, position_ids, start, out)
+        return out
+
+    def _exact_select_on_host(self, sel: SelectPlan, hidden, position_ids, image_start, out):
+        """The graph's unrolled Cluster-NMS did not converge on this input: apply the exact greedy rule to
+        the graph's saliency instead, so the selection is still exactly TRIO's."""
+        warnings.warn(f"{sel.name}: Cluster-NMS needed more than {self.plan.nms_iterations} iterations on this "
+                      "input; selected on the host instead (re-export with a larger --nms-iterations to avoid it)",
+                      RuntimeWarning, stacklevel=3)
+        span = hidden[0, image_start:image_start + sel.tokens_in]
+        kept = select_tokens(out["saliency"].cpu(), span.float().cpu(), sel.keep, self.plan.schedule.threshold)
+        kept = kept.to(self.device)
+        hidden_out, positions = apply_selection(hidden, position_ids, image_start, sel.tokens_in, kept,
+                                                self.plan.schedule.positions == "renumber")
+        return {**out, "kept": kept, "hidden_out": hidden_out, "position_ids_out": positions,
+                "converged": torch.tensor(True)}
 
     def prefill(self, pixels, input_ids, clock: _Clock):
         t = time.perf_counter()
@@ -88,19 +105,18 @@ class Pipeline:
         image_start = int((input_ids[0] == self.io.image_token_id).to(torch.int64).argmax())
         position_ids = torch.arange(input_ids.shape[1], device=self.device)[None]
         image_ids = torch.arange(self.plan.num_image_tokens, device=self.device)
-        kept, converged, lengths = [], [], {}
+        kept, lengths = [], {}
         for stage in self.plan.stages():
             if isinstance(stage, SelectPlan):
                 out = self._run_select(stage, hidden, position_ids, image_start)
                 hidden, position_ids = out["hidden_out"], out["position_ids_out"]
                 image_ids = image_ids.index_select(0, out["kept"])
                 kept.append(image_ids.tolist())
-                converged.append(bool(out["converged"]))
             else:
                 lengths[stage.name] = hidden.shape[1]
                 hidden = self._run_segment(stage, hidden, position_ids, 0)
             t = clock.lap(stage.name, t)
-        return features, hidden, kept, converged, lengths
+        return features, hidden, kept, lengths
 
     def decode_step(self, token: int, features, step: int, prompt_length: int, lengths: dict):
         ids = torch.tensor([[token]], dtype=torch.int64, device=self.device)
@@ -126,7 +142,7 @@ class Pipeline:
         start = time.perf_counter()
         pixels, input_ids = self.prepare(image, prompt)
         t = clock.lap("preprocess", start)
-        features, logits, result.kept, result.converged, lengths = self.prefill(pixels, input_ids, clock)
+        features, logits, result.kept, lengths = self.prefill(pixels, input_ids, clock)
         result.prompt_tokens, result.first_logits = input_ids.shape[1], logits
         sampler = torch.Generator(device="cpu").manual_seed(seed)
         clock.timings["ttft"] = (time.perf_counter() - start) * 1e3

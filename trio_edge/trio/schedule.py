@@ -120,11 +120,33 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
         lowest = full_cost / (m * layers)
         raise ScheduleError(f"--keep-ratio {ratio} is below what cuts at layers {list(cut_layers)} can reach "
                             f"({lowest:.3f}); pass explicit --cuts with an earlier first cut")
-    keeps, previous = [], m
-    for weight in keep_weights:
-        keep = max(1, min(previous, round(scale * weight * m)))
-        keeps.append(keep)
-        previous = keep
+
+    def keeps_at(scale_: float) -> list[int]:
+        keeps_, previous = [], m
+        for weight in keep_weights:
+            keep = max(1, min(previous, round(scale_ * weight * m)))
+            keeps_.append(keep)
+            previous = keep
+        return keeps_
+
+    def average(keeps_: list[int]) -> float:
+        return Schedule(tuple(Cut(c, k) for c, k in zip(cut_layers, keeps_))).layer_averaged_tokens(layers, m)
+
+    target = ratio * m
+    keeps = keeps_at(scale)
+    if abs(average(keeps) - target) > 1.0:
+        # Clamping (KEEP <= tokens entering the cut) cut the budget short, e.g. high ratios: search the
+        # scale instead; the average never decreases with the scale and each step moves it < 1 token.
+        low, high = 0.0, scale
+        while average(keeps_at(high)) < target:
+            high *= 2
+        for _ in range(200):
+            mid = (low + high) / 2
+            low, high = (mid, high) if average(keeps_at(mid)) < target else (low, mid)
+        keeps = min((keeps_at(low), keeps_at(high)), key=lambda k: abs(average(k) - target))
+        if abs(average(keeps) - target) > 1.0:
+            raise ScheduleError(f"--keep-ratio {ratio} cannot be reached with cuts at layers {list(cut_layers)} "
+                                f"(closest: {average(keeps) / m:.3f}); pass explicit --cuts")
     return Schedule(tuple(Cut(c, k) for c, k in zip(cut_layers, keeps)), **kwargs).validate(layers, m)
 
 

@@ -23,6 +23,15 @@ def pruned_index_map(seq_len, image_start, num_image: int, kept: torch.Tensor) -
     return torch.where(j < image_start, j, torch.where(j < image_start + keep, in_image, after))
 
 
+def apply_selection(hidden, position_ids, image_start, num_image: int, kept, renumber: bool):
+    """Gather [text before | kept image | text after] rows and their positions (renumbered or original)."""
+    rows = pruned_index_map(hidden.shape[1], image_start, num_image, kept)  # (S',)
+    hidden_out = hidden.index_select(1, rows)
+    if renumber:
+        return hidden_out, torch.arange(rows.shape[0], device=hidden.device)[None]
+    return hidden_out, position_ids.index_select(1, rows)
+
+
 class SelectStage(nn.Module):
     def __init__(self, decoder, proxy_layer: int, num_image_tokens: int, keep: int, threshold: float,
                  positions: str, nms_iterations: int):
@@ -44,10 +53,5 @@ class SelectStage(nn.Module):
         scores = self.saliency(hidden, position_ids).index_select(0, span)  # (M,)
         features = hidden[0].index_select(0, span)  # (M, D)
         kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations)
-        rows = pruned_index_map(hidden.shape[1], image_start, m, kept)  # (S',)
-        hidden_out = hidden.index_select(1, rows)
-        if self.renumber:
-            position_out = torch.arange(rows.shape[0], device=hidden.device)[None]
-        else:
-            position_out = position_ids.index_select(1, rows)
+        hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
         return kept, converged, hidden_out, position_out, scores

@@ -1,0 +1,395 @@
+#!/usr/bin/env python
+"""Train `trio-tiny`: a small LlavaNextForConditionalGeneration on the synthetic visual QA task.
+
+Reproducible (seeded), CPU-friendly (one thread), and the inputs match the runtime exactly:
+  - prompts are the runtime's default template "USER: <image>\\n{question} ASSISTANT:" tokenised by the
+    adapter (`adapter.prompt_ids`), followed by the answer word and the eos token `</s>`;
+  - pixels come from `adapter.pixel_values(image, grid)` (letterbox + the checkpoint's processor), cached
+    as uint8 and restored bit-exactly (checked);
+  - the training forward calls the model's own vision tower / projector / decoder modules but packs the
+    anyres tiles with tensor ops instead of HF's per-image loop; the script checks once that its image
+    features and answer logits equal the model's own `get_image_features` / `forward`.
+Loss: cross-entropy on the answer and eos tokens only, plus an auxiliary per-patch head on the projected
+vision features that predicts the colour and shape of the object covering each patch (training only;
+it is not part of the saved model). Without it the model sits at the answer prior (DESIGN.md section 3).
+
+Usage (the shipped model):
+    python scripts/train_trio_tiny.py --out trio_edge/assets/trio-tiny
+Measure speed only:
+    python scripts/train_trio_tiny.py --bench 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trio_edge.data.synthetic_vqa import COLORS, KINDS, SHAPES, make_split, write_records
+from trio_edge.models.llava import LlavaNextAdapter
+from trio_edge.models.tiny import make_tiny_processor, make_tiny_tokenizer, tiny_llava_next_config
+
+TRAIN_SEED_OFFSET = 1_000  # data seeds: train = seed + 1000, validation = seed + 2000
+VAL_SEED_OFFSET = 2_000
+HELDOUT_SEED = 12345  # the held-out split reported in the model card (never used in training)
+
+
+def log(*args):
+    print(time.strftime("%H:%M:%S"), *args, flush=True)
+
+
+# ---- model construction ----------------------------------------------------------------------------
+def build(args):
+    from transformers import LlavaNextForConditionalGeneration
+
+    tokenizer = make_tiny_tokenizer()
+    config = tiny_llava_next_config(
+        vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tile=args.tile,
+        patch=args.patch, hidden=args.hidden, layers=args.layers, vision_layers=args.vision_layers,
+        vision_hidden=args.vision_hidden, heads=args.heads, kv_heads=args.kv_heads,
+    )
+    processor = make_tiny_processor(tokenizer, tile=args.tile, patch=args.patch)
+    torch.manual_seed(args.seed)
+    model = LlavaNextForConditionalGeneration(config)
+    adapter = LlavaNextAdapter(config, processor, model)
+    return model, processor, adapter
+
+
+# ---- dataset tensors -------------------------------------------------------------------------------
+def patch_labels(sample, grid_size: int, tile: int, patch: int) -> np.ndarray:
+    """(2, tiles * patches) colour / shape label of the object covering each patch (0: background),
+    in the vision tower's token order: base tile (whole image), then the grid tiles row by row."""
+    mask = sample["mask"]
+    objects = sample["objects"]
+    colour_of = np.array([0] + [1 + list(COLORS).index(o["color"]) for o in objects])
+    shape_of = np.array([0] + [1 + SHAPES.index(o["shape"]) for o in objects])
+    per_tile = tile // patch
+    n_obj = len(objects) + 1
+
+    def labels_for(region: np.ndarray) -> np.ndarray:
+        # region (H, W) of object ids, split into per_tile x per_tile patches -> majority object if it
+        # covers at least 20% of the patch, else background
+        h = region.shape[0] // per_tile
+        blocks = region.reshape(per_tile, h, per_tile, h).transpose(0, 2, 1, 3).reshape(per_tile * per_tile, h * h)
+        counts = np.stack([(blocks == k).sum(1) for k in range(n_obj)], 1)
+        counts[:, 0] = 0
+        best = counts.argmax(1)
+        return np.where(counts.max(1) >= 0.2 * h * h, best, 0)
+
+    tiles = [labels_for(mask)]  # base tile: the whole image
+    rows = grid_size // tile
+    for r in range(rows):
+        for c in range(rows):
+            tiles.append(labels_for(mask[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]))
+    ids = np.concatenate(tiles)
+    return np.stack([colour_of[ids], shape_of[ids]]).astype(np.int64)
+
+
+def build_tensors(samples, adapter, grid, args):
+    """Samples -> dict of tensors: uint8 pixels, padded text-after-image ids, answer positions, labels."""
+    tokenizer = adapter.processor.tokenizer
+    image_id, eos_id, pad_id = adapter.image_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    m = adapter.image_token_count(grid)
+    mean = torch.tensor(adapter.processor.image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(adapter.processor.image_processor.image_std).view(3, 1, 1)
+    pixels, suffixes, answer_ids, labels, kinds = [], [], [], [], []
+    prefix = None
+    for sample in samples:
+        pv = adapter.pixel_values(sample["image"], grid)  # exactly the runtime's preprocessing
+        u8 = ((pv * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        if len(pixels) < 64:  # the uint8 cache must restore the processor's output exactly
+            assert torch.equal(restore_pixels(u8[None], mean, std)[0], pv), "uint8 pixel cache is not exact"
+        pixels.append(u8)
+        ids = adapter.prompt_ids(sample["question"], m)[0].tolist()
+        start = ids.index(image_id)
+        assert ids[start:start + m] == [image_id] * m and image_id not in ids[start + m:]
+        prefix = ids[:start] if prefix is None else prefix
+        assert ids[:start] == prefix, "the text before the image must be the same for every prompt"
+        answer = tokenizer(sample["answer"], add_special_tokens=False)["input_ids"]
+        assert len(answer) == 1 and answer[0] != tokenizer.unk_token_id, sample["answer"]
+        suffixes.append(ids[start + m:] + [answer[0], eos_id])
+        answer_ids.append(answer[0])
+        labels.append(patch_labels(sample, grid[0], args.tile, args.patch))
+        kinds.append(KINDS.index(sample["kind"]))
+    width = max(len(s) for s in suffixes)
+    suffix = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in suffixes])
+    for i, s in enumerate(suffixes):
+        suffix[i, :len(s)] = torch.tensor(s)
+    return {"pixels": torch.stack(pixels), "prefix": torch.tensor(prefix), "suffix": suffix, "lengths": lengths,
+            "answer": torch.tensor(answer_ids), "labels": torch.from_numpy(np.stack(labels)),
+            "kinds": torch.tensor(kinds), "eos": eos_id}
+
+
+def restore_pixels(u8, mean, std):
+    return (u8.float() / 255.0 - mean) / std
+
+
+def dataset(n, seed, adapter, grid, args, name):
+    key = hashlib.sha256(json.dumps([n, seed, args.tile, args.patch, grid, name, 3]).encode()).hexdigest()[:12]
+    path = Path(args.cache_dir) / f"{name}-{n}-{seed}-{key}.pt"
+    if path.is_file():
+        log(f"{name}: cached {path}")
+        return torch.load(path)
+    t0 = time.time()
+    out = build_tensors(make_split(n, seed), adapter, grid, args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    log(f"{name}: built {n} samples in {time.time() - t0:.0f}s -> {path}")
+    return out
+
+
+# ---- fast training forward -------------------------------------------------------------------------
+class Trainer(nn.Module):
+    def __init__(self, model, adapter, grid):
+        super().__init__()
+        self.model = model
+        inner = model.model
+        tower = inner.vision_tower
+        self.vision = getattr(tower, "vision_model", tower)  # transformers 5 flattened CLIPVisionModel
+        self.projector = inner.multi_modal_projector
+        self.newline = inner.image_newline
+        self.lm = inner.language_model
+        self.lm_head = model.lm_head
+        hidden = model.config.text_config.hidden_size
+        self.aux_colour = nn.Linear(hidden, len(COLORS) + 1)  # training only, not saved
+        self.aux_shape = nn.Linear(hidden, len(SHAPES) + 1)
+        self.per_tile = adapter.tile_size // int(model.config.vision_config.patch_size)
+        self.rows = grid[0] // adapter.tile_size
+        assert model.config.vision_feature_layer == -2 and model.config.vision_feature_select_strategy == "default"
+
+    def tile_features(self, pixels):
+        """(B, T, 3, h, w) -> projected features (B, T, p*p, D), = hidden_states[-2][:, 1:] -> projector."""
+        b, t = pixels.shape[:2]
+        h = self.vision.pre_layrnorm(self.vision.embeddings(pixels.flatten(0, 1)))
+        for layer in self.vision.encoder.layers[:-1]:  # vision_feature_layer = -2: the last layer is unused
+            h = layer(h, None)
+        return self.projector(h[:, 1:]).view(b, t, self.per_tile * self.per_tile, -1)
+
+    def pack(self, feats):
+        """Base tile, then the grid tiles as one (rows*p, cols*p) map with a newline token per row."""
+        b, _, _, d = feats.shape
+        p, r = self.per_tile, self.rows
+        grid = feats[:, 1:].reshape(b, r, r, p, p, d).permute(0, 1, 3, 2, 4, 5).reshape(b, r * p, r * p, d)
+        newline = self.newline.view(1, 1, 1, d).expand(b, r * p, 1, d)
+        grid = torch.cat([grid, newline], dim=2).reshape(b, r * p * (r * p + 1), d)
+        return torch.cat([feats[:, 0], grid], dim=1)
+
+    def forward(self, pixels, prefix, suffix, lengths):
+        """Logits at the answer and eos target positions (B, 2, V) and the per-patch aux logits."""
+        feats = self.tile_features(pixels)
+        image = self.pack(feats)
+        embed = self.lm.embed_tokens
+        b = pixels.shape[0]
+        seq = torch.cat([embed(prefix).expand(b, -1, -1), image, embed(suffix)], dim=1)
+        hidden = self.lm(inputs_embeds=seq, use_cache=False).last_hidden_state
+        offset = prefix.numel() + image.shape[1]
+        # suffix = [text after image ..., answer, eos]: the answer is predicted at index len-3, eos at len-2
+        pos = offset + torch.stack([lengths - 3, lengths - 2], 1)
+        picked = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
+        return self.lm_head(picked), self.aux_colour(feats), self.aux_shape(feats)
+
+
+def check_equivalence(trainer, model, adapter, samples, data, grid):
+    """The fast path must equal the model's own get_image_features and forward (once, a few samples)."""
+    model.eval()
+    with torch.no_grad():
+        for i, sample in enumerate(samples):
+            inputs = adapter.hf_inputs(sample["image"], sample["question"], grid)
+            ours_feats = trainer.pack(trainer.tile_features(inputs["pixel_values"]))[0]
+            theirs = model.model.get_image_features(pixel_values=inputs["pixel_values"],
+                                                    image_sizes=inputs["image_sizes"]).pooler_output
+            theirs = theirs[0] if isinstance(theirs, (list, tuple)) else theirs
+            diff_feats = (ours_feats - theirs.reshape(ours_feats.shape)).abs().max().item()
+            pix = restore_pixels(data["pixels"][i:i + 1], *_norm(adapter))
+            assert torch.equal(pix[0], inputs["pixel_values"][0]), "cached pixels differ from the processor's"
+            logits, _, _ = trainer(pix, data["prefix"], data["suffix"][i:i + 1], data["lengths"][i:i + 1])
+            hf_logits = model(**inputs).logits[0, -1]
+            diff_logits = (logits[0, 0] - hf_logits).abs().max().item()
+            assert diff_feats < 1e-5 and diff_logits < 1e-4, (diff_feats, diff_logits)
+    model.train()
+    log(f"fast path == get_image_features / forward on {len(samples)} samples "
+        f"(max |diff| features {diff_feats:.1e}, logits {diff_logits:.1e})")
+
+
+def _norm(adapter):
+    ip = adapter.processor.image_processor
+    return torch.tensor(ip.image_mean).view(3, 1, 1), torch.tensor(ip.image_std).view(3, 1, 1)
+
+
+def fast_accuracy(trainer, data, adapter, batch=64):
+    """First generated token == answer (greedy), per kind; cheap proxy used during training."""
+    mean, std = _norm(adapter)
+    trainer.eval()
+    correct = torch.zeros(len(KINDS))
+    total = torch.zeros(len(KINDS))
+    with torch.no_grad():
+        for s in range(0, len(data["answer"]), batch):
+            sl = slice(s, s + batch)
+            logits, _, _ = trainer(restore_pixels(data["pixels"][sl], mean, std), data["prefix"],
+                                   data["suffix"][sl], data["lengths"][sl])
+            hit = (logits[:, 0].argmax(-1) == data["answer"][sl]).float()
+            correct.index_add_(0, data["kinds"][sl], hit)
+            total.index_add_(0, data["kinds"][sl], torch.ones_like(hit))
+    trainer.train()
+    return (correct.sum() / total.sum()).item(), {k: round((c / max(t, 1)).item(), 3) for k, c, t in zip(KINDS, correct, total)}
+
+
+def generate_accuracy(model, adapter, samples, grid):
+    """Exact-match accuracy of the real model's greedy `generate` (full tokens)."""
+    tokenizer = adapter.processor.tokenizer
+    model.eval()
+    hits = []
+    with torch.no_grad():
+        for sample in samples:
+            inputs = adapter.hf_inputs(sample["image"], sample["question"], grid)
+            out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            hits.append(text == sample["answer"])
+    return sum(hits) / len(hits)
+
+
+# ---- main ------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="save_pretrained directory (e.g. trio_edge/assets/trio-tiny)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile", type=int, default=56)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=96)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--vision-layers", type=int, default=3, help="CLIP layers (the last is unused: feature layer -2)")
+    p.add_argument("--vision-hidden", type=int, default=64)
+    p.add_argument("--train-size", type=int, default=24_000)
+    p.add_argument("--val-size", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--aux-weight", type=float, default=1.0)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--heldout", type=int, default=400, help="held-out samples for the final generate() accuracy")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache-dir", default="/tmp/trio-tiny-cache")
+    p.add_argument("--bench", type=int, default=0, help="only time this many training steps")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop training after this long (0: no limit)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+    model, processor, adapter = build(args)
+    grid = adapter.default_grid()
+    m = adapter.image_token_count(grid)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f}M parameters, grid {grid[0]}x{grid[1]}, {adapter.tile_count(grid)} tiles, "
+        f"{m} image tokens")
+
+    train = dataset(args.train_size if not args.bench else 512, args.seed + TRAIN_SEED_OFFSET, adapter, grid, args, "train")
+    val = dataset(args.val_size, args.seed + VAL_SEED_OFFSET, adapter, grid, args, "val")
+    trainer = Trainer(model, adapter, grid)
+    check_equivalence(trainer, model, adapter, make_split(3, args.seed + VAL_SEED_OFFSET), val, grid)
+
+    decay = [p for n, p in trainer.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in trainer.named_parameters() if p.dim() < 2 or "embed" in n]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+    steps = args.bench or args.steps
+
+    def lr_at(step):
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, steps - args.warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    mean, std = _norm(adapter)
+    generator = torch.Generator().manual_seed(args.seed)
+    n_train = len(train["answer"])
+    order = torch.randperm(n_train, generator=generator)
+    cursor = 0
+    trainer.train()
+    t_train = time.time()
+    history = []
+    running = None
+    for step in range(steps):
+        if cursor + args.batch > n_train:
+            order, cursor = torch.randperm(n_train, generator=generator), 0
+        idx = order[cursor:cursor + args.batch]
+        cursor += args.batch
+        length = int(train["lengths"][idx].max())
+        logits, aux_c, aux_s = trainer(restore_pixels(train["pixels"][idx], mean, std), train["prefix"],
+                                       train["suffix"][idx, :length], train["lengths"][idx])
+        targets = torch.stack([train["answer"][idx], torch.full_like(idx, train["eos"])], 1)
+        answer_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        labels = train["labels"][idx]
+        aux_loss = F.cross_entropy(aux_c.flatten(0, 2), labels[:, 0].flatten()) + \
+            F.cross_entropy(aux_s.flatten(0, 2), labels[:, 1].flatten())
+        loss = answer_loss + args.aux_weight * aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        values = torch.tensor([answer_loss.item(), aux_loss.item()])
+        running = values if running is None else 0.9 * running + 0.1 * values
+        if args.bench:
+            if step == 1:
+                t_bench = time.time()
+            continue
+        if (step + 1) % args.eval_every == 0 or step + 1 == steps:
+            acc, per_kind = fast_accuracy(trainer, val, adapter)
+            elapsed = time.time() - t_train
+            history.append({"step": step + 1, "answer_loss": round(running[0].item(), 4),
+                            "aux_loss": round(running[1].item(), 4), "val_acc": round(acc, 4), "s": round(elapsed)})
+            log(f"step {step + 1}/{steps} loss {running[0]:.3f} aux {running[1]:.3f} val {acc:.3f} {per_kind} "
+                f"lr {scheduler.get_last_lr()[0]:.2e} {elapsed / (step + 1):.2f}s/step")
+            if args.max_minutes and elapsed > 60 * args.max_minutes:
+                log("time limit reached")
+                break
+    if args.bench:
+        log(f"bench: {(time.time() - t_bench) / (steps - 2) * 1e3:.0f} ms/step at batch {args.batch}")
+        return
+    train_seconds = time.time() - t_train
+    log(f"trained {step + 1} steps in {train_seconds / 60:.1f} min")
+
+    heldout = make_split(args.heldout, HELDOUT_SEED)
+    t0 = time.time()
+    acc = generate_accuracy(model, adapter, heldout, grid)
+    log(f"held-out generate() accuracy {acc:.4f} on n={len(heldout)} (seed {HELDOUT_SEED}) in {time.time() - t0:.0f}s")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        model.eval()
+        model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        summary = {"argv": sys.argv[1:], "args": vars(args), "parameters": n_params, "image_tokens": m,
+                   "grid": list(grid), "steps": step + 1, "train_minutes": round(train_seconds / 60, 1),
+                   "total_minutes": round((time.time() - t_start) / 60, 1), "heldout_accuracy": acc,
+                   "heldout_n": len(heldout), "heldout_seed": HELDOUT_SEED, "history": history,
+                   "torch": torch.__version__, "python": platform.python_version()}
+        (Path(args.cache_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        log(f"saved to {out}; summary in {Path(args.cache_dir) / 'train_summary.json'}")
+
+
+if __name__ == "__main__":
+    main()

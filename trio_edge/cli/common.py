@@ -1,0 +1,47 @@
+"""Shared CLI plumbing: typed errors become one clear line and exit code 2, never a traceback wall."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+
+def cli_entry(func):
+    @functools.wraps(func)
+    def wrapper(argv=None):
+        from ..errors import TrioEdgeError
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            return func(argv) or 0
+        except TrioEdgeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+def add_schedule_options(parser) -> None:
+    group = parser.add_argument_group("TRIO schedule (pick one; none = no pruning)")
+    group.add_argument("--cuts", help="LAYER:KEEP[,LAYER:KEEP...]: prune after LAYER decoder layers (0 = before "
+                                      "any), keeping KEEP image tokens, e.g. 1:92,10:54,15:22")
+    group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "
+                                                        "family's default cut layers")
+    group.add_argument("--schedule-file", help="a schedule JSON written by trio-calibrate")
+    parser.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
+                        "(default renumber, as released LLaVA code)")
+    parser.add_argument("--threshold", type=float, help="NMS feature-similarity threshold (default 0.8)")
+
+
+def schedule_options(args) -> dict:
+    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "schedule_file": args.schedule_file,
+            "positions": args.positions, "threshold": args.threshold}
+
+
+PROMPT_HELP = ("the question; a prompt that contains the image slot (<image>) is used verbatim, otherwise the "
+               "model's chat template is applied if it has one, else the family default "
+               "'USER: <image>\\n{prompt} ASSISTANT:'")
