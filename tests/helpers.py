@@ -36,6 +36,8 @@ def random_image(width: int, height: int, seed: int, mode: str = "RGB") -> Image
 
 
 def tile_count(adapter, grid) -> int:
+    if hasattr(adapter, "tile_count"):
+        return adapter.tile_count(grid)
     tile = adapter.tile_size
     if adapter.family == "llava-1.5":
         return 1

@@ -90,8 +90,6 @@ def test_uncached_alias_offline_names_the_hub_id(monkeypatch, tmp_path):
     assert "llava-hf/llava-v1.6-vicuna-7b-hf" in str(info.value).splitlines()[0]
 
 
-@pytest.mark.xfail(reason="registry.load on an existing directory without a checkpoint raises transformers' "
-                          "ValueError ('Unrecognized processing class'), not ModelNotFoundError", strict=False)
 def test_directory_without_checkpoint(tmp_path):
     with pytest.raises(ModelNotFoundError, match=str(tmp_path)):
         registry.load(str(tmp_path))

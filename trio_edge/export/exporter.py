@@ -127,7 +127,9 @@ def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, ops
                      opset=opset, needs_joint_trace=spec.kind == "select")
         size = sum(p.stat().st_size for p in directory.glob(f"{name}.onnx*"))
         graphs[name] = {"file": path.name, "kind": spec.kind, "bytes": size,
-                        "inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs]}
+                        "inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs],
+                        # declared range of each named dynamic axis: the TensorRT optimization profile
+                        "dynamic_ranges": {axis: list(bounds) for axis, bounds in shape_ranges(spec, plan).items()}}
     return graphs
 
 

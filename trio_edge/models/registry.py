@@ -85,7 +85,7 @@ def load(name: str, *, dtype=None, device: str = "cpu") -> LoadedModel:
     try:
         processor = _from_pretrained(AutoProcessor, source)
         model = _from_pretrained(AutoModelForImageTextToText, source, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a directory without a checkpoint
         where = f"directory {source}" if Path(source).exists() else (
             f"the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub")
         raise ModelNotFoundError(

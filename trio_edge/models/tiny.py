@@ -28,12 +28,14 @@ def tiny_vocab() -> list[str]:
     return _SPECIALS + _PUNCTUATION + digits + letters + sorted(set(_WORDS) - set(letters))
 
 
-def make_tiny_tokenizer():
-    """A word-level fast tokenizer (lower-cased, whitespace/punctuation split) with LLaVA's specials."""
+def make_tiny_tokenizer(vocab: dict[str, int] | None = None):
+    """A word-level fast tokenizer (lower-cased, whitespace/punctuation split) with LLaVA's specials.
+
+    `vocab` (token -> id) defaults to the tiny vocabulary; it must hold the special tokens."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: index for index, token in enumerate(tiny_vocab())}
+    vocab = vocab or {token: index for index, token in enumerate(tiny_vocab())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     # "<image>" must survive as one token: split on it first, then on whitespace and punctuation.

@@ -28,6 +28,7 @@ class GenerationResult:
     timings: dict[str, float]  # ms per stage
     prompt_tokens: int = 0
     first_logits: torch.Tensor | None = None
+    timeline: list[tuple[str, float, float]] | None = None
 
     def to_json(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "kept": self.kept, "timings": self.timings,
@@ -35,14 +36,18 @@ class GenerationResult:
 
 
 class _Clock:
+    """Per-stage wall time (synchronised on CUDA) and a timeline of (stage, start ms, duration ms)."""
+
     def __init__(self, device: torch.device):
-        self.device, self.timings = device, {}
+        self.device, self.timings, self.events = device, {}, []
+        self.origin = time.perf_counter()
 
     def lap(self, name: str, start: float) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
         self.timings[name] = self.timings.get(name, 0.0) + (now - start) * 1e3
+        self.events.append((name, (start - self.origin) * 1e3, (now - start) * 1e3))
         return now
 
 
@@ -139,26 +144,28 @@ class Pipeline:
                              "export was built for (re-export with a larger --max-new-tokens)")
         result = result if result is not None else GenerationResult("", [], [], {})
         clock = _Clock(self.device)
-        start = time.perf_counter()
+        result.timeline = clock.events
+        start = clock.origin
         pixels, input_ids = self.prepare(image, prompt)
-        t = clock.lap("preprocess", start)
+        clock.lap("preprocess", start)
         features, logits, result.kept, lengths = self.prefill(pixels, input_ids, clock)
         result.prompt_tokens, result.first_logits = input_ids.shape[1], logits
         sampler = torch.Generator(device="cpu").manual_seed(seed)
         clock.timings["ttft"] = (time.perf_counter() - start) * 1e3
         result.timings = clock.timings
-        t = time.perf_counter()
+        clock.timings["decode"] = 0.0
         for step in range(max_new):
             token = sample(logits[0], temperature, top_p, sampler)
             result.token_ids.append(token)
             yield token
             if token in self.stop_token_ids or step == max_new - 1:
                 break
+            t = time.perf_counter()
             logits = self.decode_step(token, features, step, input_ids.shape[1], lengths)
-        decode_ms = clock.lap("decode", t)
+            clock.lap("decode", t)
         steps = max(len(result.token_ids) - 1, 1)
         clock.timings["decode_ms_per_token"] = clock.timings["decode"] / steps
-        clock.timings["total"] = (decode_ms - start) * 1e3
+        clock.timings["total"] = (time.perf_counter() - start) * 1e3
 
     def generate(self, image, prompt: str, **kwargs) -> GenerationResult:
         result = GenerationResult("", [], [], {})

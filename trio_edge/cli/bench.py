@@ -1,0 +1,155 @@
+"""trio-bench DIR_OR_MODEL: profile the pipeline stage by stage on this device.
+
+DIR_OR_MODEL is an export directory, or a model (alias / Hugging Face id / directory) which is exported
+on the fly (ONNX backends) or run in PyTorch (torch backend). --random-weights builds an alias's real
+architecture with random weights, so a target can be profiled without downloading weights.
+Prints per-stage median/p90 ms and GFLOPs, TTFT, decode ms/token, KV bytes, peak memory; --compare-full
+measures the unpruned pipeline in the same run and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from .common import add_schedule_options, cli_entry, schedule_options
+
+DEFAULT_PROMPT = ("describe this picture in detail : which objects are there , what color and shape is each "
+                  "object , where is it , how many objects are there and which one is bigger ? please answer "
+                  "with short words and compare the left and right objects")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trio-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
+    parser.add_argument("--random-weights", action="store_true", help="build the alias's architecture with random weights")
+    parser.add_argument("--scale", type=float, default=1.0, help="with --random-weights: width scale (CPU runs)")
+    parser.add_argument("--layers", type=int, help="with --random-weights: decoder layers (default: the real count)")
+    parser.add_argument("--vision-layers", type=int, help="with --random-weights: vision layers")
+    parser.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], default="onnxruntime")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="for models exported on the fly")
+    add_schedule_options(parser)
+    parser.add_argument("--compare-full", action="store_true", help="also measure the unpruned pipeline")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--image", help="image file (default: a synthetic image)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--json", dest="json_path", help="write the results as JSON here")
+    parser.add_argument("--trace", help="write a Chrome/Perfetto trace of the last pruned request here")
+    parser.add_argument("--plot", help="write a PNG stage timeline here")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def synthetic_image():
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+
+
+def pipelines_for(args, workdir: Path):
+    """(pruned pipeline, full pipeline or None, model config, tiles)."""
+    from ..runtime.loader import load as load_export
+    from .run import is_export_dir
+
+    if is_export_dir(args.model):
+        from ..export.manifest import read_manifest
+
+        pruned = load_export(args.model, backend=args.backend, device=args.device)
+        manifest = read_manifest(args.model, verify_hashes=False)
+        full = None
+        if args.compare_full:
+            full_dir = _export_full_like(manifest, workdir / "full", progress=not args.quiet)
+            full = load_export(full_dir, backend=args.backend, device=args.device)
+        return pruned, full, pruned.io.config, manifest["io"]["tile_count"]
+    source = args.model
+    if args.random_weights:
+        from ..models.random_weights import build_random
+
+        source = str(build_random(args.model, workdir / "model", scale=args.scale, layers=args.layers,
+                                  vision_layers=args.vision_layers))
+    options = schedule_options(args)
+    if all(options[k] is None for k in ("cuts", "keep_ratio", "schedule_file")):
+        options["keep_ratio"] = 0.111
+    return _pipelines_for_model(args, source, options, workdir)
+
+
+def _pipelines_for_model(args, source: str, options: dict, workdir: Path):
+    import torch
+
+    from ..export.exporter import DTYPES, export
+    from ..models.registry import load
+    from ..runtime.loader import load as load_export
+
+    loaded = load(source, dtype=getattr(torch, DTYPES[args.dtype]))
+    adapter = loaded.adapter
+    tiles = adapter.tile_count(adapter.default_grid())
+    common = dict(dtype=args.dtype, max_new_tokens=max(args.new_tokens, 1), validate=False,
+                  progress=not args.quiet, loaded=loaded)
+    if args.backend == "torch":
+        from .run import reference_pipeline
+
+        pruned = reference_pipeline(source, device=args.device, grid=None, max_new_tokens=args.new_tokens, **options)
+        full = reference_pipeline(source, device=args.device, grid=None, max_new_tokens=args.new_tokens) \
+            if args.compare_full else None
+        return pruned, full, loaded.model.config, tiles
+    export(source, workdir / "pruned", **common, **options)
+    pruned = load_export(workdir / "pruned", backend=args.backend, device=args.device)
+    full = None
+    if args.compare_full:
+        export(source, workdir / "full", **common)
+        full = load_export(workdir / "full", backend=args.backend, device=args.device)
+    return pruned, full, loaded.model.config, tiles
+
+
+def _export_full_like(manifest: dict, target: Path, progress: bool) -> Path:
+    from ..export.exporter import export
+
+    plan = manifest["plan"]
+    export(manifest["model"]["source"], target, grid=f"{plan['grid'][0]}x{plan['grid'][1]}",
+           dtype="fp16" if manifest["model"]["dtype"] == "float16" else "fp32",
+           max_text_tokens=plan["max_text_tokens"], max_new_tokens=plan["max_new_tokens"], validate=False,
+           progress=progress)
+    return target
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from ..models.preprocess import load_image
+    from ..runtime import bench
+
+    image = load_image(args.image) if args.image else synthetic_image()
+    with tempfile.TemporaryDirectory(prefix="trio-bench-") as tmp:
+        pruned, full, config, tiles = pipelines_for(args, Path(tmp))
+        measure = dict(warmup=args.warmup, iters=args.iters, new_tokens=args.new_tokens, progress=not args.quiet)
+        reports = {"pruned" if pruned.plan.schedule.pruning else "full": bench.measure(pruned, image, args.prompt, label="pruned", **measure)}
+        if full is not None:
+            reports["full"] = bench.measure(full, image, args.prompt, label="full", **measure)
+        for name, report in reports.items():
+            bench.add_flops(report, config, (pruned if name != "full" or full is None else full).plan, tiles)
+    result = {"environment": bench.environment(args.backend, args.device), "command": "trio-bench " + " ".join(sys.argv[1:] if argv is None else argv),
+              "schedule": pruned.plan.schedule.describe(pruned.plan.num_layers, pruned.plan.num_image_tokens),
+              "results": reports}
+    for name, report in reports.items():
+        print(bench.format_report(report, name))
+    if "pruned" in reports and "full" in reports:
+        result["ratios"] = bench.compare(reports["pruned"], reports["full"])
+        print("ratios (full / pruned, same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()))
+    if args.trace:
+        bench.write_chrome_trace(next(iter(reports.values())), args.trace)
+    if args.plot:
+        bench.write_timeline_png(reports, args.plot)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "results"} | {
+        "ttft_ms": {n: r["ttft_ms"] for n, r in reports.items()},
+        "decode_ms_per_token": {n: r["decode_ms_per_token"] for n, r in reports.items()}}))

@@ -1,0 +1,86 @@
+"""Analytic FLOPs and bytes of each stage (CLIP-style tower + Llama-family decoder), from the config.
+
+Counts multiply-adds as 2 FLOPs; attention counts QK^T and PV over the causal triangle. Used for
+the benchmark's per-stage FLOPs and its roofline (compute floor for prefill, bandwidth floor for decode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def from_config(cls, text_config) -> "DecoderShape":
+        heads = text_config.num_attention_heads
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+        return cls(text_config.hidden_size, text_config.intermediate_size, heads,
+                   getattr(text_config, "num_key_value_heads", None) or heads, head_dim, text_config.vocab_size)
+
+    @property
+    def layer_params(self) -> int:
+        attn = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+        return attn + 3 * self.hidden * self.ffn + 2 * self.hidden
+
+    def layer_flops(self, new_tokens: int, context: int) -> float:
+        """One layer for `new_tokens` queries appended after `context - new_tokens` cached tokens."""
+        dense = 2.0 * (self.layer_params - 2 * self.hidden) * new_tokens
+        past = context - new_tokens
+        attended = new_tokens * past + new_tokens * (new_tokens + 1) / 2  # causal
+        return dense + 4.0 * attended * self.heads * self.head_dim
+
+    def head_flops(self, tokens: int = 1) -> float:
+        return 2.0 * self.hidden * self.vocab * tokens
+
+
+def vision_flops(vision_config, tiles: int, projector_out: int) -> float:
+    d, ffn, layers = vision_config.hidden_size, vision_config.intermediate_size, vision_config.num_hidden_layers
+    n = (vision_config.image_size // vision_config.patch_size) ** 2 + 1
+    per_layer = 2.0 * n * (4 * d * d + 2 * d * ffn) + 4.0 * n * n * d
+    patch_embed = 2.0 * n * 3 * vision_config.patch_size ** 2 * d
+    projector = 2.0 * n * (d * projector_out + projector_out * projector_out)
+    return tiles * (layers * per_layer + patch_embed + projector)
+
+
+def select_flops(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int) -> float:
+    """Proxy forward (K/V for all tokens, 4 queries) + backward (~2x) + similarity + Cluster-NMS."""
+    kv = 2.0 * seq * shape.hidden * 2 * shape.kv_heads * shape.head_dim
+    queries = shape.layer_flops(4, seq) - 2.0 * 4 * shape.hidden * 2 * shape.kv_heads * shape.head_dim
+    forward = kv + queries + shape.head_flops(4)
+    return 3.0 * forward + 2.0 * image_tokens * image_tokens * shape.hidden + nms_iterations * image_tokens ** 2
+
+
+def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float]:
+    """Prefill FLOPs per stage for a prompt of `prompt_tokens` (text + image) tokens, and decode per token."""
+    shape = DecoderShape.from_config(config.text_config)
+    flops = {"vision": vision_flops(config.vision_config, tiles, shape.hidden)}
+    text = prompt_tokens - plan.num_image_tokens
+    decode = 0.0
+    for stage in plan.stages():
+        if hasattr(stage, "keep"):
+            flops[stage.name] = select_flops(shape, text + stage.tokens_in, stage.tokens_in, plan.nms_iterations)
+            continue
+        seq = text + stage.image_tokens
+        layers = stage.end - stage.start
+        flops[stage.name] = layers * shape.layer_flops(seq, seq) + (shape.head_flops() if stage.with_head else 0.0)
+        decode += layers * shape.layer_flops(1, seq + 1) + (shape.head_flops() if stage.with_head else 0.0)
+    flops["prefill_total"] = sum(flops.values())
+    flops["decode_per_token"] = decode
+    return flops
+
+
+def decode_bytes_per_token(config, plan, bytes_per_element: int, prompt_tokens: int) -> float:
+    """Bytes a decode step must read at least: decoder weights + lm_head + the filled part of each KV buffer."""
+    shape = DecoderShape.from_config(config.text_config)
+    weights = (plan.num_layers * shape.layer_params + shape.hidden * shape.vocab + shape.hidden) * bytes_per_element
+    text = prompt_tokens - plan.num_image_tokens
+    kv = sum((s.end - s.start) * 2 * shape.kv_heads * shape.head_dim * (text + s.image_tokens) for s in plan.segments)
+    return weights + kv * bytes_per_element

@@ -1,0 +1,120 @@
+"""Real architectures with random weights, built offline: profile a target without its weights.
+
+The configs are those of the hub checkpoints the aliases name (hyperparameters only); the tokenizer
+is the tiny word-level one padded to the real vocabulary size, the image processor has the real
+preprocessing settings, so every shape (image tokens, KV, vocab) is the real one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelNotFoundError
+
+CLIP_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                  image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5)
+MISTRAL_7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=8, vocab_size=32064, max_position_embeddings=32768, rms_norm_eps=1e-5,
+                  rope_theta=1e6, sliding_window=None)
+NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+ARCHITECTURES = {
+    "llava-next-7b": ("llava-next", "llama", CLIP_L_336, VICUNA_7B),
+    "llava-next-mistral-7b": ("llava-next", "mistral", CLIP_L_336, MISTRAL_7B),
+    "llava-1.5-7b": ("llava", "llama", CLIP_L_336, VICUNA_7B),
+}
+IMAGE_TOKEN_ID = 32000
+
+
+def scaled(text: dict, vision: dict, scale: float, layers: int | None, vision_layers: int | None):
+    """The same structure scaled down in width (for CPU runs of the benchmark)."""
+    if scale == 1.0 and layers is None and vision_layers is None:
+        return text, vision
+
+    def width(x, multiple):
+        return max(multiple, int(round(x * scale / multiple)) * multiple)
+
+    text = {**text, "hidden_size": width(text["hidden_size"], 64), "intermediate_size": width(text["intermediate_size"], 64)}
+    group = text["num_attention_heads"] // text["num_key_value_heads"]  # keep grouped-query models grouped
+    text["num_attention_heads"] = max(group, text["hidden_size"] // 128 // group * group)
+    text["num_key_value_heads"] = text["num_attention_heads"] // group
+    vision = {**vision, "hidden_size": width(vision["hidden_size"], 64), "intermediate_size": width(vision["intermediate_size"], 64)}
+    vision["num_attention_heads"] = max(1, vision["hidden_size"] // 64)
+    if layers is not None:
+        text["num_hidden_layers"] = layers
+    if vision_layers is not None:
+        vision["num_hidden_layers"] = vision_layers
+    return text, vision
+
+
+def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, scale: float = 1.0,
+                 layers: int | None = None, vision_layers: int | None = None) -> Path:
+    """Write `alias`'s architecture with random weights as a save_pretrained directory."""
+    import torch
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig)
+
+    from .tiny import make_tiny_tokenizer, tiny_vocab
+
+    if alias not in ARCHITECTURES:
+        raise ModelNotFoundError(f"--random-weights knows {', '.join(ARCHITECTURES)}; got {alias!r}")
+    family, decoder, vision, text = ARCHITECTURES[alias]
+    text, vision = scaled(text, vision, scale, layers, vision_layers)
+    text_config = (MistralConfig if decoder == "mistral" else LlamaConfig)(
+        **text, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    vision_config = CLIPVisionConfig(**vision)
+    common = dict(vision_config=vision_config, text_config=text_config, image_token_index=IMAGE_TOKEN_ID,
+                  vision_feature_layer=-2, vision_feature_select_strategy="default", tie_word_embeddings=False)
+    if family == "llava-next":
+        config = LlavaNextConfig(image_grid_pinpoints=NEXT_PINPOINTS, **common)
+        model_class = LlavaNextForConditionalGeneration
+    else:
+        config = LlavaConfig(**common)
+        model_class = LlavaForConditionalGeneration
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = model_class(config)
+    model = model.to_empty(device="cpu").to(dtype or torch.float16)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "layer_norm" in name or "layernorm" in name:
+                param.fill_(1.0)
+            elif param.dim() == 1:
+                param.zero_()
+            else:
+                param.normal_(0.0, 0.02)
+    model.eval()
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer = make_tiny_tokenizer(padded_vocab(tiny_vocab(), text["vocab_size"]))
+    real_processor(family, tokenizer, vision).save_pretrained(path)
+    return path
+
+
+def padded_vocab(words: list[str], size: int) -> dict[str, int]:
+    """The tiny words at their ids, <image> at the real image-token id, fillers up to `size`."""
+    vocab = {w: i for i, w in enumerate(w for w in words if w != "<image>")}
+    vocab["<image>"] = IMAGE_TOKEN_ID
+    taken = set(vocab.values())
+    for index in range(size):
+        if index not in taken:
+            vocab[f"<extra_{index}>"] = index
+    return vocab
+
+
+def real_processor(family: str, tokenizer, vision: dict):
+    """The checkpoint's preprocessing: CLIP normalisation, 336-pixel tiles, anyres pinpoints for NeXT."""
+    from transformers import CLIPImageProcessorPil, LlavaNextImageProcessorPil, LlavaNextProcessor, LlavaProcessor
+
+    tile, patch = vision["image_size"], vision["patch_size"]
+    common = dict(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
+                  image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    if family == "llava-next":
+        return LlavaNextProcessor(image_processor=LlavaNextImageProcessorPil(image_grid_pinpoints=NEXT_PINPOINTS, **common),
+                                  tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default",
+                                  num_additional_image_tokens=1)
+    return LlavaProcessor(image_processor=CLIPImageProcessorPil(**common), tokenizer=tokenizer, patch_size=patch,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1)

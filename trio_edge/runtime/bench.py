@@ -1,0 +1,144 @@
+"""Benchmark a pipeline: per-stage median/p90, TTFT, decode ms/token, memory, KV bytes, analytic FLOPs.
+
+Stop tokens are disabled while measuring so every run decodes exactly `new_tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+from pathlib import Path
+
+import torch
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def measure(pipeline, image, prompt: str, *, warmup: int, iters: int, new_tokens: int, progress: bool = True,
+            label: str = "") -> dict:
+    stops, pipeline.stop_token_ids = pipeline.stop_token_ids, set()
+    runs, last = [], None
+    try:
+        loop = range(warmup + iters)
+        if progress:
+            from tqdm.auto import tqdm
+
+            loop = tqdm(loop, desc=f"bench {label}".strip(), unit="run", leave=False)
+        if pipeline.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pipeline.device)
+        for index in loop:
+            last = pipeline.generate(image, prompt, max_new_tokens=new_tokens)
+            if index >= warmup:
+                runs.append(last.timings)
+    finally:
+        pipeline.stop_token_ids = stops
+    stages = {key: {"median_ms": statistics.median(r[key] for r in runs), "p90_ms": percentile([r[key] for r in runs], 0.9)}
+              for key in runs[0]}
+    decode_ms = stages["decode_ms_per_token"]["median_ms"]
+    element = torch.tensor([], dtype=pipeline.dtype).element_size()
+    report = {
+        "stages": stages,
+        "ttft_ms": stages["ttft"]["median_ms"],
+        "decode_ms_per_token": decode_ms,
+        "tokens_per_s": 1e3 / decode_ms if decode_ms > 0 else None,
+        "end_to_end_ms": stages["total"]["median_ms"],
+        "new_tokens": new_tokens,
+        "prompt_tokens": last.prompt_tokens,
+        "kept": [len(k) for k in last.kept],
+        "kv_buffer_bytes": pipeline.plan.kv_bytes(element),
+        "kv_used_bytes": kv_used_bytes(pipeline.plan, last.prompt_tokens, new_tokens, element),
+        "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "timeline": last.timeline,
+    }
+    if pipeline.device.type == "cuda":
+        report["peak_device_bytes_torch"] = torch.cuda.max_memory_allocated(pipeline.device)
+    return report
+
+
+def kv_used_bytes(plan, prompt_tokens: int, new_tokens: int, element: int) -> int:
+    """KV entries actually written for one request: each group's own sequence length."""
+    text = prompt_tokens - plan.num_image_tokens
+    per_token = 2 * plan.num_kv_heads * plan.head_dim * element
+    return sum((s.end - s.start) * (text + s.image_tokens + new_tokens) * per_token for s in plan.segments)
+
+
+def add_flops(report: dict, config, plan, tiles: int) -> None:
+    from ..models.cost import stage_flops
+
+    report["flops"] = stage_flops(config, plan, report["prompt_tokens"], tiles)
+
+
+def compare(pruned: dict, full: dict) -> dict:
+    """Ratios measured in the same run (full / pruned): > 1 means the pruned pipeline is better."""
+    return {
+        "ttft_speedup": full["ttft_ms"] / pruned["ttft_ms"],
+        "end_to_end_speedup": full["end_to_end_ms"] / pruned["end_to_end_ms"],
+        "decode_speedup": full["decode_ms_per_token"] / pruned["decode_ms_per_token"],
+        "prefill_flops_reduction": full["flops"]["prefill_total"] / pruned["flops"]["prefill_total"],
+        "kv_used_reduction": full["kv_used_bytes"] / pruned["kv_used_bytes"],
+        "kv_buffer_reduction": full["kv_buffer_bytes"] / pruned["kv_buffer_bytes"],
+    }
+
+
+def environment(backend: str, device: str) -> dict:
+    from ..export.manifest import library_versions
+
+    env = {"backend": backend, "device": device, "platform": platform.platform(), "python": platform.python_version(),
+           **library_versions()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+    return env
+
+
+def format_report(report: dict, title: str) -> str:
+    lines = [f"== {title}: prompt {report['prompt_tokens']} tokens, kept {report['kept'] or 'all'}",
+             f"{'stage':<24}{'median ms':>11}{'p90 ms':>10}{'GFLOP':>10}"]
+    flops = report.get("flops", {})
+    for name, stats in report["stages"].items():
+        gflop = flops.get(name)
+        lines.append(f"{name:<24}{stats['median_ms']:>11.2f}{stats['p90_ms']:>10.2f}"
+                     f"{'' if gflop is None else f'{gflop / 1e9:>10.2f}'}")
+    lines.append(f"TTFT {report['ttft_ms']:.2f} ms, decode {report['decode_ms_per_token']:.2f} ms/token "
+                 f"({report['tokens_per_s']:.1f} tok/s), end-to-end {report['end_to_end_ms']:.1f} ms for "
+                 f"{report['new_tokens']} tokens")
+    lines.append(f"KV buffers {report['kv_buffer_bytes'] / 2**20:.1f} MiB allocated, {report['kv_used_bytes'] / 2**20:.1f} MiB "
+                 f"used; peak host RSS {report['peak_host_rss_bytes'] / 2**30:.2f} GiB")
+    return "\n".join(lines)
+
+
+def write_chrome_trace(report: dict, path: str | Path) -> None:
+    """The last measured request as a Chrome/Perfetto trace (one track)."""
+    events = [{"name": name, "ph": "X", "ts": start * 1e3, "dur": dur * 1e3, "pid": 1, "tid": 1}
+              for name, start, dur in report["timeline"]]
+    Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+
+
+def write_timeline_png(reports: dict[str, dict], path: str | Path) -> None:
+    """A stage timeline per pipeline (one row each), drawn with PIL so no plotting library is needed."""
+    from PIL import Image, ImageDraw
+
+    width, row, left = 1200, 60, 160
+    span = max(max(s + d for _, s, d in r["timeline"]) for r in reports.values())
+    image = Image.new("RGB", (width, row * len(reports) + 40), "white")
+    draw = ImageDraw.Draw(image)
+    palette = [(66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193)]
+    colours: dict[str, tuple] = {}
+    for index, (label, report) in enumerate(reports.items()):
+        top = 20 + index * row
+        draw.text((5, top + 20), label, fill="black")
+        for name, start, dur in report["timeline"]:
+            key = "decode" if name == "decode" else name
+            colour = colours.setdefault(key, palette[len(colours) % len(palette)])
+            x0 = left + start / span * (width - left - 10)
+            x1 = max(x0 + 1, left + (start + dur) / span * (width - left - 10))
+            draw.rectangle([x0, top + 5, x1, top + row - 15], fill=colour)
+    draw.text((left, 2), f"0 .. {span:.1f} ms; colours: " + ", ".join(colours), fill="black")
+    image.save(path)
