@@ -77,7 +77,7 @@ def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, sca
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = model_class(config)
-    model = model.to_empty(device="cpu").to(dtype or torch.float16)
+    model = model.to(dtype or torch.float16).to_empty(device="cpu")  # cast on meta: no fp32 copy in RAM
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight") or "layer_norm" in name or "layernorm" in name:
