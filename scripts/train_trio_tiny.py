@@ -62,8 +62,32 @@ def build(args):
     processor = make_tiny_processor(tokenizer, tile=args.tile, patch=args.patch)
     torch.manual_seed(args.seed)
     model = LlavaNextForConditionalGeneration(config)
+    if args.init == "scaled":
+        scaled_init(model, config)
     adapter = LlavaNextAdapter(config, processor, model)
     return model, processor, adapter
+
+
+def scaled_init(model, config):
+    """Unit-scale embeddings and 1/sqrt(fan_in) projections in the decoder and projector.
+
+    HF's default (std 0.02 everywhere) leaves attention logits near zero and token embeddings tiny
+    next to the residual updates; on this small model that stretches the initial plateau."""
+    depth = config.text_config.num_hidden_layers
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if "vision_tower" in name:
+                continue  # CLIP keeps its own (already fan-in scaled) init
+            if isinstance(module, nn.Linear):
+                std = module.in_features ** -0.5
+                if name.endswith(("o_proj", "down_proj")):
+                    std /= (2 * depth) ** 0.5
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, 1.0)
+        model.model.image_newline.normal_(0.0, 1.0)
 
 
 # ---- dataset tensors -------------------------------------------------------------------------------
@@ -284,6 +308,7 @@ def parse_args(argv=None):
     p.add_argument("--aux-weight", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--heldout", type=int, default=400, help="held-out samples for the final generate() accuracy")
+    p.add_argument("--init", choices=["scaled", "hf"], default="scaled")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default="/tmp/trio-tiny-cache")
     p.add_argument("--bench", type=int, default=0, help="only time this many training steps")

@@ -45,3 +45,9 @@ def main(argv=None):
               f"{result['seconds'][name]:>7.1f} s")
     print(f"built {len(section['engines'])} engine(s) with TensorRT {section['version']} for {section['gpu']} "
           f"(sm_{section['compute_capability'].replace('.', '')}, {section['precision']}) in {args.directory}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

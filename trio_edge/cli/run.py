@@ -43,23 +43,13 @@ def reference_pipeline(model: str, *, device: str, grid: str | None, max_new_tok
     """The PyTorch pipeline for a model (no export): same stages and code as the torch backend."""
     from ..models.preprocess import parse_grid
     from ..models.registry import load
-    from ..models.split import build_modules, plan_for
-    from ..runtime.backends import check_device
-    from ..runtime.backends.torch_backend import TorchBackend
-    from ..runtime.graphs import graph_specs
-    from ..runtime.pipeline import Pipeline
+    from ..runtime.reference import torch_pipeline
 
-    check_device(device)
     loaded = load(model)
-    adapter = loaded.adapter
-    grid_wh = parse_grid(grid) if grid else adapter.default_grid()
-    adapter.validate_grid(grid_wh)
-    plan = plan_for(adapter, adapter.schedule(grid_wh, **schedule), grid=grid_wh,
-                    max_text_tokens=512,
-                    max_new_tokens=max_new_tokens)
-    specs = graph_specs(plan, tile_count=adapter.tile_count(grid_wh), tile_size=adapter.tile_size, dtype="float32")
-    backend = TorchBackend(specs, build_modules(adapter, plan), device=device)
-    return Pipeline(plan, backend, adapter, stop_token_ids=adapter.stop_token_ids(), dtype="float32")
+    grid_wh = parse_grid(grid) if grid else loaded.adapter.default_grid()
+    loaded.adapter.validate_grid(grid_wh)
+    return torch_pipeline(loaded, loaded.adapter.schedule(grid_wh, **schedule), grid=grid_wh,
+                          max_new_tokens=max_new_tokens, device=device)
 
 
 @cli_entry

@@ -55,13 +55,14 @@ def optimization_profiles(graph_entry: dict, typical: dict[str, int] | None = No
     def clamp(axis, low, high):
         return min(high, max(low, typical.get(axis, high)))
 
+    full = {axis: (low, clamp(axis, low, high), high) for axis, (low, high) in ranges.items()}
     if DECODE_AXIS in ranges:
         low, high = ranges[DECODE_AXIS]
-        axes = [{DECODE_AXIS: (1, 1, 1)}] if low <= 1 else []
+        axes = [{**full, DECODE_AXIS: (1, 1, 1)}] if low <= 1 else []
         if high >= 2:
-            axes.append({DECODE_AXIS: (max(low, 2), clamp(DECODE_AXIS, max(low, 2), high), high)})
+            axes.append({**full, DECODE_AXIS: (max(low, 2), clamp(DECODE_AXIS, max(low, 2), high), high)})
     else:
-        axes = [{axis: (low, clamp(axis, low, high), high) for axis, (low, high) in ranges.items()}]
+        axes = [full]
     return [_input_shapes(graph_entry, values) for values in axes]
 
 

@@ -20,6 +20,30 @@ REFERENCE_CUT_DEPTHS = (1 / 32, 10 / 32, 15 / 32)
 REFERENCE_KEEP_WEIGHTS = (92 / 576, 54 / 576, 22 / 576)
 
 
+def checked_prompt(prompt) -> str:
+    """The prompt as valid text: UTF-8 bytes are decoded; other bytes, lone surrogates (argv that was not
+    UTF-8), non-text and empty prompts raise InputError."""
+    if isinstance(prompt, (bytes, bytearray)):
+        try:
+            prompt = bytes(prompt).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"the prompt is not valid UTF-8 (byte 0x{prompt[error.start]:02x} at offset "
+                             f"{error.start}); pass UTF-8 text") from None
+    if not isinstance(prompt, str):
+        raise InputError(f"the prompt must be text (str), not {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = prompt[error.start]
+        what = (f"undecodable byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF
+                else f"lone surrogate U+{ord(bad):04X}")
+        raise InputError(f"the prompt is not valid UTF-8 text ({what} at character {error.start}); pass UTF-8 "
+                         "text (check the terminal's or the file's encoding, e.g. LANG=C.UTF-8)") from None
+    if not prompt.strip():
+        raise InputError("the prompt is empty; pass a question or instruction with --prompt")
+    return prompt
+
+
 class VisionFeatures(nn.Module):
     """pixel tiles (P, 3, h, w) -> image features (M, D), for one fixed grid."""
 
@@ -96,8 +120,7 @@ class LlavaAdapter:
     # ---- text side --------------------------------------------------------------------------------
     def format_prompt(self, prompt: str) -> str:
         """Verbatim if it holds the image slot; else the chat template; else the family's default."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("the prompt is empty; pass a question or instruction with --prompt")
+        prompt = checked_prompt(prompt)
         slots = prompt.count(self.image_token)
         if slots > 1:
             raise InputError(f"the prompt has {slots} image slots ({self.image_token!r}); this model takes exactly one image")

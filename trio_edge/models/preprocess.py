@@ -7,65 +7,133 @@ that resolution, no unpadding happens, and the image-token count is a constant o
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 from ..errors import InputError
 
-# Largest image we decode at all (pixels): beyond this, PIL's decompression-bomb guard refuses it.
+# Decompression-bomb guard: the largest image (in pixels) we decode at all. Checked on the header, before a
+# single pixel is allocated; PIL's own guard (which only warns between 1x and 2x its limit) is left as is.
 MAX_IMAGE_PIXELS = 12_000 * 12_000
+# JPEGs are decoded at a reduced scale (DCT scaling, 1/2..1/8) while both sides stay at least this large:
+# big photos cost a fraction of their full-size memory and the grid is far smaller anyway.
+JPEG_DRAFT_SIZE = (2048, 2048)
+FORMATS_HINT = "pass a PNG, JPEG, WebP, BMP or GIF file"
 
 
 def load_image(source):
-    """Open an image from a path, bytes or PIL image and return it as RGB; clear errors otherwise."""
-    from PIL import Image, ImageSequence, UnidentifiedImageError
+    """Open an image from a path, bytes or PIL image and return it as RGB; InputError otherwise.
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        data = _read_bytes(source)
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except Image.DecompressionBombError as error:
-            raise InputError(f"image {source!s:.200} is too large to decode safely ({error}); "
-                             f"downscale it below {MAX_IMAGE_PIXELS} pixels") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise InputError(f"cannot decode image {source!s:.200}: {error}. Pass a PNG, JPEG, WebP, "
-                             "BMP or GIF file") from None
-    if getattr(image, "n_frames", 1) > 1:
-        image = next(iter(ImageSequence.Iterator(image)))  # animated: the first frame
-    return _to_rgb(image)
-
-
-def _read_bytes(source) -> bytes:
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise InputError(f"image file not found: {path}")
-        data = path.read_bytes()
-    if not data:
-        raise InputError(f"image {source!s:.200} is empty (0 bytes)")
-    return data
-
-
-def _to_rgb(image):
+    Animated images give their first frame; alpha is composited on white; 16-bit and float images are
+    stretched to 8 bits; images over MAX_IMAGE_PIXELS are refused from their header alone."""
     from PIL import Image
 
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        import numpy as np
+    if isinstance(source, Image.Image):
+        _check_size(source.size, "image")
+        return _to_rgb(source, "image")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise InputError("the image is empty (0 bytes); " + FORMATS_HINT)
+        return _decode(io.BytesIO(data), "image bytes")
+    if not isinstance(source, (str, Path)) and not hasattr(source, "__fspath__"):
+        raise InputError(f"the image must be a file path, bytes or a PIL image, not {type(source).__name__}")
+    path = Path(source)
+    name = _display(path)
+    try:
+        if path.is_dir():
+            raise InputError(f"image file not found: {name} is a directory; pass an image file inside it")
+        if not path.exists():
+            raise InputError(f"image file not found: {name}; check the path")
+        if not path.is_file():
+            raise InputError(f"image {name} is not a regular file (a device or pipe?); pass an image file")
+        if path.stat().st_size == 0:
+            raise InputError(f"image {name} is empty (0 bytes); " + FORMATS_HINT)
+        with open(path, "rb") as handle:
+            return _decode(handle, f"image {name}")
+    except InputError:
+        raise
+    except (OSError, ValueError) as error:  # permissions, a NUL in the path, a file vanishing meanwhile
+        reason = getattr(error, "strerror", None) or str(error)
+        raise InputError(f"cannot read image {name}: {reason}; check the path and its permissions") from None
 
-        array = np.asarray(image, dtype=np.float64)
-        span = max(float(array.max() - array.min()), 1e-12)
-        array = ((array - array.min()) / span * 255.0).round().astype("uint8")
-        return Image.fromarray(array).convert("RGB")
-    return image.convert("RGB")
+
+def _display(path: Path) -> str:
+    """The path for a message: at most 200 characters, undecodable bytes shown escaped (never a crash)."""
+    text = str(path)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 200 else "..." + text[-197:]
+
+
+def _check_size(size: tuple[int, int], what: str) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise InputError(f"{what} has no pixels ({width}x{height}); " + FORMATS_HINT)
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{what} is {width}x{height} = {width * height} pixels, over the {MAX_IMAGE_PIXELS}-pixel "
+                         "limit (decompression-bomb guard); downscale it first (e.g. to at most 4096 pixels a side)")
+
+
+def _decode(stream, what: str):
+    """Header first (size guard), then the first frame's pixels; every decoder failure -> InputError."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
+            image = Image.open(stream)
+            _check_size(image.size, what)
+            if image.format == "JPEG":
+                image.draft("RGB", JPEG_DRAFT_SIZE)
+            image.load()  # the first frame of animated GIF / WebP / APNG
+    except InputError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise InputError(f"{what} is too large to decode safely ({error}); downscale it first") from None
+    except UnidentifiedImageError:
+        raise InputError(f"cannot decode {what}: not a recognised image format (corrupt, or not an image); "
+                         + FORMATS_HINT) from None
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error,
+            ZeroDivisionError, OverflowError) as error:  # what PIL's decoders raise on malformed data
+        reason = str(error) or type(error).__name__
+        raise InputError(f"cannot decode {what}: {reason} (corrupt or truncated file); " + FORMATS_HINT) from None
+    return _to_rgb(image, what)
+
+
+def _to_rgb(image, what: str = "image"):
+    """Any PIL mode -> RGB: alpha composited on white, 16-bit/float stretched to 0..255, the rest converted."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    try:  # phone photos: apply the EXIF orientation (only when there is one: transposing copies the pixels)
+        if image.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
+            image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF: use the pixels as stored
+        pass
+    try:
+        if image.mode == "RGB":
+            return image
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba)  # alpha over opaque white
+            return canvas
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            array = np.asarray(image).astype(np.float32)  # one float32 copy: 4 bytes a pixel
+            low, high = float(array.min()), float(array.max())
+            if not (np.isfinite(low) and np.isfinite(high)):
+                array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+                low, high = float(array.min()), float(array.max())
+            array -= low
+            array *= 255.0 / max(high - low, 1e-12)
+            np.rint(array, out=array)
+            return Image.fromarray(array.astype(np.uint8)).convert("RGB")
+        return image.convert("RGB")
+    except (ValueError, OSError, TypeError) as error:
+        raise InputError(f"cannot convert {what} (mode {image.mode}) to RGB: {error}; save it as an 8-bit RGB "
+                         "PNG or JPEG") from None
 
 
 def letterbox(image, width: int, height: int, fill: tuple[int, int, int]):

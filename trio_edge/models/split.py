@@ -39,8 +39,10 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int, max_new
     )
 
 
-def build_modules(adapter, plan: PipelinePlan) -> dict[str, nn.Module]:
-    """Graph name -> PyTorch module; these are what the torch backend runs and what export traces."""
+def build_modules(adapter, plan: PipelinePlan, method: str = "trio", seed: int = 0) -> dict[str, nn.Module]:
+    """Graph name -> PyTorch module; these are what the torch backend runs and what export traces.
+
+    `method` picks the selection rule of every cut (peers are PyTorch-only baselines)."""
     decoder = adapter.decoder
     modules = {
         "vision": adapter.vision_module(plan.grid),
@@ -50,5 +52,6 @@ def build_modules(adapter, plan: PipelinePlan) -> dict[str, nn.Module]:
         modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head)
     for sel in plan.selects:
         modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep,
-                                        plan.schedule.threshold, plan.schedule.positions, plan.nms_iterations)
+                                        plan.schedule.threshold, plan.schedule.positions, plan.nms_iterations,
+                                        method=method, seed=seed)
     return {name: module.eval() for name, module in modules.items()}

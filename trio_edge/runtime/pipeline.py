@@ -62,12 +62,13 @@ class Pipeline:
 
     # ---- inputs -----------------------------------------------------------------------------------
     def prepare(self, image, prompt: str):
-        pixels = self.io.pixel_values(load_image(image), self.plan.grid).to(self.device, self.dtype)
+        # the prompt first: it is cheap to check, and a bad one should not wait for a large image to decode
         input_ids = self.io.prompt_ids(prompt, self.plan.num_image_tokens).to(self.device)
         text_tokens = input_ids.shape[1] - self.plan.num_image_tokens
         if text_tokens > self.plan.max_text_tokens:
             raise InputError(f"the prompt has {text_tokens} text tokens; this export allows at most "
-                             f"{self.plan.max_text_tokens} (re-export with a larger --max-text-tokens)")
+                             f"{self.plan.max_text_tokens} (shorten it, or re-export with a larger --max-text-tokens)")
+        pixels = self.io.pixel_values(load_image(image), self.plan.grid).to(self.device, self.dtype)
         return pixels, input_ids
 
     # ---- stages -----------------------------------------------------------------------------------

@@ -9,8 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import peers
 from .saliency import proxy_saliency
 from .selection import nms_select_fixed
+
+# Selection rules the stage can apply; only "trio" is exported, peers are PyTorch-only baselines.
+METHODS = ("trio", "fastv", "dart", "random", "uniform")
 
 
 def pruned_index_map(seq_len, image_start, num_image: int, kept: torch.Tensor) -> torch.Tensor:
@@ -34,8 +38,12 @@ def apply_selection(hidden, position_ids, image_start, num_image: int, kept, ren
 
 class SelectStage(nn.Module):
     def __init__(self, decoder, proxy_layer: int, num_image_tokens: int, keep: int, threshold: float,
-                 positions: str, nms_iterations: int):
+                 positions: str, nms_iterations: int, method: str = "trio", seed: int = 0):
         super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+        self.method = method
+        self.random = torch.Generator().manual_seed(seed)
         self.decoder_layer = decoder.layers[proxy_layer]  # registered so export sees the weights
         self.norm, self.lm_head, self.rotary = decoder.norm, decoder.lm_head, decoder.rotary
         self._decoder, self.proxy_layer = decoder, proxy_layer
@@ -47,9 +55,27 @@ class SelectStage(nn.Module):
         proxy = lambda h, pos, rows: self._decoder.proxy_logits(self.proxy_layer, h, pos, rows)  # noqa: E731
         return proxy_saliency(proxy, hidden[0], position_ids)  # (S,)
 
+    def peer_kept(self, hidden, position_ids, span):
+        """A baseline's kept indices at this cut (same budget, same cut layer as TRIO)."""
+        m, h = self.num_image_tokens, hidden[0]
+        if self.method == "fastv":
+            attention = self._decoder.last_token_attention(self.proxy_layer, h, position_ids)
+            return peers.fastv_select(attention.index_select(0, span), self.keep)
+        if self.method == "dart":
+            keys = self._decoder.keys(self.proxy_layer, h, position_ids).index_select(0, span)
+            return peers.dart_select(keys, h.index_select(0, span), self.keep)
+        if self.method == "random":
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.random))
+            return peers.random_select(m, self.keep, seed)
+        return peers.uniform_select(m, self.keep)
+
     def forward(self, hidden, position_ids, image_start):
         m = self.num_image_tokens
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
+        if self.method != "trio":
+            kept = self.peer_kept(hidden, position_ids, span).to(hidden.device)
+            hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
+            return kept, torch.tensor(True), hidden_out, position_out, torch.zeros(m)
         scores = self.saliency(hidden, position_ids).index_select(0, span)  # (M,)
         features = hidden[0].index_select(0, span)  # (M, D)
         kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations)

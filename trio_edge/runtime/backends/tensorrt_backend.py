@@ -79,7 +79,8 @@ def check_engine_compatibility(recorded: dict | None, current: dict, *, director
             return "sm_" + str(cc).replace(".", "")
 
         raise ArtifactError(
-            f"TensorRT engines in {directory} do not fit this machine ({' and '.join(differing)} differ): engines were "
+            f"TensorRT engines in {directory} do not fit this machine ({' and '.join(differing)} "
+            f"{'differs' if len(differing) == 1 else 'differ'}): engines were "
             f"built for {recorded['gpu']} ({sm(recorded['compute_capability'])}) with TensorRT {recorded['version']}; "
             f"this is {current['gpu']} ({sm(current['compute_capability'])}) with TensorRT {current['version']}: "
             f"rebuild with trio-build {directory}")
@@ -214,7 +215,8 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError("the tensorrt backend runs on the GPU: pass --device cuda")
         trt = import_tensorrt()
         require_cuda("the tensorrt backend")
-        torch.cuda.set_device(self.device)
+        if self.device.index is not None:
+            torch.cuda.set_device(self.device.index)  # engines load onto, and run on, the current device
         self.stream = torch.cuda.Stream(self.device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)  # outlives the engines it deserialized
@@ -333,5 +335,7 @@ class TensorRTBackend(Backend):
     def close(self):
         if hasattr(self, "decode_graphs"):
             self.stream.synchronize()
-            self.decode_graphs.clear()
+            self.decode_graphs.clear()  # captured graphs use the contexts' memory: drop them first
+        for loaded in getattr(self, "engines", {}).values():
+            loaded.contexts.clear()  # contexts before their engine
         self.engines, self._reused, self._kv_pairs = {}, {}, {}

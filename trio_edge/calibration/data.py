@@ -1,0 +1,28 @@
+"""One data protocol for evaluation, calibration and validation: a records folder (jsonl) or synthetic."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import InputError
+
+SYNTHETIC = "synthetic"
+HELD_OUT_SEED = 90_001  # far from the training script's seeds
+
+
+def load_records(data: str, *, n: int | None, seed: int = HELD_OUT_SEED) -> list[dict]:
+    """Records with `image` (path or PIL image), `question`, `answer`; the first `n` (all if None)."""
+    from ..data.synthetic_vqa import make_split, read_records
+
+    if data == SYNTHETIC:
+        return make_split(n or 200, seed)
+    records = read_records(data)
+    if not records:
+        raise InputError(f"{data} holds no records")
+    return records[:n] if n else records
+
+
+def normalize_answer(text: str) -> str:
+    """First word, lower case, without punctuation: 'Red.' -> 'red'."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return words[0] if words else ""

@@ -1,0 +1,59 @@
+"""trio-eval MODEL_OR_DIR: does pruning keep the answer? Accuracy and retention per method and budget.
+
+Runs the full-token model, then TRIO and the peer rules (FastV, DART-style, random, uniform) with the same
+schedule at each layer-averaged budget, on the synthetic VQA generator's held-out split or a records
+folder (--data DIR with records.jsonl: image, question, answer). --backend onnxruntime also exports TRIO
+at each budget and runs the ONNX graphs (must match the torch numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trio-eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="alias, Hugging Face id or model directory (default trio-tiny)", nargs="?",
+                        default="trio-tiny")
+    parser.add_argument("--budgets", default="0.33,0.22,0.111", help="layer-averaged image-token ratios")
+    parser.add_argument("--methods", default="full,trio,fastv,dart,random,uniform")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument("--data", default="synthetic", help="'synthetic' or a records folder / .jsonl file")
+    parser.add_argument("--n", type=int, default=200, help="number of samples (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    parser.add_argument("--json", dest="json_path", help="write results as JSON here")
+    parser.add_argument("--plot", help="write an accuracy-vs-budget PNG here")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from ..calibration.data import load_records
+    from ..calibration.evaluate import evaluate, write_plot
+    from ..errors import InputError
+    from ..models.registry import load
+
+    try:
+        budgets = [float(b) for b in args.budgets.split(",")]
+    except ValueError:
+        raise InputError(f"--budgets must be comma-separated ratios like 0.33,0.111, got {args.budgets!r}") from None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    records = load_records(args.data, n=args.n)
+    result = evaluate(load(args.model), records, budgets=budgets, methods=methods, backend=args.backend,
+                      seed=args.seed, progress=not args.quiet)
+    print(result.table())
+    body = {"command": "trio-eval " + " ".join(sys.argv[1:] if argv is None else argv), "model": args.model,
+            "data": args.data, "n": result.n, "full_accuracy": result.full_accuracy, "rows": result.rows}
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(body, indent=2))
+    if args.plot:
+        write_plot(result, args.plot)
+    print(json.dumps({"full_accuracy": result.full_accuracy, "n": result.n}))
