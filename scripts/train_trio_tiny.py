@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trio_edge.data.synthetic_vqa import COLORS, KINDS, SHAPES, make_split, write_records
+from trio_edge.data.synthetic_vqa import COLORS, KINDS, SHAPES, make_split, scene_questions
 from trio_edge.models.llava import LlavaNextAdapter
 from trio_edge.models.tiny import make_tiny_processor, make_tiny_tokenizer, tiny_llava_next_config
 
@@ -120,14 +120,30 @@ def patch_labels(sample, grid_size: int, tile: int, patch: int) -> np.ndarray:
     return np.stack([colour_of[ids], shape_of[ids]]).astype(np.int64)
 
 
-def build_tensors(samples, adapter, grid, args):
-    """Samples -> dict of tensors: uint8 pixels, padded text-after-image ids, answer positions, labels."""
+def pick_questions(sample, k: int, rng) -> list[dict]:
+    """The sample's own question first, then up to k-1 other well-posed questions about the same
+    image, preferring kinds not yet chosen (several questions share one image in a training step)."""
+    chosen = [{"question": sample["question"], "answer": sample["answer"], "kind": sample["kind"]}]
+    pool = [q for q in scene_questions(sample) if q["question"] != sample["question"]]
+    rng.shuffle(pool)
+    while len(chosen) < k and pool:
+        used = {q["kind"] for q in chosen}
+        fresh = [q for q in pool if q["kind"] not in used]
+        pick = (fresh or pool)[0]
+        pool.remove(pick)
+        chosen.append(pick)
+    return chosen
+
+
+def build_tensors(samples, adapter, grid, args, questions_per_image: int, seed: int):
+    """Samples -> dict of tensors: uint8 pixels, per-question text-after-image ids (N, K, L) with
+    lengths (0: no question), answer ids, per-patch labels."""
     tokenizer = adapter.processor.tokenizer
     image_id, eos_id, pad_id = adapter.image_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     m = adapter.image_token_count(grid)
-    mean = torch.tensor(adapter.processor.image_processor.image_mean).view(3, 1, 1)
-    std = torch.tensor(adapter.processor.image_processor.image_std).view(3, 1, 1)
-    pixels, suffixes, answer_ids, labels, kinds = [], [], [], [], []
+    mean, std = _norm(adapter)
+    rng = np.random.default_rng(seed)
+    pixels, branches, labels, questions = [], [], [], []
     prefix = None
     for sample in samples:
         pv = adapter.pixel_values(sample["image"], grid)  # exactly the runtime's preprocessing
@@ -135,39 +151,47 @@ def build_tensors(samples, adapter, grid, args):
         if len(pixels) < 64:  # the uint8 cache must restore the processor's output exactly
             assert torch.equal(restore_pixels(u8[None], mean, std)[0], pv), "uint8 pixel cache is not exact"
         pixels.append(u8)
-        ids = adapter.prompt_ids(sample["question"], m)[0].tolist()
-        start = ids.index(image_id)
-        assert ids[start:start + m] == [image_id] * m and image_id not in ids[start + m:]
-        prefix = ids[:start] if prefix is None else prefix
-        assert ids[:start] == prefix, "the text before the image must be the same for every prompt"
-        answer = tokenizer(sample["answer"], add_special_tokens=False)["input_ids"]
-        assert len(answer) == 1 and answer[0] != tokenizer.unk_token_id, sample["answer"]
-        suffixes.append(ids[start + m:] + [answer[0], eos_id])
-        answer_ids.append(answer[0])
+        rows = []
+        chosen = pick_questions(sample, questions_per_image, rng)
+        questions.append([q["question"] for q in chosen])
+        for q in chosen:
+            ids = adapter.prompt_ids(q["question"], m)[0].tolist()
+            start = ids.index(image_id)
+            assert ids[start:start + m] == [image_id] * m and image_id not in ids[start + m:]
+            prefix = ids[:start] if prefix is None else prefix
+            assert ids[:start] == prefix, "the text before the image must be the same for every prompt"
+            answer = tokenizer(q["answer"], add_special_tokens=False)["input_ids"]
+            assert len(answer) == 1 and answer[0] != tokenizer.unk_token_id, q["answer"]
+            rows.append((ids[start + m:] + [answer[0], eos_id], answer[0], KINDS.index(q["kind"])))
+        branches.append(rows)
         labels.append(patch_labels(sample, grid[0], args.tile, args.patch))
-        kinds.append(KINDS.index(sample["kind"]))
-    width = max(len(s) for s in suffixes)
-    suffix = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    lengths = torch.tensor([len(s) for s in suffixes])
-    for i, s in enumerate(suffixes):
-        suffix[i, :len(s)] = torch.tensor(s)
+    n, width = len(samples), max(len(r[0]) for rows in branches for r in rows)
+    suffix = torch.full((n, questions_per_image, width), pad_id, dtype=torch.long)
+    lengths = torch.zeros((n, questions_per_image), dtype=torch.long)
+    answers = torch.full((n, questions_per_image), -100, dtype=torch.long)
+    kinds = torch.zeros((n, questions_per_image), dtype=torch.long)
+    for i, rows in enumerate(branches):
+        for j, (ids, answer, kind) in enumerate(rows):
+            suffix[i, j, :len(ids)] = torch.tensor(ids)
+            lengths[i, j], answers[i, j], kinds[i, j] = len(ids), answer, kind
     return {"pixels": torch.stack(pixels), "prefix": torch.tensor(prefix), "suffix": suffix, "lengths": lengths,
-            "answer": torch.tensor(answer_ids), "labels": torch.from_numpy(np.stack(labels)),
-            "kinds": torch.tensor(kinds), "eos": eos_id}
+            "answer": answers, "labels": torch.from_numpy(np.stack(labels)), "kinds": kinds, "eos": eos_id,
+            "questions": questions}
 
 
 def restore_pixels(u8, mean, std):
     return (u8.float() / 255.0 - mean) / std
 
 
-def dataset(n, seed, adapter, grid, args, name):
-    key = hashlib.sha256(json.dumps([n, seed, args.tile, args.patch, grid, name, 3]).encode()).hexdigest()[:12]
+def dataset(n, seed, adapter, grid, args, name, questions_per_image=1):
+    key = hashlib.sha256(json.dumps([n, seed, args.tile, args.patch, grid, name, questions_per_image, 4]).encode()
+                         ).hexdigest()[:12]
     path = Path(args.cache_dir) / f"{name}-{n}-{seed}-{key}.pt"
     if path.is_file():
         log(f"{name}: cached {path}")
         return torch.load(path)
     t0 = time.time()
-    out = build_tensors(make_split(n, seed), adapter, grid, args)
+    out = build_tensors(make_split(n, seed), adapter, grid, args, questions_per_image, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
@@ -212,40 +236,63 @@ class Trainer(nn.Module):
         return torch.cat([feats[:, 0], grid], dim=1)
 
     def forward(self, pixels, prefix, suffix, lengths):
-        """Logits at the answer and eos target positions (B, 2, V) and the per-patch aux logits."""
+        """Answer/eos logits (B, K, 2, V) for K questions per image, and the per-patch aux logits.
+
+        suffix (B, K, L): per question, the text after the image + answer + eos, right-padded. The K
+        questions share the prefix and image: each attends to them and to itself only (a tree mask)
+        and its positions continue from the image, so every question sees exactly its own prompt."""
         feats = self.tile_features(pixels)
         image = self.pack(feats)
         embed = self.lm.embed_tokens
-        b = pixels.shape[0]
-        seq = torch.cat([embed(prefix).expand(b, -1, -1), image, embed(suffix)], dim=1)
-        hidden = self.lm(inputs_embeds=seq, use_cache=False).last_hidden_state
-        offset = prefix.numel() + image.shape[1]
-        # suffix = [text after image ..., answer, eos]: the answer is predicted at index len-3, eos at len-2
-        pos = offset + torch.stack([lengths - 3, lengths - 2], 1)
-        picked = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
-        return self.lm_head(picked), self.aux_colour(feats), self.aux_shape(feats)
+        b, k, l = suffix.shape
+        base = prefix.numel() + image.shape[1]
+        seq = torch.cat([embed(prefix).expand(b, -1, -1), image, embed(suffix).reshape(b, k * l, -1)], dim=1)
+        positions = torch.cat([torch.arange(base), base + torch.arange(l).repeat(k)])
+        mask = None
+        if k > 1:
+            total = base + k * l
+            branch = torch.cat([torch.full((base,), -1), torch.arange(k).repeat_interleave(l)])
+            q, kv = torch.arange(total)[:, None], torch.arange(total)[None, :]
+            mask = ((kv < base) & (kv <= q)) | ((branch[:, None] == branch[None, :]) & (positions[None, :] <= positions[:, None]) & (kv >= base))
+            mask = mask[None, None]
+        hidden = self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=positions[None].expand(b, -1),
+                         use_cache=False).last_hidden_state
+        # per question: the answer is predicted at index len-3 of its suffix, the eos at len-2
+        starts = base + torch.arange(k) * l
+        pos = starts[None, :, None] + (lengths[..., None] - torch.tensor([3, 2])).clamp(min=0)
+        picked = hidden.gather(1, pos.reshape(b, 2 * k, 1).expand(-1, -1, hidden.shape[-1]))
+        return self.lm_head(picked).view(b, k, 2, -1), self.aux_colour(feats), self.aux_shape(feats)
 
 
-def check_equivalence(trainer, model, adapter, samples, data, grid):
-    """The fast path must equal the model's own get_image_features and forward (once, a few samples)."""
+def check_equivalence(trainer, model, adapter, samples, grid, args):
+    """The fast path (tensor packing, several questions per image under a tree mask) must equal the
+    model's own get_image_features and forward on each question alone. Run once, on a few samples."""
+    data = build_tensors(samples, adapter, grid, args, 4, seed=0)
     model.eval()
+    worst_feats = worst_logits = 0.0
+    checked = 0
     with torch.no_grad():
+        pix = restore_pixels(data["pixels"], *_norm(adapter))
+        logits, _, _ = trainer(pix, data["prefix"], data["suffix"], data["lengths"])
         for i, sample in enumerate(samples):
-            inputs = adapter.hf_inputs(sample["image"], sample["question"], grid)
-            ours_feats = trainer.pack(trainer.tile_features(inputs["pixel_values"]))[0]
-            theirs = model.model.get_image_features(pixel_values=inputs["pixel_values"],
-                                                    image_sizes=inputs["image_sizes"]).pooler_output
-            theirs = theirs[0] if isinstance(theirs, (list, tuple)) else theirs
-            diff_feats = (ours_feats - theirs.reshape(ours_feats.shape)).abs().max().item()
-            pix = restore_pixels(data["pixels"][i:i + 1], *_norm(adapter))
-            assert torch.equal(pix[0], inputs["pixel_values"][0]), "cached pixels differ from the processor's"
-            logits, _, _ = trainer(pix, data["prefix"], data["suffix"][i:i + 1], data["lengths"][i:i + 1])
-            hf_logits = model(**inputs).logits[0, -1]
-            diff_logits = (logits[0, 0] - hf_logits).abs().max().item()
-            assert diff_feats < 1e-5 and diff_logits < 1e-4, (diff_feats, diff_logits)
+            for j, question in enumerate(data["questions"][i]):
+                inputs = adapter.hf_inputs(sample["image"], question, grid)
+                assert torch.equal(pix[i], inputs["pixel_values"][0]), "cached pixels differ from the processor's"
+                if j == 0:
+                    ours = trainer.pack(trainer.tile_features(inputs["pixel_values"]))[0]
+                    theirs = model.model.get_image_features(pixel_values=inputs["pixel_values"],
+                                                            image_sizes=inputs["image_sizes"]).pooler_output
+                    theirs = theirs[0] if isinstance(theirs, (list, tuple)) else theirs
+                    worst_feats = max(worst_feats, (ours - theirs.reshape(ours.shape)).abs().max().item())
+                full = torch.cat([inputs["input_ids"][0], data["suffix"][i, j, data["lengths"][i, j] - 2:][:1]])
+                hf = model(input_ids=full[None], pixel_values=inputs["pixel_values"],
+                           image_sizes=inputs["image_sizes"]).logits[0, -2:]
+                worst_logits = max(worst_logits, (logits[i, j] - hf).abs().max().item())
+                checked += 1
+    assert worst_feats < 1e-5 and worst_logits < 1e-4, (worst_feats, worst_logits)
     model.train()
-    log(f"fast path == get_image_features / forward on {len(samples)} samples "
-        f"(max |diff| features {diff_feats:.1e}, logits {diff_logits:.1e})")
+    log(f"fast path == get_image_features / forward on {checked} questions about {len(samples)} images "
+        f"(max |diff| features {worst_feats:.1e}, answer+eos logits {worst_logits:.1e})")
 
 
 def _norm(adapter):
@@ -263,10 +310,10 @@ def fast_accuracy(trainer, data, adapter, batch=64):
         for s in range(0, len(data["answer"]), batch):
             sl = slice(s, s + batch)
             logits, _, _ = trainer(restore_pixels(data["pixels"][sl], mean, std), data["prefix"],
-                                   data["suffix"][sl], data["lengths"][sl])
-            hit = (logits[:, 0].argmax(-1) == data["answer"][sl]).float()
-            correct.index_add_(0, data["kinds"][sl], hit)
-            total.index_add_(0, data["kinds"][sl], torch.ones_like(hit))
+                                   data["suffix"][sl, :1], data["lengths"][sl, :1])
+            hit = (logits[:, 0, 0].argmax(-1) == data["answer"][sl, 0]).float()
+            correct.index_add_(0, data["kinds"][sl, 0], hit)
+            total.index_add_(0, data["kinds"][sl, 0], torch.ones_like(hit))
     trainer.train()
     return (correct.sum() / total.sum()).item(), {k: round((c / max(t, 1)).item(), 3) for k, c, t in zip(KINDS, correct, total)}
 
@@ -301,7 +348,8 @@ def parse_args(argv=None):
     p.add_argument("--train-size", type=int, default=24_000)
     p.add_argument("--val-size", type=int, default=400)
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--batch", type=int, default=32, help="images per step")
+    p.add_argument("--questions", type=int, default=4, help="questions per image per step (1-4)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -328,10 +376,11 @@ def main(argv=None):
     log(f"model: {n_params / 1e6:.2f}M parameters, grid {grid[0]}x{grid[1]}, {adapter.tile_count(grid)} tiles, "
         f"{m} image tokens")
 
-    train = dataset(args.train_size if not args.bench else 512, args.seed + TRAIN_SEED_OFFSET, adapter, grid, args, "train")
+    train = dataset(args.train_size if not args.bench else 512, args.seed + TRAIN_SEED_OFFSET, adapter, grid, args,
+                    "train", questions_per_image=4)
     val = dataset(args.val_size, args.seed + VAL_SEED_OFFSET, adapter, grid, args, "val")
     trainer = Trainer(model, adapter, grid)
-    check_equivalence(trainer, model, adapter, make_split(3, args.seed + VAL_SEED_OFFSET), val, grid)
+    check_equivalence(trainer, model, adapter, make_split(3, args.seed + VAL_SEED_OFFSET), grid, args)
 
     decay = [p for n, p in trainer.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in trainer.named_parameters() if p.dim() < 2 or "embed" in n]
@@ -359,11 +408,13 @@ def main(argv=None):
             order, cursor = torch.randperm(n_train, generator=generator), 0
         idx = order[cursor:cursor + args.batch]
         cursor += args.batch
-        length = int(train["lengths"][idx].max())
+        lengths = train["lengths"][idx, :args.questions]
         logits, aux_c, aux_s = trainer(restore_pixels(train["pixels"][idx], mean, std), train["prefix"],
-                                       train["suffix"][idx, :length], train["lengths"][idx])
-        targets = torch.stack([train["answer"][idx], torch.full_like(idx, train["eos"])], 1)
-        answer_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+                                       train["suffix"][idx, :args.questions, :int(lengths.max())], lengths)
+        answers = train["answer"][idx, :args.questions]
+        eos = torch.where(answers >= 0, train["eos"], -100)
+        targets = torch.stack([answers, eos], -1)  # -100: no question in that slot (ignored)
+        answer_loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), ignore_index=-100)
         labels = train["labels"][idx]
         aux_loss = F.cross_entropy(aux_c.flatten(0, 2), labels[:, 0].flatten()) + \
             F.cross_entropy(aux_s.flatten(0, 2), labels[:, 1].flatten())

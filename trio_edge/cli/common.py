@@ -7,16 +7,38 @@ import os
 import sys
 
 
+def _notices_to_stderr() -> None:
+    """The library's one-line notices (logger 'trio_edge', e.g. leftovers of an interrupted export) go to
+    stderr as bare lines, unless the host program configured logging itself."""
+    import logging
+
+    class StderrLines(logging.Handler):
+        def emit(self, record):
+            print(record.getMessage(), file=sys.stderr)  # sys.stderr at the time of the record
+
+    logger = logging.getLogger("trio_edge")
+    if not logging.getLogger().handlers and not any(type(h).__name__ == "StderrLines" for h in logger.handlers):
+        logger.addHandler(StderrLines(logging.INFO))
+
+
+def _one_line(error) -> str:
+    """The error's message on one line, printable whatever the terminal's encoding."""
+    text = " ".join(str(error).split("\n"))
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
+
+
 def cli_entry(func):
     @functools.wraps(func)
     def wrapper(argv=None):
         from ..errors import TrioEdgeError
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        _notices_to_stderr()
         try:
             return func(argv) or 0
         except TrioEdgeError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {_one_line(error)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -176,6 +176,35 @@ def make_sample(rng: np.random.Generator, kind: str | None = None, size: int = S
             "mask": mask}
 
 
+def scene_questions(sample: dict, size: int | None = None) -> list[dict]:
+    """Every question (dict of question, answer, kind) that is well-posed for a sample's scene.
+
+    Training uses it to ask several questions about one image; the rules are the generator's own:
+    a colour question needs a unique shape, a shape question a unique colour, counts are 1-3, and a
+    position question needs two unique colours at least 15% of the image width apart."""
+    size = size or sample["image"].width
+    objects = sample["objects"]
+    shapes = [o["shape"] for o in objects]
+    colours = [o["color"] for o in objects]
+    out = []
+    for o in objects:
+        if shapes.count(o["shape"]) == 1:
+            out.append({"question": f"what color is the {o['shape']}?", "answer": o["color"], "kind": "color"})
+        if colours.count(o["color"]) == 1:
+            out.append({"question": f"what shape is the {o['color']} object?", "answer": o["shape"], "kind": "shape"})
+    for shape in sorted(set(shapes), key=SHAPES.index):
+        if shapes.count(shape) <= 3:
+            out.append({"question": f"how many {PLURALS[shape]} are there?", "answer": NUMBERS[shapes.count(shape)],
+                        "kind": "count"})
+    for a in objects:
+        for b in objects:
+            if a is not b and colours.count(a["color"]) == 1 and colours.count(b["color"]) == 1 \
+                    and abs(a["x"] - b["x"]) >= 0.15 * size:
+                out.append({"question": f"is the {a['color']} object left or right of the {b['color']} object?",
+                            "answer": "left" if a["x"] < b["x"] else "right", "kind": "position"})
+    return out
+
+
 def make_split(n: int, seed: int, size: int = SIZE) -> list[dict]:
     """`n` samples, kinds balanced (cycled in a seeded order), deterministic per seed."""
     rng = np.random.default_rng(seed)

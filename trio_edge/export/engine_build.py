@@ -139,7 +139,8 @@ class _Builder:
         self.builder = trt.Builder(self.logger)
         self.cache_path = Path(timing_cache) if timing_cache is not None else None
         data = self.cache_path.read_bytes() if self.cache_path is not None and self.cache_path.is_file() else b""
-        self.cache = self.builder.create_builder_config().create_timing_cache(data)  # empty cache if no file yet
+        self._cache_config = self.builder.create_builder_config()  # kept alive with the cache it created
+        self.cache = self._cache_config.create_timing_cache(data)  # an empty cache if there is no file yet
 
     def build(self, name: str, onnx_path: Path, entry: dict, profiles: list[dict[str, tuple]]):
         """The serialized engine (trt.IHostMemory) of one graph."""

@@ -1,9 +1,20 @@
-"""Atomic directory writes and file hashing: a killed job never leaves a half-written artifact."""
+"""Atomic directory writes and file hashing: a killed job never leaves a half-written artifact.
+
+`atomic_directory(target)` builds the artifact in a sibling `.TARGET.partial-PID-XXXX` directory and
+renames it onto `target` only when the block succeeds (after fsync), so `target` is either absent, the
+previous complete artifact, or the new complete one. An exception removes the partial directory; a
+SIGKILL or power cut cannot, so it stays behind as `.TARGET.partial-*` (never loadable: it has no
+manifest). Those leftovers are *not* removed automatically (another export into the same directory may
+own one); `stale_siblings` lists them and the exporter mentions them in a one-line notice.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -11,27 +22,145 @@ from pathlib import Path
 
 from ..errors import ArtifactError
 
+log = logging.getLogger("trio_edge")
+
+PARTIAL_TAG = ".partial-"
+OLD_TAG = ".old-"
+
+
+def _prefix(target: Path, tag: str) -> str:
+    return f".{target.name}{tag}{os.getpid()}-"
+
+
+def _pid_of(sibling: Path, target: Path) -> int | None:
+    for tag in (PARTIAL_TAG, OLD_TAG):
+        head = f".{target.name}{tag}"
+        if sibling.name.startswith(head):
+            pid = sibling.name[len(head):].split("-", 1)[0]
+            return int(pid) if pid.isdigit() else None
+    return None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_siblings(target: str | Path) -> list[Path]:
+    """Leftover `.TARGET.partial-*` / `.TARGET.old-*` directories next to `target` (interrupted exports),
+    except this process's own."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    mine = {_prefix(target, PARTIAL_TAG), _prefix(target, OLD_TAG)}
+    found = []
+    for tag in (PARTIAL_TAG, OLD_TAG):
+        for path in target.parent.glob(f".{target.name}{tag}*"):
+            if path.is_dir() and not any(path.name.startswith(p) for p in mine):
+                found.append(path)
+    return sorted(found)
+
+
+def stale_notice(target: str | Path) -> str | None:
+    """One line about leftovers of interrupted exports next to `target`, or None if there are none."""
+    target = Path(target)
+    stale = stale_siblings(target)
+    if not stale:
+        return None
+    running = [p for p in stale if _alive(_pid_of(p, target))]
+    names = ", ".join(p.name for p in stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+    if running:
+        advice = (f"{len(running)} of them may belong to an export still running (process alive); delete the "
+                  "others if no other trio-export into this directory is running")
+    else:
+        advice = "their processes are gone; delete them if no other trio-export into this directory is running"
+    return (f"notice: {len(stale)} leftover partial export director{'y' if len(stale) == 1 else 'ies'} next to "
+            f"{target} ({names}) from an interrupted trio-export; never loadable; {advice}")
+
 
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, *, overwrite: bool = False):
-    """Yield a temporary sibling directory; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary sibling directory; rename it onto `target` only if the block succeeds.
+
+    With `overwrite`, an existing `target` stays complete and loadable until the final rename, which
+    swaps the two directories in one step where the OS allows it (Linux renameat2 RENAME_EXCHANGE)."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise ArtifactError(f"{target} already exists; pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    notice = stale_notice(target)
+    if notice:
+        log.warning(notice)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target, PARTIAL_TAG), dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, trash / "old")
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
+        _fsync_tree(tmp)
+        if target.exists() or target.is_symlink():
+            if _exchange(tmp, target):  # tmp now holds the old artifact
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                trash = Path(tempfile.mkdtemp(prefix=_prefix(target, OLD_TAG), dir=target.parent))
+                os.replace(target, trash / "old")
+                os.replace(tmp, target)
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    if not os.uname().sysname == "Linux" or not b.is_dir() or b.is_symlink():
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    return False  # EINVAL / ENOSYS (filesystem or kernel without it): fall back to two renames
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under `root` to disk before it is renamed into place."""
+    for directory, _, names in os.walk(root):
+        for name in names:
+            try:
+                with open(os.path.join(directory, name), "rb") as handle:
+                    os.fsync(handle.fileno())
+            except OSError:
+                pass
+        _fsync_dir(Path(directory))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -65,14 +65,28 @@ def read_manifest(directory: str | Path, *, verify_hashes: bool = True) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{directory} has no {MANIFEST_NAME}: not a (complete) trio-export directory; re-run trio-export")
     try:
-        body = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ArtifactError(f"{path} is not valid JSON ({error}); re-run trio-export") from None
+    except OSError as error:
+        raise ArtifactError(f"cannot read {path}: {error.strerror or error}; check its permissions") from None
+    if not isinstance(body, dict):
+        raise ArtifactError(f"{path} is not a trio-export manifest (a JSON {type(body).__name__}, not an object); "
+                            "re-run trio-export")
     version = body.get("manifest_version")
     if not isinstance(version, int) or version > MANIFEST_VERSION or version < 1:
         raise ArtifactError(f"{path}: manifest_version {version!r} is not supported by this trio-edge (reads "
                             f"{MANIFEST_VERSION}); upgrade trio-edge or re-export with this version")
-    for relative, entry in body.get("files", {}).items():
+    try:
+        _check_files(directory, path, body, verify_hashes)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise ArtifactError(f"{path} is malformed ({type(error).__name__}: {error}); re-run trio-export") from None
+    return body
+
+
+def _check_files(directory: Path, path: Path, body: dict, verify_hashes: bool) -> None:
+    files = body.get("files", {})
+    for relative, entry in files.items():
         member = safe_member(directory, relative)
         if not member.is_file():
             raise ArtifactError(f"{directory}: file {relative} listed in the manifest is missing; re-copy the whole directory")
@@ -83,6 +97,5 @@ def read_manifest(directory: str | Path, *, verify_hashes: bool = True) -> dict:
             raise ArtifactError(f"{directory}: sha256 of {relative} does not match the manifest (corrupted or "
                                 "modified); re-copy or re-export")
     for graph in body.get("graphs", {}).values():
-        if graph["file"] not in body.get("files", {}):
+        if graph["file"] not in files:
             raise ArtifactError(f"{path}: graph file {graph['file']} is not in the file table")
-    return body

@@ -129,7 +129,9 @@ def _to_rgb(image, what: str = "image"):
             array -= low
             array *= 255.0 / max(high - low, 1e-12)
             np.rint(array, out=array)
-            return Image.fromarray(array.astype(np.uint8)).convert("RGB")
+            gray = Image.fromarray(array.astype(np.uint8))
+            del array  # free the float copy before the RGB one is made
+            return gray.convert("RGB")
         return image.convert("RGB")
     except (ValueError, OSError, TypeError) as error:
         raise InputError(f"cannot convert {what} (mode {image.mode}) to RGB: {error}; save it as an 8-bit RGB "
