@@ -48,7 +48,11 @@ def cli_entry(func):
 
 
 def add_schedule_options(parser) -> None:
-    group = parser.add_argument_group("TRIO schedule (pick one; none = no pruning)")
+    import argparse
+
+    # inside an argument group already (trio-run's model-only options): add there; nesting groups is deprecated
+    group = (parser if isinstance(parser, argparse._ArgumentGroup)
+             else parser.add_argument_group("TRIO schedule (pick one; none = no pruning)"))
     group.add_argument("--cuts", help="LAYER:KEEP[,LAYER:KEEP...]: prune after LAYER decoder layers (0 = before "
                                       "any), keeping KEEP image tokens, e.g. 1:92,10:54,15:22")
     group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "

@@ -134,7 +134,8 @@ class LlavaAdapter:
     def prompt_ids(self, prompt: str, num_image_tokens: int) -> torch.Tensor:
         """Prompt -> input ids (1, S) with the image slot expanded to `num_image_tokens` tokens."""
         text = self.format_prompt(prompt).replace(self.image_token, self.image_token * num_image_tokens)
-        ids = self.processor.tokenizer(text, return_tensors="pt")["input_ids"]
+        # verbose=False: no "longer than the maximum" warning; the pipeline checks the export's own maximum
+        ids = self.processor.tokenizer(text, return_tensors="pt", verbose=False)["input_ids"]
         found = int((ids == self.image_token_id).sum())
         if found != num_image_tokens:
             raise InputError(f"the prompt tokenised to {found} image tokens, expected {num_image_tokens}; "

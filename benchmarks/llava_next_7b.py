@@ -1,0 +1,183 @@
+"""LLaVA-NeXT-7B-shaped benchmark: transformers generate vs our unpruned pipeline vs TRIO at 11.1%.
+
+Builds the llava-next-7b architecture (its real config) with random weights, exports it, and measures
+in one run on one device: (a) transformers `generate` (sdpa, unpruned), (b) our unpruned pipeline,
+(c) our TRIO pipeline, for each backend asked for; plus a roofline: TTFT against the compute floor
+(analytic FLOPs / measured matmul peak) and decode against the bandwidth floor (bytes per token /
+measured copy bandwidth), and a Jetson AGX Orin projection from the same analytic model.
+
+GPU:  python benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends torch,onnxruntime
+CPU:  python benchmarks/llava_next_7b.py --scale 0.0625 --layers 4 --vision-layers 2 --new-tokens 8
+Prints a table and one final JSON line; --out writes the JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ORIN = {"name": "Jetson AGX Orin 64GB (projection)", "bandwidth_gbs": 204.8,
+        # NVIDIA quotes 170 sparse INT8 TOPS for the GPU: dense INT8 85, dense FP16 tensor ~42.5 TFLOPS
+        "fp16_tflops": 42.5}
+
+
+def measured_peaks(device: str, dtype) -> dict:
+    """Matmul throughput and copy bandwidth measured on this device, in this run."""
+    n = 4096 if device.startswith("cuda") else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    big = torch.empty(256 * 2**20 // a.element_size() if device.startswith("cuda") else 32 * 2**20 // 4,
+                      device=device, dtype=dtype if device.startswith("cuda") else torch.float32)
+    out = torch.empty_like(big)
+
+    def timed(fn, repeat):
+        fn()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        sync(device)
+        return (time.perf_counter() - start) / repeat
+
+    matmul_s = timed(lambda: a @ b, 20 if device.startswith("cuda") else 3)
+    copy_s = timed(lambda: out.copy_(big), 20 if device.startswith("cuda") else 5)
+    return {"matmul_tflops": 2 * n**3 / matmul_s / 1e12, "copy_gbs": 2 * big.numel() * big.element_size() / copy_s / 1e9}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def hf_generate(loaded, image, prompt: str, new_tokens: int, device: str, iters: int) -> dict:
+    """transformers generate, greedy, unpruned: TTFT from max_new_tokens=1, decode from the difference."""
+    inputs = {k: v.to(device) for k, v in loaded.adapter.hf_inputs(image, prompt, loaded.adapter.default_grid()).items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
+
+    def run(tokens):
+        sync(device)
+        start = time.perf_counter()
+        loaded.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        sync(device)
+        return (time.perf_counter() - start) * 1e3
+
+    run(2)
+    ttft = sorted(run(1) for _ in range(iters))[iters // 2]
+    total = sorted(run(new_tokens) for _ in range(max(1, iters // 2)))[max(1, iters // 2) // 2]
+    return {"ttft_ms": ttft, "end_to_end_ms": total, "decode_ms_per_token": (total - ttft) / max(new_tokens - 1, 1)}
+
+
+def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path):
+    from trio_edge.export.exporter import export
+    from trio_edge.runtime.loader import load
+    from trio_edge.runtime.reference import torch_pipeline
+    from trio_edge.trio.schedule import Schedule
+
+    schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), keep_ratio=0.111)
+    if backend == "torch":
+        return {"full": torch_pipeline(loaded, Schedule(), max_text_tokens=128, max_new_tokens=new_tokens, device=device),
+                "trio": torch_pipeline(loaded, schedule, max_text_tokens=128, max_new_tokens=new_tokens, device=device)}
+    pipelines = {}
+    for name, options in (("full", {}), ("trio", {"keep_ratio": 0.111})):
+        out = workdir / f"{backend}-{name}"
+        export(loaded.source, out, dtype=dtype, max_new_tokens=new_tokens, validate=False, progress=False,
+               loaded=loaded, **options)
+        pipelines[name] = load(out, backend=backend, device=device)
+    return pipelines
+
+
+def roofline(report: dict, flops: dict, peaks: dict, bytes_per_token: float) -> dict:
+    compute_floor = flops["prefill_total"] / (peaks["matmul_tflops"] * 1e12) * 1e3
+    bandwidth_floor = bytes_per_token / (peaks["copy_gbs"] * 1e9) * 1e3
+    return {"ttft_floor_ms": compute_floor, "ttft_of_floor": compute_floor / report["ttft_ms"],
+            "decode_floor_ms": bandwidth_floor, "decode_of_floor": bandwidth_floor / report["decode_ms_per_token"]}
+
+
+def orin_projection(flops: dict, bytes_per_token: float, new_tokens: int) -> dict:
+    ttft = flops["prefill_total"] / (ORIN["fp16_tflops"] * 1e12) * 1e3
+    decode = bytes_per_token / (ORIN["bandwidth_gbs"] * 1e9) * 1e3
+    return {"ttft_floor_ms": ttft, "decode_floor_ms": decode, "end_to_end_floor_ms": ttft + (new_tokens - 1) * decode}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16" if torch.cuda.is_available() else "fp32")
+    parser.add_argument("--backends", default="torch,onnxruntime")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--vision-layers", type=int)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", help="JSON file to write (e.g. benchmarks/results/h100.json)")
+    args = parser.parse_args(argv)
+
+    from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
+    from trio_edge.models.cost import decode_bytes_per_token
+    from trio_edge.models.random_weights import build_random
+    from trio_edge.models.registry import load
+    from trio_edge.runtime import bench
+
+    dtype = getattr(torch, {"fp16": "float16", "fp32": "float32"}[args.dtype])
+    image, prompt = synthetic_image(), DEFAULT_PROMPT
+    results = {"command": "python benchmarks/llava_next_7b.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "environment": bench.environment(",".join(args.backends.split(",")), args.device),
+               "peaks": measured_peaks(args.device, dtype), "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="llava-next-7b-") as tmp:
+        source = build_random("llava-next-7b", Path(tmp) / "model", dtype=dtype, scale=args.scale, layers=args.layers,
+                              vision_layers=args.vision_layers)
+        loaded = load(str(source), dtype=dtype, device=args.device)
+        results["architecture"] = {"hidden": loaded.adapter.decoder.hidden_size, "layers": loaded.adapter.num_layers,
+                                   "image_tokens": loaded.adapter.image_token_count(loaded.adapter.default_grid())}
+        results["runs"]["transformers_generate"] = hf_generate(loaded, image, prompt, args.new_tokens, args.device, args.iters)
+        element = torch.tensor([], dtype=dtype).element_size()
+        for backend in args.backends.split(","):
+            for name, pipeline in our_pipelines(loaded, backend, args.device, args.dtype, args.new_tokens, Path(tmp)).items():
+                report = bench.measure(pipeline, image, prompt, warmup=args.warmup, iters=args.iters,
+                                       new_tokens=args.new_tokens, label=f"{backend} {name}")
+                bench.add_flops(report, loaded.model.config, pipeline.plan, loaded.adapter.tile_count(loaded.adapter.default_grid()))
+                per_token = decode_bytes_per_token(loaded.model.config, pipeline.plan, element, report["prompt_tokens"])
+                report["roofline"] = roofline(report, report["flops"], results["peaks"], per_token)
+                report["orin_projection"] = orin_projection(report["flops"], per_token, args.new_tokens)
+                report.pop("timeline")
+                results["runs"][f"{backend}_{name}"] = report
+    results["ratios"] = ratios(results["runs"], args.backends.split(","))
+    print_table(results)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps({"ratios": results["ratios"], "peaks": results["peaks"]}))
+    return results
+
+
+def ratios(runs: dict, backends: list[str]) -> dict:
+    hf = runs["transformers_generate"]
+    out = {}
+    for backend in backends:
+        full, trio = runs[f"{backend}_full"], runs[f"{backend}_trio"]
+        out[backend] = {"ttft_speedup_vs_full": full["ttft_ms"] / trio["ttft_ms"],
+                        "end_to_end_speedup_vs_transformers": hf["end_to_end_ms"] / trio["end_to_end_ms"],
+                        "prefill_flops_reduction": full["flops"]["prefill_total"] / trio["flops"]["prefill_total"],
+                        "kv_used_reduction": full["kv_used_bytes"] / trio["kv_used_bytes"],
+                        "decode_of_bandwidth_floor": trio["roofline"]["decode_of_floor"]}
+    return out
+
+
+def print_table(results: dict) -> None:
+    print(f"{'run':<26}{'TTFT ms':>10}{'decode ms/tok':>15}{'e2e ms':>10}{'TTFT floor':>12}{'decode floor':>14}")
+    for name, run in results["runs"].items():
+        floor = run.get("roofline", {})
+        print(f"{name:<26}{run['ttft_ms']:>10.1f}{run['decode_ms_per_token']:>15.2f}{run['end_to_end_ms']:>10.1f}"
+              f"{floor.get('ttft_floor_ms', float('nan')):>12.2f}{floor.get('decode_floor_ms', float('nan')):>14.3f}")
+    for backend, values in results["ratios"].items():
+        print(f"{backend}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Exports are atomic: a killed (SIGKILL) or failing trio-export never leaves a directory the runtime accepts,
+a rerun succeeds (mentioning the leftover `.NAME.partial-*` directory in one notice line), and --force swaps
+the new export in with one rename, the old one staying complete and loadable until then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trio_edge.errors import ArtifactError
+from trio_edge.export.files import atomic_directory, stale_notice, stale_siblings
+from trio_edge.runtime.loader import load
+
+PROMPT = "what color is the circle?"
+
+
+def shared_tiny_export(tmp_path_factory) -> Path:
+    """The session's shared tiny export (same code as in test_bad_inputs.py: whichever runs first builds it)."""
+    from trio_edge.export.exporter import export
+    from trio_edge.models.tiny import make_tiny_llava_next
+
+    root = tmp_path_factory.getbasetemp() / "hardening-shared"
+    directory = root / "export"
+    if not (directory / "manifest.json").is_file():
+        model = make_tiny_llava_next(root / "model", seed=0)
+        export(str(model), directory, cuts="1:40", max_text_tokens=48, max_new_tokens=8,
+               progress=False, validate=False, force=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def shared_export(tmp_path_factory):
+    return shared_tiny_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model_dir(shared_export):
+    return shared_export.parent / "model"
+
+
+def export_command(model_dir: Path, output: Path, *options: str) -> list[str]:
+    code = "import sys; from trio_edge.cli.export import main; sys.exit(main())"
+    return [sys.executable, "-c", code, str(model_dir), "-o", str(output), "--quiet", *options]
+
+
+def partials(output: Path) -> list[Path]:
+    return sorted(output.parent.glob(f".{output.name}.partial-*"))
+
+
+def kill_midway(command: list[str], output: Path, log: Path) -> list[Path]:
+    """Start an export, SIGKILL it once its partial directory holds a graph file, return the partials."""
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            found = [p for p in partials(output) if any(p.iterdir())]
+            if found:
+                break
+            assert process.poll() is None, f"export ended before it could be killed:\n{log.read_text()}"
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"no partial export directory appeared:\n{log.read_text()}")
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return partials(output)
+
+
+def assert_not_loadable(directory: Path):
+    with pytest.raises(ArtifactError):
+        load(directory)
+
+
+def test_sigkill_midway_leaves_nothing_loadable_and_a_rerun_succeeds(model_dir, tmp_path):
+    output = tmp_path / "exports" / "tiny"
+    # 1. a validated export (long enough to be caught mid-write), killed while it writes graphs
+    left = kill_midway(export_command(model_dir, output, "--cuts", "1:40"), output, tmp_path / "killed.log")
+    if output.exists():
+        assert_not_loadable(output)
+    assert left, "the killed export left no partial directory: it was not killed midway"
+    for partial in left:
+        assert not (partial / "manifest.json").exists()
+        assert_not_loadable(partial)
+
+    # 2. a rerun succeeds despite the leftover, says so in one line, and the result loads and runs
+    done = subprocess.run(export_command(model_dir, output, "--no-validate"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stderr.splitlines() if line.startswith("notice:")]
+    assert len(notices) == 1 and left[0].name in notices[0] and "processes are gone" in notices[0], done.stderr
+    pipeline = load(output)
+    assert len(pipeline.generate(_image(tmp_path), PROMPT, max_new_tokens=2).token_ids) >= 1
+    old_manifest = (output / "manifest.json").read_bytes()
+
+    # 3. a --force export over it, killed midway: the old export is untouched and still loads
+    for partial in left:  # the user cleaned up, as the notice says
+        shutil.rmtree(partial)
+    left = kill_midway(export_command(model_dir, output, "--cuts", "1:40", "--force"), output,
+                       tmp_path / "killed-force.log")
+    assert left
+    assert (output / "manifest.json").read_bytes() == old_manifest
+    load(output).generate(_image(tmp_path), PROMPT, max_new_tokens=1)
+    assert not list(output.parent.glob(f".{output.name}.old-*"))
+
+
+def _image(tmp_path: Path) -> Path:
+    from helpers import random_image
+
+    path = tmp_path / "image.png"
+    if not path.exists():
+        random_image(90, 60, seed=2).save(path)
+    return path
+
+
+def test_force_replaces_an_export_atomically(shared_export, model_dir, tmp_path, monkeypatch):
+    """While the new export is written, the old one stays complete and loadable; then one rename swaps them."""
+    import trio_edge.export.exporter as exporter
+
+    target = tmp_path / "tiny"
+    shutil.copytree(shared_export, target)
+    old = json.loads((target / "manifest.json").read_text())
+    seen = []
+    real_write_manifest = exporter.write_manifest
+
+    def checking_write_manifest(directory, body):
+        assert directory != target and directory.name.startswith(".tiny.partial-")
+        assert json.loads((target / "manifest.json").read_text()) == old  # untouched so far
+        seen.append(load(target).plan.selects)  # and loadable
+        return real_write_manifest(directory, body)
+
+    monkeypatch.setattr(exporter, "write_manifest", checking_write_manifest)
+    exporter.export(str(model_dir), target, max_text_tokens=40, max_new_tokens=6, force=True, validate=False,
+                    progress=False)
+    assert len(seen) == 1 and len(seen[0]) == 1  # the old export (one cut) was loadable mid-export
+    new = load(target)
+    assert new.plan.selects == () and new.plan.max_new_tokens == 6  # the new export (no cut) replaced it
+    assert stale_siblings(target) == []  # no partial or old directory left behind
+    new.generate(_image(tmp_path), PROMPT, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_an_exception_inside_the_export_leaves_nothing(failure, shared_export, model_dir, tmp_path, monkeypatch):
+    import trio_edge.export.exporter as exporter
+
+    def failing_export_all(modules, specs, plan, directory, opset, progress):
+        (directory / "vision.onnx").write_bytes(b"half a graph")
+        raise failure
+
+    monkeypatch.setattr(exporter, "_export_all", failing_export_all)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(type(failure)):
+        exporter.export(str(model_dir), fresh, progress=False)
+    assert not fresh.exists() and stale_siblings(fresh) == [] and partials(fresh) == []
+    # the same failure during a --force over an existing export leaves the old one as it was
+    existing = tmp_path / "existing"
+    shutil.copytree(shared_export, existing)
+    before = (existing / "manifest.json").read_bytes()
+    with pytest.raises(type(failure)):
+        exporter.export(str(model_dir), existing, force=True, progress=False)
+    assert (existing / "manifest.json").read_bytes() == before and stale_siblings(existing) == []
+    load(existing)
+
+
+def test_atomic_directory_swaps_in_one_rename(tmp_path, monkeypatch):
+    import trio_edge.export.files as files
+
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        (tmp / "a").write_text("1")
+    exchanges, replaces = [], []
+    real_exchange, real_replace = files._exchange, os.replace
+    monkeypatch.setattr(files, "_exchange", lambda a, b: exchanges.append(real_exchange(a, b)) or exchanges[-1])
+    monkeypatch.setattr(files.os, "replace", lambda a, b: replaces.append((a, b)) or real_replace(a, b))
+    with atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "a").write_text("2")
+        assert (target / "a").read_text() == "1"
+    assert (target / "a").read_text() == "2" and stale_siblings(target) == []
+    if sys.platform.startswith("linux") and exchanges == [True]:
+        assert replaces == []  # one atomic exchange: the target never went missing
+    else:  # no RENAME_EXCHANGE here: two renames, the second right after the first
+        assert len(replaces) == 2
+    # refusing to overwrite without --force
+    with pytest.raises(ArtifactError, match="--force"):
+        with atomic_directory(target):
+            pass
+
+
+def test_stale_partial_notice_is_one_line(tmp_path):
+    target = tmp_path / "model-export"
+    assert stale_notice(target) is None
+    dead = tmp_path / ".model-export.partial-999999999-abcd"
+    dead.mkdir()
+    (tmp_path / ".other.partial-1-x").mkdir()  # another export's leftovers: not ours to mention
+    notice = stale_notice(target)
+    assert notice.count("\n") == 0 and dead.name in notice and "processes are gone" in notice
+    alive = tmp_path / f".model-export.partial-{os.getppid()}-efgh"
+    alive.mkdir()
+    notice = stale_notice(target)
+    assert "2 leftover" in notice and "may belong to an export still running" in notice
+    mine = tmp_path / f".model-export.partial-{os.getpid()}-ijkl"  # this process's own: not stale
+    mine.mkdir()
+    assert mine not in stale_siblings(target)
