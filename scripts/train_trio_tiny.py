@@ -42,6 +42,7 @@ from trio_edge.models.tiny import make_tiny_processor, make_tiny_tokenizer, tiny
 
 TRAIN_SEED_OFFSET = 1_000  # data seeds: train = seed + 1000, validation = seed + 2000
 VAL_SEED_OFFSET = 2_000
+EASY_SEED_OFFSET = 3_000  # curriculum: scenes with 1-2 objects
 HELDOUT_SEED = 12345  # the held-out split reported in the model card (never used in training)
 
 
@@ -183,15 +184,15 @@ def restore_pixels(u8, mean, std):
     return (u8.float() / 255.0 - mean) / std
 
 
-def dataset(n, seed, adapter, grid, args, name, questions_per_image=1):
-    key = hashlib.sha256(json.dumps([n, seed, args.tile, args.patch, grid, name, questions_per_image, 4]).encode()
-                         ).hexdigest()[:12]
+def dataset(n, seed, adapter, grid, args, name, questions_per_image=1, objects=(3, 5)):
+    key = hashlib.sha256(json.dumps([n, seed, args.tile, args.patch, grid, name, questions_per_image, list(objects),
+                                     4]).encode()).hexdigest()[:12]
     path = Path(args.cache_dir) / f"{name}-{n}-{seed}-{key}.pt"
     if path.is_file():
         log(f"{name}: cached {path}")
         return torch.load(path)
     t0 = time.time()
-    out = build_tensors(make_split(n, seed), adapter, grid, args, questions_per_image, seed)
+    out = build_tensors(make_split(n, seed, objects=tuple(objects)), adapter, grid, args, questions_per_image, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
@@ -347,6 +348,8 @@ def parse_args(argv=None):
     p.add_argument("--vision-hidden", type=int, default=64)
     p.add_argument("--train-size", type=int, default=24_000)
     p.add_argument("--val-size", type=int, default=400)
+    p.add_argument("--easy-size", type=int, default=4000, help="curriculum images (1-2 objects)")
+    p.add_argument("--easy-steps", type=int, default=150, help="steps on easy scenes only (then fading out); 0: off")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=32, help="images per step")
     p.add_argument("--questions", type=int, default=4, help="questions per image per step (1-4)")
@@ -378,6 +381,8 @@ def main(argv=None):
 
     train = dataset(args.train_size if not args.bench else 512, args.seed + TRAIN_SEED_OFFSET, adapter, grid, args,
                     "train", questions_per_image=4)
+    easy = dataset(args.easy_size if not args.bench else 128, args.seed + EASY_SEED_OFFSET, adapter, grid, args,
+                   "easy", questions_per_image=4, objects=(1, 2)) if args.easy_steps else None
     val = dataset(args.val_size, args.seed + VAL_SEED_OFFSET, adapter, grid, args, "val")
     trainer = Trainer(model, adapter, grid)
     check_equivalence(trainer, model, adapter, make_split(3, args.seed + VAL_SEED_OFFSET), grid, args)
@@ -396,26 +401,47 @@ def main(argv=None):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     mean, std = _norm(adapter)
     generator = torch.Generator().manual_seed(args.seed)
-    n_train = len(train["answer"])
-    order = torch.randperm(n_train, generator=generator)
-    cursor = 0
+    streams = {"train": [train, None, 0]}
+    if easy is not None:
+        streams["easy"] = [easy, None, 0]
+
+    def draw(name, count):
+        """The next `count` indices of a stream (reshuffled every epoch, seeded)."""
+        stream = streams[name]
+        n = len(stream[0]["answer"])
+        if stream[1] is None or stream[2] + count > n:
+            stream[1], stream[2] = torch.randperm(n, generator=generator), 0
+        out = stream[1][stream[2]:stream[2] + count]
+        stream[2] += count
+        return out
+
+    def batch_of(step):
+        """Curriculum: easy scenes only for `easy_steps`, then fading out linearly over as many steps."""
+        share = 0.0 if easy is None else min(1.0, max(0.0, 2.0 - step / args.easy_steps))
+        n_easy = int(round(args.batch * share))
+        parts = [(streams["easy"][0], draw("easy", n_easy))] if n_easy else []
+        if n_easy < args.batch:
+            parts.append((train, draw("train", args.batch - n_easy)))
+        width = max(d["suffix"].shape[-1] for d, _ in parts)
+        cat = {key: torch.cat([d[key][i] for d, i in parts]) for key in ("pixels", "lengths", "answer", "labels")}
+        cat["suffix"] = torch.cat([F.pad(d["suffix"][i], (0, width - d["suffix"].shape[-1]), value=processor.tokenizer.pad_token_id)
+                                  for d, i in parts])
+        return cat
+
     trainer.train()
     t_train = time.time()
     history = []
     running = None
     for step in range(steps):
-        if cursor + args.batch > n_train:
-            order, cursor = torch.randperm(n_train, generator=generator), 0
-        idx = order[cursor:cursor + args.batch]
-        cursor += args.batch
-        lengths = train["lengths"][idx, :args.questions]
-        logits, aux_c, aux_s = trainer(restore_pixels(train["pixels"][idx], mean, std), train["prefix"],
-                                       train["suffix"][idx, :args.questions, :int(lengths.max())], lengths)
-        answers = train["answer"][idx, :args.questions]
+        batch = batch_of(step)
+        lengths = batch["lengths"][:, :args.questions]
+        logits, aux_c, aux_s = trainer(restore_pixels(batch["pixels"], mean, std), train["prefix"],
+                                       batch["suffix"][:, :args.questions, :int(lengths.max())], lengths)
+        answers = batch["answer"][:, :args.questions]
         eos = torch.where(answers >= 0, train["eos"], -100)
         targets = torch.stack([answers, eos], -1)  # -100: no question in that slot (ignored)
         answer_loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), ignore_index=-100)
-        labels = train["labels"][idx]
+        labels = batch["labels"]
         aux_loss = F.cross_entropy(aux_c.flatten(0, 2), labels[:, 0].flatten()) + \
             F.cross_entropy(aux_s.flatten(0, 2), labels[:, 1].flatten())
         loss = answer_loss + args.aux_weight * aux_loss

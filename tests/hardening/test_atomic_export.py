@@ -213,3 +213,55 @@ def test_stale_partial_notice_is_one_line(tmp_path):
     mine = tmp_path / f".model-export.partial-{os.getpid()}-ijkl"  # this process's own: not stale
     mine.mkdir()
     assert mine not in stale_siblings(target)
+
+
+# ---- no pickle anywhere: weights via safetensors, any torch.load with weights_only=True ----------------------------
+PICKLE_MODULES = ("pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal")
+
+
+def pickle_uses(source: str) -> list[str]:
+    """Lines that (may) unpickle: a pickle-family module named anywhere, torch.load without weights_only=True,
+    np.load / numpy.load with allow_pickle=True."""
+    import ast
+    import re
+
+    found = [f"line {n}: {line.strip()}" for n, line in enumerate(source.splitlines(), 1)
+             if re.search(r"\b(" + "|".join(PICKLE_MODULES) + r")\b", line)]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "torch" and any(a.name == "load" for a in node.names):
+            found.append(f"line {node.lineno}: from torch import load")
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+        if name in ("torch.load", "torch.serialization.load") and keywords.get("weights_only") != "True":
+            found.append(f"line {node.lineno}: {ast.unparse(node)} (needs weights_only=True)")
+        if name in ("np.load", "numpy.load") and keywords.get("allow_pickle", "False") != "False":
+            found.append(f"line {node.lineno}: {ast.unparse(node)} (allow_pickle)")
+    return found
+
+
+def test_pickle_checker_catches_each_pattern():
+    assert pickle_uses("import pickle\n")
+    assert pickle_uses("import torch\nx = torch.load(path)\n")
+    assert pickle_uses("import torch\nx = torch.load(path, weights_only=False)\n")
+    assert pickle_uses("import numpy as np\nx = np.load(p, allow_pickle=True)\n")
+    assert pickle_uses("from torch import load\n")
+    assert not pickle_uses("import torch, numpy as np\nx = torch.load(p, weights_only=True)\ny = np.load(p)\n")
+
+
+def test_no_pickle_in_the_package_source():
+    root = Path(__file__).resolve().parents[2]
+    offenders = {}
+    for path in sorted([*(root / "trio_edge").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]):
+        uses = pickle_uses(path.read_text(encoding="utf-8"))
+        if uses:
+            offenders[str(path.relative_to(root))] = uses
+    assert not offenders, f"pickle-based loading in the package: {offenders}"
+
+
+def test_exports_and_tiny_checkpoints_hold_no_pickle_files(shared_export, model_dir):
+    for directory in (shared_export, model_dir):
+        names = [p.name for p in directory.rglob("*") if p.is_file()]
+        assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy"))], names
+    assert any(name.endswith(".safetensors") for name in map(str, model_dir.iterdir()))

@@ -120,11 +120,17 @@ def _colour(rng, name: str) -> tuple[int, int, int]:
 
 
 # ---- samples ---------------------------------------------------------------------------------------
-def make_sample(rng: np.random.Generator, kind: str | None = None, size: int = SIZE) -> dict:
+def make_sample(rng: np.random.Generator, kind: str | None = None, size: int = SIZE,
+                objects: tuple[int, int] = (3, MAX_OBJECTS)) -> dict:
     """One sample: dict(image=PIL.Image, question, answer, kind, objects, mask).
 
     `objects` lists what was drawn (shape, color, x, y, r); `mask` (H, W uint8) holds, per pixel, the
-    index + 1 of the object drawn there (0: background). Deterministic given the rng state."""
+    index + 1 of the object drawn there (0: background). Deterministic given the rng state.
+    The `objects` argument bounds how many objects are drawn (fewer: an easier scene, e.g. for a
+    training curriculum; count questions always have a distractor, position ones two targets)."""
+    lo, hi = objects
+    if not 1 <= lo <= hi <= MAX_OBJECTS or (kind in ("count", "position") and hi < 2):
+        raise ValueError(f"objects={objects} must satisfy 1 <= lo <= hi <= {MAX_OBJECTS} (hi >= 2 for {kind})")
     if kind is None:
         kind = KINDS[int(rng.integers(len(KINDS)))]
     colours, shapes = list(COLORS), list(SHAPES)
@@ -136,17 +142,17 @@ def make_sample(rng: np.random.Generator, kind: str | None = None, size: int = S
     min_dx = 0.0
     if kind == "color":
         shape, colour = pick(shapes), pick(colours)
-        others = [(pick(shapes, {shape}), pick(colours)) for _ in range(int(rng.integers(2, MAX_OBJECTS)))]
+        others = [(pick(shapes, {shape}), pick(colours)) for _ in range(int(rng.integers(lo - 1, hi)))]
         specs = [(shape, colour)] + others
         question, answer = f"what color is the {shape}?", colour
     elif kind == "shape":
         shape, colour = pick(shapes), pick(colours)
-        others = [(pick(shapes), pick(colours, {colour})) for _ in range(int(rng.integers(2, MAX_OBJECTS)))]
+        others = [(pick(shapes), pick(colours, {colour})) for _ in range(int(rng.integers(lo - 1, hi)))]
         specs = [(shape, colour)] + others
         question, answer = f"what shape is the {colour} object?", shape
     elif kind == "count":
-        shape, count = pick(shapes), int(rng.integers(1, 4))
-        extra = int(rng.integers(max(1, 3 - count), MAX_OBJECTS - count + 1))
+        shape, count = pick(shapes), int(rng.integers(1, min(3, hi - 1) + 1))
+        extra = int(rng.integers(max(1, lo - count), hi - count + 1))
         specs = [(shape, pick(colours)) for _ in range(count)]
         specs += [(pick(shapes, {shape}), pick(colours)) for _ in range(extra)]
         question, answer = f"how many {PLURALS[shape]} are there?", NUMBERS[count]
@@ -154,7 +160,7 @@ def make_sample(rng: np.random.Generator, kind: str | None = None, size: int = S
         first = pick(colours)
         second = pick(colours, {first})
         specs = [(pick(shapes), first), (pick(shapes), second)]
-        specs += [(pick(shapes), pick(colours, {first, second})) for _ in range(int(rng.integers(1, MAX_OBJECTS - 1)))]
+        specs += [(pick(shapes), pick(colours, {first, second})) for _ in range(int(rng.integers(max(0, lo - 2), hi - 1)))]
         question = f"is the {first} object left or right of the {second} object?"
         answer = None  # from the placement
         min_dx = 0.15 * size
@@ -205,10 +211,10 @@ def scene_questions(sample: dict, size: int | None = None) -> list[dict]:
     return out
 
 
-def make_split(n: int, seed: int, size: int = SIZE) -> list[dict]:
-    """`n` samples, kinds balanced (cycled in a seeded order), deterministic per seed."""
+def make_split(n: int, seed: int, size: int = SIZE, objects: tuple[int, int] = (3, MAX_OBJECTS)) -> list[dict]:
+    """`n` samples, kinds balanced (cycled in order), deterministic per seed."""
     rng = np.random.default_rng(seed)
-    return [make_sample(rng, kind=KINDS[i % len(KINDS)], size=size) for i in range(n)]
+    return [make_sample(rng, kind=KINDS[i % len(KINDS)], size=size, objects=objects) for i in range(n)]
 
 
 # ---- records (jsonl folder) ------------------------------------------------------------------------

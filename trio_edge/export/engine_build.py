@@ -154,9 +154,11 @@ class _Builder:
                               "Run trio-check on the export directory for a full report")
         config = self.builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
-        if self.precision == "fp16":
+        # Select graphs compute saliency and NMS in fp32 so the kept tokens equal the reference exactly;
+        # reduced precision there could flip near-tied tokens.
+        if self.precision == "fp16" and entry["kind"] != "select":
             config.set_flag(trt.BuilderFlag.FP16)
-        elif self.precision == "bf16":
+        elif self.precision == "bf16" and entry["kind"] != "select":
             config.set_flag(trt.BuilderFlag.BF16)
         config.set_timing_cache(self.cache, True)  # ignore_mismatch: entries from another GPU are just not reused
         _add_profiles(self.builder, config, network, profiles, shape_value_bound(entry))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..graph_ops import clamp_index
+
 
 def _heads(layer) -> tuple[int, int, int]:
     attn = layer.self_attn
@@ -66,7 +68,7 @@ def write_kv(buffer: torch.Tensor, new: torch.Tensor, past_length: torch.Tensor)
     n, t = buffer.shape[1], new.shape[1]
     offset = torch.arange(n, device=buffer.device) - past_length  # (N,)
     valid = (offset >= 0) & (offset < t)
-    gathered = new.index_select(1, offset.clamp(0, t - 1))  # (KVH, N, hd)
+    gathered = new.index_select(1, clamp_index(offset, t - 1))  # (KVH, N, hd)
     return torch.where(valid[None, :, None], gathered, buffer)
 
 
@@ -133,6 +135,18 @@ class LlamaFamilyDecoder:
 
     def kv_shape(self, num_layers: int, max_length: int) -> tuple[int, ...]:
         return (num_layers, 2, self.num_kv_heads, max_length, self.head_dim)
+
+    def proxy_copy(self, layer_index: int, dtype: torch.dtype) -> "LlamaFamilyDecoder":
+        """A decoder holding only layer `layer_index` (as layer 0), the final norm and lm_head, in `dtype`:
+        what a select stage needs, so reduced-precision exports still select in fp32."""
+        import copy
+
+        def clone(module):
+            return copy.deepcopy(module).to(dtype)
+
+        embed = nn.Embedding(1, self.hidden_size)  # unused by the proxy; keeps the interface whole
+        return LlamaFamilyDecoder(embed, [clone(self.layers[layer_index])], self.rotary, clone(self.norm),
+                                  clone(self.lm_head))
 
     def segment(self, start: int, end: int, with_head: bool) -> DecoderSegment:
         return DecoderSegment(self, start, end, with_head)

@@ -82,16 +82,20 @@ def _decode(stream, what: str):
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
+            # PIL's decoders warn about damaged metadata ("Corrupt EXIF data", ...) and about sizes past its own
+            # limit: neither is the user's business here (our limit applies below; damage that matters raises)
+            warnings.simplefilter("ignore")
             image = Image.open(stream)
             _check_size(image.size, what)
             if image.format == "JPEG":
                 image.draft("RGB", JPEG_DRAFT_SIZE)
             image.load()  # the first frame of animated GIF / WebP / APNG
+            return _to_rgb(image, what)
     except InputError:
         raise
-    except Image.DecompressionBombError as error:
-        raise InputError(f"{what} is too large to decode safely ({error}); downscale it first") from None
+    except Image.DecompressionBombError as error:  # PIL's own guard, when it is stricter than ours
+        raise InputError(f"{what} is over the pixel limit (decompression-bomb guard: {error}); downscale it first "
+                         "(e.g. to at most 4096 pixels a side)") from None
     except UnidentifiedImageError:
         raise InputError(f"cannot decode {what}: not a recognised image format (corrupt, or not an image); "
                          + FORMATS_HINT) from None
@@ -99,7 +103,6 @@ def _decode(stream, what: str):
             ZeroDivisionError, OverflowError) as error:  # what PIL's decoders raise on malformed data
         reason = str(error) or type(error).__name__
         raise InputError(f"cannot decode {what}: {reason} (corrupt or truncated file); " + FORMATS_HINT) from None
-    return _to_rgb(image, what)
 
 
 def _to_rgb(image, what: str = "image"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..graph_ops import clamp_index, running_count
 from ..runtime.plan import PipelinePlan, make_plan
 from ..trio.schedule import Schedule
 from ..trio.select_module import SelectStage
@@ -23,7 +24,7 @@ class EmbedAndMerge(nn.Module):
         is_image = input_ids[0] == self.image_token_id  # (T,)
         text_ids = torch.where(is_image, torch.zeros_like(input_ids[0]), input_ids[0])
         text = self.embed_tokens(text_ids)  # (T, D)
-        slot = (torch.cumsum(is_image.to(torch.int64), dim=0) - 1).clamp(0, image_features.shape[0] - 1)
+        slot = clamp_index(running_count(is_image) - 1, image_features.shape[0] - 1)
         image = image_features.index_select(0, slot).to(text.dtype)
         return torch.where(is_image[:, None], image, text)[None]
 

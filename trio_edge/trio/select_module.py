@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..graph_ops import clamp_index
 from . import peers
 from .saliency import proxy_saliency
 from .selection import nms_select_fixed
@@ -22,7 +23,7 @@ def pruned_index_map(seq_len, image_start, num_image: int, kept: torch.Tensor) -
     keep = kept.shape[0]
     new_len = seq_len - num_image + keep
     j = torch.arange(new_len, device=kept.device)
-    in_image = kept.index_select(0, (j - image_start).clamp(0, keep - 1)) + image_start
+    in_image = kept.index_select(0, clamp_index(j - image_start, keep - 1)) + image_start
     after = j - keep + num_image
     return torch.where(j < image_start, j, torch.where(j < image_start + keep, in_image, after))
 
@@ -44,6 +45,10 @@ class SelectStage(nn.Module):
             raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
         self.method = method
         self.random = torch.Generator().manual_seed(seed)
+        if decoder.lm_head.weight.dtype != torch.float32:
+            # Saliency and NMS always run in fp32: reduced precision could flip near-tied tokens, and the
+            # selection must equal the reference exactly. Costs an fp32 copy of one layer + lm_head.
+            decoder, proxy_layer = decoder.proxy_copy(proxy_layer, torch.float32), 0
         self.decoder_layer = decoder.layers[proxy_layer]  # registered so export sees the weights
         self.norm, self.lm_head, self.rotary = decoder.norm, decoder.lm_head, decoder.rotary
         self._decoder, self.proxy_layer = decoder, proxy_layer
@@ -72,12 +77,13 @@ class SelectStage(nn.Module):
     def forward(self, hidden, position_ids, image_start):
         m = self.num_image_tokens
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
+        proxy_hidden = hidden.float()
         if self.method != "trio":
-            kept = self.peer_kept(hidden, position_ids, span).to(hidden.device)
+            kept = self.peer_kept(proxy_hidden, position_ids, span).to(hidden.device)
             hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
             return kept, torch.tensor(True), hidden_out, position_out, torch.zeros(m)
-        scores = self.saliency(hidden, position_ids).index_select(0, span)  # (M,)
-        features = hidden[0].index_select(0, span)  # (M, D)
+        scores = self.saliency(proxy_hidden, position_ids).index_select(0, span)  # (M,)
+        features = proxy_hidden[0].index_select(0, span)  # (M, D)
         kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations)
         hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
         return kept, converged, hidden_out, position_out, scores
