@@ -219,14 +219,17 @@ def make_split(n: int, seed: int, size: int = SIZE, objects: tuple[int, int] = (
 
 # ---- records (jsonl folder) ------------------------------------------------------------------------
 def write_records(samples: list[dict], folder: str | Path, *, images_dir: str = "images",
-                  records_file: str = RECORDS_FILE) -> Path:
-    """Write samples as PNGs under `folder/images_dir` plus `folder/records_file`; returns the jsonl path."""
+                  records_file: str = RECORDS_FILE, names: list[str] | None = None) -> Path:
+    """Write samples as PNGs under `folder/images_dir` plus `folder/records_file`; returns the jsonl path.
+
+    Images are named by index (00000.png, ...) unless `names` (file stems, one per sample) is given."""
     folder = Path(folder)
     (folder / images_dir).mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(len(samples) - 1)))
     lines = []
     for index, sample in enumerate(samples):
-        relative = f"{images_dir}/{index:0{width}d}.png" if images_dir else f"{index:0{width}d}.png"
+        stem = names[index] if names else f"{index:0{width}d}"
+        relative = f"{images_dir}/{stem}.png" if images_dir else f"{stem}.png"
         sample["image"].save(folder / relative, format="PNG", optimize=False)
         record = {"image": relative, "question": sample["question"], "answer": sample["answer"]}
         if "kind" in sample:

@@ -111,7 +111,7 @@ def export(model: str, output_dir: str | Path, *, cuts: str | None = None, keep_
                         "ratio": graph_bytes / param_bytes},
             "validation": validation,
         }
-        write_manifest(tmp, body)
+        write_manifest(tmp, body, progress=progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     summary = ExportSummary(output_dir, graphs, validation, graph_bytes / param_bytes,
                             schedule.describe(plan.num_layers, plan.num_image_tokens), time.perf_counter() - started, peak)

@@ -77,12 +77,12 @@ def stale_notice(target: str | Path) -> str | None:
     running = [p for p in stale if _alive(_pid_of(p, target))]
     names = ", ".join(p.name for p in stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
     if running:
-        advice = (f"{len(running)} of them may belong to an export still running (process alive); delete the "
-                  "others if no other trio-export into this directory is running")
+        advice = (f"{len(running)} of them may belong to an export still running (its process is alive); delete "
+                  f"the others if nothing else is writing {target.name}")
     else:
-        advice = "their processes are gone; delete them if no other trio-export into this directory is running"
+        advice = f"their processes are gone; delete them if nothing else is writing {target.name}"
     return (f"notice: {len(stale)} leftover partial export director{'y' if len(stale) == 1 else 'ies'} next to "
-            f"{target} ({names}) from an interrupted trio-export; never loadable; {advice}")
+            f"{target} ({names}) from an interrupted write (e.g. a killed trio-export); never loadable; {advice}")
 
 
 @contextlib.contextmanager

@@ -28,16 +28,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def file_table(directory: Path) -> dict[str, dict]:
+def file_table(directory: Path, progress: bool = False) -> dict[str, dict]:
     """Every file under `directory` except the manifest: relative path -> size and sha256."""
-    table = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
-        table[path.relative_to(directory).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    return table
+    paths = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    if progress:
+        from tqdm.auto import tqdm
+
+        paths = tqdm(paths, desc="hash", unit="file", leave=False)
+    return {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in paths}
 
 
-def write_manifest(directory: Path, body: dict) -> Path:
-    body = {"manifest_version": MANIFEST_VERSION, **body, "files": file_table(directory)}
+def write_manifest(directory: Path, body: dict, progress: bool = False) -> Path:
+    body = {"manifest_version": MANIFEST_VERSION, **body, "files": file_table(directory, progress)}
     path = directory / MANIFEST_NAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(body, indent=2, sort_keys=False))
