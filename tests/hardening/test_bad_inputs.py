@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import struct
 import subprocess
@@ -323,3 +324,13 @@ def test_unicode_prompts_run(pipeline, ok_png):
     for prompt in ["what colour is the circle? 🔴", "什么颜色", "cafe\u0301 ñ", "\x00 red \x7f"]:
         result = pipeline.generate(ok_png, prompt, max_new_tokens=2)
         assert 1 <= len(result.token_ids) <= 2
+
+
+def test_non_utf8_argv_in_a_real_process(export_dir, ok_png):
+    """Bytes that are not UTF-8 on a real command line reach Python as lone surrogates ('\\udcff')."""
+    code = "import sys; from trio_edge.cli.run import main; sys.exit(main())"
+    done = subprocess.run([sys.executable.encode(), b"-c", code.encode(), bytes(export_dir), b"--image", bytes(ok_png),
+                           b"--prompt", b"what \xff color", b"--max-new-tokens", b"2"],
+                          capture_output=True, timeout=300, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    err = done.stderr.decode("utf-8", "replace")
+    assert_one_error_line(done.returncode, err, r"not valid UTF-8 text \(undecodable byte 0xff at character 5\)")

@@ -1,0 +1,54 @@
+"""Markdown tables for the README from benchmarks/results/*.json (python benchmarks/readme_tables.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def bench_table(path: Path) -> str:
+    body = json.loads(path.read_text())
+    env = body["environment"]
+    device = env.get("gpu") or f"CPU ({env.get('cpu')})"
+    arch = body.get("architecture", {})
+    lines = [f"`{body['command']}` on {device}, torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}; "
+             f"architecture: hidden {arch.get('hidden')}, {arch.get('layers')} layers, {arch.get('image_tokens')} image tokens; "
+             f"measured peaks {body['peaks']['matmul_tflops']:.3f} TFLOP/s matmul, {body['peaks']['copy_gbs']:.1f} GB/s copy",
+             "",
+             "| run | TTFT ms | decode ms/token | end-to-end ms | prefill GFLOP | KV used MiB | TTFT / compute floor | decode / bandwidth floor |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, run in body["runs"].items():
+        lines.append("| " + " | ".join([name] + [_cell(v, f) for v, f in _row_values(run)]) + " |")
+    lines.append("")
+    for backend, ratios in body["ratios"].items():
+        lines.append(f"- {backend}: TTFT speedup TRIO vs our full {ratios['ttft_speedup_vs_full']:.2f}x, end-to-end vs "
+                     f"transformers generate {ratios['end_to_end_speedup_vs_transformers']:.2f}x, prefill FLOPs "
+                     f"{ratios['prefill_flops_reduction']:.2f}x fewer, KV {ratios['kv_used_reduction']:.2f}x smaller")
+    return "\n".join(lines)
+
+
+def _row_values(run: dict):
+    roof = run.get("roofline") or {}
+    flops = run.get("flops", {}).get("prefill_total")
+    kv = run.get("kv_used_bytes")
+    return [(run["ttft_ms"], ".1f"), (run["decode_ms_per_token"], ".2f"), (run["end_to_end_ms"], ".1f"),
+            (None if flops is None else flops / 1e9, ".1f"), (None if kv is None else kv / 2**20, ".1f"),
+            (roof.get("ttft_of_floor"), ".2f"), (roof.get("decode_of_floor"), ".2f")]
+
+
+def _cell(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def main() -> None:
+    names = sys.argv[1:] or sorted(p.name for p in RESULTS.glob("*.json") if "runs" in json.loads(p.read_text()))
+    for name in names:
+        print(bench_table(RESULTS / name))
+        print()
+
+
+if __name__ == "__main__":
+    main()
