@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trio_edge.data.synthetic_vqa import COLORS, KINDS, SHAPES, make_split, scene_questions
+from trio_edge.data.synthetic_vqa import COLORS, KINDS, PLURALS, SHAPES, make_split, scene_questions
 from trio_edge.models.llava import LlavaNextAdapter
 from trio_edge.models.tiny import make_tiny_processor, make_tiny_tokenizer, tiny_llava_next_config
 
@@ -180,6 +180,24 @@ def build_tensors(samples, adapter, grid, args, questions_per_image: int, seed: 
             "questions": questions}
 
 
+KEYWORDS = list(SHAPES) + list(COLORS)
+
+
+def question_keys(questions, k: int) -> torch.Tensor:
+    """Per question, the object it names first (a shape or colour, index into KEYWORDS); -100: none.
+
+    Target of the training-only question probe (the decoder's last prompt position must know what
+    it is looking for before it can look it up in the image)."""
+    lookup = {w: i for i, w in enumerate(KEYWORDS)}
+    lookup.update({PLURALS[shape]: i for i, shape in enumerate(SHAPES)})
+    keys = torch.full((len(questions), k), -100, dtype=torch.long)
+    for i, row in enumerate(questions):
+        for j, question in enumerate(row[:k]):
+            words = [w.strip("?") for w in question.split()]
+            keys[i, j] = next(lookup[w] for w in words if w in lookup)
+    return keys
+
+
 def restore_pixels(u8, mean, std):
     return (u8.float() / 255.0 - mean) / std
 
@@ -190,19 +208,20 @@ def dataset(n, seed, adapter, grid, args, name, questions_per_image=1, objects=(
     path = Path(args.cache_dir) / f"{name}-{n}-{seed}-{key}.pt"
     if path.is_file():
         log(f"{name}: cached {path}")
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     t0 = time.time()
     out = build_tensors(make_split(n, seed, objects=tuple(objects)), adapter, grid, args, questions_per_image, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
     log(f"{name}: built {n} samples in {time.time() - t0:.0f}s -> {path}")
+    out["keys"] = question_keys(out["questions"], out["suffix"].shape[1])
     return out
 
 
 # ---- fast training forward -------------------------------------------------------------------------
 class Trainer(nn.Module):
-    def __init__(self, model, adapter, grid):
+    def __init__(self, model, adapter, grid, probe_layer: int = 2):
         super().__init__()
         self.model = model
         inner = model.model
@@ -215,6 +234,8 @@ class Trainer(nn.Module):
         hidden = model.config.text_config.hidden_size
         self.aux_colour = nn.Linear(hidden, len(COLORS) + 1)  # training only, not saved
         self.aux_shape = nn.Linear(hidden, len(SHAPES) + 1)
+        self.probe = nn.Linear(hidden, len(KEYWORDS))  # question probe, training only, not saved
+        self.probe_layer = probe_layer
         self.per_tile = adapter.tile_size // int(model.config.vision_config.patch_size)
         self.rows = grid[0] // adapter.tile_size
         assert model.config.vision_feature_layer == -2 and model.config.vision_feature_select_strategy == "default"
@@ -256,13 +277,20 @@ class Trainer(nn.Module):
             q, kv = torch.arange(total)[:, None], torch.arange(total)[None, :]
             mask = ((kv < base) & (kv <= q)) | ((branch[:, None] == branch[None, :]) & (positions[None, :] <= positions[:, None]) & (kv >= base))
             mask = mask[None, None]
-        hidden = self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=positions[None].expand(b, -1),
-                         use_cache=False).last_hidden_state
+        out = self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=positions[None].expand(b, -1),
+                      use_cache=False, output_hidden_states=self.training)
+        hidden = out.last_hidden_state
         # per question: the answer is predicted at index len-3 of its suffix, the eos at len-2
         starts = base + torch.arange(k) * l
         pos = starts[None, :, None] + (lengths[..., None] - torch.tensor([3, 2])).clamp(min=0)
         picked = hidden.gather(1, pos.reshape(b, 2 * k, 1).expand(-1, -1, hidden.shape[-1]))
-        return self.lm_head(picked).view(b, k, 2, -1), self.aux_colour(feats), self.aux_shape(feats)
+        logits = self.lm_head(picked).view(b, k, 2, -1)
+        self.probe_logits = None
+        if self.training:  # the question probe reads the last prompt position after `probe_layer` layers
+            mid = out.hidden_states[self.probe_layer]
+            at = mid.gather(1, pos[..., 0].reshape(b, k, 1).expand(-1, -1, mid.shape[-1]))
+            self.probe_logits = self.probe(at)
+        return logits, self.aux_colour(feats), self.aux_shape(feats)
 
 
 def check_equivalence(trainer, model, adapter, samples, grid, args):
@@ -357,6 +385,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--aux-weight", type=float, default=1.0)
+    p.add_argument("--probe-weight", type=float, default=1.0, help="question probe loss weight (0: off)")
+    p.add_argument("--probe-layer", type=int, default=2, help="decoder layers before the question probe")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--heldout", type=int, default=400, help="held-out samples for the final generate() accuracy")
     p.add_argument("--init", choices=["scaled", "hf"], default="scaled")
@@ -384,7 +414,7 @@ def main(argv=None):
     easy = dataset(args.easy_size if not args.bench else 128, args.seed + EASY_SEED_OFFSET, adapter, grid, args,
                    "easy", questions_per_image=4, objects=(1, 2)) if args.easy_steps else None
     val = dataset(args.val_size, args.seed + VAL_SEED_OFFSET, adapter, grid, args, "val")
-    trainer = Trainer(model, adapter, grid)
+    trainer = Trainer(model, adapter, grid, probe_layer=args.probe_layer)
     check_equivalence(trainer, model, adapter, make_split(3, args.seed + VAL_SEED_OFFSET), grid, args)
 
     decay = [p for n, p in trainer.named_parameters() if p.dim() >= 2 and "embed" not in n]
@@ -423,7 +453,7 @@ def main(argv=None):
         if n_easy < args.batch:
             parts.append((train, draw("train", args.batch - n_easy)))
         width = max(d["suffix"].shape[-1] for d, _ in parts)
-        cat = {key: torch.cat([d[key][i] for d, i in parts]) for key in ("pixels", "lengths", "answer", "labels")}
+        cat = {key: torch.cat([d[key][i] for d, i in parts]) for key in ("pixels", "lengths", "answer", "labels", "keys")}
         cat["suffix"] = torch.cat([F.pad(d["suffix"][i], (0, width - d["suffix"].shape[-1]), value=processor.tokenizer.pad_token_id)
                                   for d, i in parts])
         return cat
@@ -445,6 +475,10 @@ def main(argv=None):
         aux_loss = F.cross_entropy(aux_c.flatten(0, 2), labels[:, 0].flatten()) + \
             F.cross_entropy(aux_s.flatten(0, 2), labels[:, 1].flatten())
         loss = answer_loss + args.aux_weight * aux_loss
+        if args.probe_weight:
+            keys = batch["keys"][:, :args.questions]
+            loss = loss + args.probe_weight * F.cross_entropy(trainer.probe_logits.flatten(0, 1), keys.flatten(),
+                                                              ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)

@@ -81,3 +81,15 @@ def exported(request, export_tiny):
 @pytest.fixture(scope="session")
 def one_cut_dir(export_tiny):
     return export_tiny("one_cut")[1]
+
+
+@pytest.fixture(scope="session")
+def hardening_export(tmp_path_factory):
+    """A tiny export (cuts 1:40, at most 48 text and 8 new tokens) shared by the hardening tests; its
+    model directory is its sibling `model`."""
+    root = tmp_path_factory.mktemp("hardening-shared")
+    model = make_tiny_llava_next(root / "model", seed=0)
+    directory = root / "export"
+    export(str(model), directory, cuts="1:40", max_text_tokens=48, max_new_tokens=8, progress=False,
+           validate=False)
+    return directory

@@ -23,23 +23,9 @@ from trio_edge.runtime.loader import load
 PROMPT = "what color is the circle?"
 
 
-def shared_tiny_export(tmp_path_factory) -> Path:
-    """The session's shared tiny export (same code as in test_bad_inputs.py: whichever runs first builds it)."""
-    from trio_edge.export.exporter import export
-    from trio_edge.models.tiny import make_tiny_llava_next
-
-    root = tmp_path_factory.getbasetemp() / "hardening-shared"
-    directory = root / "export"
-    if not (directory / "manifest.json").is_file():
-        model = make_tiny_llava_next(root / "model", seed=0)
-        export(str(model), directory, cuts="1:40", max_text_tokens=48, max_new_tokens=8,
-               progress=False, validate=False, force=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
-def shared_export(tmp_path_factory):
-    return shared_tiny_export(tmp_path_factory)
+def shared_export(hardening_export):
+    return hardening_export
 
 
 @pytest.fixture(scope="module")

@@ -29,25 +29,9 @@ MAX_NEW = 8  # the shared export's --max-new-tokens
 MAX_TEXT = 48  # the shared export's --max-text-tokens
 
 
-def shared_tiny_export(tmp_path_factory) -> Path:
-    """One tiny export (one cut, no validation) per test session, shared by the hardening test files.
-
-    Exports are atomic, so a directory with a manifest is a complete one."""
-    from trio_edge.export.exporter import export
-    from trio_edge.models.tiny import make_tiny_llava_next
-
-    root = tmp_path_factory.getbasetemp() / "hardening-shared"
-    directory = root / "export"
-    if not (directory / "manifest.json").is_file():
-        model = make_tiny_llava_next(root / "model", seed=0)
-        export(str(model), directory, cuts="1:40", max_text_tokens=MAX_TEXT, max_new_tokens=MAX_NEW,
-               progress=False, validate=False, force=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    return shared_tiny_export(tmp_path_factory)
+def export_dir(hardening_export):
+    return hardening_export
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ sequence of a cut is exactly [text before | kept image rows | text after]."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,25 +21,11 @@ MODEL = settings(max_examples=50, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-def shared_tiny_export(tmp_path_factory) -> Path:
-    """The session's shared tiny export (same code as in test_bad_inputs.py: whichever runs first builds it)."""
-    from trio_edge.export.exporter import export
-    from trio_edge.models.tiny import make_tiny_llava_next
-
-    root = tmp_path_factory.getbasetemp() / "hardening-shared"
-    directory = root / "export"
-    if not (directory / "manifest.json").is_file():
-        model = make_tiny_llava_next(root / "model", seed=0)
-        export(str(model), directory, cuts="1:40", max_text_tokens=48, max_new_tokens=8,
-               progress=False, validate=False, force=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(hardening_export):
     from trio_edge.runtime.loader import load
 
-    return load(shared_tiny_export(tmp_path_factory), threads=1)
+    return load(hardening_export, threads=1)
 
 
 # ---- images -----------------------------------------------------------------------------------------------------

@@ -15,23 +15,9 @@ RUNS = 60
 MAX_GROWTH_MIB = 50
 
 
-def shared_tiny_export(tmp_path_factory) -> Path:
-    """The session's shared tiny export (same code as in test_bad_inputs.py: whichever runs first builds it)."""
-    from trio_edge.export.exporter import export
-    from trio_edge.models.tiny import make_tiny_llava_next
-
-    root = tmp_path_factory.getbasetemp() / "hardening-shared"
-    directory = root / "export"
-    if not (directory / "manifest.json").is_file():
-        model = make_tiny_llava_next(root / "model", seed=0)
-        export(str(model), directory, cuts="1:40", max_text_tokens=48, max_new_tokens=8,
-               progress=False, validate=False, force=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
-def soak_report(tmp_path_factory):
-    directory = shared_tiny_export(tmp_path_factory)
+def soak_report(hardening_export):
+    directory = hardening_export
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--export", str(directory),
                            "-n", str(RUNS), "--max-rss-growth-mib", str(MAX_GROWTH_MIB)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -140,6 +140,8 @@ class Pipeline:
                top_p: float = 1.0, seed: int = 0, result: GenerationResult | None = None):
         """Yield generated token ids one by one; fills `result` (if given) with kept/timings as it goes."""
         max_new = self.plan.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(max_new, bool) or not isinstance(max_new, int):
+            raise InputError(f"max_new_tokens must be a whole number, got {max_new!r}")
         if not 0 <= max_new <= self.plan.max_new_tokens:
             raise InputError(f"max_new_tokens={max_new} is outside 0..{self.plan.max_new_tokens}, the maximum this "
                              "export was built for (re-export with a larger --max-new-tokens)")
