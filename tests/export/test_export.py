@@ -157,3 +157,25 @@ def test_unconverged_cluster_nms_falls_back_to_exact_greedy(export_model, tmp_pa
         assert got.kept == want.kept
         assert got.token_ids[:len(want.token_ids)] == want.token_ids[:len(got.token_ids)]
     assert fallbacks > 0, "the low-iteration export never needed the host fallback; the test proves nothing"
+
+
+def test_unpruned_onnx_pipeline_matches_transformers_generate(export_model, tmp_path):
+    """The whole exported chain (vision, embed, one segment graph, decode through the same graph) against
+    transformers' own greedy generate, pruning off."""
+    from trio_edge.export.exporter import export
+
+    directory = tmp_path / "full"
+    export(export_model.source, directory, loaded=export_model, max_text_tokens=48, max_new_tokens=10,
+           progress=False, validate=False)
+    pipeline = load(directory)
+    adapter, grid = export_model.adapter, export_model.adapter.default_grid()
+    for image, prompt in random_requests(5, seed=23):
+        got = pipeline.generate(image, prompt, max_new_tokens=10)
+        inputs = adapter.hf_inputs(image, prompt, grid)
+        with torch.no_grad():
+            out = export_model.model.generate(**inputs, max_new_tokens=10, do_sample=False, output_logits=True,
+                                              return_dict_in_generate=True)
+        want = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        stop = set(adapter.stop_token_ids())
+        assert got.token_ids == want[:len(got.token_ids)] and (len(got.token_ids) == len(want) or got.token_ids[-1] in stop)
+        torch.testing.assert_close(got.first_logits[0], out.logits[0][0], atol=1e-4, rtol=1e-4)
