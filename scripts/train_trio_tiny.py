@@ -208,7 +208,9 @@ def dataset(n, seed, adapter, grid, args, name, questions_per_image=1, objects=(
     path = Path(args.cache_dir) / f"{name}-{n}-{seed}-{key}.pt"
     if path.is_file():
         log(f"{name}: cached {path}")
-        return torch.load(path, weights_only=True)
+        out = torch.load(path, weights_only=True)
+        out["keys"] = question_keys(out["questions"], out["suffix"].shape[1])
+        return out
     t0 = time.time()
     out = build_tensors(make_split(n, seed, objects=tuple(objects)), adapter, grid, args, questions_per_image, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,6 +392,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--heldout", type=int, default=400, help="held-out samples for the final generate() accuracy")
     p.add_argument("--init", choices=["scaled", "hf"], default="scaled")
+    p.add_argument("--bg-weight", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default="/tmp/trio-tiny-cache")
     p.add_argument("--bench", type=int, default=0, help="only time this many training steps")

@@ -281,7 +281,7 @@ def test_opset_out_of_range_fails(tmp_path):
 
 def test_protobuf_over_limit_fails(tmp_path, monkeypatch):
     path = _clean_model(tmp_path / "big.onnx")
-    monkeypatch.setattr(trt_check, "PROTOBUF_LIMIT_BYTES", 64)
+    monkeypatch.setattr(trt_check.limits, "PROTOBUF_LIMIT_BYTES", 64)
     report = check_model(path)
     assert [f.rule for f in report.errors] == ["protobuf-size"]
     assert "2 GiB" in report.errors[0].message

@@ -40,6 +40,7 @@ PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "c
 NUMBERS = ("zero", "one", "two", "three")
 KINDS = ("color", "shape", "count", "position")
 MAX_OBJECTS = 5
+RADIUS = (0.063, 0.09)  # object radius as a fraction of the image side
 RECORDS_FILE = "records.jsonl"
 REQUIRED_FIELDS = ("image", "question", "answer")
 
@@ -167,7 +168,7 @@ def make_sample(rng: np.random.Generator, kind: str | None = None, size: int = S
     else:
         raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
 
-    radii = [float(rng.uniform(0.063, 0.09) * size) for _ in specs]
+    radii = [float(rng.uniform(*RADIUS) * size) for _ in specs]
     centres = _place(rng, radii, size, min_dx=min_dx)
     order = rng.permutation(len(specs))  # drawing order carries no information
     objects = [{"shape": specs[i][0], "color": specs[i][1], "x": centres[i][0], "y": centres[i][1],

@@ -1,0 +1,66 @@
+"""ONNX element types TensorRT 10 has a DataType for, grouped as the operator table lists them."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+from onnx import TensorProto
+
+T = TensorProto
+_TYPE_GROUPS: dict[str, frozenset[int]] = {
+    "F": frozenset({T.FLOAT, T.FLOAT16, T.BFLOAT16}),  # FP32, FP16, BF16
+    "H": frozenset({T.FLOAT, T.FLOAT16}),  # FP32, FP16 only
+    "FP32": frozenset({T.FLOAT}),
+    "I": frozenset({T.INT32, T.INT64}),
+    "I32": frozenset({T.INT32}),
+    "B": frozenset({T.BOOL}),
+    "U8": frozenset({T.UINT8}),
+    "INT8": frozenset({T.INT8}),
+    "FP8": frozenset({T.FLOAT8E4M3FN}),
+    "FP4": frozenset({T.FLOAT4E2M1}),
+    "INT4": frozenset({T.INT4}),
+}
+
+#: Element types TensorRT 10 has a DataType for (INT64 native since 9.0).
+TRT_DTYPES = frozenset().union(*_TYPE_GROUPS.values())
+#: TensorRT only takes UINT8 as a network input or output.
+IO_ONLY_DTYPES = frozenset({T.UINT8})
+#: Node attributes that name an element type (Cast's ``to``, ...).
+DTYPE_ATTRS = ("to", "dtype", "output_dtype")
+
+
+def types(spec: str) -> frozenset[int]:
+    """The element types of a space-separated list of group names ("F I B")."""
+    return frozenset().union(*(_TYPE_GROUPS[token] for token in spec.split()))
+
+
+def dtype_name(elem_type: int) -> str:
+    try:
+        return TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"dtype#{elem_type}"
+
+
+def dtype_problem(dtype: int) -> str:
+    if dtype == T.DOUBLE:
+        return ("float64 is not allowed: TensorRT would downcast it to float32 with clamping; "
+                "export in float32/float16")
+    return "TensorRT has no such data type"
+
+
+def dtype_rule(dtype: int) -> str:
+    """The rule a bad element type is reported under."""
+    return "double" if dtype == T.DOUBLE else "dtype"
+
+
+def tensor_nbytes(tensor: TensorProto) -> int | None:
+    """Bytes the tensor's data takes on disk, from dims and dtype (None if unknown)."""
+    count = math.prod(tensor.dims)
+    if tensor.data_type in (T.INT4, T.UINT4, T.FLOAT4E2M1):
+        return (count + 1) // 2
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    return count * itemsize
