@@ -9,14 +9,26 @@ Reproducible (seeded), CPU-friendly (one thread), and the inputs match the runti
   - the training forward calls the model's own vision tower / projector / decoder modules but packs the
     anyres tiles with tensor ops instead of HF's per-image loop; the script checks once that its image
     features and answer logits equal the model's own `get_image_features` / `forward`.
-Loss: cross-entropy on the answer and eos tokens only, plus an auxiliary per-patch head on the projected
-vision features that predicts the colour and shape of the object covering each patch (training only;
-it is not part of the saved model). Without it the model sits at the answer prior (DESIGN.md section 3).
+Recipe (each part was needed on the CPU budget; see trio_edge/assets/trio-tiny/README.md):
+  - loss: cross-entropy on the answer and eos tokens only;
+  - auxiliary per-patch heads on the projected vision features predicting the colour and shape of the
+    object covering each patch (DESIGN.md section 3; background patches weighted 0.2);
+  - stage 1: those heads + vision tower + projector alone for 1000 cheap steps (no decoder), since
+    recognising shapes from 8-pixel patches is the slowest part;
+  - stage 2: everything; 4 questions per image share one forward under a tree attention mask (each
+    question attends to the prefix, the image and itself, with positions continuing from the image:
+    identical to asking it alone, checked); a question probe (linear head on the last prompt position
+    after 2 decoder layers, predicting the shape/colour the question names); a curriculum of 1-2
+    object scenes for the first 150 steps, fading out by step 300;
+  - unit-scale embeddings and 1/sqrt(fan_in) projections instead of HF's 0.02 init.
+The aux heads and the probe are training-only: the saved checkpoint is a plain LLaVA-NeXT.
 
-Usage (the shipped model):
-    python scripts/train_trio_tiny.py --out trio_edge/assets/trio-tiny
+Usage (the shipped model, ~25 min on one CPU thread; dataset tensors are cached in --cache-dir):
+    python scripts/train_trio_tiny.py --out trio_edge/assets/trio-tiny --samples-out trio_edge/assets/samples
 Measure speed only:
     python scripts/train_trio_tiny.py --bench 20
+Held-out accuracy of the shipped model (greedy generate, full image tokens):
+    python scripts/train_trio_tiny.py --eval-only trio-tiny --heldout 400
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trio_edge.data.synthetic_vqa import COLORS, KINDS, PLURALS, SHAPES, make_split, scene_questions
+from trio_edge.data.synthetic_vqa import COLORS, KINDS, PLURALS, RADIUS, SHAPES, make_split, scene_questions
 from trio_edge.models.llava import LlavaNextAdapter
 from trio_edge.models.tiny import make_tiny_processor, make_tiny_tokenizer, tiny_llava_next_config
 
@@ -204,7 +216,7 @@ def restore_pixels(u8, mean, std):
 
 def dataset(n, seed, adapter, grid, args, name, questions_per_image=1, objects=(3, 5)):
     key = hashlib.sha256(json.dumps([n, seed, args.tile, args.patch, grid, name, questions_per_image, list(objects),
-                                     4]).encode()).hexdigest()[:12]
+                                     list(RADIUS), list(KINDS), 4]).encode()).hexdigest()[:12]
     path = Path(args.cache_dir) / f"{name}-{n}-{seed}-{key}.pt"
     if path.is_file():
         log(f"{name}: cached {path}")
@@ -260,7 +272,7 @@ class Trainer(nn.Module):
         return torch.cat([feats[:, 0], grid], dim=1)
 
     def forward(self, pixels, prefix, suffix, lengths):
-        """Answer/eos logits (B, K, 2, V) for K questions per image, and the per-patch aux logits.
+        """Answer/eos logits (B, K, 2, V) for K questions per image, and the projected tile features.
 
         suffix (B, K, L): per question, the text after the image + answer + eos, right-padded. The K
         questions share the prefix and image: each attends to them and to itself only (a tree mask)
@@ -292,7 +304,7 @@ class Trainer(nn.Module):
             mid = out.hidden_states[self.probe_layer]
             at = mid.gather(1, pos[..., 0].reshape(b, k, 1).expand(-1, -1, mid.shape[-1]))
             self.probe_logits = self.probe(at)
-        return logits, self.aux_colour(feats), self.aux_shape(feats)
+        return logits, feats
 
 
 def check_equivalence(trainer, model, adapter, samples, grid, args):
@@ -304,7 +316,7 @@ def check_equivalence(trainer, model, adapter, samples, grid, args):
     checked = 0
     with torch.no_grad():
         pix = restore_pixels(data["pixels"], *_norm(adapter))
-        logits, _, _ = trainer(pix, data["prefix"], data["suffix"], data["lengths"])
+        logits, _ = trainer(pix, data["prefix"], data["suffix"], data["lengths"])
         for i, sample in enumerate(samples):
             for j, question in enumerate(data["questions"][i]):
                 inputs = adapter.hf_inputs(sample["image"], question, grid)
@@ -340,7 +352,7 @@ def fast_accuracy(trainer, data, adapter, batch=64):
     with torch.no_grad():
         for s in range(0, len(data["answer"]), batch):
             sl = slice(s, s + batch)
-            logits, _, _ = trainer(restore_pixels(data["pixels"][sl], mean, std), data["prefix"],
+            logits, _ = trainer(restore_pixels(data["pixels"][sl], mean, std), data["prefix"],
                                    data["suffix"][sl, :1], data["lengths"][sl, :1])
             hit = (logits[:, 0, 0].argmax(-1) == data["answer"][sl, 0]).float()
             correct.index_add_(0, data["kinds"][sl, 0], hit)
@@ -349,7 +361,7 @@ def fast_accuracy(trainer, data, adapter, batch=64):
     return (correct.sum() / total.sum()).item(), {k: round((c / max(t, 1)).item(), 3) for k, c, t in zip(KINDS, correct, total)}
 
 
-def generate_accuracy(model, adapter, samples, grid):
+def generate_accuracy(model, adapter, samples, grid, per_sample: bool = False):
     """Exact-match accuracy of the real model's greedy `generate` (full tokens)."""
     tokenizer = adapter.processor.tokenizer
     model.eval()
@@ -360,13 +372,66 @@ def generate_accuracy(model, adapter, samples, grid):
             out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
             hits.append(text == sample["answer"])
-    return sum(hits) / len(hits)
+    return hits if per_sample else sum(hits) / len(hits)
+
+
+def aux_loss_of(trainer, feats, labels, bg_weight: float):
+    """Per-patch colour + shape cross-entropy; background patches weighted by `bg_weight`."""
+    loss = 0.0
+    for head, target in ((trainer.aux_colour, labels[:, 0]), (trainer.aux_shape, labels[:, 1])):
+        logits = head(feats)
+        weight = torch.ones(logits.shape[-1])
+        weight[0] = bg_weight
+        loss = loss + F.cross_entropy(logits.flatten(0, 2), target.flatten(), weight=weight)
+    return loss
+
+
+def pretrain_vision(trainer, train, mean, std, generator, args):
+    """Stage 1: vision tower + projector + aux heads on the per-patch labels only (cheap: no decoder).
+
+    Recognising shapes from 8-pixel patches is the slow part of this task; learning it first lets
+    the decoder learn the lookup against features that already say what each patch shows."""
+    params = [p for module in (trainer.vision, trainer.projector, trainer.aux_colour, trainer.aux_shape)
+              for p in module.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    n = len(train["answer"])
+    t0 = time.time()
+    running = None
+    for step in range(args.vision_steps):
+        idx = torch.randint(0, n, (args.batch,), generator=generator)
+        feats = trainer.tile_features(restore_pixels(train["pixels"][idx], mean, std))
+        loss = aux_loss_of(trainer, feats, train["labels"][idx], args.bg_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if (step + 1) % 250 == 0 or step + 1 == args.vision_steps:
+            log(f"vision step {step + 1}/{args.vision_steps} aux {running:.3f} ({time.time() - t0:.0f}s)")
+
+
+SAMPLES_SEED = 4242
+
+
+def write_samples(model, adapter, grid, folder: Path) -> list[dict]:
+    """One held-out sample per question kind as PNG + samples.jsonl (records format), for the README."""
+    from trio_edge.data.synthetic_vqa import write_records
+
+    candidates = make_split(len(KINDS), SAMPLES_SEED)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_records(candidates, folder, images_dir="", records_file="samples.jsonl", names=[s["kind"] for s in candidates])
+    correct = generate_accuracy(model, adapter, candidates, grid, per_sample=True)
+    out = [{"kind": s["kind"], "question": s["question"], "answer": s["answer"], "model_correct": c}
+           for s, c in zip(candidates, correct)]
+    log(f"samples written to {folder}: {out}")
+    return out
 
 
 # ---- main ------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="save_pretrained directory (e.g. trio_edge/assets/trio-tiny)")
+    p.add_argument("--samples-out", default=None, help="also write sample images + samples.jsonl here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int, default=56)
     p.add_argument("--patch", type=int, default=8)
@@ -376,14 +441,14 @@ def parse_args(argv=None):
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vision-layers", type=int, default=3, help="CLIP layers (the last is unused: feature layer -2)")
     p.add_argument("--vision-hidden", type=int, default=64)
-    p.add_argument("--train-size", type=int, default=24_000)
+    p.add_argument("--train-size", type=int, default=20_000)
     p.add_argument("--val-size", type=int, default=400)
     p.add_argument("--easy-size", type=int, default=4000, help="curriculum images (1-2 objects)")
     p.add_argument("--easy-steps", type=int, default=150, help="steps on easy scenes only (then fading out); 0: off")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=32, help="images per step")
     p.add_argument("--questions", type=int, default=4, help="questions per image per step (1-4)")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--aux-weight", type=float, default=1.0)
@@ -391,8 +456,12 @@ def parse_args(argv=None):
     p.add_argument("--probe-layer", type=int, default=2, help="decoder layers before the question probe")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--heldout", type=int, default=400, help="held-out samples for the final generate() accuracy")
+    p.add_argument("--heldout-seed", type=int, default=HELDOUT_SEED)
+    p.add_argument("--eval-only", default=None, metavar="MODEL",
+                   help="only measure the held-out accuracy of a saved model (alias or directory), e.g. trio-tiny")
     p.add_argument("--init", choices=["scaled", "hf"], default="scaled")
-    p.add_argument("--bg-weight", type=float, default=1.0)
+    p.add_argument("--bg-weight", type=float, default=0.2, help="aux loss weight of background patches")
+    p.add_argument("--vision-steps", type=int, default=1000, help="stage 1: aux-only steps (vision tower + projector)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default="/tmp/trio-tiny-cache")
     p.add_argument("--bench", type=int, default=0, help="only time this many training steps")
@@ -400,9 +469,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def evaluate_only(args):
+    """Greedy generate() accuracy of a saved model (alias or directory) on the held-out split."""
+    from trio_edge.models.registry import load
+
+    loaded = load(args.eval_only)
+    grid = loaded.adapter.default_grid()
+    heldout = make_split(args.heldout, args.heldout_seed)
+    hits = generate_accuracy(loaded.model, loaded.adapter, heldout, grid, per_sample=True)
+    per_kind = {kind: round(sum(h for h, s in zip(hits, heldout) if s["kind"] == kind)
+                            / max(1, sum(s["kind"] == kind for s in heldout)), 4) for kind in KINDS}
+    log(f"{args.eval_only}: held-out generate() accuracy {sum(hits) / len(hits):.4f} on n={len(hits)} "
+        f"(seed {args.heldout_seed}, {loaded.adapter.image_token_count(grid)} image tokens) per kind {per_kind}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.eval_only:
+        return evaluate_only(args)
     torch.manual_seed(args.seed)
     t_start = time.time()
     model, processor, adapter = build(args)
@@ -420,6 +505,11 @@ def main(argv=None):
     trainer = Trainer(model, adapter, grid, probe_layer=args.probe_layer)
     check_equivalence(trainer, model, adapter, make_split(3, args.seed + VAL_SEED_OFFSET), grid, args)
 
+    mean, std = _norm(adapter)
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.vision_steps and not args.bench:
+        pretrain_vision(trainer, train, mean, std, generator, args)
+
     decay = [p for n, p in trainer.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in trainer.named_parameters() if p.dim() < 2 or "embed" in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -432,8 +522,6 @@ def main(argv=None):
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, steps - args.warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    mean, std = _norm(adapter)
-    generator = torch.Generator().manual_seed(args.seed)
     streams = {"train": [train, None, 0]}
     if easy is not None:
         streams["easy"] = [easy, None, 0]
@@ -468,15 +556,14 @@ def main(argv=None):
     for step in range(steps):
         batch = batch_of(step)
         lengths = batch["lengths"][:, :args.questions]
-        logits, aux_c, aux_s = trainer(restore_pixels(batch["pixels"], mean, std), train["prefix"],
+        logits, feats = trainer(restore_pixels(batch["pixels"], mean, std), train["prefix"],
                                        batch["suffix"][:, :args.questions, :int(lengths.max())], lengths)
         answers = batch["answer"][:, :args.questions]
         eos = torch.where(answers >= 0, train["eos"], -100)
         targets = torch.stack([answers, eos], -1)  # -100: no question in that slot (ignored)
         answer_loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), ignore_index=-100)
         labels = batch["labels"]
-        aux_loss = F.cross_entropy(aux_c.flatten(0, 2), labels[:, 0].flatten()) + \
-            F.cross_entropy(aux_s.flatten(0, 2), labels[:, 1].flatten())
+        aux_loss = aux_loss_of(trainer, feats, labels, args.bg_weight)
         loss = answer_loss + args.aux_weight * aux_loss
         if args.probe_weight:
             keys = batch["keys"][:, :args.questions]
@@ -509,10 +596,10 @@ def main(argv=None):
     train_seconds = time.time() - t_train
     log(f"trained {step + 1} steps in {train_seconds / 60:.1f} min")
 
-    heldout = make_split(args.heldout, HELDOUT_SEED)
+    heldout = make_split(args.heldout, args.heldout_seed)
     t0 = time.time()
     acc = generate_accuracy(model, adapter, heldout, grid)
-    log(f"held-out generate() accuracy {acc:.4f} on n={len(heldout)} (seed {HELDOUT_SEED}) in {time.time() - t0:.0f}s")
+    log(f"held-out generate() accuracy {acc:.4f} on n={len(heldout)} (seed {args.heldout_seed}) in {time.time() - t0:.0f}s")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -524,8 +611,10 @@ def main(argv=None):
         summary = {"argv": sys.argv[1:], "args": vars(args), "parameters": n_params, "image_tokens": m,
                    "grid": list(grid), "steps": step + 1, "train_minutes": round(train_seconds / 60, 1),
                    "total_minutes": round((time.time() - t_start) / 60, 1), "heldout_accuracy": acc,
-                   "heldout_n": len(heldout), "heldout_seed": HELDOUT_SEED, "history": history,
+                   "heldout_n": len(heldout), "heldout_seed": args.heldout_seed, "history": history,
                    "torch": torch.__version__, "python": platform.python_version()}
+        if args.samples_out:
+            summary["samples"] = write_samples(model, adapter, grid, Path(args.samples_out))
         (Path(args.cache_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
         log(f"saved to {out}; summary in {Path(args.cache_dir) / 'train_summary.json'}")
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from trio_edge.data.synthetic_vqa import (
-    KINDS, answer_vocabulary, make_sample, make_split, question_words, read_records, write_records,
+    ALL_KINDS, KINDS, answer_vocabulary, make_sample, make_split, question_words, read_records, scene_questions,
+    write_records,
 )
 from trio_edge.errors import InputError
 from trio_edge.models.tiny import make_tiny_tokenizer
@@ -29,12 +30,17 @@ def test_deterministic_per_seed():
 
 
 def test_kinds_are_balanced_and_answers_consistent():
-    samples = make_split(80, seed=0)
-    assert [s["kind"] for s in samples[:4]] == list(KINDS)
+    samples = make_split(60, seed=0)
+    assert [s["kind"] for s in samples[:len(KINDS)]] == list(KINDS)
+    rng = np.random.default_rng(1)
+    samples += [make_sample(rng, kind="position") for _ in range(15)]
+    samples += [make_sample(rng, kind=kind, objects=(1, 2)) for kind in ALL_KINDS for _ in range(5)]
     for s in samples:
         assert s["image"].mode == "RGB" and s["image"].size == (112, 112)
         objects = s["objects"]
-        assert 2 <= len(objects) <= 5 and s["mask"].max() == len(objects)
+        assert 1 <= len(objects) <= 5 and s["mask"].max() == len(objects)
+        assert {"question": s["question"], "answer": s["answer"], "kind": s["kind"]} in \
+            scene_questions(s, kinds=ALL_KINDS)
         if s["kind"] == "color":
             shape = s["question"].split()[-1].rstrip("?")
             [target] = [o for o in objects if o["shape"] == shape]
@@ -54,15 +60,27 @@ def test_kinds_are_balanced_and_answers_consistent():
             assert s["answer"] == ("left" if a["x"] < b["x"] else "right")
 
 
+def test_bad_generator_arguments():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="unknown kind"):
+        make_sample(rng, kind="texture")
+    with pytest.raises(ValueError, match="objects"):
+        make_sample(rng, kind="count", objects=(1, 1))
+    with pytest.raises(ValueError, match="objects"):
+        make_sample(rng, objects=(0, 9))
+
+
 def test_words_are_in_the_tiny_vocabulary():
     tokenizer = make_tiny_tokenizer()
     unk = tokenizer.unk_token_id
     for word in answer_vocabulary() + question_words():
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
         assert ids == [tokenizer.convert_tokens_to_ids(word)] and unk not in ids, word
-    for s in make_split(40, seed=1):
-        ids = tokenizer(s["question"] + " " + s["answer"], add_special_tokens=False)["input_ids"]
-        assert unk not in ids, s["question"]
+    rng = np.random.default_rng(2)
+    for s in make_split(30, seed=1) + [make_sample(rng, kind="position") for _ in range(10)]:
+        for q in scene_questions(s, kinds=ALL_KINDS):
+            ids = tokenizer(q["question"] + " " + q["answer"], add_special_tokens=False)["input_ids"]
+            assert unk not in ids, q["question"]
 
 
 def test_records_round_trip(tmp_path):
