@@ -66,10 +66,15 @@ def test_unknown_alias():
         assert alias in message
 
 
-def test_uncached_hub_id_offline(monkeypatch, tmp_path):
+@pytest.fixture
+def offline_empty_cache(monkeypatch, tmp_path):
+    """No network and an empty Hugging Face cache, as on a fresh offline machine."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+
+
+def test_uncached_hub_id_offline(offline_empty_cache):
     with pytest.raises(ModelNotFoundError) as info:
         registry.load("nobody-here/not-a-model")
     error = info.value
@@ -81,10 +86,7 @@ def test_uncached_hub_id_offline(monkeypatch, tmp_path):
     assert error.__cause__ is None and error.__suppress_context__  # no chained traceback wall
 
 
-def test_uncached_alias_offline_names_the_hub_id(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+def test_uncached_alias_offline_names_the_hub_id(offline_empty_cache):
     with pytest.raises(ModelNotFoundError) as info:
         registry.load("llava-next-7b")
     assert "llava-hf/llava-v1.6-vicuna-7b-hf" in str(info.value).splitlines()[0]
