@@ -179,3 +179,25 @@ def test_unpruned_onnx_pipeline_matches_transformers_generate(export_model, tmp_
         stop = set(adapter.stop_token_ids())
         assert got.token_ids == want[:len(got.token_ids)] and (len(got.token_ids) == len(want) or got.token_ids[-1] in stop)
         torch.testing.assert_close(got.first_logits[0], out.logits[0][0], atol=1e-4, rtol=1e-4)
+
+
+def test_output_shapes_from_the_signature_match_onnx_runtime(exported):
+    """What the CUDA IO-binding path allocates before a run equals what ONNX Runtime produces."""
+    _, directory, _ = exported
+    pipeline = load(directory)
+    recorded = {}
+    original = pipeline.backend.run_impl
+
+    def record(graph, inputs):
+        outputs = original(graph, inputs)
+        recorded.setdefault(graph, []).append(({k: tuple(v.shape) for k, v in inputs.items()},
+                                               {k: tuple(v.shape) for k, v in outputs.items()}))
+        return outputs
+
+    pipeline.backend.run_impl = record
+    image, prompt = random_requests(1, seed=3)[0]
+    pipeline.generate(image, prompt, max_new_tokens=3)
+    assert set(recorded) == set(pipeline.backend.specs)
+    for graph, calls in recorded.items():
+        for input_shapes, output_shapes in calls:
+            assert pipeline.backend.specs[graph].output_shapes(input_shapes) == output_shapes, graph

@@ -29,6 +29,17 @@ class GraphSpec:
     kind: str  # vision | embed | segment | select
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    derived_axes: tuple[tuple[str, str, int], ...] = ()  # (axis, source axis, offset): axis = source + offset
+
+    def output_shapes(self, input_shapes: dict[str, tuple]) -> dict[str, tuple]:
+        """Output shapes for given input shapes, so a runtime can allocate outputs before running."""
+        dims = {}
+        for tensor in self.inputs:
+            for axis in tensor.dynamic_axes():
+                dims[tensor.shape[axis]] = int(input_shapes[tensor.name][axis])
+        for axis, source, offset in self.derived_axes:
+            dims[axis] = dims[source] + offset
+        return {t.name: tuple(dims[d] if isinstance(d, str) else d for d in t.shape) for t in self.outputs}
 
 
 def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: str) -> dict[str, GraphSpec]:
@@ -56,5 +67,6 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
             (TensorSpec("kept", "int64", (sel.keep,)), TensorSpec("converged", "bool", ()),
              TensorSpec("hidden_out", dtype, (1, "pruned_seq", d)), TensorSpec("position_ids_out", "int64", (1, "pruned_seq")),
              TensorSpec("saliency", "float32", (sel.tokens_in,))),
+            derived_axes=(("pruned_seq", "seq", sel.keep - sel.tokens_in),),
         ))
     return {spec.name: spec for spec in specs}

@@ -1,7 +1,7 @@
 """ONNX Runtime backend: CPU, or CUDA with IO binding so tensors stay on the GPU between graphs.
 
 On CUDA, inputs and outputs are torch CUDA tensors bound by pointer (no host round trips per stage
-or per token); output buffers are allocated by ORT on the device and handed back via DLPack.
+or per token); outputs are allocated by torch with the shapes the graph signature implies.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ...errors import BackendUnavailableError
-from .base import Backend
+from .base import TORCH_DTYPES, Backend
 
 NP_TO_ORT = {torch.float32: "float", torch.float16: "float16", torch.int64: "int64", torch.bool: "bool"}
 
@@ -41,7 +41,10 @@ class OnnxRuntimeBackend(Backend):
                     f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (providers: "
                     f"{', '.join(ort.get_available_providers())}); pip install 'trio-edge[gpu]' (onnxruntime-gpu) "
                     "or use --device cpu")
-            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
+            # ORT runs on torch's current stream: graphs and torch ops stay ordered without host syncs.
+            stream = torch.cuda.current_stream(self.device).cuda_stream
+            cuda_options = {"device_id": self.device.index or 0, "user_compute_stream": str(stream)}
+            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         self.sessions = {name: ort.InferenceSession(str(path), options, providers=providers)
@@ -59,14 +62,17 @@ class OnnxRuntimeBackend(Backend):
         spec, session = self.specs[graph], self.sessions[graph]
         binding = session.io_binding()
         index = self.device.index or 0
-        for t in spec.inputs:
-            value = inputs[t.name].contiguous()
-            binding.bind_input(t.name, "cuda", index, NP_TO_ORT[value.dtype], tuple(value.shape), value.data_ptr())
+        bound = {t.name: inputs[t.name].contiguous() for t in spec.inputs}  # alive until the run ends
+        for name, value in bound.items():
+            binding.bind_input(name, "cuda", index, NP_TO_ORT[value.dtype], tuple(value.shape), value.data_ptr())
+        shapes = spec.output_shapes({name: tuple(value.shape) for name, value in inputs.items()})
+        outputs = {}
         for t in spec.outputs:
-            binding.bind_output(t.name, "cuda", index)
+            out = torch.empty(shapes[t.name], dtype=TORCH_DTYPES[t.dtype], device=self.device)
+            binding.bind_output(t.name, "cuda", index, NP_TO_ORT[out.dtype], tuple(out.shape), out.data_ptr())
+            outputs[t.name] = out
         session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        return {t.name: torch.from_dlpack(v.to_dlpack()) for t, v in zip(spec.outputs, values)}
+        return outputs
 
     def close(self):
         self.sessions.clear()
