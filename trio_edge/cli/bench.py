@@ -94,12 +94,13 @@ def _pipelines_for_model(args, source: str, options: dict, workdir: Path):
     tiles = adapter.tile_count(adapter.default_grid())
     common = dict(dtype=args.dtype, max_new_tokens=max(args.new_tokens, 1), validate=False,
                   progress=not args.quiet, loaded=loaded)
-    if args.backend == "torch":
-        from .run import reference_pipeline
+    if args.backend == "torch":  # the loaded model itself, no export
+        from ..runtime.reference import torch_pipeline
+        from ..trio.schedule import Schedule
 
-        pruned = reference_pipeline(source, device=args.device, grid=None, max_new_tokens=args.new_tokens, **options)
-        full = reference_pipeline(source, device=args.device, grid=None, max_new_tokens=args.new_tokens) \
-            if args.compare_full else None
+        common = dict(max_new_tokens=args.new_tokens, device=args.device)
+        pruned = torch_pipeline(loaded, adapter.schedule(adapter.default_grid(), **options), **common)
+        full = torch_pipeline(loaded, Schedule(), **common) if args.compare_full else None
         return pruned, full, loaded.model.config, tiles
     export(source, workdir / "pruned", **common, **options)
     pruned = load_export(workdir / "pruned", backend=args.backend, device=args.device)
@@ -130,12 +131,14 @@ def main(argv=None):
     image = load_image(args.image) if args.image else synthetic_image()
     with tempfile.TemporaryDirectory(prefix="trio-bench-") as tmp:
         pruned, full, config, tiles = pipelines_for(args, Path(tmp))
-        measure = dict(warmup=args.warmup, iters=args.iters, new_tokens=args.new_tokens, progress=not args.quiet)
-        reports = {"pruned" if pruned.plan.schedule.pruning else "full": bench.measure(pruned, image, args.prompt, label="pruned", **measure)}
+        pipelines = {"pruned" if pruned.plan.schedule.pruning else "full": pruned}
         if full is not None:
-            reports["full"] = bench.measure(full, image, args.prompt, label="full", **measure)
-        for name, report in reports.items():
-            bench.add_flops(report, config, (pruned if name != "full" or full is None else full).plan, tiles)
+            pipelines["full"] = full
+        measure = dict(warmup=args.warmup, iters=args.iters, new_tokens=args.new_tokens, progress=not args.quiet)
+        reports = {}
+        for name, pipeline in pipelines.items():
+            reports[name] = bench.measure(pipeline, image, args.prompt, label=name, **measure)
+            bench.add_flops(reports[name], config, pipeline.plan, tiles)
     result = {"environment": bench.environment(args.backend, args.device), "command": "trio-bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "schedule": pruned.plan.schedule.describe(pruned.plan.num_layers, pruned.plan.num_image_tokens),
               "results": reports}

@@ -41,13 +41,11 @@ def is_export_dir(path: str) -> bool:
 
 def reference_pipeline(model: str, *, device: str, grid: str | None, max_new_tokens: int, **schedule):
     """The PyTorch pipeline for a model (no export): same stages and code as the torch backend."""
-    from ..models.preprocess import parse_grid
     from ..models.registry import load
     from ..runtime.reference import torch_pipeline
 
     loaded = load(model)
-    grid_wh = parse_grid(grid) if grid else loaded.adapter.default_grid()
-    loaded.adapter.validate_grid(grid_wh)
+    grid_wh = loaded.adapter.grid_for(grid)
     return torch_pipeline(loaded, loaded.adapter.schedule(grid_wh, **schedule), grid=grid_wh,
                           max_new_tokens=max_new_tokens, device=device)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import ExportError, InputError
 from ..runtime.backends.tensorrt_backend import import_tensorrt, platform_info, require_cuda
+from ..runtime.plan import PipelinePlan
 from .manifest import read_manifest, safe_member, write_manifest
 
 PRECISIONS = ("fp16", "bf16", "fp32")
@@ -28,15 +29,12 @@ PARTIAL_SUFFIX = ".partial"
 # ---- profiles (pure: no TensorRT) -----------------------------------------------------------------------
 def typical_lengths(plan: dict, graph: str, kind: str) -> dict[str, int]:
     """Typical value of each dynamic axis of `graph`: image tokens entering it + TYPICAL_TEXT_TOKENS."""
-    text = min(TYPICAL_TEXT_TOKENS, plan["max_text_tokens"])
-    if kind == "embed":
-        return {DECODE_AXIS: text + plan["num_image_tokens"]}
-    if kind == "segment":
-        segment = next(s for s in plan["segments"] if s["name"] == graph)
-        return {DECODE_AXIS: text + segment["image_tokens"]}
+    typical = min(TYPICAL_TEXT_TOKENS, plan["max_text_tokens"]) + \
+        PipelinePlan.from_dict(plan).image_tokens_entering(graph)
+    if kind in ("embed", "segment"):
+        return {DECODE_AXIS: typical}
     if kind == "select":
-        select = next(s for s in plan["selects"] if s["name"] == graph)
-        return {"seq": text + select["tokens_in"]}
+        return {"seq": typical}
     return {}
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from ..errors import ExportError, InputError
-from ..models.preprocess import parse_grid
 from ..models.split import build_modules, plan_for
 from ..runtime.graphs import GraphSpec, graph_specs
 from .files import atomic_directory
@@ -81,8 +80,7 @@ def export(model: str, output_dir: str | Path, *, cuts: str | None = None, keep_
         raise InputError(f"{output_dir} already exists; pass --force to replace it")
     loaded = loaded or load(model, dtype=getattr(torch, DTYPES[dtype]))
     adapter = loaded.adapter
-    grid_wh = parse_grid(grid) if grid else adapter.default_grid()
-    adapter.validate_grid(grid_wh)
+    grid_wh = adapter.grid_for(grid)
     schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file,
                                 positions=positions, threshold=threshold)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,

@@ -14,32 +14,19 @@ EXAMPLE_TEXT_TOKENS = 12  # text tokens around the image in example prompts
 
 def shape_ranges(spec: GraphSpec, plan: PipelinePlan) -> dict[str, tuple[int, int]]:
     """Declared range of every dynamic axis (these become TensorRT optimization profiles)."""
-    if spec.kind == "embed":
-        return {"query": (1, plan.max_text_tokens + plan.num_image_tokens)}
-    if spec.kind == "segment":
-        seg = next(s for s in plan.segments if s.name == spec.name)
-        return {"query": (1, plan.max_text_tokens + seg.image_tokens)}
+    image = plan.image_tokens_entering(spec.name)
+    if spec.kind in ("embed", "segment"):
+        return {"query": (1, plan.max_text_tokens + image)}
     if spec.kind == "select":
-        sel = next(s for s in plan.selects if s.name == spec.name)
-        return {"seq": (sel.tokens_in + 5, plan.max_text_tokens + sel.tokens_in)}
+        return {"seq": (image + 5, plan.max_text_tokens + image)}
     return {}
-
-
-def _image_start_and_len(spec: GraphSpec, plan: PipelinePlan, text_tokens: int):
-    if spec.kind == "select":
-        tokens = next(s for s in plan.selects if s.name == spec.name).tokens_in
-    elif spec.kind == "segment":
-        tokens = next(s for s in plan.segments if s.name == spec.name).image_tokens
-    else:
-        tokens = plan.num_image_tokens
-    return 3, tokens + text_tokens
 
 
 def random_inputs(spec: GraphSpec, plan: PipelinePlan, *, seed: int, text_tokens: int = EXAMPLE_TEXT_TOKENS,
                   image_token_id: int | None = None) -> list[tuple[str, dict]]:
     """Cases named 'random-prefill' and (for graphs with a query axis) 'random-decode'."""
     generator = torch.Generator().manual_seed(seed)
-    image_start, seq = _image_start_and_len(spec, plan, text_tokens)
+    image_start, seq = 3, plan.image_tokens_entering(spec.name) + text_tokens
     cases = [("random-prefill", seq, 0)]
     if spec.kind == "segment":
         cases.append(("random-decode", 1, seq + 2))

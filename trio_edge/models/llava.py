@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
 from .llama_decoder import LlamaFamilyDecoder
-from .preprocess import letterbox
+from .preprocess import letterbox, parse_grid
 
 SUPPORTED_DECODERS = ("LlamaForCausalLM", "LlamaModel", "MistralModel", "MistralForCausalLM")
 # LLaVA's released TRIO schedule for 576 tokens -> 64 (cuts after layers 1, 10, 15 of 32 keeping
@@ -109,12 +109,21 @@ class LlavaAdapter:
     def tile_count(self, grid: tuple[int, int]) -> int:
         return 1
 
+    def grid_for(self, text: str | None) -> tuple[int, int]:
+        """--grid WIDTHxHEIGHT (or the default when None), checked against this model."""
+        grid = parse_grid(text) if text else self.default_grid()
+        self.validate_grid(grid)
+        return grid
+
+    def letterboxed(self, image, grid: tuple[int, int]):
+        """The image fitted into the grid on a canvas of the processor's mean colour."""
+        fill = tuple(int(round(255 * m)) for m in self.processor.image_processor.image_mean)
+        return letterbox(image, grid[0], grid[1], fill)
+
     def pixel_values(self, image, grid: tuple[int, int]) -> torch.Tensor:
         """RGB PIL image -> float tiles (P, 3, h, w) for the fixed grid."""
-        processor = self.processor.image_processor
-        fill = tuple(int(round(255 * m)) for m in processor.image_mean)
-        boxed = letterbox(image, grid[0], grid[1], fill)
-        pixels = processor(images=boxed, return_tensors="pt")["pixel_values"]
+        boxed = self.letterboxed(image, grid)
+        pixels = self.processor.image_processor(images=boxed, return_tensors="pt")["pixel_values"]
         return pixels.reshape(-1, *pixels.shape[-3:])
 
     # ---- text side --------------------------------------------------------------------------------
@@ -150,9 +159,7 @@ class LlavaAdapter:
 
     def hf_inputs(self, image, prompt: str, grid: tuple[int, int]) -> dict:
         """Inputs for transformers' own `generate` on the same letterboxed image (parity tests)."""
-        processor = self.processor.image_processor
-        fill = tuple(int(round(255 * m)) for m in processor.image_mean)
-        boxed = letterbox(image, grid[0], grid[1], fill)
+        boxed = self.letterboxed(image, grid)
         return dict(self.processor(images=boxed, text=self.format_prompt(prompt), return_tensors="pt"))
 
     # ---- TRIO defaults ----------------------------------------------------------------------------

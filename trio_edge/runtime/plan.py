@@ -55,6 +55,16 @@ class PipelinePlan:
             order.append(segment)
         return order
 
+    def image_tokens_entering(self, graph: str) -> int:
+        """Image tokens in the sequence a graph receives (all M before the first cut)."""
+        for segment in self.segments:
+            if segment.name == graph:
+                return segment.image_tokens
+        for select in self.selects:
+            if select.name == graph:
+                return select.tokens_in
+        return self.num_image_tokens
+
     def kv_shape(self, segment: SegmentPlan) -> tuple[int, ...]:
         return (segment.end - segment.start, 2, self.num_kv_heads, segment.kv_length, self.head_dim)
 
