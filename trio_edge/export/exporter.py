@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +34,6 @@ class ExportSummary:
     schedule: str
     seconds: float
     peak_rss_bytes: int
-    notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         lines = [f"{'graph':<22}{'kind':<9}{'MB':>9}  {'max abs diff':>13}  {'max rel diff':>13}  ok"]
@@ -50,7 +49,6 @@ class ExportSummary:
         lines.append(f"schedule: {self.schedule}")
         lines.append(f"artifact bytes / model parameter bytes: {self.weight_ratio:.3f}")
         lines.append(f"export took {self.seconds:.1f} s, peak host RSS {self.peak_rss_bytes / 2**30:.2f} GiB")
-        lines.extend(self.notes)
         return "\n".join(lines)
 
 
