@@ -6,7 +6,7 @@ in one run on one device: (a) transformers `generate` (sdpa, unpruned), (b) our 
 (analytic FLOPs / measured matmul peak) and decode against the bandwidth floor (bytes per token /
 measured copy bandwidth), and a Jetson AGX Orin projection from the same analytic model.
 
-GPU:  python benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends torch,onnxruntime
+GPU:  python benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends torch,torch-eager,onnxruntime
 CPU:  python benchmarks/llava_next_7b.py --scale 0.0625 --layers 4 --vision-layers 2 --new-tokens 8
 Prints a table and one final JSON line; --out writes the JSON under benchmarks/results/.
 """
@@ -79,14 +79,19 @@ def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int
     from trio_edge.trio.schedule import Schedule
 
     schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), keep_ratio=0.111)
-    if backend == "torch":
-        return {"full": torch_pipeline(loaded, Schedule(), max_text_tokens=128, max_new_tokens=new_tokens, device=device),
-                "trio": torch_pipeline(loaded, schedule, max_text_tokens=128, max_new_tokens=new_tokens, device=device)}
+    if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
+        common = {"max_text_tokens": 128, "max_new_tokens": new_tokens, "device": device,
+                  "cuda_graphs": backend == "torch" and device.startswith("cuda")}
+        return {"full": torch_pipeline(loaded, Schedule(), **common), "trio": torch_pipeline(loaded, schedule, **common)}
     pipelines = {}
     for name, options in (("full", {}), ("trio", {"keep_ratio": 0.111})):
         out = workdir / f"{backend}-{name}"
         export(loaded.source, out, dtype=dtype, max_new_tokens=new_tokens, validate=False, progress=False,
                loaded=loaded, **options)
+        if backend == "tensorrt":  # engines are built from the export, on this GPU
+            from trio_edge.export.engine_build import build_engines
+
+            build_engines(out, precision=dtype, progress=False)
         pipelines[name] = load(out, backend=backend, device=device)
     return pipelines
 
@@ -108,7 +113,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16" if torch.cuda.is_available() else "fp32")
-    parser.add_argument("--backends", default="torch,onnxruntime")
+    parser.add_argument("--backends", default="torch,onnxruntime",
+                        help="comma-separated: torch (CUDA graphs on CUDA), torch-eager, onnxruntime, tensorrt")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--layers", type=int)
     parser.add_argument("--vision-layers", type=int)

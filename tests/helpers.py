@@ -60,15 +60,17 @@ class RecordingTorchBackend(TorchBackend):
 
 
 def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_tokens: int = 64,
-                  max_new_tokens: int = 16, *, grid=None, stop_token_ids=None, nms_iterations: int = 16) -> Pipeline:
-    """A torch-backend Pipeline for `loaded` (a registry.LoadedModel) and `schedule`."""
+                  max_new_tokens: int = 16, *, grid=None, stop_token_ids=None, nms_iterations: int = 16,
+                  in_place_kv: bool = True) -> Pipeline:
+    """A torch-backend Pipeline for `loaded` (a registry.LoadedModel) and `schedule`; `in_place_kv=False`
+    runs the decoder segments in the form export traces."""
     adapter = loaded.adapter
     if schedule is None or isinstance(schedule, str):
         schedule = Schedule.parse(schedule or "")
     grid = tuple(grid or adapter.default_grid())
     plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
                     nms_iterations=nms_iterations)
-    modules = build_modules(adapter, plan)
+    modules = build_modules(adapter, plan, in_place_kv=in_place_kv)
     specs = graph_specs(plan, tile_count=tile_count(adapter, grid), tile_size=adapter.tile_size, dtype="float32")
     head = next(seg.name for seg in plan.segments if seg.with_head)
     backend = RecordingTorchBackend(specs, modules, head)

@@ -12,9 +12,9 @@ MAX_NEW = 12
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def full_pipeline(tiny):
-    return make_pipeline(tiny, Schedule())
+@pytest.fixture(scope="module", params=["runtime_form", "export_form"])
+def full_pipeline(tiny, request):
+    return make_pipeline(tiny, Schedule(), in_place_kv=request.param == "runtime_form")
 
 
 def pairs(images, count):

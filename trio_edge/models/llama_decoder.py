@@ -2,13 +2,18 @@
 
 Uses the transformers layer's own submodules (projections, norms, MLP, rotary embedding) so the
 numbers are transformers' numbers; only attention is re-written, to read and write one static KV
-buffer per layer group with a one-hot `where` instead of ScatterND, and to evaluate queries for a
-subset of positions (TRIO's proxy).
+buffer per layer group, and to evaluate queries for a subset of positions (TRIO's proxy).
+
+Two forms of the same segment: the export form writes the KV buffer with a one-hot `where` (no
+ScatterND in the graph) and returns a new buffer; the in-place form (the torch runtime) writes only
+the new slots with `index_copy_` and attends with fused SDPA, so a decode step reads the buffer once
+and writes one slot, allocates nothing, and has fixed shapes a CUDA graph can capture.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..graph_ops import clamp_index
@@ -72,19 +77,35 @@ def write_kv(buffer: torch.Tensor, new: torch.Tensor, past_length: torch.Tensor)
     return torch.where(valid[None, :, None], gathered, buffer)
 
 
-def layer_step(layer, h, cos, sin, kv, past_length):
-    """One decoder layer on h (T, D) with a static KV buffer kv (2, KVH, N, hd); returns (h, kv)."""
+def write_kv_in_place(buffer: torch.Tensor, new: torch.Tensor, past_length: torch.Tensor) -> torch.Tensor:
+    """Write `new` (KVH, T, hd) into `buffer` (KVH, N, hd) at [past_length, past_length+T), in place."""
+    slots = past_length + torch.arange(new.shape[1], device=buffer.device)
+    return buffer.index_copy_(1, slots, new)
+
+
+def fused_attention(q, k, v, allowed, scale):
+    """grouped_attention's contract on PyTorch's fused SDPA: q (H, T, hd), k/v (KVH, N, hd) -> (T, H*hd)."""
+    num_heads, t, head_dim = q.shape
+    out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=allowed, scale=scale,
+                                         enable_gqa=k.shape[0] != num_heads)
+    return out[0].transpose(0, 1).reshape(t, num_heads * head_dim)
+
+
+def layer_step(layer, h, cos, sin, kv, past_length, in_place: bool = False):
+    """One decoder layer on h (T, D) with a static KV buffer kv (2, KVH, N, hd); returns (h, kv).
+
+    `in_place` writes kv itself (and returns it); otherwise a new buffer is returned."""
     x = layer.input_layernorm(h)
     q, k, v = project_qkv(layer, x, cos, sin)
-    keys = write_kv(kv[0], k, past_length)
-    values = write_kv(kv[1], v, past_length)
+    write, attend = (write_kv_in_place, fused_attention) if in_place else (write_kv, grouped_attention)
+    keys, values = write(kv[0], k, past_length), write(kv[1], v, past_length)
     t, n = h.shape[0], keys.shape[1]
     query_slot = past_length + torch.arange(t, device=h.device)
     allowed = torch.arange(n, device=h.device)[None, :] <= query_slot[:, None]  # causal over the buffer
-    attn = grouped_attention(q, keys, values, allowed, layer.self_attn.scaling)
+    attn = attend(q, keys, values, allowed, layer.self_attn.scaling)
     h = h + layer.self_attn.o_proj(attn)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return h, torch.stack((keys, values))
+    return h, (kv if in_place else torch.stack((keys, values)))
 
 
 class DecoderSegment(nn.Module):
@@ -92,10 +113,15 @@ class DecoderSegment(nn.Module):
 
     Inputs:  hidden (1, T, D), position_ids (1, T) int64, past_length () int64, kv (L, 2, KVH, N, hd)
     Outputs: hidden (1, T, D) -- or logits (1, V) of the last position when `with_head` -- and kv.
+    With `in_place` the returned kv is the input buffer, written in place (see the module docstring).
     """
 
-    def __init__(self, decoder: "LlamaFamilyDecoder", start: int, end: int, with_head: bool):
+    cuda_graph_safe = True  # fixed shapes per call, no host synchronisation, no data-dependent control flow
+
+    def __init__(self, decoder: "LlamaFamilyDecoder", start: int, end: int, with_head: bool, in_place: bool = False):
         super().__init__()
+        self.in_place = in_place
+        self.in_place_inputs = ("kv",) if in_place else ()  # inputs the call writes (a CUDA graph keeps them)
         self.layers = nn.ModuleList(decoder.layers[start:end])
         self.rotary = decoder.rotary
         self.norm = decoder.norm if with_head else None
@@ -107,9 +133,9 @@ class DecoderSegment(nn.Module):
         cos, sin = cos[0], sin[0]  # (T, hd)
         new_kv = []
         for index, layer in enumerate(self.layers):
-            h, layer_kv = layer_step(layer, h, cos, sin, kv[index], past_length)
+            h, layer_kv = layer_step(layer, h, cos, sin, kv[index], past_length, self.in_place)
             new_kv.append(layer_kv)
-        kv_out = torch.stack(new_kv) if new_kv else kv
+        kv_out = torch.stack(new_kv) if new_kv and not self.in_place else kv
         if self.lm_head is not None:
             return self.lm_head(self.norm(h[-1:])), kv_out  # (1, V)
         return h[None], kv_out
@@ -148,8 +174,8 @@ class LlamaFamilyDecoder:
         return LlamaFamilyDecoder(embed, [clone(self.layers[layer_index])], self.rotary, clone(self.norm),
                                   clone(self.lm_head))
 
-    def segment(self, start: int, end: int, with_head: bool) -> DecoderSegment:
-        return DecoderSegment(self, start, end, with_head)
+    def segment(self, start: int, end: int, with_head: bool, in_place: bool = False) -> DecoderSegment:
+        return DecoderSegment(self, start, end, with_head, in_place)
 
     def proxy_logits(self, layer_index, h, position_ids, query_rows):
         """TRIO proxy: layer `layer_index` on h (S, D) for the queries picked by `query_rows` (Q, S)

@@ -15,6 +15,8 @@ class EmbedAndMerge(nn.Module):
     """input_ids (1, T), image_features (M, D) -> (1, T, D): text embeddings with image features at the
     image-token positions. CumSum + Gather + Where instead of masked_scatter (no NonZero/Scatter)."""
 
+    cuda_graph_safe = True  # fixed shapes per call, no host synchronisation
+
     def __init__(self, embed_tokens, image_token_id: int):
         super().__init__()
         self.embed_tokens = embed_tokens
@@ -40,17 +42,20 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int, max_new
     )
 
 
-def build_modules(adapter, plan: PipelinePlan, method: str = "trio", seed: int = 0) -> dict[str, nn.Module]:
+def build_modules(adapter, plan: PipelinePlan, method: str = "trio", seed: int = 0,
+                  in_place_kv: bool = False) -> dict[str, nn.Module]:
     """Graph name -> PyTorch module; these are what the torch backend runs and what export traces.
 
-    `method` picks the selection rule of every cut (peers are PyTorch-only baselines)."""
+    `method` picks the selection rule of every cut (peers are PyTorch-only baselines). `in_place_kv`
+    builds the runtime form of the decoder segments (KV written in place, fused attention); export
+    traces the default, graph-friendly form."""
     decoder = adapter.decoder
     modules = {
         "vision": adapter.vision_module(plan.grid),
         "embed": EmbedAndMerge(decoder.embed_tokens, adapter.image_token_id),
     }
     for seg in plan.segments:
-        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head)
+        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place_kv)
     for sel in plan.selects:
         modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep,
                                         plan.schedule.threshold, plan.schedule.positions, plan.nms_iterations,

@@ -24,7 +24,8 @@ def io_adapter(directory: Path):
 
 
 def load(directory: str | Path, *, backend: str = "onnxruntime", device: str = "cpu", verify: bool = True,
-         threads: int | None = None) -> Pipeline:
+         threads: int | None = None, cuda_graphs: bool | None = None) -> Pipeline:
+    """`cuda_graphs` applies to the torch backend on CUDA (default on); ORT and TensorRT ignore it."""
     directory = Path(directory)
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -44,7 +45,7 @@ def load(directory: str | Path, *, backend: str = "onnxruntime", device: str = "
         files = {name: safe_member(directory, manifest["graphs"][name]["file"]) for name in specs}
         engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads)
     elif backend == "torch":
-        engine = _torch_backend(manifest, plan, specs, device)
+        engine = _torch_backend(manifest, plan, specs, device, cuda_graphs)
     else:
         from .backends.tensorrt_backend import TensorRTBackend
 
@@ -52,7 +53,7 @@ def load(directory: str | Path, *, backend: str = "onnxruntime", device: str = "
     return Pipeline(plan, engine, adapter, stop_token_ids=io["stop_token_ids"], dtype=dtype)
 
 
-def _torch_backend(manifest, plan, specs, device):
+def _torch_backend(manifest, plan, specs, device, cuda_graphs):
     """The PyTorch modules of the exported plan, rebuilt from the model the manifest names."""
     import torch
 
@@ -61,4 +62,4 @@ def _torch_backend(manifest, plan, specs, device):
     from .backends.torch_backend import TorchBackend
 
     loaded = load_model(manifest["model"]["source"], dtype=getattr(torch, manifest["model"]["dtype"]))
-    return TorchBackend(specs, build_modules(loaded.adapter, plan), device=device)
+    return TorchBackend(specs, build_modules(loaded.adapter, plan, in_place_kv=True), device=device, cuda_graphs=cuda_graphs)

@@ -57,8 +57,9 @@ class Pipeline:
         self.stop_token_ids = set(stop_token_ids)
         self.device = backend.device
         self.dtype = TORCH_DTYPES[dtype]
-        self.kv = {seg.name: torch.zeros(plan.kv_shape(seg), dtype=self.dtype, device=self.device)
-                   for seg in plan.segments}
+        with torch.inference_mode(False):  # the torch backend writes these in place, outside inference mode
+            self.kv = {seg.name: torch.zeros(plan.kv_shape(seg), dtype=self.dtype, device=self.device)
+                       for seg in plan.segments}
 
     # ---- inputs -----------------------------------------------------------------------------------
     def prepare(self, image, prompt: str):

@@ -14,7 +14,9 @@ from .pipeline import Pipeline
 
 
 def torch_pipeline(loaded, schedule, *, grid=None, max_text_tokens: int = 512, max_new_tokens: int = 64,
-                   device: str = "cpu", method: str = "trio", seed: int = 0, nms_iterations: int = 32) -> Pipeline:
+                   device: str = "cpu", method: str = "trio", seed: int = 0, nms_iterations: int = 32,
+                   cuda_graphs: bool | None = None) -> Pipeline:
+    """`cuda_graphs`: capture the fixed-shape calls as CUDA graphs (default: on for CUDA devices)."""
     check_device(device)
     adapter = loaded.adapter
     grid = tuple(grid) if grid else adapter.default_grid()
@@ -23,5 +25,6 @@ def torch_pipeline(loaded, schedule, *, grid=None, max_text_tokens: int = 512, m
                     nms_iterations=nms_iterations)
     dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
     specs = graph_specs(plan, tile_count=adapter.tile_count(grid), tile_size=adapter.tile_size, dtype=dtype)
-    backend = TorchBackend(specs, build_modules(adapter, plan, method=method, seed=seed), device=device)
+    backend = TorchBackend(specs, build_modules(adapter, plan, method=method, seed=seed, in_place_kv=True), device=device,
+                           cuda_graphs=cuda_graphs)
     return Pipeline(plan, backend, adapter, stop_token_ids=adapter.stop_token_ids(), dtype=dtype)

@@ -1,0 +1,52 @@
+"""The decoder segment's two forms (export: one-hot `where`, new buffer; runtime: in place + fused SDPA)
+compute the same thing, and the in-place form writes only the slots of the new positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+SENTINEL = 7.0
+
+
+def run_steps(segment, kv, hidden, steps):
+    """Prefill `hidden` at slot 0, then `steps` single-token decode calls; returns outputs and final kv."""
+    outputs, t = [], hidden.shape[1]
+    with torch.no_grad():
+        out, kv = segment(hidden, torch.arange(t)[None], torch.tensor(0), kv)
+        outputs.append(out)
+        for step in range(steps):
+            token = hidden[:, step % t:step % t + 1] * 0.5
+            out, kv = segment(token, torch.tensor([[t + step]]), torch.tensor(t + step), kv)
+            outputs.append(out)
+    return outputs, kv
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+def test_in_place_form_equals_export_form(tiny, with_head):
+    decoder = tiny.adapter.decoder
+    export_form = decoder.segment(0, decoder.num_layers, with_head).eval()
+    runtime_form = decoder.segment(0, decoder.num_layers, with_head, in_place=True).eval()
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, 9, decoder.hidden_size, generator=generator)
+    kv_shape = decoder.kv_shape(decoder.num_layers, 16)
+    expected, kv_expected = run_steps(export_form, torch.full(kv_shape, SENTINEL), hidden, steps=4)
+    buffer = torch.full(kv_shape, SENTINEL)
+    got, kv_got = run_steps(runtime_form, buffer, hidden, steps=4)
+    assert kv_got is buffer  # written in place, nothing allocated
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kv_got, kv_expected, atol=1e-5, rtol=1e-5)
+    assert torch.all(kv_got[:, :, :, 13:] == SENTINEL)  # 9 prompt + 4 decode slots written, no others
+
+
+def test_in_place_form_ignores_stale_slots(tiny):
+    """Slots past the current length hold an earlier request's values; the causal mask must hide them."""
+    decoder = tiny.adapter.decoder
+    segment = decoder.segment(0, decoder.num_layers, True, in_place=True).eval()
+    hidden = torch.randn(1, 5, decoder.hidden_size, generator=torch.Generator().manual_seed(1))
+    kv_shape = decoder.kv_shape(decoder.num_layers, 12)
+    clean, _ = run_steps(segment, torch.zeros(kv_shape), hidden, steps=2)
+    stale, _ = run_steps(segment, torch.randn(kv_shape) * 100, hidden, steps=2)
+    for want, have in zip(clean, stale):
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
