@@ -1,6 +1,8 @@
 """The torch-backend pipeline against transformers' generate (no pruning) and against the independent
 slow reference of the pruned model in tests/reference.py (pruning on)."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module", params=["runtime_form", "export_form"])
 def full_pipeline(tiny, request):
-    return make_pipeline(tiny, Schedule(), in_place_kv=request.param == "runtime_form")
+    return make_pipeline(tiny, Schedule(), runtime_form=request.param == "runtime_form")
 
 
 def pairs(images, count):
@@ -137,12 +139,18 @@ def test_stop_token_ends_generation(tiny, images, schedule_text):
 @pytest.mark.parametrize("threshold", [0.8, 0.3])
 def test_unconverged_nms_falls_back_to_exact_selection(tiny, images, threshold):
     """With one Cluster-NMS iteration the graph does not converge here; the pipeline warns and still
-    selects exactly what the reference selects."""
+    selects exactly what the reference selects. The torch runtime's own form iterates to the fixed point
+    instead: no fallback, same selection."""
     schedule = Schedule.parse("0:30,2:12", threshold=threshold)
-    pipe = make_pipeline(tiny, schedule, nms_iterations=1)
+    pipe = make_pipeline(tiny, schedule, nms_iterations=1, runtime_form=False)  # the exported graphs' form
     adapter = tiny.adapter
     with pytest.warns(RuntimeWarning, match="Cluster-NMS"):
         result, logits = generate_with_logits(pipe, images[0], PROMPTS[0], max_new_tokens=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime_result = make_pipeline(tiny, schedule, nms_iterations=1).generate(images[0], PROMPTS[0],
+                                                                                 max_new_tokens=4)
+    assert runtime_result.kept == result.kept and runtime_result.token_ids == result.token_ids
     ref = reference_generate(tiny.model, adapter.hf_inputs(images[0], PROMPTS[0], adapter.default_grid()), schedule,
                              4, adapter.stop_token_ids())
     assert result.kept == ref.kept

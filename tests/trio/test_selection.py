@@ -95,6 +95,10 @@ def test_fixed_matches_reference_when_converged(chunk):
             assert torch.equal(kept, expected), (chunk, n, iterations)
         if needed > 1:  # one step short has not reached the fixed point yet
             assert not bool(nms_select_fixed(scores, features, keep, threshold, needed - 1)[1])
+        # the eager runtime's form: stop at the fixed point, never short of it
+        kept, converged = nms_select_fixed(scores, features, keep, threshold, scores.shape[0] + 1,
+                                           stop_at_fixed_point=True)
+        assert bool(converged) and torch.equal(kept, expected), (chunk, n)
 
 
 def chain(m=20, threshold=0.95):

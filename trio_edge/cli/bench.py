@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision-layers", type=int, help="with --random-weights: vision layers")
     parser.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], default="onnxruntime")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
+                        help="torch backend on CUDA and TensorRT decode: run eagerly, no CUDA-graph replay")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="for models exported on the fly")
     add_schedule_options(parser)
     parser.add_argument("--compare-full", action="store_true", help="also measure the unpruned pipeline")
@@ -63,12 +65,12 @@ def pipelines_for(args, workdir: Path):
     if is_export_dir(args.model):
         from ..export.manifest import read_manifest
 
-        pruned = load_export(args.model, backend=args.backend, device=args.device)
+        pruned = load_export(args.model, backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
         manifest = read_manifest(args.model, verify_hashes=False)
         full = None
         if args.compare_full:
             full_dir = _export_full_like(manifest, workdir / "full", progress=not args.quiet)
-            full = load_export(full_dir, backend=args.backend, device=args.device)
+            full = load_export(full_dir, backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
         return pruned, full, pruned.io.config, manifest["io"]["tile_count"]
     source = args.model
     if args.random_weights:
@@ -98,16 +100,16 @@ def _pipelines_for_model(args, source: str, options: dict, workdir: Path):
         from ..runtime.reference import torch_pipeline
         from ..trio.schedule import Schedule
 
-        common = dict(max_new_tokens=args.new_tokens, device=args.device)
+        common = dict(max_new_tokens=args.new_tokens, device=args.device, cuda_graphs=args.cuda_graphs)
         pruned = torch_pipeline(loaded, adapter.schedule(adapter.default_grid(), **options), **common)
         full = torch_pipeline(loaded, Schedule(), **common) if args.compare_full else None
         return pruned, full, loaded.model.config, tiles
     export(source, workdir / "pruned", **common, **options)
-    pruned = load_export(workdir / "pruned", backend=args.backend, device=args.device)
+    pruned = load_export(workdir / "pruned", backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
     full = None
     if args.compare_full:
         export(source, workdir / "full", **common)
-        full = load_export(workdir / "full", backend=args.backend, device=args.device)
+        full = load_export(workdir / "full", backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
     return pruned, full, loaded.model.config, tiles
 
 

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"],
                         help="export directories: default onnxruntime; models: torch only")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
+                        help="torch backend on CUDA and TensorRT decode: run eagerly, no CUDA-graph replay")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the export's maximum (64 for models)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -39,7 +41,8 @@ def is_export_dir(path: str) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
-def reference_pipeline(model: str, *, device: str, grid: str | None, max_new_tokens: int, **schedule):
+def reference_pipeline(model: str, *, device: str, grid: str | None, max_new_tokens: int,
+                       cuda_graphs: bool | None = None, **schedule):
     """The PyTorch pipeline for a model (no export): same stages and code as the torch backend."""
     from ..models.registry import load
     from ..runtime.reference import torch_pipeline
@@ -47,7 +50,7 @@ def reference_pipeline(model: str, *, device: str, grid: str | None, max_new_tok
     loaded = load(model)
     grid_wh = loaded.adapter.grid_for(grid)
     return torch_pipeline(loaded, loaded.adapter.schedule(grid_wh, **schedule), grid=grid_wh,
-                          max_new_tokens=max_new_tokens, device=device)
+                          max_new_tokens=max_new_tokens, device=device, cuda_graphs=cuda_graphs)
 
 
 @cli_entry
@@ -60,12 +63,13 @@ def main(argv=None):
             raise InputError("--cuts/--keep-ratio/--schedule-file/--grid are fixed at export; re-export to change them")
         from ..runtime.loader import load
 
-        pipeline = load(args.model, backend=args.backend or "onnxruntime", device=args.device)
+        pipeline = load(args.model, backend=args.backend or "onnxruntime", device=args.device,
+                        cuda_graphs=args.cuda_graphs)
     else:
         if args.backend not in (None, "torch"):
             raise InputError(f"{args.model} is not an export directory; --backend {args.backend} needs one "
                              f"(run trio-export {args.model} -o DIR first)")
-        pipeline = reference_pipeline(args.model, device=args.device, grid=args.grid,
+        pipeline = reference_pipeline(args.model, device=args.device, grid=args.grid, cuda_graphs=args.cuda_graphs,
                                       max_new_tokens=args.max_new_tokens or 64, **schedule_options(args))
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if args.stream and not args.json:

@@ -84,28 +84,44 @@ def write_kv_in_place(buffer: torch.Tensor, new: torch.Tensor, past_length: torc
 
 
 def fused_attention(q, k, v, allowed, scale):
-    """grouped_attention's contract on PyTorch's fused SDPA: q (H, T, hd), k/v (KVH, N, hd) -> (T, H*hd)."""
+    """grouped_attention's contract on PyTorch's fused SDPA: q (H, T, hd), k/v (KVH, N, hd) -> (T, H*hd).
+    `allowed` None means causal within k/v (they hold exactly the T query positions)."""
     num_heads, t, head_dim = q.shape
-    out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=allowed, scale=scale,
-                                         enable_gqa=k.shape[0] != num_heads)
+    out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=allowed, is_causal=allowed is None,
+                                         scale=scale, enable_gqa=k.shape[0] != num_heads)
     return out[0].transpose(0, 1).reshape(t, num_heads * head_dim)
+
+
+def causal_over_buffer(past_length: torch.Tensor, t: int, n: int) -> torch.Tensor:
+    """(T, N) bool: query i (buffer slot past_length + i) may see slots 0..past_length + i."""
+    query_slot = past_length + torch.arange(t, device=past_length.device)
+    return torch.arange(n, device=past_length.device)[None, :] <= query_slot[:, None]
 
 
 def layer_step(layer, h, cos, sin, kv, past_length, in_place: bool = False):
     """One decoder layer on h (T, D) with a static KV buffer kv (2, KVH, N, hd); returns (h, kv).
 
-    `in_place` writes kv itself (and returns it); otherwise a new buffer is returned."""
+    `in_place` writes kv itself (and returns it); otherwise a new buffer is returned. In place, a call
+    with T > 1 is a prefill from slot 0 (the runtime's only multi-token call), so it attends causally
+    within its own T positions (SDPA's flash path) instead of over the whole buffer with a mask."""
     x = layer.input_layernorm(h)
     q, k, v = project_qkv(layer, x, cos, sin)
-    write, attend = (write_kv_in_place, fused_attention) if in_place else (write_kv, grouped_attention)
-    keys, values = write(kv[0], k, past_length), write(kv[1], v, past_length)
-    t, n = h.shape[0], keys.shape[1]
-    query_slot = past_length + torch.arange(t, device=h.device)
-    allowed = torch.arange(n, device=h.device)[None, :] <= query_slot[:, None]  # causal over the buffer
-    attn = attend(q, keys, values, allowed, layer.self_attn.scaling)
+    t, n, scale = h.shape[0], kv.shape[2], layer.self_attn.scaling
+    if in_place:
+        write_kv_in_place(kv[0], k, past_length)
+        write_kv_in_place(kv[1], v, past_length)
+        if t > 1:
+            attn = fused_attention(q, k, v, None, scale)
+        else:
+            attn = fused_attention(q, kv[0], kv[1], causal_over_buffer(past_length, t, n), scale)
+        kv_out = kv
+    else:
+        keys, values = write_kv(kv[0], k, past_length), write_kv(kv[1], v, past_length)
+        attn = grouped_attention(q, keys, values, causal_over_buffer(past_length, t, n), scale)
+        kv_out = torch.stack((keys, values))
     h = h + layer.self_attn.o_proj(attn)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return h, (kv if in_place else torch.stack((keys, values)))
+    return h, kv_out
 
 
 class DecoderSegment(nn.Module):

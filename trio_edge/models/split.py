@@ -43,21 +43,21 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int, max_new
 
 
 def build_modules(adapter, plan: PipelinePlan, method: str = "trio", seed: int = 0,
-                  in_place_kv: bool = False) -> dict[str, nn.Module]:
+                  runtime_form: bool = False) -> dict[str, nn.Module]:
     """Graph name -> PyTorch module; these are what the torch backend runs and what export traces.
 
-    `method` picks the selection rule of every cut (peers are PyTorch-only baselines). `in_place_kv`
-    builds the runtime form of the decoder segments (KV written in place, fused attention); export
-    traces the default, graph-friendly form."""
+    `method` picks the selection rule of every cut (peers are PyTorch-only baselines). `runtime_form`
+    builds the torch runtime's forms (segments write KV in place with fused attention; selects iterate
+    Cluster-NMS to its fixed point); export traces the default, graph-friendly forms."""
     decoder = adapter.decoder
     modules = {
         "vision": adapter.vision_module(plan.grid),
         "embed": EmbedAndMerge(decoder.embed_tokens, adapter.image_token_id),
     }
     for seg in plan.segments:
-        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place_kv)
+        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form)
     for sel in plan.selects:
         modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep,
                                         plan.schedule.threshold, plan.schedule.positions, plan.nms_iterations,
-                                        method=method, seed=seed)
+                                        method=method, seed=seed, runtime_form=runtime_form)
     return {name: module.eval() for name, module in modules.items()}

@@ -25,7 +25,8 @@ def io_adapter(directory: Path):
 
 def load(directory: str | Path, *, backend: str = "onnxruntime", device: str = "cpu", verify: bool = True,
          threads: int | None = None, cuda_graphs: bool | None = None) -> Pipeline:
-    """`cuda_graphs` applies to the torch backend on CUDA (default on); ORT and TensorRT ignore it."""
+    """`cuda_graphs`: replay captured CUDA graphs (torch backend on CUDA, TensorRT decode; default on).
+    onnxruntime ignores it."""
     directory = Path(directory)
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -49,7 +50,8 @@ def load(directory: str | Path, *, backend: str = "onnxruntime", device: str = "
     else:
         from .backends.tensorrt_backend import TensorRTBackend
 
-        engine = TensorRTBackend.from_export(directory, manifest, specs, device=device)
+        engine = TensorRTBackend.from_export(directory, manifest, specs, device=device,
+                                             cuda_graphs=cuda_graphs is not False)
     return Pipeline(plan, engine, adapter, stop_token_ids=io["stop_token_ids"], dtype=dtype)
 
 
@@ -62,4 +64,4 @@ def _torch_backend(manifest, plan, specs, device, cuda_graphs):
     from .backends.torch_backend import TorchBackend
 
     loaded = load_model(manifest["model"]["source"], dtype=getattr(torch, manifest["model"]["dtype"]))
-    return TorchBackend(specs, build_modules(loaded.adapter, plan, in_place_kv=True), device=device, cuda_graphs=cuda_graphs)
+    return TorchBackend(specs, build_modules(loaded.adapter, plan, runtime_form=True), device=device, cuda_graphs=cuda_graphs)

@@ -25,6 +25,6 @@ def torch_pipeline(loaded, schedule, *, grid=None, max_text_tokens: int = 512, m
                     nms_iterations=nms_iterations)
     dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
     specs = graph_specs(plan, tile_count=adapter.tile_count(grid), tile_size=adapter.tile_size, dtype=dtype)
-    backend = TorchBackend(specs, build_modules(adapter, plan, method=method, seed=seed, in_place_kv=True), device=device,
+    backend = TorchBackend(specs, build_modules(adapter, plan, method=method, seed=seed, runtime_form=True), device=device,
                            cuda_graphs=cuda_graphs)
     return Pipeline(plan, backend, adapter, stop_token_ids=adapter.stop_token_ids(), dtype=dtype)

@@ -39,7 +39,10 @@ def apply_selection(hidden, position_ids, image_start, num_image: int, kept, ren
 
 class SelectStage(nn.Module):
     def __init__(self, decoder, proxy_layer: int, num_image_tokens: int, keep: int, threshold: float,
-                 positions: str, nms_iterations: int, method: str = "trio", seed: int = 0):
+                 positions: str, nms_iterations: int, method: str = "trio", seed: int = 0,
+                 runtime_form: bool = False):
+        """`runtime_form` (the torch runtime, not export) iterates Cluster-NMS to its fixed point and stops
+        there: always exact, never needs the host fallback, and no wasted iterations."""
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
@@ -54,7 +57,8 @@ class SelectStage(nn.Module):
         self._decoder, self.proxy_layer = decoder, proxy_layer
         self.num_image_tokens, self.keep, self.threshold = num_image_tokens, keep, threshold
         self.renumber = positions == "renumber"
-        self.nms_iterations = nms_iterations
+        self.nms_iterations = num_image_tokens + 1 if runtime_form else nms_iterations  # M + 1 always converges
+        self.runtime_form = runtime_form
 
     def saliency(self, hidden, position_ids):
         proxy = lambda h, pos, rows: self._decoder.proxy_logits(self.proxy_layer, h, pos, rows)  # noqa: E731
@@ -84,6 +88,7 @@ class SelectStage(nn.Module):
             return kept, torch.tensor(True), hidden_out, position_out, torch.zeros(m)
         scores = self.saliency(proxy_hidden, position_ids).index_select(0, span)  # (M,)
         features = proxy_hidden[0].index_select(0, span)  # (M, D)
-        kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations)
+        kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations,
+                                           stop_at_fixed_point=self.runtime_form)
         hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
         return kept, converged, hidden_out, position_out, scores

@@ -98,11 +98,14 @@ def _cluster_step(keep_vec, may_suppress):
     return 1.0 - ((keep_vec[None, :] @ may_suppress)[0] > 0).float()
 
 
-def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: int):
+def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: int,
+                     stop_at_fixed_point: bool = False):
     """Fixed-shape, loop-free twin of ``select_tokens`` for ONNX export.
 
     Runs ``iterations`` unrolled Cluster-NMS steps. Returns ``(kept, converged)``;
     when ``converged`` is True, ``kept`` equals ``select_tokens`` exactly.
+    ``stop_at_fixed_point`` (eager runtimes, not export) stops as soon as a step changes nothing: the
+    result is the same, since further steps leave a fixed point unchanged.
     """
     keep = _check_inputs(scores, features, keep, threshold)
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
@@ -114,6 +117,8 @@ def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: 
     previous = keep_vec
     for _ in range(int(iterations)):  # unrolled at trace time: no ONNX Loop
         previous, keep_vec = keep_vec, _cluster_step(keep_vec, may_suppress)
+        if stop_at_fixed_point and torch.equal(previous, keep_vec):
+            break
     converged = (previous == keep_vec).all()  # a fixed point is exactly the greedy result
 
     # Kept tokens first (in visiting order), then the fill in visiting order.
