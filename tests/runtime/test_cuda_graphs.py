@@ -38,7 +38,9 @@ def test_replayed_pipeline_equals_eager(tiny, images, schedule):
             assert got.token_ids == expected.token_ids
             assert got.kept == expected.kept
             torch.testing.assert_close(got.first_logits, expected.first_logits, rtol=1e-4, atol=1e-4)
+        assert graphed.backend.captured.eager == set()  # every capture-safe graph was captured
         captured = graphed.backend.captured.calls
+        assert {"vision", "embed", *(segment.name for segment in graphed.plan.segments)} <= set(captured)
         assert any(key[0] == (1, 1, tiny.adapter.decoder.hidden_size) for calls in captured.values() for key in calls)
         for segment in graphed.plan.segments:  # the pipeline keeps the graph's own KV buffer: no copies
             call = next(iter(captured[segment.name].values()))

@@ -47,6 +47,8 @@ def checked_prompt(prompt) -> str:
 class VisionFeatures(nn.Module):
     """pixel tiles (P, 3, h, w) -> image features (M, D), for one fixed grid."""
 
+    cuda_graph_safe = True  # fixed grid: fixed shapes, packing computed from Python ints
+
     def __init__(self, model, image_size_hw: tuple[int, int] | None):
         super().__init__()
         self.model = model.model

@@ -10,6 +10,7 @@ are not copied but adopted: the caller's buffer becomes the graph's buffer, so i
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -53,14 +54,26 @@ class CapturedCalls:
     def __init__(self, limit: int = 8):
         self.limit = limit
         self.calls: dict[str, OrderedDict] = {}
+        self.eager: set[str] = set()  # graphs whose capture failed: they run eagerly from then on
 
     def run(self, graph: str, module: torch.nn.Module, args: list[torch.Tensor], input_names: list[str]):
+        if graph in self.eager:
+            with torch.no_grad():
+                return module(*args)
         calls = self.calls.setdefault(graph, OrderedDict())
         key = tuple(tuple(arg.shape) for arg in args)
         call = calls.get(key)
         if call is None:
             in_place = {input_names.index(name) for name in getattr(module, "in_place_inputs", ())}
-            call = calls[key] = CapturedCall(module, args, in_place)
+            try:
+                call = CapturedCall(module, args, in_place)
+            except RuntimeError as error:  # an op that cannot be captured: correct, only slower, eagerly
+                warnings.warn(f"{graph}: CUDA-graph capture failed ({str(error).splitlines()[0]}); running it "
+                              "eagerly", RuntimeWarning, stacklevel=4)
+                self.eager.add(graph)
+                with torch.no_grad():
+                    return module(*args)
+            calls[key] = call
             if len(calls) > self.limit:
                 calls.popitem(last=False)[1].release()
         calls.move_to_end(key)
