@@ -82,3 +82,33 @@ def test_records_protocol_and_answer_normalisation(tmp_path):
     records = load_records(str(tmp_path), n=2)
     assert len(records) == 2 and {"image", "question", "answer"} <= set(records[0])
     assert normalize_answer(" Red. ") == "red" and normalize_answer("...") == ""
+
+
+def test_accuracy_by_kind_counts_each_kind():
+    from trio_edge.calibration.evaluate import accuracy_by_kind
+
+    records = [{"answer": "Red", "kind": "color"}, {"answer": "two", "kind": "count"},
+               {"answer": "three", "kind": "count"}, {"answer": "circle"}]
+    assert accuracy_by_kind(["red", "two", "one", "circle"], records) == {"color": 1.0, "count": 0.5}
+    assert accuracy_by_kind(["circle"], [{"answer": "circle"}]) == {}
+
+
+def test_trio_eval_reports_methods_kinds_and_onnx_parity(tmp_path, capsys):
+    """trio-eval on the shipped trio-tiny: every method at the budget, per-kind accuracy, and TRIO through
+    its exported ONNX graphs answering exactly as TRIO in PyTorch."""
+    import json
+
+    from trio_edge.cli.eval import main
+
+    out = tmp_path / "eval.json"
+    main(["trio-tiny", "--budgets", "0.111", "--methods", "full,trio,random", "--backend", "onnxruntime",
+          "--n", "12", "--json", str(out), "--quiet"])
+    body = json.loads(out.read_text())
+    assert body["n"] == 12 and set(body["full_by_kind"]) <= {"color", "shape", "count"} and body["full_by_kind"]
+    rows = {(row["method"], row["backend"]): row for row in body["rows"]}
+    assert set(rows) == {("trio", "torch"), ("random", "torch"), ("trio", "onnxruntime")}
+    assert rows["trio", "onnxruntime"]["accuracy"] == rows["trio", "torch"]["accuracy"]
+    assert rows["trio", "onnxruntime"]["by_kind"] == rows["trio", "torch"]["by_kind"]
+    for row in rows.values():
+        assert abs(row["budget"] - 0.111) < 0.005 and row["retention"] == row["accuracy"] / body["full_accuracy"]
+    assert "count" in capsys.readouterr().out  # the table has a column per kind

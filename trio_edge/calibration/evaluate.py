@@ -21,14 +21,19 @@ ALL_METHODS = ("full",) + METHODS
 class EvalResult:
     n: int
     full_accuracy: float
-    rows: list[dict] = field(default_factory=list)  # budget, schedule, method, backend, accuracy, retention
+    rows: list[dict] = field(default_factory=list)  # budget, schedule, method, backend, accuracy, retention, by_kind
+    full_by_kind: dict[str, float] = field(default_factory=dict)  # when records carry a `kind`
 
     def table(self) -> str:
-        lines = [f"full tokens: accuracy {100 * self.full_accuracy:.1f}% on {self.n} samples",
-                 f"{'budget':>7}  {'schedule':<22}{'method':<8}{'backend':<12}{'accuracy':>9}{'retention':>10}"]
+        kinds = sorted(self.full_by_kind)
+        by_kind = lambda values: "".join(f"{100 * values.get(k, 0.0):>9.1f}%" for k in kinds)  # noqa: E731
+        lines = [f"full tokens: accuracy {100 * self.full_accuracy:.1f}% on {self.n} samples"
+                 + (f" ({', '.join(f'{k} {100 * v:.1f}%' for k, v in sorted(self.full_by_kind.items()))})" if kinds else ""),
+                 f"{'budget':>7}  {'schedule':<22}{'method':<8}{'backend':<12}{'accuracy':>9}{'retention':>10}"
+                 + "".join(f"{k:>10}" for k in kinds)]
         for row in self.rows:
             lines.append(f"{100 * row['budget']:>6.1f}%  {row['schedule']:<22}{row['method']:<8}{row['backend']:<12}"
-                         f"{100 * row['accuracy']:>8.1f}%{100 * row['retention']:>9.1f}%")
+                         f"{100 * row['accuracy']:>8.1f}%{100 * row['retention']:>9.1f}%" + by_kind(row.get("by_kind", {})))
         return "\n".join(lines)
 
 
@@ -41,6 +46,15 @@ def accuracy(pipeline, records, *, max_new_tokens: int = 4, progress=None) -> tu
             progress.update(1)
     correct = sum(p == normalize_answer(r["answer"]) for p, r in zip(predictions, records))
     return correct / max(len(records), 1), predictions
+
+
+def accuracy_by_kind(predictions: list[str], records) -> dict[str, float]:
+    """Accuracy per record `kind` (e.g. color / shape / count); empty when records carry no kind."""
+    hits: dict[str, list[bool]] = {}
+    for prediction, record in zip(predictions, records):
+        if record.get("kind") is not None:
+            hits.setdefault(str(record["kind"]), []).append(prediction == normalize_answer(record["answer"]))
+    return {kind: sum(values) / len(values) for kind, values in sorted(hits.items())}
 
 
 def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed: int = 0,
@@ -56,38 +70,38 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
     m, layers = adapter.image_token_count(grid), adapter.num_layers
     bar = _bar(progress, len(records) * (1 + len(budgets) * (len(methods) - ("full" in methods)
                                                             + (backend == "onnxruntime" and "trio" in methods))))
-    full_acc, _ = accuracy(torch_pipeline(loaded, Schedule(), max_new_tokens=8), records, progress=bar)
-    result = EvalResult(len(records), full_acc)
+    full_acc, predictions = accuracy(torch_pipeline(loaded, Schedule(), max_new_tokens=8), records, progress=bar)
+    result = EvalResult(len(records), full_acc, full_by_kind=accuracy_by_kind(predictions, records))
     for budget in budgets:
         schedule = adapter.schedule(grid, keep_ratio=budget)
         label = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
         actual = schedule.budget_ratio(layers, m)
         for method in (x for x in methods if x != "full"):
             pipeline = torch_pipeline(loaded, schedule, max_new_tokens=8, method=method, seed=seed)
-            acc, _ = accuracy(pipeline, records, progress=bar)
-            result.rows.append(_row(actual, label, method, "torch", acc, full_acc))
+            acc, predictions = accuracy(pipeline, records, progress=bar)
+            result.rows.append(_row(actual, label, method, "torch", acc, full_acc, accuracy_by_kind(predictions, records)))
         if backend == "onnxruntime" and "trio" in methods:
-            acc = _onnx_accuracy(loaded, label, records, bar)
-            result.rows.append(_row(actual, label, "trio", "onnxruntime", acc, full_acc))
+            acc, predictions = _onnx_accuracy(loaded, label, records, bar)
+            result.rows.append(_row(actual, label, "trio", "onnxruntime", acc, full_acc,
+                                    accuracy_by_kind(predictions, records)))
     if bar is not None:
         bar.close()
     return result
 
 
-def _row(budget, schedule, method, backend, acc, full_acc) -> dict:
+def _row(budget, schedule, method, backend, acc, full_acc, by_kind) -> dict:
     return {"budget": budget, "schedule": schedule, "method": method, "backend": backend, "accuracy": acc,
-            "retention": acc / full_acc if full_acc else 0.0}
+            "retention": acc / full_acc if full_acc else 0.0, "by_kind": by_kind}
 
 
-def _onnx_accuracy(loaded, cuts: str, records, bar) -> float:
+def _onnx_accuracy(loaded, cuts: str, records, bar) -> tuple[float, list[str]]:
     from ..export.exporter import export
     from ..runtime.loader import load
 
     with tempfile.TemporaryDirectory(prefix="trio-eval-") as tmp:
         out = Path(tmp) / "export"
         export(loaded.source, out, cuts=cuts, loaded=loaded, max_new_tokens=8, validate=False, progress=False)
-        acc, _ = accuracy(load(out, backend="onnxruntime"), records, progress=bar)
-    return acc
+        return accuracy(load(out, backend="onnxruntime"), records, progress=bar)
 
 
 def _bar(enabled: bool, total: int):

@@ -51,7 +51,8 @@ def main(argv=None):
                       seed=args.seed, progress=not args.quiet)
     print(result.table())
     body = {"command": "trio-eval " + " ".join(sys.argv[1:] if argv is None else argv), "model": args.model,
-            "data": args.data, "n": result.n, "full_accuracy": result.full_accuracy, "rows": result.rows}
+            "data": args.data, "n": result.n, "full_accuracy": result.full_accuracy,
+            "full_by_kind": result.full_by_kind, "rows": result.rows}
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(body, indent=2))
     if args.plot:
