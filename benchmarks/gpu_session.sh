@@ -11,7 +11,7 @@ set -euo pipefail
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1 || echo "nvidia-smi failed" > "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/runtime/test_cuda_graphs.py tests/runtime/test_onnxruntime_cuda.py \
   tests/runtime/test_tensorrt.py -k "cuda or tensorrt_engines" 2>&1 | tee "$out/gpu_tests.log" || true
 python3 benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends "${BACKENDS:-torch,torch-eager}" \
