@@ -39,8 +39,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
-def grouped_attention(q, k, v, allowed, scale):
-    """q (H, T, hd), k/v (KVH, N, hd), allowed (T, N) bool -> (T, H*hd).
+def mask_bias(allowed: torch.Tensor) -> torch.Tensor:
+    """bool (T, N) -> additive float32 bias: 0 where allowed, float32 min elsewhere. Computed once per
+    call and added to every layer's scores (an Add, cheaper than a Where per layer in ONNX Runtime); the
+    softmax is the same as masking, bit for bit, since every row allows at least its own position."""
+    # (allowed - 1) * max: Cast/Sub/Mul, which ONNX Runtime vectorises (a broadcasting Where it does not)
+    return (allowed.to(torch.float32) - 1.0) * torch.finfo(torch.float32).max
+
+
+def grouped_attention(q, k, v, bias, scale):
+    """q (H, T, hd), k/v (KVH, N, hd), bias (T, N) additive float32 mask (see mask_bias) -> (T, H*hd).
 
     Grouped-query attention without materialising repeated keys: the query heads of one KV head
     are stacked along the query axis.
@@ -50,9 +58,8 @@ def grouped_attention(q, k, v, allowed, scale):
     groups = num_heads // num_kv
     q = q.reshape(num_kv, groups * t, head_dim)
     scores = torch.matmul(q, k.transpose(1, 2)) * scale  # (KVH, G*T, N)
-    scores = scores.reshape(num_kv, groups, t, -1)
-    scores = torch.where(allowed, scores, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).reshape(num_kv, groups * t, -1)
+    scores = scores.reshape(num_kv, groups, t, -1).float() + bias
+    probs = torch.softmax(scores, dim=-1).to(q.dtype).reshape(num_kv, groups * t, -1)
     out = torch.matmul(probs, v).reshape(num_heads, t, head_dim)  # (H, T, hd)
     return out.transpose(0, 1).reshape(t, num_heads * head_dim)
 
@@ -98,26 +105,24 @@ def causal_over_buffer(past_length: torch.Tensor, t: int, n: int) -> torch.Tenso
     return torch.arange(n, device=past_length.device)[None, :] <= query_slot[:, None]
 
 
-def layer_step(layer, h, cos, sin, kv, past_length, in_place: bool = False):
+def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False):
     """One decoder layer on h (T, D) with a static KV buffer kv (2, KVH, N, hd); returns (h, kv).
 
+    `mask`: the segment's causal mask over the buffer, bool (T, N) in place, else its mask_bias.
     `in_place` writes kv itself (and returns it); otherwise a new buffer is returned. In place, a call
     with T > 1 is a prefill from slot 0 (the runtime's only multi-token call), so it attends causally
     within its own T positions (SDPA's flash path) instead of over the whole buffer with a mask."""
     x = layer.input_layernorm(h)
     q, k, v = project_qkv(layer, x, cos, sin)
-    t, n, scale = h.shape[0], kv.shape[2], layer.self_attn.scaling
+    scale = layer.self_attn.scaling
     if in_place:
         write_kv_in_place(kv[0], k, past_length)
         write_kv_in_place(kv[1], v, past_length)
-        if t > 1:
-            attn = fused_attention(q, k, v, None, scale)
-        else:
-            attn = fused_attention(q, kv[0], kv[1], causal_over_buffer(past_length, t, n), scale)
+        attn = fused_attention(q, k, v, None, scale) if h.shape[0] > 1 else fused_attention(q, kv[0], kv[1], mask, scale)
         kv_out = kv
     else:
         keys, values = write_kv(kv[0], k, past_length), write_kv(kv[1], v, past_length)
-        attn = grouped_attention(q, keys, values, causal_over_buffer(past_length, t, n), scale)
+        attn = grouped_attention(q, keys, values, mask, scale)
         kv_out = torch.stack((keys, values))
     h = h + layer.self_attn.o_proj(attn)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
@@ -147,9 +152,11 @@ class DecoderSegment(nn.Module):
         h = hidden[0]  # (T, D)
         cos, sin = self.rotary(h, position_ids)
         cos, sin = cos[0], sin[0]  # (T, hd)
+        allowed = causal_over_buffer(past_length, h.shape[0], kv.shape[3])  # one mask for every layer
+        mask = allowed if self.in_place else mask_bias(allowed)
         new_kv = []
         for index, layer in enumerate(self.layers):
-            h, layer_kv = layer_step(layer, h, cos, sin, kv[index], past_length, self.in_place)
+            h, layer_kv = layer_step(layer, h, cos, sin, kv[index], past_length, mask, self.in_place)
             new_kv.append(layer_kv)
         kv_out = torch.stack(new_kv) if new_kv and not self.in_place else kv
         if self.lm_head is not None:
@@ -212,7 +219,7 @@ class LlamaFamilyDecoder:
         q = apply_rope(attn.q_proj(xq).reshape(-1, num_heads, head_dim).transpose(0, 1), cos_q, sin_q)
         query_slot = query_rows @ torch.arange(s, device=h.device, dtype=h.dtype)  # (Q,)
         allowed = torch.arange(s, device=h.device, dtype=h.dtype)[None, :] <= query_slot[:, None]
-        hq = query_rows @ h + attn.o_proj(grouped_attention(q, k, v, allowed, attn.scaling))
+        hq = query_rows @ h + attn.o_proj(grouped_attention(q, k, v, mask_bias(allowed), attn.scaling))
         hq = hq + layer.mlp(layer.post_attention_layernorm(hq))
         return self.lm_head(self.norm(hq))
 
