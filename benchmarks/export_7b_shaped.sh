@@ -12,4 +12,6 @@ PY
 /usr/bin/time -v trio-export "$work/model" -o "$work/export" --keep-ratio 0.111 --dtype fp16 --no-validate --force \
   2> "$work/time.txt"
 grep -E "Maximum resident|Elapsed" "$work/time.txt"
-trio-check "$work/export" | tail -5
+trio-check "$work/export" > "$work/check.txt" || true  # the summary records the verdict either way
+tail -3 "$work/check.txt"
+python "$(dirname "$0")/export_summary.py" "$work" "$(dirname "$0")/results/export_llava_next_7b_shaped.json"

@@ -1,0 +1,42 @@
+"""JSON summary of a 7B-shaped export run (benchmarks/export_7b_shaped.sh writes its inputs).
+
+python benchmarks/export_summary.py WORKDIR OUT_JSON: reads WORKDIR/export/manifest.json, the
+`/usr/bin/time -v` output WORKDIR/time.txt and the trio-check report WORKDIR/check.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def summary(work: Path) -> dict:
+    manifest = json.loads((work / "export" / "manifest.json").read_text())
+    timing = (work / "time.txt").read_text()
+    peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", timing).group(1)
+    check = (work / "check.txt").read_text().strip().splitlines()
+    weights = manifest["weights"]
+    return {
+        "command": "bash benchmarks/export_7b_shaped.sh (trio-export MODEL -o DIR --keep-ratio 0.111 --dtype fp16 "
+                   "--no-validate; trio-check DIR)",
+        "model": "llava-next-7b architecture, random fp16 weights (trio_edge.models.random_weights)",
+        "schedule": manifest["plan"]["schedule"],
+        "image_tokens": manifest["plan"]["num_image_tokens"],
+        "graphs": {name: {"kind": g["kind"], "bytes": g["bytes"]} for name, g in manifest["graphs"].items()},
+        "weights": weights,
+        "peak_rss_bytes": peak_kib * 1024,
+        "peak_rss_over_fp16_weight_bytes": peak_kib * 1024 / weights["model_parameter_bytes"],
+        "wall_clock": wall,
+        "trio_check": check[-1] if check else "",
+        "tool": manifest["tool"],
+    }
+
+
+if __name__ == "__main__":
+    work, out = Path(sys.argv[1]), Path(sys.argv[2])
+    body = summary(work)
+    out.write_text(json.dumps(body, indent=2))
+    print(json.dumps({k: body[k] for k in ("peak_rss_over_fp16_weight_bytes", "wall_clock", "trio_check")}))
