@@ -33,3 +33,16 @@ def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path):
     ratios = result["ratios"]["onnxruntime"]
     assert ratios["kv_used_reduction"] > 5  # 11.1% layer-averaged tokens
     assert result["peaks"]["matmul_tflops"] > 0 and result["peaks"]["copy_gbs"] > 0
+
+
+def test_decoder_forms_benchmark_runs_and_forms_select_alike(tmp_path):
+    spec = importlib.util.spec_from_file_location("decoder_forms_bench", SCRIPT.parent / "decoder_forms.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "forms.json"
+    module.main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2", "--iters", "1",
+                 "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"full_runtime_form", "full_export_form", "trio_runtime_form", "trio_export_form"}
+    assert result["runs"]["trio_runtime_form"]["kept"] and not result["runs"]["full_runtime_form"]["kept"]
+    assert set(result["speedup_runtime_over_export"]) == {"full", "trio"}
