@@ -26,14 +26,18 @@ class EvalResult:
 
     def table(self) -> str:
         kinds = sorted(self.full_by_kind)
-        by_kind = lambda values: "".join(f"{100 * values.get(k, 0.0):>9.1f}%" for k in kinds)  # noqa: E731
-        lines = [f"full tokens: accuracy {100 * self.full_accuracy:.1f}% on {self.n} samples"
-                 + (f" ({', '.join(f'{k} {100 * v:.1f}%' for k, v in sorted(self.full_by_kind.items()))})" if kinds else ""),
-                 f"{'budget':>7}  {'schedule':<22}{'method':<8}{'backend':<12}{'accuracy':>9}{'retention':>10}"
-                 + "".join(f"{k:>10}" for k in kinds)]
+
+        def per_kind(values: dict) -> str:
+            return "".join(f"{100 * values.get(kind, 0.0):>9.1f}%" for kind in kinds)
+
+        full = f"full tokens: accuracy {100 * self.full_accuracy:.1f}% on {self.n} samples"
+        if kinds:
+            full += " (" + ", ".join(f"{kind} {100 * self.full_by_kind[kind]:.1f}%" for kind in kinds) + ")"
+        header = f"{'budget':>7}  {'schedule':<22}{'method':<8}{'backend':<12}{'accuracy':>9}{'retention':>10}"
+        lines = [full, header + "".join(f"{kind:>10}" for kind in kinds)]
         for row in self.rows:
             lines.append(f"{100 * row['budget']:>6.1f}%  {row['schedule']:<22}{row['method']:<8}{row['backend']:<12}"
-                         f"{100 * row['accuracy']:>8.1f}%{100 * row['retention']:>9.1f}%" + by_kind(row.get("by_kind", {})))
+                         f"{100 * row['accuracy']:>8.1f}%{100 * row['retention']:>9.1f}%" + per_kind(row.get("by_kind", {})))
         return "\n".join(lines)
 
 
