@@ -240,7 +240,7 @@ class RecordingTensorRT:
 
     __version__ = "10.3.0"
     MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
-    BuilderFlag = SimpleNamespace(FP16="FP16", BF16="BF16")
+    BuilderFlag = SimpleNamespace(FP16="FP16", BF16="BF16", TF32="TF32")
 
     def __init__(self, fail_on: str | None = None):
         self.fail_on, self.configs, self.parsed = fail_on, {}, []
@@ -273,13 +273,16 @@ class RecordingTensorRT:
 
         class Config:
             def __init__(self):
-                self.flags, self.pools, self.profiles, self.cache = [], {}, [], None
+                self.flags, self.cleared, self.pools, self.profiles, self.cache = [], [], {}, [], None
 
             def set_memory_pool_limit(self, pool, size):
                 self.pools[pool] = size
 
             def set_flag(self, flag):
                 self.flags.append(flag)
+
+            def clear_flag(self, flag):
+                self.cleared.append(flag)
 
             def create_timing_cache(self, data):
                 return SimpleNamespace(data=data, serialize=lambda: b"timing-cache:" + data)
@@ -347,8 +350,9 @@ def test_build_writes_engines_and_rewrites_the_manifest(export_copy, recording_t
         assert engine["file"] in manifest["files"]
         config = fake.configs[name]
         graph = manifest["graphs"][name]
-        # select graphs stay fp32 so the kept tokens equal the reference exactly
+        # select graphs stay fp32 (not even TF32) so the kept tokens equal the reference exactly
         assert config.flags == ([] if graph["kind"] == "select" else ["BF16"])
+        assert config.cleared == (["TF32"] if graph["kind"] == "select" else [])
         assert config.pools == {"WORKSPACE": 2 * 2**30}
         expected = optimization_profiles(graph, typical_lengths(manifest["plan"], name, graph["kind"]))
         assert config.profiles == expected

@@ -153,10 +153,13 @@ class _Builder:
         config = self.builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
         # Select graphs compute saliency and NMS in fp32 so the kept tokens equal the reference exactly;
-        # reduced precision there could flip near-tied tokens.
-        if self.precision == "fp16" and entry["kind"] != "select":
+        # reduced precision there could flip near-tied tokens. That includes TF32, which TensorRT enables
+        # by default for fp32 matrix products (10-bit mantissa).
+        if entry["kind"] == "select":
+            config.clear_flag(trt.BuilderFlag.TF32)
+        elif self.precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
-        elif self.precision == "bf16" and entry["kind"] != "select":
+        elif self.precision == "bf16":
             config.set_flag(trt.BuilderFlag.BF16)
         config.set_timing_cache(self.cache, True)  # ignore_mismatch: entries from another GPU are just not reused
         _add_profiles(self.builder, config, network, profiles, shape_value_bound(entry))

@@ -51,11 +51,12 @@ def vision_flops(vision_config, tiles: int, projector_out: int) -> float:
 
 
 def select_flops(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int) -> float:
-    """Proxy forward (K/V for all tokens, 4 queries) + backward (~2x) + similarity + Cluster-NMS."""
+    """Proxy forward (K/V for all tokens, 4 queries) + backward to the input only (no weight gradients:
+    about the forward again) + similarity + Cluster-NMS."""
     kv = 2.0 * seq * shape.hidden * 2 * shape.kv_heads * shape.head_dim
     queries = shape.layer_flops(4, seq) - 2.0 * 4 * shape.hidden * 2 * shape.kv_heads * shape.head_dim
     forward = kv + queries + shape.head_flops(4)
-    return 3.0 * forward + 2.0 * image_tokens * image_tokens * shape.hidden + nms_iterations * image_tokens ** 2
+    return 2.0 * forward + 2.0 * image_tokens * image_tokens * shape.hidden + nms_iterations * image_tokens ** 2
 
 
 def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float]:

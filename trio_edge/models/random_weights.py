@@ -50,10 +50,8 @@ def scaled(text: dict, vision: dict, scale: float, layers: int | None, vision_la
     return text, vision
 
 
-def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, scale: float = 1.0,
-                 layers: int | None = None, vision_layers: int | None = None) -> Path:
-    """Write `alias`'s architecture with random weights as a save_pretrained directory."""
-    import torch
+def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, vision_layers: int | None = None):
+    """`alias`'s real config (optionally scaled down) and processor, no weights: (config, model class, processor)."""
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                               LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig)
 
@@ -69,11 +67,20 @@ def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, sca
     common = dict(vision_config=vision_config, text_config=text_config, image_token_index=IMAGE_TOKEN_ID,
                   vision_feature_layer=-2, vision_feature_select_strategy="default", tie_word_embeddings=False)
     if family == "llava-next":
-        config = LlavaNextConfig(image_grid_pinpoints=NEXT_PINPOINTS, **common)
-        model_class = LlavaNextForConditionalGeneration
+        config, model_class = LlavaNextConfig(image_grid_pinpoints=NEXT_PINPOINTS, **common), LlavaNextForConditionalGeneration
     else:
-        config = LlavaConfig(**common)
-        model_class = LlavaForConditionalGeneration
+        config, model_class = LlavaConfig(**common), LlavaForConditionalGeneration
+    config.architectures = [model_class.__name__]
+    tokenizer = make_tiny_tokenizer(padded_vocab(tiny_vocab(), text["vocab_size"]))
+    return config, model_class, real_processor(family, tokenizer, vision)
+
+
+def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, scale: float = 1.0,
+                 layers: int | None = None, vision_layers: int | None = None) -> Path:
+    """Write `alias`'s architecture with random weights as a save_pretrained directory."""
+    import torch
+
+    config, model_class, processor = architecture(alias, scale=scale, layers=layers, vision_layers=vision_layers)
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = model_class(config)
@@ -89,8 +96,7 @@ def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, sca
     model.eval()
     path = Path(path)
     model.save_pretrained(path)
-    tokenizer = make_tiny_tokenizer(padded_vocab(tiny_vocab(), text["vocab_size"]))
-    real_processor(family, tokenizer, vision).save_pretrained(path)
+    processor.save_pretrained(path)
     return path
 
 

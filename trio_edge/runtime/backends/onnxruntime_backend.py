@@ -41,14 +41,18 @@ class OnnxRuntimeBackend(Backend):
                     f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (providers: "
                     f"{', '.join(ort.get_available_providers())}); pip install 'trio-edge[gpu]' (onnxruntime-gpu) "
                     "or use --device cpu")
-            # ORT runs on torch's current stream: graphs and torch ops stay ordered without host syncs.
-            stream = torch.cuda.current_stream(self.device).cuda_stream
-            cuda_options = {"device_id": self.device.index or 0, "user_compute_stream": str(stream)}
-            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        self.sessions = {name: ort.InferenceSession(str(path), options, providers=providers)
+        self.sessions = {name: ort.InferenceSession(str(path), options, providers=self._providers(specs[name].kind))
                          for name, path in graph_files.items()}
+
+    def _providers(self, kind: str) -> list:
+        if self.device.type != "cuda":
+            return ["CPUExecutionProvider"]
+        # ORT runs on torch's current stream: graphs and torch ops stay ordered without host syncs.
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        cuda_options = {"device_id": self.device.index or 0, "user_compute_stream": str(stream)}
+        if kind == "select":  # fp32 for an exact selection: no TF32 there (the CUDA EP's default)
+            cuda_options["use_tf32"] = "0"
+        return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
     def run_impl(self, graph, inputs):
         if self.device.type == "cuda":
