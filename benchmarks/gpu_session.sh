@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a GPU session checks, in one device call (the device tool runs it in the repo root):
 #   1. the GPU tests (CUDA-graph replay == eager, ORT CUDA IO binding == ORT CPU, TensorRT where it imports)
-#   2. the LLaVA-NeXT-7B-shaped benchmark (real config, random fp16 weights) on $BACKENDS
+#   2. the LLaVA-NeXT-7B-shaped benchmark (real config, random fp16 weights) on $BACKENDS, TRIO with fp32
+#      and with model-precision selection
 # Results land in $OUT (device tool) or benchmarks/results/. Uses the machine's own torch/transformers
 # (no install: the package runs from the checkout via PYTHONPATH). For onnxruntime-gpu, carry it first
 # (../shared/tools/ortgpu-chunks.sh) so it sits in /tmp/site, and add onnxruntime to BACKENDS.
@@ -15,4 +16,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 python3 -m pytest -q -p no:cacheprovider tests/runtime/test_cuda_graphs.py tests/runtime/test_onnxruntime_cuda.py \
   tests/runtime/test_tensorrt.py -k "cuda or tensorrt_engines" 2>&1 | tee "$out/gpu_tests.log" || true
 python3 benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends "${BACKENDS:-torch,torch-eager}" \
-  --new-tokens 64 ${EXTRA:-} --out "$out/${NAME:-h100}.json" 2>&1 | tee "$out/${NAME:-h100}.log"
+  --select-precision both --new-tokens 64 ${EXTRA:-} --out "$out/${NAME:-h100}.json" 2>&1 | tee "$out/${NAME:-h100}.log"

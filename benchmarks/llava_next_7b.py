@@ -72,19 +72,26 @@ def hf_generate(loaded, image, prompt: str, new_tokens: int, device: str, iters:
     return {"ttft_ms": ttft, "end_to_end_ms": total, "decode_ms_per_token": (total - ttft) / max(new_tokens - 1, 1)}
 
 
-def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path):
+TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select precision -> run name
+
+
+def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path,
+                  precisions: tuple[str, ...] = ("fp32",)):
+    """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ...} for one backend."""
     from trio_edge.export.exporter import export
     from trio_edge.runtime.loader import load
     from trio_edge.runtime.reference import torch_pipeline
     from trio_edge.trio.schedule import Schedule
 
-    schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), keep_ratio=0.111)
-    if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
-        common = {"max_text_tokens": 128, "max_new_tokens": new_tokens, "device": device,
-                  "cuda_graphs": backend == "torch" and device.startswith("cuda")}
-        return {"full": torch_pipeline(loaded, Schedule(), **common), "trio": torch_pipeline(loaded, schedule, **common)}
+    variants = {"full": {}}
+    variants.update({TRIO_VARIANTS[p]: {"keep_ratio": 0.111, "precision": p} for p in precisions})
     pipelines = {}
-    for name, options in (("full", {}), ("trio", {"keep_ratio": 0.111})):
+    for name, options in variants.items():
+        if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
+            schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), **options) if options else Schedule()
+            pipelines[name] = torch_pipeline(loaded, schedule, max_text_tokens=128, max_new_tokens=new_tokens,
+                                             device=device, cuda_graphs=backend == "torch" and device.startswith("cuda"))
+            continue
         out = workdir / f"{backend}-{name}"
         export(loaded.source, out, dtype=dtype, max_new_tokens=new_tokens, validate=False, progress=False,
                loaded=loaded, **options)
@@ -121,6 +128,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--select-precision", choices=["fp32", "model", "both"], default="fp32",
+                        help="precision of TRIO's select stages (see trio-export --help); both: one TRIO run each")
     parser.add_argument("--out", help="JSON file to write (e.g. benchmarks/results/h100.json)")
     args = parser.parse_args(argv)
 
@@ -144,7 +153,9 @@ def main(argv=None) -> dict:
         results["runs"]["transformers_generate"] = hf_generate(loaded, image, prompt, args.new_tokens, args.device, args.iters)
         element = torch.tensor([], dtype=dtype).element_size()
         for backend in args.backends.split(","):
-            for name, pipeline in our_pipelines(loaded, backend, args.device, args.dtype, args.new_tokens, Path(tmp)).items():
+            precisions = ("fp32", "model") if args.select_precision == "both" else (args.select_precision,)
+            pipelines = our_pipelines(loaded, backend, args.device, args.dtype, args.new_tokens, Path(tmp), precisions)
+            for name, pipeline in pipelines.items():
                 report = bench.measure(pipeline, image, prompt, warmup=args.warmup, iters=args.iters,
                                        new_tokens=args.new_tokens, label=f"{backend} {name}")
                 bench.add_flops(report, loaded.model.config, pipeline.plan, loaded.adapter.tile_count(loaded.adapter.default_grid()))
@@ -163,15 +174,21 @@ def main(argv=None) -> dict:
 
 
 def ratios(runs: dict, backends: list[str]) -> dict:
+    """Per backend and TRIO variant ("onnxruntime", "onnxruntime_model_precision", ...): ratios in this run."""
     hf = runs["transformers_generate"]
     out = {}
     for backend in backends:
-        full, trio = runs[f"{backend}_full"], runs[f"{backend}_trio"]
-        out[backend] = {"ttft_speedup_vs_full": full["ttft_ms"] / trio["ttft_ms"],
-                        "end_to_end_speedup_vs_transformers": hf["end_to_end_ms"] / trio["end_to_end_ms"],
-                        "prefill_flops_reduction": full["flops"]["prefill_total"] / trio["flops"]["prefill_total"],
-                        "kv_used_reduction": full["kv_used_bytes"] / trio["kv_used_bytes"],
-                        "decode_of_bandwidth_floor": trio["roofline"]["decode_of_floor"]}
+        full = runs[f"{backend}_full"]
+        for variant in TRIO_VARIANTS.values():
+            trio = runs.get(f"{backend}_{variant}")
+            if trio is None:
+                continue
+            out[backend + variant.removeprefix("trio")] = {
+                "ttft_speedup_vs_full": full["ttft_ms"] / trio["ttft_ms"],
+                "end_to_end_speedup_vs_transformers": hf["end_to_end_ms"] / trio["end_to_end_ms"],
+                "prefill_flops_reduction": full["flops"]["prefill_total"] / trio["flops"]["prefill_total"],
+                "kv_used_reduction": full["kv_used_bytes"] / trio["kv_used_bytes"],
+                "decode_of_bandwidth_floor": trio["roofline"]["decode_of_floor"]}
     return out
 
 

@@ -62,6 +62,28 @@ def test_schedule_flags_on_an_export_are_refused(one_cut_dir, image_file, capsys
     assert code == 2 and "fixed at export" in capsys.readouterr().err
 
 
+def test_fp16_export_with_model_precision_selection(image_file, tmp_path, capsys):
+    """trio-export --dtype fp16 --select-precision model: validated graphs, the choice in the manifest, no
+    fp32 proxy copy in the select graph, and trio-run answers from it."""
+    from trio_edge.export.manifest import read_manifest
+
+    out = tmp_path / "fp16"
+    assert export_cli.main(["trio-tiny", "-o", str(out), "--dtype", "fp16", "--cuts", "1:40",
+                            "--select-precision", "model", "--max-new-tokens", "4", "--quiet"]) == 0
+    manifest = read_manifest(out)
+    assert manifest["plan"]["schedule"]["precision"] == "model"
+    assert all(check["ok"] for check in manifest["validation"])
+    assert "selection in the model's precision" in capsys.readouterr().out
+    import onnx
+
+    select = next(g for g in manifest["graphs"].values() if g["kind"] == "select")
+    weights = [t for t in onnx.load(str(out / select["file"])).graph.initializer  # matrices, not folded index
+               if len(t.dims) == 2 and t.dims[0] * t.dims[1] >= 2048 and t.data_type != onnx.TensorProto.BOOL]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)  # no fp32 proxy copy
+    assert run_cli.main([str(out), "--image", image_file, "--prompt", "what color is the circle?", "--json"]) == 0
+    assert len(last_json(capsys.readouterr().out)["kept"][0]) == 40
+
+
 def test_export_cli_errors_are_one_line(export_model, tmp_path, capsys):
     code = export_cli.main([export_model.source, "-o", str(tmp_path / "e"), "--cuts", "1:999", "--quiet"])
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@ import torch
 from helpers import PROMPTS
 from reference import embed_prompt, reference_saliency, run_layer, supervised_positions
 from trio_edge.trio.saliency import NUM_SUPERVISED, proxy_loss, supervised_rows
+from trio_edge.trio.schedule import Schedule
 from trio_edge.trio.select_module import SelectStage
 
 RTOL = 1e-5
@@ -38,7 +39,7 @@ def pruned_sequence(embeds, image_start, m, positions_mode):
 
 
 def stage_saliency(tiny, layer, hidden, positions, m):
-    stage = SelectStage(tiny.adapter.decoder, layer, m, 1, 0.8, "renumber", 4)
+    stage = SelectStage(tiny.adapter.decoder, layer, m, 1, Schedule(), 4)
     with torch.no_grad():  # the select stage must re-enable grad itself, as in the backends
         return stage.saliency(hidden[None], positions[None])
 

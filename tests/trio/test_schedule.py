@@ -95,6 +95,30 @@ def test_json_round_trip():
     assert Schedule.from_json(Schedule().to_json()) == Schedule()
 
 
+def test_select_precision_round_trips_and_defaults_to_fp32():
+    s = Schedule.parse(LLAVA15, precision="model")
+    assert Schedule.from_json(s.to_json()).precision == "model"
+    older = json.loads(Schedule.parse(LLAVA15).to_json())
+    del older["precision"]  # files written before the field existed
+    assert Schedule.from_json(json.dumps(older)).precision == "fp32"
+    assert "model's precision" in s.describe(32, 576) and "precision" not in Schedule.parse(LLAVA15).describe(32, 576)
+    with pytest.raises(ScheduleError, match="select precision must be one of"):
+        Schedule.parse(LLAVA15, precision="fp16")
+
+
+def test_plan_keeps_select_precision_and_reads_older_manifests(tiny):
+    from trio_edge.models.split import plan_for
+    from trio_edge.runtime.plan import PipelinePlan
+
+    adapter = tiny.adapter
+    plan = plan_for(adapter, Schedule.parse("1:40", precision="model"), grid=adapter.default_grid(),
+                    max_text_tokens=16, max_new_tokens=4)
+    body = json.loads(json.dumps(plan.to_dict()))
+    assert PipelinePlan.from_dict(body).schedule.precision == "model"
+    del body["schedule"]["precision"]
+    assert PipelinePlan.from_dict(body).schedule.precision == "fp32"
+
+
 @pytest.mark.parametrize("text, match", [
     ("{", "not a trio-edge schedule file"),
     ('{"format_version": 1}', "not a trio-edge schedule file"),

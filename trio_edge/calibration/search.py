@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..errors import ScheduleError
-from ..trio.schedule import Cut, Schedule, schedule_for_ratio
+from ..trio.schedule import Schedule, schedule_for_ratio
 
 DECAYS = (1.0, 0.6, 0.35)  # keep_i proportional to decay**i
 THRESHOLDS = (0.7, 0.8, 0.9)
@@ -118,4 +118,4 @@ def _flat(key):
 
 
 def with_threshold(schedule: Schedule, threshold: float) -> Schedule:
-    return Schedule(tuple(Cut(c.layer, c.keep) for c in schedule.cuts), threshold, schedule.positions)
+    return replace(schedule, threshold=threshold, provenance={})

@@ -10,6 +10,7 @@ schedule file for `trio-export --schedule-file`, recording how it was chosen.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 from pathlib import Path
@@ -50,7 +51,6 @@ def main(argv=None):
     from ..calibration.data import load_records
     from ..errors import ScheduleError
     from ..models.registry import load
-    from ..trio.schedule import Schedule
 
     loaded = load(args.model)
     adapter, grid = loaded.adapter, loaded.adapter.default_grid()
@@ -92,7 +92,7 @@ def main(argv=None):
         "default_schedule": {"label": default.label, "exact_match": default.exact_match,
                              "first_token": default.first_token, "mean_kl": default.mean_kl},
     }
-    schedule = Schedule(chosen.schedule.cuts, chosen.schedule.threshold, chosen.schedule.positions, provenance)
+    schedule = dataclasses.replace(chosen.schedule, provenance=provenance)
     output = Path(args.output)
     tmp = output.with_suffix(output.suffix + ".tmp")
     tmp.write_text(schedule.to_json())

@@ -61,11 +61,15 @@ def add_schedule_options(parser) -> None:
     parser.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
                         "(default renumber, as released LLaVA code)")
     parser.add_argument("--threshold", type=float, help="NMS feature-similarity threshold (default 0.8)")
+    parser.add_argument("--select-precision", dest="precision", choices=["fp32", "model"],
+                        help="precision of the select stages: fp32 (default; the kept tokens equal the fp32 "
+                             "reference exactly) or model (fp16/bf16 models: much less select compute, "
+                             "near-tied tokens may differ)")
 
 
 def schedule_options(args) -> dict:
     return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "schedule_file": args.schedule_file,
-            "positions": args.positions, "threshold": args.threshold}
+            "positions": args.positions, "threshold": args.threshold, "precision": args.precision}
 
 
 PROMPT_HELP = ("the question; a prompt that contains the image slot (<image>) is used verbatim, otherwise the "

@@ -60,7 +60,8 @@ def main(argv=None):
 
     if is_export_dir(args.model):
         if any(v is not None for v in schedule_options(args).values()) or args.grid:
-            raise InputError("--cuts/--keep-ratio/--schedule-file/--grid are fixed at export; re-export to change them")
+            raise InputError("--cuts/--keep-ratio/--schedule-file/--positions/--threshold/--select-precision/--grid are "
+                             "fixed at export; re-export to change them")
         from ..runtime.loader import load
 
         pipeline = load(args.model, backend=args.backend or "onnxruntime", device=args.device,

@@ -63,7 +63,8 @@ def _progress(iterable, enabled: bool, desc: str):
 def export(model: str, output_dir: str | Path, *, cuts: str | None = None, keep_ratio: float | None = None,
            schedule_file: str | None = None, grid: str | None = None, dtype: str = "fp32",
            max_text_tokens: int = 128, max_new_tokens: int = 64, positions: str | None = None,
-           threshold: float | None = None, opset: int = 18, nms_iterations: int = 32, force: bool = False,
+           threshold: float | None = None, precision: str | None = None, opset: int = 18, nms_iterations: int = 32,
+           force: bool = False,
            validate: bool = True, progress: bool = True, loaded=None) -> ExportSummary:
     """Export `model` (alias, hub id or directory) with TRIO selection inside the graphs; see trio-export --help."""
     from ..models.registry import load
@@ -80,7 +81,7 @@ def export(model: str, output_dir: str | Path, *, cuts: str | None = None, keep_
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
     schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file,
-                                positions=positions, threshold=threshold)
+                                positions=positions, threshold=threshold, precision=precision)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
                     max_new_tokens=max_new_tokens, nms_iterations=nms_iterations)
     specs = graph_specs(plan, tile_count=adapter.tile_count(grid_wh), tile_size=adapter.tile_size, dtype=DTYPES[dtype])

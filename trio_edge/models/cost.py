@@ -50,13 +50,19 @@ def vision_flops(vision_config, tiles: int, projector_out: int) -> float:
     return tiles * (layers * per_layer + patch_embed + projector)
 
 
-def select_flops(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int) -> float:
-    """Proxy forward (K/V for all tokens, 4 queries) + backward to the input only (no weight gradients:
-    about the forward again) + similarity + Cluster-NMS."""
+def select_flops_parts(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int) -> dict[str, float]:
+    """A select stage in two parts: `proxy` = proxy forward (K/V for all tokens, 4 queries) + backward to the
+    input only (no weight gradients: about the forward again), in the select precision; `nms` = cosine
+    similarities + Cluster-NMS steps, always fp32."""
     kv = 2.0 * seq * shape.hidden * 2 * shape.kv_heads * shape.head_dim
     queries = shape.layer_flops(4, seq) - 2.0 * 4 * shape.hidden * 2 * shape.kv_heads * shape.head_dim
     forward = kv + queries + shape.head_flops(4)
-    return 2.0 * forward + 2.0 * image_tokens * image_tokens * shape.hidden + nms_iterations * image_tokens ** 2
+    return {"proxy": 2.0 * forward,
+            "nms": 2.0 * image_tokens * image_tokens * shape.hidden + nms_iterations * image_tokens ** 2}
+
+
+def select_flops(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int) -> float:
+    return sum(select_flops_parts(shape, seq, image_tokens, nms_iterations).values())
 
 
 def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float]:

@@ -57,7 +57,6 @@ def build_modules(adapter, plan: PipelinePlan, method: str = "trio", seed: int =
     for seg in plan.segments:
         modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form)
     for sel in plan.selects:
-        modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep,
-                                        plan.schedule.threshold, plan.schedule.positions, plan.nms_iterations,
-                                        method=method, seed=seed, runtime_form=runtime_form)
+        modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
+                                        plan.nms_iterations, method=method, seed=seed, runtime_form=runtime_form)
     return {name: module.eval() for name, module in modules.items()}

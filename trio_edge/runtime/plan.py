@@ -80,7 +80,7 @@ class PipelinePlan:
     def to_dict(self) -> dict:
         body = asdict(self)
         body["schedule"] = {"cuts": [asdict(c) for c in self.schedule.cuts], "threshold": self.schedule.threshold,
-                            "positions": self.schedule.positions}
+                            "positions": self.schedule.positions, "precision": self.schedule.precision}
         body["grid"] = list(self.grid)
         return body
 
@@ -88,7 +88,8 @@ class PipelinePlan:
     def from_dict(cls, body: dict) -> "PipelinePlan":
         body = dict(body)
         sched = body["schedule"]
-        body["schedule"] = Schedule(tuple(Cut(**c) for c in sched["cuts"]), sched["threshold"], sched["positions"])
+        body["schedule"] = Schedule(tuple(Cut(**c) for c in sched["cuts"]), sched["threshold"], sched["positions"],
+                                    precision=sched.get("precision", "fp32"))  # older manifests: fp32
         body["segments"] = tuple(SegmentPlan(**s) for s in body["segments"])
         body["selects"] = tuple(SelectPlan(**s) for s in body["selects"])
         body["grid"] = tuple(body["grid"])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import ScheduleError
 
 POSITION_MODES = ("renumber", "original")
+# Precision of the select stages: fp32 (exact: the kept set equals the fp32 reference) or the model's own
+# dtype (fp16/bf16 models: several times less select compute, near-tied tokens may differ from fp32).
+SELECT_PRECISIONS = ("fp32", "model")
 SCHEDULE_FORMAT_VERSION = 1
 
 
@@ -25,11 +28,14 @@ class Schedule:
     threshold: float = 0.8
     positions: str = "renumber"
     provenance: dict = field(default_factory=dict, compare=False)
+    precision: str = "fp32"  # of the select stages (SELECT_PRECISIONS)
 
     def __post_init__(self):
         object.__setattr__(self, "cuts", tuple(self.cuts))
         if self.positions not in POSITION_MODES:
             raise ScheduleError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+        if self.precision not in SELECT_PRECISIONS:
+            raise ScheduleError(f"select precision must be one of {SELECT_PRECISIONS}, got {self.precision!r}")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise ScheduleError(f"the NMS threshold must be within [0, 1], got {self.threshold}")
         layers = [c.layer for c in self.cuts]
@@ -84,11 +90,14 @@ class Schedule:
     def describe(self, num_layers: int, num_image_tokens: int) -> str:
         cuts = ",".join(f"{c.layer}:{c.keep}" for c in self.cuts) or "none"
         avg = self.layer_averaged_tokens(num_layers, num_image_tokens)
-        return f"cuts {cuts}: {avg:.1f} of {num_image_tokens} image tokens layer-averaged ({100 * avg / num_image_tokens:.1f}%)"
+        precision = "" if self.precision == "fp32" or not self.cuts else "; selection in the model's precision"
+        return (f"cuts {cuts}: {avg:.1f} of {num_image_tokens} image tokens layer-averaged "
+                f"({100 * avg / num_image_tokens:.1f}%){precision}")
 
     def to_json(self) -> str:
         body = {"format_version": SCHEDULE_FORMAT_VERSION, "cuts": [asdict(c) for c in self.cuts],
-                "threshold": self.threshold, "positions": self.positions, "provenance": self.provenance}
+                "threshold": self.threshold, "positions": self.positions, "precision": self.precision,
+                "provenance": self.provenance}
         return json.dumps(body, indent=2)
 
     @classmethod
@@ -101,7 +110,7 @@ class Schedule:
                                     f"(this trio-edge reads {SCHEDULE_FORMAT_VERSION}); upgrade trio-edge")
             cuts = tuple(Cut(int(c["layer"]), int(c["keep"])) for c in body["cuts"])
             return cls(cuts, float(body.get("threshold", 0.8)), body.get("positions", "renumber"),
-                       body.get("provenance", {}))
+                       body.get("provenance", {}), body.get("precision", "fp32"))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ScheduleError(f"not a trio-edge schedule file: {error}") from None
 
@@ -151,14 +160,16 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
 
 
 def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None, schedule_file=None,
-                     positions: str | None = None, threshold: float | None = None, default_cut_layers=(),
+                     positions: str | None = None, threshold: float | None = None, precision: str | None = None,
+                     default_cut_layers=(),
                      default_keep_weights=(), num_layers: int, num_image_tokens: int) -> Schedule:
     """One schedule from the mutually exclusive user options; no option means no pruning."""
     given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio),
                                       ("--schedule-file", schedule_file)) if value is not None]
     if len(given) > 1:
         raise ScheduleError(f"{' and '.join(given)} are mutually exclusive; pass one")
-    overrides = {k: v for k, v in (("positions", positions), ("threshold", threshold)) if v is not None}
+    overrides = {k: v for k, v in (("positions", positions), ("threshold", threshold), ("precision", precision))
+                 if v is not None}
     if schedule_file is not None:
         from pathlib import Path
 
@@ -166,8 +177,7 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
         if not path.is_file():
             raise ScheduleError(f"schedule file not found: {path}")
         base = Schedule.from_json(path.read_text())
-        schedule = Schedule(base.cuts, overrides.get("threshold", base.threshold),
-                            overrides.get("positions", base.positions), base.provenance)
+        schedule = replace(base, **overrides)
     elif keep_ratio is not None:
         schedule = schedule_for_ratio(keep_ratio, default_cut_layers, default_keep_weights, num_layers,
                                       num_image_tokens, **overrides)

@@ -12,6 +12,7 @@ from torch import nn
 from ..graph_ops import clamp_index
 from . import peers
 from .saliency import proxy_saliency
+from .schedule import Schedule
 from .selection import nms_select_fixed
 
 # Selection rules the stage can apply; only "trio" is exported, peers are PyTorch-only baselines.
@@ -38,25 +39,27 @@ def apply_selection(hidden, position_ids, image_start, num_image: int, kept, ren
 
 
 class SelectStage(nn.Module):
-    def __init__(self, decoder, proxy_layer: int, num_image_tokens: int, keep: int, threshold: float,
-                 positions: str, nms_iterations: int, method: str = "trio", seed: int = 0,
-                 runtime_form: bool = False):
-        """`runtime_form` (the torch runtime, not export) iterates Cluster-NMS to its fixed point and stops
+    def __init__(self, decoder, proxy_layer: int, num_image_tokens: int, keep: int, schedule: Schedule,
+                 nms_iterations: int, method: str = "trio", seed: int = 0, runtime_form: bool = False):
+        """The cut's rule and budget; `schedule` gives the NMS threshold, positions mode and precision.
+
+        `runtime_form` (the torch runtime, not export) iterates Cluster-NMS to its fixed point and stops
         there: always exact, never needs the host fallback, and no wasted iterations."""
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
         self.method = method
         self.random = torch.Generator().manual_seed(seed)
-        if decoder.lm_head.weight.dtype != torch.float32:
-            # Saliency and NMS always run in fp32: reduced precision could flip near-tied tokens, and the
-            # selection must equal the reference exactly. Costs an fp32 copy of one layer + lm_head.
+        if schedule.precision == "fp32" and decoder.lm_head.weight.dtype != torch.float32:
+            # Saliency in fp32: reduced precision could flip near-tied tokens, and the selection must equal
+            # the fp32 reference exactly. Costs an fp32 copy of one layer + lm_head, and fp32 compute.
             decoder, proxy_layer = decoder.proxy_copy(proxy_layer, torch.float32), 0
+        self.proxy_dtype = decoder.lm_head.weight.dtype  # NMS similarities are fp32 either way
         self.decoder_layer = decoder.layers[proxy_layer]  # registered so export sees the weights
         self.norm, self.lm_head, self.rotary = decoder.norm, decoder.lm_head, decoder.rotary
         self._decoder, self.proxy_layer = decoder, proxy_layer
-        self.num_image_tokens, self.keep, self.threshold = num_image_tokens, keep, threshold
-        self.renumber = positions == "renumber"
+        self.num_image_tokens, self.keep, self.threshold = num_image_tokens, keep, schedule.threshold
+        self.renumber = schedule.positions == "renumber"
         self.nms_iterations = num_image_tokens + 1 if runtime_form else nms_iterations  # M + 1 always converges
         self.runtime_form = runtime_form
 
@@ -81,7 +84,7 @@ class SelectStage(nn.Module):
     def forward(self, hidden, position_ids, image_start):
         m = self.num_image_tokens
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
-        proxy_hidden = hidden.float()
+        proxy_hidden = hidden.to(self.proxy_dtype)
         if self.method != "trio":
             kept = self.peer_kept(proxy_hidden, position_ids, span).to(hidden.device)
             hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
