@@ -157,3 +157,27 @@ def test_unconverged_nms_falls_back_to_exact_selection(tiny, images, threshold):
     assert result.token_ids == ref.token_ids
     for ours, theirs in zip(logits, ref.logits):
         torch.testing.assert_close(ours, theirs, rtol=TOL, atol=TOL)
+
+
+def test_decode_step_moves_its_small_inputs_in_one_copy(tiny, images):
+    """Token id, positions and past lengths of a decode step come from one tensor copied once, before the
+    step's first graph: on a GPU a copy from host memory waits for the device, so one copy per segment
+    would stall it between segments."""
+    pipe = make_pipeline(tiny, "0:30,2:12")
+    storages = []
+    original = pipe.backend.run_impl
+
+    def recording(graph, inputs):
+        ids = inputs.get("input_ids", inputs.get("position_ids"))
+        if ids is not None and ids.shape[1] == 1:  # decode calls only
+            storages.append({name: inputs[name].untyped_storage().data_ptr() for name in
+                             ("input_ids", "position_ids", "past_length") if name in inputs})
+        return original(graph, inputs)
+
+    pipe.backend.run_impl = recording
+    result = pipe.generate(images[0], PROMPTS[0], max_new_tokens=4)
+    calls_per_step = 1 + len(pipe.plan.segments)
+    assert len(storages) == (len(result.token_ids) - 1) * calls_per_step
+    for start in range(0, len(storages), calls_per_step):
+        step = storages[start:start + calls_per_step]
+        assert len({ptr for call in step for ptr in call.values()}) == 1

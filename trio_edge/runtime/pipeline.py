@@ -73,12 +73,9 @@ class Pipeline:
         return pixels, input_ids
 
     # ---- stages -----------------------------------------------------------------------------------
-    def _run_segment(self, seg: SegmentPlan, hidden, position_ids, past_length: int):
-        out = self.backend.run(seg.name, {
-            "hidden": hidden, "position_ids": position_ids,
-            "past_length": torch.tensor(past_length, dtype=torch.int64, device=self.device),
-            "kv": self.kv[seg.name],
-        })
+    def _run_segment(self, seg: SegmentPlan, hidden, position_ids, past_length: torch.Tensor):
+        out = self.backend.run(seg.name, {"hidden": hidden, "position_ids": position_ids,
+                                          "past_length": past_length, "kv": self.kv[seg.name]})
         self.kv[seg.name] = out["kv_out"]
         return out["logits" if seg.with_head else "hidden_out"]
 
@@ -121,19 +118,24 @@ class Pipeline:
                 kept.append(image_ids.tolist())
             else:
                 lengths[stage.name] = hidden.shape[1]
-                hidden = self._run_segment(stage, hidden, position_ids, 0)
+                hidden = self._run_segment(stage, hidden, position_ids,
+                                           torch.zeros((), dtype=torch.int64, device=self.device))
             t = clock.lap(stage.name, t)
         return features, hidden, kept, lengths
 
     def decode_step(self, token: int, features, step: int, prompt_length: int, lengths: dict):
-        ids = torch.tensor([[token]], dtype=torch.int64, device=self.device)
-        hidden = self.backend.run("embed", {"input_ids": ids, "image_features": features})["hidden"]
+        # Every small input of the step goes to the device in one copy before anything is launched: a copy
+        # from host memory waits for the device, and one per segment would stall it between segments.
         renumber = self.plan.schedule.positions == "renumber"
+        values = [token]
         for seg in self.plan.segments:
             past = lengths[seg.name] + step
-            position = past if renumber else prompt_length + step
-            pos = torch.tensor([[position]], dtype=torch.int64, device=self.device)
-            hidden = self._run_segment(seg, hidden, pos, past)
+            values += [past, past if renumber else prompt_length + step]
+        scalars = torch.tensor(values, dtype=torch.int64).to(self.device)
+        hidden = self.backend.run("embed", {"input_ids": scalars[:1].view(1, 1), "image_features": features})["hidden"]
+        for index, seg in enumerate(self.plan.segments):
+            past, position = scalars[1 + 2 * index], scalars[2 + 2 * index].view(1, 1)
+            hidden = self._run_segment(seg, hidden, position, past)
         return hidden  # logits (1, V)
 
     # ---- public -----------------------------------------------------------------------------------
