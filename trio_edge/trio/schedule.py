@@ -161,8 +161,8 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
 
 def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None, schedule_file=None,
                      positions: str | None = None, threshold: float | None = None, precision: str | None = None,
-                     default_cut_layers=(),
-                     default_keep_weights=(), num_layers: int, num_image_tokens: int) -> Schedule:
+                     default_cut_layers=(), default_keep_weights=(), num_layers: int,
+                     num_image_tokens: int) -> Schedule:
     """One schedule from the mutually exclusive user options; no option means no pruning."""
     given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio),
                                       ("--schedule-file", schedule_file)) if value is not None]
