@@ -50,3 +50,11 @@ def test_in_place_form_ignores_stale_slots(tiny):
     stale, _ = run_steps(segment, torch.randn(kv_shape) * 100, hidden, steps=2)
     for want, have in zip(clean, stale):
         torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+
+
+def test_in_place_form_refuses_a_multi_token_call_after_slot_0(tiny):
+    decoder = tiny.adapter.decoder
+    segment = decoder.segment(0, decoder.num_layers, False, in_place=True).eval()
+    hidden = torch.randn(1, 3, decoder.hidden_size)
+    with pytest.raises(ValueError, match="prefills from slot 0"):
+        segment(hidden, torch.arange(4, 7)[None], torch.tensor(4), torch.zeros(decoder.kv_shape(decoder.num_layers, 8)))

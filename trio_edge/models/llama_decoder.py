@@ -150,6 +150,9 @@ class DecoderSegment(nn.Module):
 
     def forward(self, hidden, position_ids, past_length, kv):
         h = hidden[0]  # (T, D)
+        if self.in_place and h.shape[0] > 1 and past_length.device.type == "cpu" and int(past_length) != 0:
+            # checked where it costs nothing (a host value); on a GPU it would be a synchronisation
+            raise ValueError("the in-place segment's multi-token calls are prefills from slot 0 (past_length 0)")
         cos, sin = self.rotary(h, position_ids)
         cos, sin = cos[0], sin[0]  # (T, hd)
         allowed = causal_over_buffer(past_length, h.shape[0], kv.shape[3])  # one mask for every layer
