@@ -22,15 +22,11 @@ from pathlib import Path
 
 import torch
 
-ORIN = {"name": "Jetson AGX Orin 64GB (projection)", "bandwidth_gbs": 204.8,
-        # NVIDIA quotes 170 sparse INT8 TOPS for the GPU: dense INT8 85, dense FP16 tensor ~42.5 TFLOPS
-        "fp16_tflops": 42.5}
-
-
 def measured_peaks(device: str, dtype) -> dict:
-    """Matmul throughput and copy bandwidth measured on this device, in this run."""
+    """Matmul throughput (model dtype and fp32) and copy bandwidth measured on this device, in this run."""
     n = 4096 if device.startswith("cuda") else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a32, b32 = a.float(), b.float()
     big = torch.empty(256 * 2**20 // a.element_size() if device.startswith("cuda") else 32 * 2**20 // 4,
                       device=device, dtype=dtype if device.startswith("cuda") else torch.float32)
     out = torch.empty_like(big)
@@ -44,9 +40,11 @@ def measured_peaks(device: str, dtype) -> dict:
         sync(device)
         return (time.perf_counter() - start) / repeat
 
-    matmul_s = timed(lambda: a @ b, 20 if device.startswith("cuda") else 3)
+    repeat = 20 if device.startswith("cuda") else 3
+    matmul_s, fp32_s = timed(lambda: a @ b, repeat), timed(lambda: a32 @ b32, repeat)
     copy_s = timed(lambda: out.copy_(big), 20 if device.startswith("cuda") else 5)
-    return {"matmul_tflops": 2 * n**3 / matmul_s / 1e12, "copy_gbs": 2 * big.numel() * big.element_size() / copy_s / 1e9}
+    return {"matmul_tflops": 2 * n**3 / matmul_s / 1e12, "matmul_fp32_tflops": 2 * n**3 / fp32_s / 1e12,
+            "copy_gbs": 2 * big.numel() * big.element_size() / copy_s / 1e9}
 
 
 def sync(device: str) -> None:
@@ -103,17 +101,16 @@ def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int
     return pipelines
 
 
-def roofline(report: dict, flops: dict, peaks: dict, bytes_per_token: float) -> dict:
-    compute_floor = flops["prefill_total"] / (peaks["matmul_tflops"] * 1e12) * 1e3
-    bandwidth_floor = bytes_per_token / (peaks["copy_gbs"] * 1e9) * 1e3
-    return {"ttft_floor_ms": compute_floor, "ttft_of_floor": compute_floor / report["ttft_ms"],
-            "decode_floor_ms": bandwidth_floor, "decode_of_floor": bandwidth_floor / report["decode_ms_per_token"]}
+def roofline(report: dict, prefill_flops: float, fp32_flops: float, peaks: dict, bytes_per_token: float) -> dict:
+    """Floors from the peaks measured in this run, and how close the run came to them."""
+    from trio_edge.runtime.roofline import floors
 
-
-def orin_projection(flops: dict, bytes_per_token: float, new_tokens: int) -> dict:
-    ttft = flops["prefill_total"] / (ORIN["fp16_tflops"] * 1e12) * 1e3
-    decode = bytes_per_token / (ORIN["bandwidth_gbs"] * 1e9) * 1e3
-    return {"ttft_floor_ms": ttft, "decode_floor_ms": decode, "end_to_end_floor_ms": ttft + (new_tokens - 1) * decode}
+    measured = {"fp16_tflops": peaks["matmul_tflops"], "fp32_tflops": peaks["matmul_fp32_tflops"],
+                "bandwidth_gbs": peaks["copy_gbs"]}
+    floor = floors(prefill_flops, fp32_flops, bytes_per_token, measured, new_tokens=1)
+    return {"ttft_floor_ms": floor["ttft_floor_ms"], "ttft_of_floor": floor["ttft_floor_ms"] / report["ttft_ms"],
+            "decode_floor_ms": floor["decode_floor_ms"],
+            "decode_of_floor": floor["decode_floor_ms"] / report["decode_ms_per_token"]}
 
 
 def main(argv=None) -> dict:
@@ -134,7 +131,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
-    from trio_edge.models.cost import decode_bytes_per_token
+    from trio_edge.models.cost import decode_bytes_per_token, fp32_prefill_flops
+    from trio_edge.runtime.roofline import DATASHEETS, floors
     from trio_edge.models.random_weights import build_random
     from trio_edge.models.registry import load
     from trio_edge.runtime import bench
@@ -160,8 +158,13 @@ def main(argv=None) -> dict:
                                        new_tokens=args.new_tokens, label=f"{backend} {name}")
                 bench.add_flops(report, loaded.model.config, pipeline.plan, loaded.adapter.tile_count(loaded.adapter.default_grid()))
                 per_token = decode_bytes_per_token(loaded.model.config, pipeline.plan, element, report["prompt_tokens"])
-                report["roofline"] = roofline(report, report["flops"], results["peaks"], per_token)
-                report["orin_projection"] = orin_projection(report["flops"], per_token, args.new_tokens)
+                fp32 = fp32_prefill_flops(loaded.model.config, pipeline.plan,
+                                          report["prompt_tokens"] - pipeline.plan.num_image_tokens)
+                prefill = report["flops"]["prefill_total"]
+                report["roofline"] = roofline(report, prefill, fp32, results["peaks"], per_token)
+                report["orin_projection"] = {"label": "projection from datasheet peaks, not measured",
+                                             **floors(prefill, fp32, per_token, DATASHEETS["jetson_agx_orin_64gb"],
+                                                      args.new_tokens)}
                 report.pop("timeline")
                 results["runs"][f"{backend}_{name}"] = report
     results["ratios"] = ratios(results["runs"], args.backends.split(","))

@@ -84,6 +84,17 @@ def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float
     return flops
 
 
+def fp32_prefill_flops(config, plan, text_tokens: int) -> float:
+    """Prefill FLOPs that run in fp32 whatever the model dtype: every select FLOP with fp32 selection
+    (the default), only the NMS part with `--select-precision model`."""
+    shape = DecoderShape.from_config(config.text_config)
+    total = 0.0
+    for select in plan.selects:
+        parts = select_flops_parts(shape, text_tokens + select.tokens_in, select.tokens_in, plan.nms_iterations)
+        total += parts["nms"] + (parts["proxy"] if plan.schedule.precision == "fp32" else 0.0)
+    return total
+
+
 def decode_bytes_per_token(config, plan, bytes_per_element: int, prompt_tokens: int) -> float:
     """Bytes a decode step must read at least: decoder weights + lm_head + the filled part of each KV buffer."""
     shape = DecoderShape.from_config(config.text_config)
