@@ -83,3 +83,15 @@ def generate_with_logits(pipe: Pipeline, image, prompt: str, **kwargs):
     pipe.backend.logits.clear()
     result = pipe.generate(image, prompt, **kwargs)
     return result, list(pipe.backend.logits)
+
+
+def assert_same_generations(expected: Pipeline, got: Pipeline, requests, *, max_new_tokens: int = 8,
+                            tol: float = 1e-3) -> None:
+    """(image, prompt) requests in a row (state such as KV buffers and captured graphs carries over):
+    identical kept sets and tokens, first logits within `tol`."""
+    for index, (image, prompt) in enumerate(requests):
+        want = expected.generate(image, prompt, max_new_tokens=max_new_tokens)
+        have = got.generate(image, prompt, max_new_tokens=max_new_tokens)
+        assert have.kept == want.kept, f"request {index}: kept indices differ"
+        assert have.token_ids == want.token_ids, f"request {index}: tokens differ"
+        torch.testing.assert_close(have.first_logits.cpu(), want.first_logits.cpu(), rtol=tol, atol=tol)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import assert_same_generations
 from trio_edge.errors import ArtifactError, InputError
 from trio_edge.export.manifest import read_manifest
 from trio_edge.export.trt_check import check_directory
@@ -56,12 +57,7 @@ def test_onnx_pipeline_matches_torch_pipeline_on_20_requests(exported):
     _, directory, _ = exported
     onnx_pipeline = load(directory, backend="onnxruntime")
     torch_pipeline = load(directory, backend="torch")
-    for index, (image, prompt) in enumerate(random_requests(20, seed=7)):
-        got = onnx_pipeline.generate(image, prompt, max_new_tokens=8)
-        want = torch_pipeline.generate(image, prompt, max_new_tokens=8)
-        assert got.kept == want.kept, f"request {index}: kept indices differ"
-        assert got.token_ids == want.token_ids, f"request {index}: tokens differ"
-        torch.testing.assert_close(got.first_logits, want.first_logits, atol=1e-4, rtol=1e-4)
+    assert_same_generations(torch_pipeline, onnx_pipeline, random_requests(20, seed=7), tol=1e-4)
 
 
 def test_trio_check_passes_on_export(exported):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import PROMPTS
+from helpers import PROMPTS, assert_same_generations
 from trio_edge.errors import BackendUnavailableError
 from trio_edge.runtime.reference import torch_pipeline
 from trio_edge.trio.schedule import Schedule
@@ -31,13 +31,9 @@ def test_replayed_pipeline_equals_eager(tiny, images, schedule):
     try:
         eager = torch_pipeline(tiny, Schedule.parse(schedule), device="cuda", cuda_graphs=False)
         graphed = torch_pipeline(tiny, Schedule.parse(schedule), device="cuda", cuda_graphs=True)
-        for index in range(4):  # prompts of different lengths: one prefill capture each; decode replays
-            image, prompt = images[index % len(images)], PROMPTS[index]
-            expected = eager.generate(image, prompt, max_new_tokens=10)
-            got = graphed.generate(image, prompt, max_new_tokens=10)
-            assert got.token_ids == expected.token_ids
-            assert got.kept == expected.kept
-            torch.testing.assert_close(got.first_logits, expected.first_logits, rtol=1e-4, atol=1e-4)
+        # prompts of different lengths: one prefill capture each; decode replays
+        requests = [(images[i % len(images)], PROMPTS[i]) for i in range(4)]
+        assert_same_generations(eager, graphed, requests, max_new_tokens=10, tol=1e-4)
         assert graphed.backend.captured.eager == set()  # every capture-safe graph was captured
         captured = graphed.backend.captured.calls
         assert {"vision", "embed", *(segment.name for segment in graphed.plan.segments)} <= set(captured)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import PROMPTS
+from helpers import PROMPTS, assert_same_generations
 from trio_edge.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
 from trio_edge.export import engine_build
 from trio_edge.export.engine_build import build_engines, optimization_profiles, typical_lengths
@@ -401,13 +401,7 @@ def test_tensorrt_engines_match_onnxruntime(export_copy, images):
     assert set(read_manifest(export_copy)["tensorrt"]["engines"]) == set(read_manifest(export_copy)["graphs"])
     reference = load(export_copy, backend="onnxruntime", device="cpu")
     engines = load(export_copy, backend="tensorrt", device="cuda")
-    for index in range(3):  # several requests: KV ping-pong buffers and captured graphs carry over
-        image, prompt = images[index], PROMPTS[index]
-        expected = reference.generate(image, prompt, max_new_tokens=8)
-        got = engines.generate(image, prompt, max_new_tokens=8)
-        assert got.kept == expected.kept
-        assert got.token_ids == expected.token_ids
-        torch.testing.assert_close(got.first_logits.cpu(), expected.first_logits, rtol=1e-3, atol=1e-3)
+    assert_same_generations(reference, engines, zip(images[:3], PROMPTS))  # KV ping-pong, captured graphs
     assert any(graph is not None for graph in engines.backend.decode_graphs.graphs.values()), "no decode graph replayed"
     engines.backend.cuda_graphs = False
     plain = engines.generate(images[0], PROMPTS[0], max_new_tokens=8)
