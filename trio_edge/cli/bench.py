@@ -57,20 +57,25 @@ def synthetic_image():
     return Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
 
 
+def _open_export(args, directory):
+    from ..runtime.loader import load
+
+    return load(directory, backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
+
+
 def pipelines_for(args, workdir: Path):
     """(pruned pipeline, full pipeline or None, model config, tiles)."""
-    from ..runtime.loader import load as load_export
     from .run import is_export_dir
 
     if is_export_dir(args.model):
         from ..export.manifest import read_manifest
 
-        pruned = load_export(args.model, backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
+        pruned = _open_export(args, args.model)
         manifest = read_manifest(args.model, verify_hashes=False)
         full = None
         if args.compare_full:
             full_dir = _export_full_like(manifest, workdir / "full", progress=not args.quiet)
-            full = load_export(full_dir, backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
+            full = _open_export(args, full_dir)
         return pruned, full, pruned.io.config, manifest["io"]["tile_count"]
     source = args.model
     if args.random_weights:
@@ -89,7 +94,6 @@ def _pipelines_for_model(args, source: str, options: dict, workdir: Path):
 
     from ..export.exporter import DTYPES, export
     from ..models.registry import load
-    from ..runtime.loader import load as load_export
 
     loaded = load(source, dtype=getattr(torch, DTYPES[args.dtype]))
     adapter = loaded.adapter
@@ -105,11 +109,11 @@ def _pipelines_for_model(args, source: str, options: dict, workdir: Path):
         full = torch_pipeline(loaded, Schedule(), **common) if args.compare_full else None
         return pruned, full, loaded.model.config, tiles
     export(source, workdir / "pruned", **common, **options)
-    pruned = load_export(workdir / "pruned", backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
+    pruned = _open_export(args, workdir / "pruned")
     full = None
     if args.compare_full:
         export(source, workdir / "full", **common)
-        full = load_export(workdir / "full", backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
+        full = _open_export(args, workdir / "full")
     return pruned, full, loaded.model.config, tiles
 
 
