@@ -1,4 +1,4 @@
-"""Soak: N consecutive generations on a tiny export with the ONNX Runtime backend.
+"""Soak: N consecutive generations on a tiny export (ONNX Runtime backend, or --backend torch).
 
 Cycles through a few fixed requests (different image sizes and prompts, greedy and seeded sampling),
 checks that every repeat of a request gives exactly the first answer (tokens, text, kept indices), and
@@ -70,10 +70,11 @@ def build_tiny_export(root: Path) -> Path:
     return directory
 
 
-def soak(directory: Path, n: int, max_new_tokens: int | None, threads: int, log=None) -> dict:
+def soak(directory: Path, n: int, max_new_tokens: int | None, threads: int, log=None,
+         backend: str = "onnxruntime") -> dict:
     from trio_edge.runtime.loader import load
 
-    pipeline = load(directory, backend="onnxruntime", device="cpu", threads=threads)
+    pipeline = load(directory, backend=backend, device="cpu", threads=threads)
     work = requests()
     expected: dict[int, tuple] = {}
     mismatches, rss, started = [], [], time.perf_counter()
@@ -104,7 +105,7 @@ def soak(directory: Path, n: int, max_new_tokens: int | None, threads: int, log=
         "rss_max_mib": round(max(samples) * mib, 2),
         "rss_samples_mib": {runs: round(value * mib, 2) for runs, value in rss if runs > 10},
         "seconds": round(seconds, 2), "ms_per_generation": round(seconds / n * 1e3, 2),
-        "backend": "onnxruntime", "device": "cpu", "threads": threads, "export": str(directory),
+        "backend": backend, "device": "cpu", "threads": threads, "export": str(directory),
     }
 
 
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--export", type=Path, help="an export directory (default: build a tiny one in a temp dir)")
     parser.add_argument("-n", "--runs", type=int, default=300, help="consecutive generations (default 300)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the export's maximum")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    parser.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     parser.add_argument("--max-rss-growth-mib", type=float, default=None,
                         help="exit 1 if RSS grows more than this (last run vs first 10 runs)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     log = None if args.quiet else sys.stderr
     with tempfile.TemporaryDirectory(prefix="trio-soak-") as scratch:
         directory = args.export or build_tiny_export(Path(scratch))
-        report = soak(directory, args.runs, args.max_new_tokens, args.threads, log)
+        report = soak(directory, args.runs, args.max_new_tokens, args.threads, log, args.backend)
     failed = not report["identical"]
     if args.max_rss_growth_mib is not None:
         report["max_rss_growth_mib"] = args.max_rss_growth_mib
