@@ -21,7 +21,7 @@ class CapturedCall:
 
     def __init__(self, module: torch.nn.Module, args: list[torch.Tensor], in_place: set[int], warmup: int = 2):
         self.static = [arg if index in in_place else arg.clone() for index, arg in enumerate(args)]
-        self.in_place = in_place
+        self.adopted = {self.static[index].data_ptr() for index in in_place}  # fixed for the graph's life
         side = torch.cuda.Stream(args[0].device)
         side.wait_stream(torch.cuda.current_stream(args[0].device))
         with torch.cuda.stream(side), torch.no_grad():  # warm-up on a side stream, as capture requires;
@@ -40,8 +40,7 @@ class CapturedCall:
         self.graph.replay()
         # outputs live in the graph's memory and are overwritten by the next replay: hand out copies,
         # except buffers written in place, which the caller keeps using as the graph's own
-        adopted = {self.static[index].data_ptr() for index in self.in_place}
-        return tuple(out if out.data_ptr() in adopted else out.clone() for out in self.outputs)
+        return tuple(out if out.data_ptr() in self.adopted else out.clone() for out in self.outputs)
 
     def release(self) -> None:
         self.graph.reset()

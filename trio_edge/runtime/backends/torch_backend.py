@@ -1,6 +1,6 @@
 """PyTorch backend: runs the plan's PyTorch modules (the reference, and GPUs without ORT/TensorRT).
 
-On CUDA, modules marked `cuda_graph_safe` (embed, decoder segments) are captured as CUDA graphs per
+On CUDA, modules marked `cuda_graph_safe` (vision, embed, decoder segments) are captured as CUDA graphs per
 input shape and replayed (`cuda_graphs=False` runs them eagerly); the select stages always run eagerly
 (their proxy gradient and convergence check are not capture-safe).
 """
