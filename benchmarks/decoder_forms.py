@@ -27,13 +27,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
 
+    from trio_edge.artifact.graphs import graph_specs
+    from trio_edge.artifact.plan import plan_for
     from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
     from trio_edge.models.random_weights import build_random
     from trio_edge.models.registry import load
-    from trio_edge.models.split import build_modules, plan_for
+    from trio_edge.models.split import build_modules
     from trio_edge.runtime import bench
     from trio_edge.runtime.backends.torch_backend import TorchBackend
-    from trio_edge.runtime.graphs import graph_specs
     from trio_edge.runtime.pipeline import Pipeline
     from trio_edge.trio.schedule import Schedule
 

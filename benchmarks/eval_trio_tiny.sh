@@ -14,7 +14,7 @@ from pathlib import Path
 from trio_edge.calibration.data import load_records
 from trio_edge.calibration.evaluate import accuracy
 from trio_edge.models.registry import load
-from trio_edge.runtime.reference import torch_pipeline
+from trio_edge.runtime.open import open_pipeline
 from trio_edge.trio.schedule import Schedule
 
 out, n = Path(sys.argv[1]), int(sys.argv[2])
@@ -25,7 +25,7 @@ calibrated = Schedule.from_json((out / "trio_tiny_calibrated_0.111.json").read_t
 default = loaded.adapter.schedule(grid, keep_ratio=0.111)
 rows = {}
 for name, schedule in (("default", default), ("calibrated", calibrated)):
-    acc, _ = accuracy(torch_pipeline(loaded, schedule, max_new_tokens=8), records)
+    acc, _ = accuracy(open_pipeline(loaded, schedule=schedule, max_new_tokens=8), records)
     rows[name] = {"cuts": ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts), "threshold": schedule.threshold,
                   "budget": schedule.budget_ratio(loaded.adapter.num_layers, loaded.adapter.image_token_count(grid)),
                   "held_out_accuracy": acc}

@@ -13,7 +13,9 @@ from pathlib import Path
 
 
 def summary(work: Path) -> dict:
-    manifest = json.loads((work / "export" / "manifest.json").read_text())
+    from trio_edge.artifact.manifest import read_manifest
+
+    manifest = read_manifest(work / "export", verify_hashes=False).to_dict()
     timing = (work / "time.txt").read_text()
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", timing).group(1)

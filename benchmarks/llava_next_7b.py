@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+
 def measured_peaks(device: str, dtype) -> dict:
     """Matmul throughput (model dtype and fp32) and copy bandwidth measured on this device, in this run."""
     n = 4096 if device.startswith("cuda") else 1024
@@ -76,10 +77,8 @@ TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select prec
 def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path,
                   precisions: tuple[str, ...] = ("fp32",)):
     """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ...} for one backend."""
-    from trio_edge.export.exporter import export
-    from trio_edge.runtime.loader import load
-    from trio_edge.runtime.reference import torch_pipeline
-    from trio_edge.trio.schedule import Schedule
+    from trio_edge import Schedule, load
+    from trio_edge.exporters.export import export
 
     variants = {"full": {}}
     variants.update({TRIO_VARIANTS[p]: {"keep_ratio": 0.111, "precision": p} for p in precisions})
@@ -87,14 +86,14 @@ def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int
     for name, options in variants.items():
         if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
             schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), **options) if options else Schedule()
-            pipelines[name] = torch_pipeline(loaded, schedule, max_text_tokens=128, max_new_tokens=new_tokens,
-                                             device=device, cuda_graphs=backend == "torch" and device.startswith("cuda"))
+            pipelines[name] = load(loaded, schedule=schedule, max_new_tokens=new_tokens, device=device,
+                                   cuda_graphs=backend == "torch" and device.startswith("cuda"))
             continue
         out = workdir / f"{backend}-{name}"
         export(loaded.source, out, dtype=dtype, max_new_tokens=new_tokens, validate=False, progress=False,
                loaded=loaded, **options)
         if backend == "tensorrt":  # engines are built from the export, on this GPU
-            from trio_edge.export.engine_build import build_engines
+            from trio_edge.exporters.engine_build import build_engines
 
             build_engines(out, precision=dtype, progress=False)
         pipelines[name] = load(out, backend=backend, device=device)
@@ -132,10 +131,10 @@ def main(argv=None) -> dict:
 
     from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
     from trio_edge.models.cost import decode_bytes_per_token, fp32_prefill_flops
-    from trio_edge.runtime.roofline import DATASHEETS, floors
     from trio_edge.models.random_weights import build_random
     from trio_edge.models.registry import load
     from trio_edge.runtime import bench
+    from trio_edge.runtime.roofline import DATASHEETS, floors
 
     dtype = getattr(torch, {"fp16": "float16", "fp32": "float32"}[args.dtype])
     image, prompt = synthetic_image(), DEFAULT_PROMPT

@@ -18,10 +18,11 @@ import json
 import sys
 from pathlib import Path
 
+
 def plans(alias: str, keep_ratio: float, text_tokens: int, new_tokens: int):
+    from trio_edge.artifact.plan import make_plan
     from trio_edge.models.llava import adapter_for
     from trio_edge.models.random_weights import architecture
-    from trio_edge.runtime.plan import make_plan
     from trio_edge.trio.schedule import Schedule
 
     config, _, processor = architecture(alias)

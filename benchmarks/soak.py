@@ -61,7 +61,7 @@ def requests():
 
 
 def build_tiny_export(root: Path) -> Path:
-    from trio_edge.export.exporter import export
+    from trio_edge.exporters.export import export
     from trio_edge.models.tiny import make_tiny_llava_next
 
     model = make_tiny_llava_next(root / "model", seed=0)
@@ -72,7 +72,7 @@ def build_tiny_export(root: Path) -> Path:
 
 def soak(directory: Path, n: int, max_new_tokens: int | None, threads: int, log=None,
          backend: str = "onnxruntime") -> dict:
-    from trio_edge.runtime.loader import load
+    from trio_edge import load
 
     pipeline = load(directory, backend=backend, device="cpu", threads=threads)
     work = requests()

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # `from helpers import ...`, `fro
 
 from helpers import random_image  # noqa: E402
 
-from trio_edge.export.exporter import export  # noqa: E402
+from trio_edge.exporters.export import export  # noqa: E402
 from trio_edge.models.registry import load  # noqa: E402
 from trio_edge.models.tiny import make_tiny_llava_next  # noqa: E402
 
@@ -72,7 +72,7 @@ def export_tiny(export_model, tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session", params=sorted(SCHEDULES))
+@pytest.fixture(scope="session", params=["one_cut", pytest.param("three_cuts", marks=pytest.mark.slow)])
 def exported(request, export_tiny):
     """(schedule name, export dir, summary) for one cut and for three cuts."""
     return export_tiny(request.param)

@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trio_edge.models.split import build_modules, plan_for
+from trio_edge.artifact.graphs import graph_specs
+from trio_edge.artifact.plan import plan_for
+from trio_edge.models.split import build_modules
 from trio_edge.runtime.backends.torch_backend import TorchBackend
-from trio_edge.runtime.graphs import graph_specs
 from trio_edge.runtime.pipeline import Pipeline
 from trio_edge.trio.schedule import Schedule
 

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "llava_next_7b.py"
 
 
@@ -14,6 +16,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow
 def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path):
     out = tmp_path / "result.json"
     load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2", "--iters", "1",

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
+from trio_edge.artifact.manifest import read_manifest
 from trio_edge.calibration import search
 from trio_edge.calibration.data import load_records, normalize_answer
 from trio_edge.cli import calibrate as calibrate_cli
 from trio_edge.errors import ScheduleError
-from trio_edge.export.exporter import export
-from trio_edge.export.manifest import read_manifest
+from trio_edge.exporters.export import export
 from trio_edge.trio.schedule import Schedule
 
 
@@ -37,6 +37,7 @@ def test_pareto_front_drops_dominated():
     assert a in front and c in front and b not in front
 
 
+@pytest.mark.slow
 def test_calibrate_writes_schedule_that_export_consumes(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "schedule.json"
     code = calibrate_cli.main([str(tiny_model_dir), "--budget", "0.2", "--n", "4", "--top", "1", "-o", str(out), "--quiet"])
@@ -55,9 +56,9 @@ def test_calibrate_writes_schedule_that_export_consumes(tiny_model_dir, tmp_path
     target = tmp_path / "export"
     export(str(tiny_model_dir), target, schedule_file=str(out), max_text_tokens=32, max_new_tokens=4,
            validate=False, progress=False)
-    plan = read_manifest(target)["plan"]
-    assert [(c["layer"], c["keep"]) for c in plan["schedule"]["cuts"]] == [(c.layer, c.keep) for c in schedule.cuts]
-    assert plan["schedule"]["threshold"] == schedule.threshold
+    plan = read_manifest(target).plan
+    assert plan.schedule.cuts == schedule.cuts
+    assert plan.schedule.threshold == schedule.threshold
 
 
 def test_unreachable_latency_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
@@ -93,6 +94,7 @@ def test_accuracy_by_kind_counts_each_kind():
     assert accuracy_by_kind(["circle"], [{"answer": "circle"}]) == {}
 
 
+@pytest.mark.slow
 def test_trio_eval_reports_methods_kinds_and_onnx_parity(tmp_path, capsys):
     """trio-eval on the shipped trio-tiny: every method at the budget, per-kind accuracy, and TRIO through
     its exported ONNX graphs answering exactly as TRIO in PyTorch."""

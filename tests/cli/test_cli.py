@@ -62,22 +62,23 @@ def test_schedule_flags_on_an_export_are_refused(one_cut_dir, image_file, capsys
     assert code == 2 and "fixed at export" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fp16_export_with_model_precision_selection(image_file, tmp_path, capsys):
     """trio-export --dtype fp16 --select-precision model: validated graphs, the choice in the manifest, no
     fp32 proxy copy in the select graph, and trio-run answers from it."""
-    from trio_edge.export.manifest import read_manifest
+    from trio_edge.artifact.manifest import read_manifest
 
     out = tmp_path / "fp16"
     assert export_cli.main(["trio-tiny", "-o", str(out), "--dtype", "fp16", "--cuts", "1:40",
                             "--select-precision", "model", "--max-new-tokens", "4", "--quiet"]) == 0
     manifest = read_manifest(out)
-    assert manifest["plan"]["schedule"]["precision"] == "model"
-    assert all(check["ok"] for check in manifest["validation"])
+    assert manifest.plan.schedule.precision == "model"
+    assert all(check["ok"] for check in manifest.validation)
     assert "selection in the model's precision" in capsys.readouterr().out
     import onnx
 
-    select = next(g for g in manifest["graphs"].values() if g["kind"] == "select")
-    weights = [t for t in onnx.load(str(out / select["file"])).graph.initializer  # matrices, not folded index
+    select = next(g for g in manifest.graphs.values() if g.kind == "select")
+    weights = [t for t in onnx.load(str(out / select.file)).graph.initializer  # matrices, not folded index
                if len(t.dims) == 2 and t.dims[0] * t.dims[1] >= 2048 and t.data_type != onnx.TensorProto.BOOL]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)  # no fp32 proxy copy
     assert run_cli.main([str(out), "--image", image_file, "--prompt", "what color is the circle?", "--json"]) == 0
@@ -93,6 +94,7 @@ def test_export_cli_errors_are_one_line(export_model, tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow
 def test_bench_on_export_reports_stages_ratios_trace_and_plot(one_cut_dir, tmp_path, capsys):
     out, trace, plot = tmp_path / "b.json", tmp_path / "t.json", tmp_path / "p.png"
     code = bench_cli.main([str(one_cut_dir), "--compare-full", "--warmup", "1", "--iters", "2", "--new-tokens", "4",

@@ -9,7 +9,14 @@ import torch
 from PIL import Image
 
 from trio_edge.data.synthetic_vqa import (
-    ALL_KINDS, KINDS, answer_vocabulary, make_sample, make_split, question_words, read_records, scene_questions,
+    ALL_KINDS,
+    KINDS,
+    answer_vocabulary,
+    make_sample,
+    make_split,
+    question_words,
+    read_records,
+    scene_questions,
     write_records,
 )
 from trio_edge.errors import InputError

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from trio_edge import load
 from trio_edge.errors import ArtifactError
-from trio_edge.export.files import atomic_directory, stale_notice, stale_siblings
-from trio_edge.runtime.loader import load
+from trio_edge.files import atomic_directory, stale_notice, stale_siblings
 
 PROMPT = "what color is the circle?"
 
@@ -70,6 +70,7 @@ def assert_not_loadable(directory: Path):
         load(directory)
 
 
+@pytest.mark.slow
 def test_sigkill_midway_leaves_nothing_loadable_and_a_rerun_succeeds(model_dir, tmp_path):
     output = tmp_path / "exports" / "tiny"
     # 1. a validated export (long enough to be caught mid-write), killed while it writes graphs
@@ -113,7 +114,7 @@ def _image(tmp_path: Path) -> Path:
 
 def test_force_replaces_an_export_atomically(shared_export, model_dir, tmp_path, monkeypatch):
     """While the new export is written, the old one stays complete and loadable; then one rename swaps them."""
-    import trio_edge.export.exporter as exporter
+    import trio_edge.exporters.export as exporter
 
     target = tmp_path / "tiny"
     shutil.copytree(shared_export, target)
@@ -139,7 +140,7 @@ def test_force_replaces_an_export_atomically(shared_export, model_dir, tmp_path,
 
 @pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_an_exception_inside_the_export_leaves_nothing(failure, shared_export, model_dir, tmp_path, monkeypatch):
-    import trio_edge.export.exporter as exporter
+    import trio_edge.exporters.export as exporter
 
     def failing_export_all(*args, **kwargs):
         directory = next(a for a in [*args, *kwargs.values()] if isinstance(a, Path) and ".partial-" in a.name)
@@ -162,7 +163,7 @@ def test_an_exception_inside_the_export_leaves_nothing(failure, shared_export, m
 
 
 def test_atomic_directory_swaps_in_one_rename(tmp_path, monkeypatch):
-    import trio_edge.export.files as files
+    import trio_edge.files as files
 
     target = tmp_path / "out"
     with atomic_directory(target) as tmp:

@@ -1,4 +1,4 @@
-"""Bad inputs through the real runtime: `trio_edge.runtime.loader.load(export_dir)` on a tiny ONNX export,
+"""Bad inputs through the real runtime: `trio_edge.load(export_dir)` on a tiny ONNX export,
 and the CLI (`trio-run`), which must answer exit code 2 and exactly one stderr line, never a traceback.
 
 Every row of docs/bad_inputs.md is one case here.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import random_image
 from PIL import Image
 
-from helpers import random_image
 from trio_edge.errors import InputError
 from trio_edge.models.preprocess import MAX_IMAGE_PIXELS, load_image
 
@@ -36,7 +36,7 @@ def export_dir(hardening_export):
 
 @pytest.fixture(scope="module")
 def pipeline(export_dir):
-    from trio_edge.runtime.loader import load
+    from trio_edge import load
 
     return load(export_dir, threads=1)
 

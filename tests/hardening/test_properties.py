@@ -23,7 +23,7 @@ MODEL = settings(max_examples=50, deadline=None,
 
 @pytest.fixture(scope="module")
 def pipeline(hardening_export):
-    from trio_edge.runtime.loader import load
+    from trio_edge import load
 
     return load(hardening_export, threads=1)
 

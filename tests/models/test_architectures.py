@@ -7,16 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trio_edge.export.exporter import export
+from trio_edge import load as load_export
+from trio_edge.exporters.export import export
 from trio_edge.models.random_weights import build_random
 from trio_edge.models.registry import load
-from trio_edge.runtime.loader import load as load_export
-from trio_edge.runtime.reference import torch_pipeline
+from trio_edge.runtime.open import open_model
 from trio_edge.trio.schedule import Schedule
 
 PROMPT = "what color is the circle?"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alias", ["llava-next-7b", "llava-next-mistral-7b", "llava-1.5-7b"])
 def test_architecture_matches_transformers_and_its_onnx_export(alias, images, tmp_path):
     source = build_random(alias, tmp_path / "model", dtype=torch.float32, scale=0.03, layers=2, vision_layers=1)
@@ -26,13 +27,13 @@ def test_architecture_matches_transformers_and_its_onnx_export(alias, images, tm
     with torch.no_grad():
         out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=4, output_logits=True,
                                     return_dict_in_generate=True)
-    full = torch_pipeline(loaded, Schedule(), max_text_tokens=64, max_new_tokens=4).generate(image, PROMPT)
+    full = open_model(loaded, Schedule(), max_text_tokens=64, max_new_tokens=4).generate(image, PROMPT)
     assert full.token_ids == out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     torch.testing.assert_close(full.first_logits[0], out.logits[0][0], rtol=1e-4, atol=1e-4)
 
     schedule = adapter.schedule(adapter.default_grid(), keep_ratio=0.3)
     cuts = ",".join(f"{cut.layer}:{cut.keep}" for cut in schedule.cuts)
-    pruned = torch_pipeline(loaded, schedule, max_text_tokens=64, max_new_tokens=4).generate(image, PROMPT)
+    pruned = open_model(loaded, schedule, max_text_tokens=64, max_new_tokens=4).generate(image, PROMPT)
     export(str(source), tmp_path / "export", loaded=loaded, cuts=cuts, max_text_tokens=64, max_new_tokens=4,
            progress=False)  # validates every graph against its PyTorch module
     graphs = load_export(tmp_path / "export").generate(image, PROMPT)

@@ -29,7 +29,7 @@ def test_in_place_form_equals_export_form(tiny, with_head):
     runtime_form = decoder.segment(0, decoder.num_layers, with_head, in_place=True).eval()
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, 9, decoder.hidden_size, generator=generator)
-    kv_shape = decoder.kv_shape(decoder.num_layers, 16)
+    kv_shape = (decoder.num_layers, 2, decoder.num_kv_heads, 16, decoder.head_dim)
     expected, kv_expected = run_steps(export_form, torch.full(kv_shape, SENTINEL), hidden, steps=4)
     buffer = torch.full(kv_shape, SENTINEL)
     got, kv_got = run_steps(runtime_form, buffer, hidden, steps=4)
@@ -45,7 +45,7 @@ def test_in_place_form_ignores_stale_slots(tiny):
     decoder = tiny.adapter.decoder
     segment = decoder.segment(0, decoder.num_layers, True, in_place=True).eval()
     hidden = torch.randn(1, 5, decoder.hidden_size, generator=torch.Generator().manual_seed(1))
-    kv_shape = decoder.kv_shape(decoder.num_layers, 12)
+    kv_shape = (decoder.num_layers, 2, decoder.num_kv_heads, 12, decoder.head_dim)
     clean, _ = run_steps(segment, torch.zeros(kv_shape), hidden, steps=2)
     stale, _ = run_steps(segment, torch.randn(kv_shape) * 100, hidden, steps=2)
     for want, have in zip(clean, stale):
@@ -57,4 +57,5 @@ def test_in_place_form_refuses_a_multi_token_call_after_slot_0(tiny):
     segment = decoder.segment(0, decoder.num_layers, False, in_place=True).eval()
     hidden = torch.randn(1, 3, decoder.hidden_size)
     with pytest.raises(ValueError, match="prefills from slot 0"):
-        segment(hidden, torch.arange(4, 7)[None], torch.tensor(4), torch.zeros(decoder.kv_shape(decoder.num_layers, 8)))
+        kv = torch.zeros((decoder.num_layers, 2, decoder.num_kv_heads, 8, decoder.head_dim))
+        segment(hidden, torch.arange(4, 7)[None], torch.tensor(4), kv)

@@ -6,9 +6,9 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import PROMPTS, make_pipeline, random_image
 from PIL import Image
 
-from helpers import PROMPTS, make_pipeline, random_image
 from trio_edge.errors import InputError, ModelNotFoundError
 from trio_edge.models import registry
 from trio_edge.models.llava import LlavaNextAdapter
@@ -17,8 +17,14 @@ from trio_edge.models.preprocess import letterbox, load_image
 
 # ---- tiny builder ------------------------------------------------------------------------------------------
 def test_tiny_reloads_with_auto_classes_offline(tiny_model_dir, tiny, monkeypatch):
-    from transformers import (AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
-                              LlavaNextForConditionalGeneration, LlavaNextProcessor)
+    from transformers import (
+        AutoConfig,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = AutoConfig.from_pretrained(tiny_model_dir, local_files_only=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import PROMPTS, assert_same_generations
+
 from trio_edge.errors import BackendUnavailableError
-from trio_edge.runtime.reference import torch_pipeline
+from trio_edge.runtime.open import open_model
 from trio_edge.trio.schedule import Schedule
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -17,11 +17,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def test_cuda_graphs_on_cpu_is_a_clear_error(tiny):
     with pytest.raises(BackendUnavailableError, match="CUDA graphs need a CUDA device"):
-        torch_pipeline(tiny, Schedule(), device="cpu", cuda_graphs=True)
+        open_model(tiny, Schedule(), device="cpu", cuda_graphs=True)
 
 
 def test_cuda_graphs_default_off_on_cpu(tiny):
-    assert torch_pipeline(tiny, Schedule(), device="cpu").backend.cuda_graphs is False
+    assert open_model(tiny, Schedule(), device="cpu").backend.cuda_graphs is False
 
 
 @needs_cuda
@@ -29,8 +29,8 @@ def test_cuda_graphs_default_off_on_cpu(tiny):
 def test_replayed_pipeline_equals_eager(tiny, images, schedule):
     tiny.model.to("cuda")
     try:
-        eager = torch_pipeline(tiny, Schedule.parse(schedule), device="cuda", cuda_graphs=False)
-        graphed = torch_pipeline(tiny, Schedule.parse(schedule), device="cuda", cuda_graphs=True)
+        eager = open_model(tiny, Schedule.parse(schedule), device="cuda", cuda_graphs=False)
+        graphed = open_model(tiny, Schedule.parse(schedule), device="cuda", cuda_graphs=True)
         # prompts of different lengths: one prefill capture each; decode replays
         requests = [(images[i % len(images)], PROMPTS[i]) for i in range(4)]
         assert_same_generations(eager, graphed, requests, max_new_tokens=10, tol=1e-4)
@@ -49,9 +49,9 @@ def test_replayed_pipeline_equals_eager(tiny, images, schedule):
 def test_capture_cache_releases_oldest_shape(tiny, images):
     tiny.model.to("cuda")
     try:
-        pipeline = torch_pipeline(tiny, Schedule.parse("1:40"), device="cuda", cuda_graphs=True)
+        pipeline = open_model(tiny, Schedule.parse("1:40"), device="cuda", cuda_graphs=True)
         pipeline.backend.captured.limit = 2
-        reference = torch_pipeline(tiny, Schedule.parse("1:40"), device="cuda", cuda_graphs=False)
+        reference = open_model(tiny, Schedule.parse("1:40"), device="cuda", cuda_graphs=False)
         for prompt in PROMPTS:  # six prompt lengths through a cache of two prefill shapes per graph
             assert pipeline.generate(images[0], prompt, max_new_tokens=4).token_ids == \
                 reference.generate(images[0], prompt, max_new_tokens=4).token_ids

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import PROMPTS, assert_same_generations
-from trio_edge.runtime.loader import load
+
+from trio_edge import load
 
 
 def cuda_provider_available() -> bool:

@@ -5,9 +5,9 @@ import warnings
 
 import pytest
 import torch
-
 from helpers import PROMPTS, generate_with_logits, make_pipeline
 from reference import reference_generate
+
 from trio_edge.trio.schedule import Schedule
 
 MAX_NEW = 12

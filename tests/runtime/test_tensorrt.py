@@ -11,14 +11,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from helpers import PROMPTS, assert_same_generations
+
+from trio_edge.artifact.dtypes import TORCH_DTYPES
+from trio_edge.artifact.graphs import typical_lengths
+from trio_edge.artifact.manifest import GraphEntry, read_manifest
 from trio_edge.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
-from trio_edge.export import engine_build
-from trio_edge.export.engine_build import build_engines, optimization_profiles, typical_lengths
-from trio_edge.export.exporter import export
-from trio_edge.export.manifest import read_manifest
-from trio_edge.runtime.backends.base import TORCH_DTYPES
+from trio_edge.exporters import engine_build
+from trio_edge.exporters.engine_build import build_engines, optimization_profiles
+from trio_edge.exporters.export import export
 from trio_edge.runtime.backends.tensorrt_backend import (
     TRT_TORCH_DTYPES,
     TensorRTBackend,
@@ -26,8 +27,6 @@ from trio_edge.runtime.backends.tensorrt_backend import (
     select_profile,
     torch_dtype,
 )
-from trio_edge.runtime.graphs import graph_specs
-from trio_edge.runtime.plan import PipelinePlan
 
 
 def tensorrt_importable() -> bool:
@@ -123,32 +122,33 @@ def test_incomplete_section_is_refused():
 # ---- profiles, dtype table, profile choice --------------------------------------------------------------------
 def test_optimization_profiles_of_a_real_manifest(tiny_export):
     manifest = read_manifest(tiny_export)
-    plan, graphs = manifest["plan"], manifest["graphs"]
-    kinds = {name: g["kind"] for name, g in graphs.items()}
+    plan, graphs = manifest.plan, manifest.graphs
+    kinds = {name: g.kind for name, g in graphs.items()}
     assert sorted(kinds.values()) == ["embed", "segment", "segment", "select", "vision"]
-    profiles = {name: optimization_profiles(g, typical_lengths(plan, name, g["kind"])) for name, g in graphs.items()}
+    profiles = {name: optimization_profiles(g, typical_lengths(plan, name, g.kind)) for name, g in graphs.items()}
     assert profiles["vision"] == []
-    d, m, text = plan["hidden_size"], plan["num_image_tokens"], plan["max_text_tokens"]  # 48 text tokens
+    d, m, text = plan.hidden_size, plan.num_image_tokens, plan.max_text_tokens  # 48 text tokens
     decode_embed, prefill_embed = profiles["embed"]
     assert decode_embed == {"input_ids": ((1, 1), (1, 1), (1, 1))}
     assert prefill_embed == {"input_ids": ((1, 2), (1, 48 + m), (1, text + m))}  # typical text 64 > 48 allowed
-    for segment in plan["segments"]:
-        decode, prefill = profiles[segment["name"]]
+    for segment in plan.segments:
+        decode, prefill = profiles[segment.name]
         assert decode == {"hidden": ((1, 1, d),) * 3, "position_ids": ((1, 1),) * 3}
-        high = text + segment["image_tokens"]
+        high = text + segment.image_tokens
         assert prefill["hidden"] == ((1, 2, d), (1, high, d), (1, high, d))
         assert prefill["position_ids"] == ((1, 2), (1, high), (1, high))
         assert "kv" not in prefill and "past_length" not in prefill  # static inputs need no profile entry
-    (select,) = plan["selects"]
-    (only,) = profiles[select["name"]]
-    low, high = graphs[select["name"]]["dynamic_ranges"]["seq"]
-    assert only["hidden"] == ((1, low, d), (1, min(high, 48 + select["tokens_in"]), d), (1, high, d))
+    (select,) = plan.selects
+    (only,) = profiles[select.name]
+    low, high = graphs[select.name].dynamic_ranges["seq"]
+    assert only["hidden"] == ((1, low, d), (1, min(high, 48 + select.tokens_in), d), (1, high, d))
     assert set(only) == {"hidden", "position_ids"}
 
 
 def test_profiles_without_typical_lengths_optimise_for_the_maximum():
-    entry = {"inputs": [{"name": "hidden", "shape": [1, "query", 8], "dynamic_axes": [1]}],
-             "dynamic_ranges": {"query": [1, 300]}}
+    entry = GraphEntry.from_dict({"file": "g.onnx", "kind": "segment", "bytes": 0, "outputs": [],
+                                  "inputs": [{"name": "hidden", "shape": [1, "query", 8], "dynamic_axes": [1]}],
+                                  "dynamic_ranges": {"query": [1, 300]}})
     assert optimization_profiles(entry) == [{"hidden": ((1, 1, 8),) * 3},
                                             {"hidden": ((1, 2, 8), (1, 300, 8), (1, 300, 8))}]
 
@@ -213,7 +213,7 @@ def test_trio_run_tensorrt_without_engines_says_run_trio_build(tiny_export, imag
 
 def test_tensorrt_backend_needs_a_cuda_device(tiny_export):
     manifest, specs = _manifest_and_specs(tiny_export)
-    manifest["tensorrt"] = JETSON
+    manifest.tensorrt = JETSON
     with pytest.raises(BackendUnavailableError, match="pass --device cuda"):
         TensorRTBackend.from_export(tiny_export, manifest, specs, device="cpu")
 
@@ -221,17 +221,14 @@ def test_tensorrt_backend_needs_a_cuda_device(tiny_export):
 @without_tensorrt
 def test_tensorrt_backend_without_tensorrt_gives_install_hint(tiny_export):
     manifest, specs = _manifest_and_specs(tiny_export)
-    manifest["tensorrt"] = JETSON
+    manifest.tensorrt = JETSON
     with pytest.raises(BackendUnavailableError, match=r"pip install 'trio-edge\[tensorrt\]'"):
         TensorRTBackend.from_export(tiny_export, manifest, specs, device="cuda")
 
 
 def _manifest_and_specs(directory):
     manifest = read_manifest(directory)
-    plan = PipelinePlan.from_dict(manifest["plan"])
-    io = manifest["io"]
-    return manifest, graph_specs(plan, tile_count=io["tile_count"], tile_size=io["tile_size"],
-                                 dtype=manifest["model"]["dtype"])
+    return manifest, manifest.specs()
 
 
 # ---- the build's contract with the manifest, against a recording stand-in of the builder API -------------------
@@ -340,29 +337,29 @@ def test_build_writes_engines_and_rewrites_the_manifest(export_copy, recording_t
     cache.parent.mkdir()
     result = build_engines(export_copy, precision="bf16", workspace_gb=2, timing_cache=cache, progress=False)
     manifest = read_manifest(export_copy)  # sha256 of every file, engines included, verified
-    section = manifest["tensorrt"]
+    section = manifest.tensorrt
     assert section == result["tensorrt"]
     assert (section["version"], section["gpu"], section["compute_capability"], section["precision"]) == \
         ("10.3.0", "Orin", "8.7", "bf16")
-    assert list(section["engines"]) == list(manifest["graphs"])
+    assert list(section["engines"]) == list(manifest.graphs)
     for name, engine in section["engines"].items():
         assert (export_copy / engine["file"]).read_bytes() == f"engine of {name}".encode()
-        assert engine["file"] in manifest["files"]
+        assert engine["file"] in manifest.files
         config = fake.configs[name]
-        graph = manifest["graphs"][name]
+        graph = manifest.graphs[name]
         # select graphs stay fp32 (not even TF32) so the kept tokens equal the reference exactly
-        assert config.flags == ([] if graph["kind"] == "select" else ["BF16"])
-        assert config.cleared == (["TF32"] if graph["kind"] == "select" else [])
+        assert config.flags == ([] if graph.kind == "select" else ["BF16"])
+        assert config.cleared == (["TF32"] if graph.kind == "select" else [])
         assert config.pools == {"WORKSPACE": 2 * 2**30}
-        expected = optimization_profiles(graph, typical_lengths(manifest["plan"], name, graph["kind"]))
+        expected = optimization_profiles(graph, typical_lengths(manifest.plan, name, graph.kind))
         assert config.profiles == expected
         assert engine["profiles"] == json.loads(json.dumps(
             [{k: {"min": list(lo), "opt": list(op), "max": list(hi)} for k, (lo, op, hi) in p.items()} for p in expected]))
-    assert [len(section["engines"][g["name"]]["profiles"]) for g in manifest["plan"]["segments"]] == [2, 2]
+    assert [len(section["engines"][g.name]["profiles"]) for g in manifest.plan.segments] == [2, 2]
     assert cache.read_bytes() == b"timing-cache:"  # created (empty cache serialized) when it did not exist
     assert not list(export_copy.glob("*.partial")) and not list(export_copy.glob("*.tmp"))
     for key in ("plan", "graphs", "model", "io", "tool", "weights", "validation"):  # everything else is kept
-        assert manifest[key] == original[key]
+        assert getattr(manifest, key) == getattr(original, key)
 
 
 def test_rebuild_with_fp32_reuses_the_timing_cache(export_copy, recording_trt, tmp_path):
@@ -373,7 +370,7 @@ def test_rebuild_with_fp32_reuses_the_timing_cache(export_copy, recording_trt, t
     fake = recording_trt()
     build_engines(export_copy, precision="fp32", timing_cache=cache, progress=False)
     assert all(config.flags == [] and config.cache.data == b"old" for config in fake.configs.values())
-    assert read_manifest(export_copy)["tensorrt"]["precision"] == "fp32"
+    assert read_manifest(export_copy).tensorrt["precision"] == "fp32"
     assert cache.read_bytes() == b"timing-cache:old"
 
 
@@ -381,7 +378,7 @@ def test_parse_error_names_graph_and_node_and_keeps_the_export_valid(export_copy
     recording_trt()
     build_engines(export_copy, progress=False)
     before = read_manifest(export_copy)
-    select = before["plan"]["selects"][0]["name"]
+    select = before.plan.selects[0].name
     recording_trt(fail_on=select)
     with pytest.raises(ExportError) as error:
         build_engines(export_copy, progress=False)
@@ -395,10 +392,10 @@ def test_parse_error_names_graph_and_node_and_keeps_the_export_valid(export_copy
 # ---- real engines (where TensorRT and a GPU are available) ----------------------------------------------------------
 @needs_tensorrt_gpu
 def test_tensorrt_engines_match_onnxruntime(export_copy, images):
-    from trio_edge.runtime.loader import load
+    from trio_edge import load
 
     build_engines(export_copy, precision="fp32", progress=False)
-    assert set(read_manifest(export_copy)["tensorrt"]["engines"]) == set(read_manifest(export_copy)["graphs"])
+    assert set(read_manifest(export_copy).tensorrt["engines"]) == set(read_manifest(export_copy).graphs)
     reference = load(export_copy, backend="onnxruntime", device="cpu")
     engines = load(export_copy, backend="tensorrt", device="cuda")
     assert_same_generations(reference, engines, zip(images[:3], PROMPTS))  # KV ping-pong, captured graphs

@@ -3,9 +3,9 @@ against autograd through transformers' own decoder layer on the full sequence (t
 
 import pytest
 import torch
-
 from helpers import PROMPTS
 from reference import embed_prompt, reference_saliency, run_layer, supervised_positions
+
 from trio_edge.trio.saliency import NUM_SUPERVISED, proxy_loss, supervised_rows
 from trio_edge.trio.schedule import Schedule
 from trio_edge.trio.select_module import SelectStage

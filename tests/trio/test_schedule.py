@@ -107,8 +107,7 @@ def test_select_precision_round_trips_and_defaults_to_fp32():
 
 
 def test_plan_keeps_select_precision_and_reads_older_manifests(tiny):
-    from trio_edge.models.split import plan_for
-    from trio_edge.runtime.plan import PipelinePlan
+    from trio_edge.artifact.plan import PipelinePlan, plan_for
 
     adapter = tiny.adapter
     plan = plan_for(adapter, Schedule.parse("1:40", precision="model"), grid=adapter.default_grid(),

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..trio.select_module import METHODS
+from ..runtime.open import open_pipeline
+from ..trio.methods import METHODS
 from .data import normalize_answer
 
 ALL_METHODS = ("full",) + METHODS
@@ -63,7 +64,6 @@ def accuracy_by_kind(predictions: list[str], records) -> dict[str, float]:
 
 def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed: int = 0,
              progress: bool = True) -> EvalResult:
-    from ..runtime.reference import torch_pipeline
     from ..trio.schedule import Schedule
 
     unknown = [m for m in methods if m not in ALL_METHODS]
@@ -74,14 +74,14 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
     m, layers = adapter.image_token_count(grid), adapter.num_layers
     bar = _bar(progress, len(records) * (1 + len(budgets) * (len(methods) - ("full" in methods)
                                                             + (backend == "onnxruntime" and "trio" in methods))))
-    full_acc, predictions = accuracy(torch_pipeline(loaded, Schedule(), max_new_tokens=8), records, progress=bar)
+    full_acc, predictions = accuracy(open_pipeline(loaded, schedule=Schedule(), max_new_tokens=8), records, progress=bar)
     result = EvalResult(len(records), full_acc, full_by_kind=accuracy_by_kind(predictions, records))
     for budget in budgets:
         schedule = adapter.schedule(grid, keep_ratio=budget)
         label = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
         actual = schedule.budget_ratio(layers, m)
         for method in (x for x in methods if x != "full"):
-            pipeline = torch_pipeline(loaded, schedule, max_new_tokens=8, method=method, seed=seed)
+            pipeline = open_pipeline(loaded, schedule=schedule, max_new_tokens=8, method=method, seed=seed)
             acc, predictions = accuracy(pipeline, records, progress=bar)
             result.rows.append(_row(actual, label, method, "torch", acc, full_acc, accuracy_by_kind(predictions, records)))
         if backend == "onnxruntime" and "trio" in methods:
@@ -99,13 +99,13 @@ def _row(budget, schedule, method, backend, acc, full_acc, by_kind) -> dict:
 
 
 def _onnx_accuracy(loaded, cuts: str, records, bar) -> tuple[float, list[str]]:
-    from ..export.exporter import export
-    from ..runtime.loader import load
+    from ..exporters.export import export
 
     with tempfile.TemporaryDirectory(prefix="trio-eval-") as tmp:
         out = Path(tmp) / "export"
         export(loaded.source, out, cuts=cuts, loaded=loaded, max_new_tokens=8, validate=False, progress=False)
-        return accuracy(load(out, backend="onnxruntime"), records, progress=bar)
+        with open_pipeline(out, backend="onnxruntime") as pipeline:
+            return accuracy(pipeline, records, progress=bar)
 
 
 def _bar(enabled: bool, total: int):

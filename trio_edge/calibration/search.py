@@ -1,4 +1,4 @@
-"""trio-calibrate: choose cut layers, keep counts and the NMS threshold for a token (and latency) budget.
+"""calibrate(): choose cut layers, keep counts and the NMS threshold for a token (and latency) budget.
 
 Objective: output invariance against the unpruned model on calibration prompts, scored lexicographically:
 greedy answer exact match, then first-token agreement, then (lower) mean KL(full || pruned) of the
@@ -9,14 +9,17 @@ default schedule is always a candidate, so the result is at least as good as it 
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..errors import ScheduleError
+from ..runtime.open import open_pipeline
 from ..trio.schedule import Schedule, schedule_for_ratio
+from .data import load_records
 
 DECAYS = (1.0, 0.6, 0.35)  # keep_i proportional to decay**i
 THRESHOLDS = (0.7, 0.8, 0.9)
@@ -71,9 +74,7 @@ class Reference:
 
 
 def reference_outputs(loaded, records, max_new_tokens: int) -> Reference:
-    from ..runtime.reference import torch_pipeline
-
-    pipeline = torch_pipeline(loaded, Schedule(), max_new_tokens=max_new_tokens)
+    pipeline = open_pipeline(loaded, schedule=Schedule(), max_new_tokens=max_new_tokens)
     answers, probs = [], []
     for record in records:
         result = pipeline.generate(record["image"], record["question"], max_new_tokens=max_new_tokens)
@@ -83,9 +84,7 @@ def reference_outputs(loaded, records, max_new_tokens: int) -> Reference:
 
 
 def score(loaded, candidate: Candidate, records, reference: Reference, max_new_tokens: int) -> Candidate:
-    from ..runtime.reference import torch_pipeline
-
-    pipeline = torch_pipeline(loaded, candidate.schedule, max_new_tokens=max_new_tokens)
+    pipeline = open_pipeline(loaded, schedule=candidate.schedule, max_new_tokens=max_new_tokens)
     exact, first, kls = 0, 0, []
     for record, answer, p in zip(records, reference.answers, reference.first_probs):
         result = pipeline.generate(record["image"], record["question"], max_new_tokens=max_new_tokens)
@@ -119,3 +118,88 @@ def _flat(key):
 
 def with_threshold(schedule: Schedule, threshold: float) -> Schedule:
     return replace(schedule, threshold=threshold, provenance={})
+
+
+def latency_ms(loaded, schedule: Schedule, records, device: str) -> float:
+    """Median time to first token of `schedule` on `device` (PyTorch pipeline, first calibration record)."""
+    from ..runtime.bench import measure
+
+    pipeline = open_pipeline(loaded, schedule=schedule, max_new_tokens=1, device=device)
+    return measure(pipeline, records[0]["image"], records[0]["question"], warmup=1, iters=3, new_tokens=1,
+                   progress=False)["ttft_ms"]
+
+
+@dataclass
+class Calibration:
+    """The outcome of calibrate(): `schedule` carries its provenance and is what a schedule file holds."""
+
+    chosen: Candidate
+    default: Candidate  # the family's default schedule at the budget (always a candidate)
+    candidates: list[Candidate] = field(default_factory=list)
+    schedule: Schedule = field(default_factory=Schedule)
+    num_layers: int = 0
+    num_image_tokens: int = 0
+
+    def table(self) -> str:
+        lines = [f"{'schedule':<30}{'budget':>8}{'TTFT ms':>9}{'exact':>8}{'first':>8}{'KL':>9}"]
+        for c in pareto(self.candidates):
+            latency = f"{c.latency_ms:>9.1f}" if c.latency_ms is not None else f"{'-':>9}"
+            mark = " <- chosen" if c is self.chosen else (" (default)" if c is self.default else "")
+            lines.append(f"{c.label:<30}{100 * c.budget:>7.1f}%{latency}{100 * c.exact_match:>7.1f}%"
+                         f"{100 * c.first_token:>7.1f}%{c.mean_kl:>9.4f}{mark}")
+        return "\n".join(lines)
+
+    def describe(self) -> str:
+        return f"{self.chosen.label} ({self.schedule.describe(self.num_layers, self.num_image_tokens)})"
+
+
+def calibrate(model, *, budget: float, latency_limit_ms: float | None = None, device: str = "cpu",
+              data: str = "synthetic", n: int = 32, seed: int = 70_001, max_new_tokens: int = 4, top: int = 3,
+              progress: bool = True, command: str | None = None) -> Calibration:
+    """The whole search (see the module docstring): candidates at `budget`, each scored against the unpruned
+    model on `n` calibration records, the `top` ones refined over NMS thresholds, those slower than
+    `latency_limit_ms` on `device` dropped; the best by invariance is chosen. `model` is a name or a loaded
+    model."""
+    from ..models.registry import load
+
+    loaded = load(model) if isinstance(model, str) else model
+    adapter, grid = loaded.adapter, loaded.adapter.default_grid()
+    layers, m = adapter.num_layers, adapter.image_token_count(grid)
+    records = load_records(data, n=n, seed=seed)
+    reference = reference_outputs(loaded, records, max_new_tokens)
+    candidates = [Candidate(s, s.budget_ratio(layers, m)) for s in candidate_schedules(adapter, grid, budget)]
+    for candidate in _bar(candidates, "candidates", progress):
+        score(loaded, candidate, records, reference, max_new_tokens)
+    best = sorted(candidates, key=lambda c: c.score, reverse=True)[:top]
+    refined = [Candidate(with_threshold(c.schedule, t), c.budget)
+               for c in best for t in THRESHOLDS if t != c.schedule.threshold]
+    for candidate in _bar(refined, "thresholds", progress):
+        score(loaded, candidate, records, reference, max_new_tokens)
+    candidates += refined
+    default = candidates[0]
+    if latency_limit_ms is not None:
+        for candidate in candidates:
+            candidate.latency_ms = latency_ms(loaded, candidate.schedule, records, device)
+        candidates = [c for c in candidates if c.latency_ms <= latency_limit_ms]
+        if not candidates:
+            raise ScheduleError(f"no schedule at budget {budget} reaches TTFT <= {latency_limit_ms} ms on "
+                                f"{device}; raise --latency-ms or lower --budget")
+    chosen = max(candidates, key=lambda c: c.score)
+    provenance = {
+        "tool": "trio-calibrate", "command": command,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": loaded.source,
+        "budget": budget, "latency_ms": latency_limit_ms, "data": data, "n": len(records),
+        "candidates": len(candidates), "metrics": {"exact_match": chosen.exact_match, "first_token": chosen.first_token,
+                                                   "mean_kl": chosen.mean_kl, "latency_ms": chosen.latency_ms},
+        "default_schedule": {"label": default.label, "exact_match": default.exact_match,
+                             "first_token": default.first_token, "mean_kl": default.mean_kl},
+    }
+    return Calibration(chosen, default, candidates, replace(chosen.schedule, provenance=provenance), layers, m)
+
+
+def _bar(items, desc: str, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)

@@ -4,18 +4,26 @@ DIR_OR_MODEL is an export directory, or a model (alias / Hugging Face id / direc
 on the fly (ONNX backends) or run in PyTorch (torch backend). --random-weights builds an alias's real
 architecture with random weights, so a target can be profiled without downloading weights.
 Prints per-stage median/p90 ms and GFLOPs, TTFT, decode ms/token, KV bytes, peak memory; --compare-full
-measures the unpruned pipeline in the same run and prints the ratios.
+measures the unpruned pipeline in the same run and prints the ratios. Without a schedule option nothing is
+pruned (as in trio-export): pass e.g. --keep-ratio 0.111 for TRIO at 11.1%.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-from .common import add_schedule_options, cli_entry, schedule_options
+from .. import defaults
+from .common import (
+    add_device_options,
+    add_quiet_option,
+    add_schedule_options,
+    cli_entry,
+    command_line,
+    schedule_options,
+)
 
 DEFAULT_PROMPT = ("describe this picture in detail : which objects are there , what color and shape is each "
                   "object , where is it , how many objects are there and which one is bigger ? please answer "
@@ -30,11 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=float, default=1.0, help="with --random-weights: width scale (CPU runs)")
     parser.add_argument("--layers", type=int, help="with --random-weights: decoder layers (default: the real count)")
     parser.add_argument("--vision-layers", type=int, help="with --random-weights: vision layers")
-    parser.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], default="onnxruntime")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
-                        help="torch backend on CUDA and TensorRT decode: run eagerly, no CUDA-graph replay")
-    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="for models exported on the fly")
+    add_device_options(parser)
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], default=defaults.DTYPE,
+                        help="for models exported on the fly")
     add_schedule_options(parser)
     parser.add_argument("--compare-full", action="store_true", help="also measure the unpruned pipeline")
     parser.add_argument("--warmup", type=int, default=2)
@@ -45,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", dest="json_path", help="write the results as JSON here")
     parser.add_argument("--trace", help="write a Chrome/Perfetto trace of the last pruned request here")
     parser.add_argument("--plot", help="write a PNG stage timeline here")
-    parser.add_argument("--quiet", action="store_true")
+    add_quiet_option(parser)
     return parser
 
 
@@ -57,73 +63,63 @@ def synthetic_image():
     return Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
 
 
-def _open_export(args, directory):
-    from ..runtime.loader import load
-
-    return load(directory, backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
-
-
 def pipelines_for(args, workdir: Path):
-    """(pruned pipeline, full pipeline or None, model config, tiles)."""
-    from .run import is_export_dir
+    """(measured pipeline, unpruned pipeline or None, model config, tiles)."""
+    from ..artifact.manifest import is_export_dir, read_manifest
+    from ..runtime.open import open_pipeline
 
+    devices = dict(backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
     if is_export_dir(args.model):
-        from ..export.manifest import read_manifest
-
-        pruned = _open_export(args, args.model)
         manifest = read_manifest(args.model, verify_hashes=False)
+        pruned = open_pipeline(args.model, **devices)
         full = None
         if args.compare_full:
-            full_dir = _export_full_like(manifest, workdir / "full", progress=not args.quiet)
-            full = _open_export(args, full_dir)
-        return pruned, full, pruned.io.config, manifest["io"]["tile_count"]
+            full = open_pipeline(_export_full_like(manifest, workdir / "full", progress=not args.quiet), **devices)
+        return pruned, full, pruned.io.config, manifest.io.tile_count
     source = args.model
     if args.random_weights:
         from ..models.random_weights import build_random
 
         source = str(build_random(args.model, workdir / "model", scale=args.scale, layers=args.layers,
                                   vision_layers=args.vision_layers))
-    options = schedule_options(args)
-    if all(options[k] is None for k in ("cuts", "keep_ratio", "schedule_file")):
-        options["keep_ratio"] = 0.111
-    return _pipelines_for_model(args, source, options, workdir)
+    return _pipelines_for_model(args, source, workdir, devices)
 
 
-def _pipelines_for_model(args, source: str, options: dict, workdir: Path):
-    import torch
-
-    from ..export.exporter import DTYPES, export
+def _pipelines_for_model(args, source: str, workdir: Path, devices: dict):
+    from ..artifact.dtypes import TORCH_DTYPES, export_dtype
+    from ..exporters.export import export
     from ..models.registry import load
+    from ..runtime.open import open_pipeline
+    from ..trio.schedule import Schedule
 
-    loaded = load(source, dtype=getattr(torch, DTYPES[args.dtype]))
+    loaded = load(source, dtype=TORCH_DTYPES[export_dtype(args.dtype)])
     adapter = loaded.adapter
     tiles = adapter.tile_count(adapter.default_grid())
+    options, method = schedule_options(args), args.method or defaults.METHOD
+    if args.backend in (None, "torch"):  # the loaded model itself, no export
+        common = dict(max_new_tokens=args.new_tokens, device=args.device, cuda_graphs=args.cuda_graphs)
+        pruned = open_pipeline(loaded, method=method, **options, **common)
+        full = open_pipeline(loaded, schedule=Schedule(), **common) if args.compare_full else None
+        return pruned, full, loaded.model.config, tiles
     common = dict(dtype=args.dtype, max_new_tokens=max(args.new_tokens, 1), validate=False,
                   progress=not args.quiet, loaded=loaded)
-    if args.backend == "torch":  # the loaded model itself, no export
-        from ..runtime.reference import torch_pipeline
-        from ..trio.schedule import Schedule
-
-        common = dict(max_new_tokens=args.new_tokens, device=args.device, cuda_graphs=args.cuda_graphs)
-        pruned = torch_pipeline(loaded, adapter.schedule(adapter.default_grid(), **options), **common)
-        full = torch_pipeline(loaded, Schedule(), **common) if args.compare_full else None
-        return pruned, full, loaded.model.config, tiles
-    export(source, workdir / "pruned", **common, **options)
-    pruned = _open_export(args, workdir / "pruned")
+    export(source, workdir / "pruned", method=method, **common, **options)
+    pruned = open_pipeline(workdir / "pruned", **devices)
     full = None
     if args.compare_full:
         export(source, workdir / "full", **common)
-        full = _open_export(args, workdir / "full")
+        full = open_pipeline(workdir / "full", **devices)
     return pruned, full, loaded.model.config, tiles
 
 
-def _export_full_like(manifest: dict, target: Path, progress: bool) -> Path:
-    from ..export.exporter import export
+def _export_full_like(manifest, target: Path, progress: bool) -> Path:
+    """The unpruned export of the same model, grid, dtype and maxima as `manifest`'s."""
+    from ..exporters.export import export
 
-    plan = manifest["plan"]
-    export(manifest["model"]["source"], target, grid=f"{plan['grid'][0]}x{plan['grid'][1]}",
-           dtype="fp16" if manifest["model"]["dtype"] == "float16" else "fp32",
-           max_text_tokens=plan["max_text_tokens"], max_new_tokens=plan["max_new_tokens"], validate=False,
+    plan = manifest.plan
+    export(manifest.model.source, target, grid=f"{plan.grid[0]}x{plan.grid[1]}",
+           dtype="fp16" if manifest.model.dtype == "float16" else "fp32",
+           max_text_tokens=plan.max_text_tokens, max_new_tokens=plan.max_new_tokens, validate=False,
            progress=progress)
     return target
 
@@ -141,11 +137,12 @@ def main(argv=None):
         if full is not None:
             pipelines["full"] = full
         measure = dict(warmup=args.warmup, iters=args.iters, new_tokens=args.new_tokens, progress=not args.quiet)
-        reports = {}
+        reports, backend = {}, pruned.backend.name
         for name, pipeline in pipelines.items():
-            reports[name] = bench.measure(pipeline, image, args.prompt, label=name, **measure)
-            bench.add_flops(reports[name], config, pipeline.plan, tiles)
-    result = {"environment": bench.environment(args.backend, args.device), "command": "trio-bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            with pipeline:
+                reports[name] = bench.measure(pipeline, image, args.prompt, label=name, **measure)
+                bench.add_flops(reports[name], config, pipeline.plan, tiles)
+    result = {"environment": bench.environment(backend, args.device), "command": command_line("trio-bench", argv),
               "schedule": pruned.plan.schedule.describe(pruned.plan.num_layers, pruned.plan.num_image_tokens),
               "results": reports}
     for name, report in reports.items():

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from ..export.engine_build import build_engines
+    from ..exporters.engine_build import build_engines
 
     result = build_engines(args.directory, precision=args.precision, workspace_gb=args.workspace,
                            timing_cache=args.timing_cache, progress=not args.quiet)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trio_edge.errors import TrioEdgeError
-from trio_edge.export.trt_check import (
+from ..errors import TrioEdgeError
+from ..exporters.trt_check import (
     TENSORRT_SOURCE,
     TENSORRT_VERSION_CHECKED,
     check_path,

@@ -47,29 +47,64 @@ def cli_entry(func):
     return wrapper
 
 
-def add_schedule_options(parser) -> None:
+def command_line(prog: str, argv) -> str:
+    """The command as typed, for provenance records in JSON outputs."""
+    return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
+
+
+# ---- option groups shared by the commands (defined once; defaults from trio_edge.defaults) ------------------
+NO_SCHEDULE = "none given = no pruning"
+
+
+def add_schedule_options(parser, *, title: str = f"selection schedule (pick one; {NO_SCHEDULE})") -> None:
+    """--cuts / --keep-ratio / --schedule-file (mutually exclusive), --method, --positions, --threshold,
+    --select-precision."""
     import argparse
 
+    from .. import defaults
+    from ..trio.methods import METHODS
+
     # inside an argument group already (trio-run's model-only options): add there; nesting groups is deprecated
-    group = (parser if isinstance(parser, argparse._ArgumentGroup)
-             else parser.add_argument_group("TRIO schedule (pick one; none = no pruning)"))
+    group = parser if isinstance(parser, argparse._ArgumentGroup) else parser.add_argument_group(title)
     group.add_argument("--cuts", help="LAYER:KEEP[,LAYER:KEEP...]: prune after LAYER decoder layers (0 = before "
                                       "any), keeping KEEP image tokens, e.g. 1:92,10:54,15:22")
     group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "
                                                         "family's default cut layers")
     group.add_argument("--schedule-file", help="a schedule JSON written by trio-calibrate")
-    parser.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
-                        "(default renumber, as released LLaVA code)")
-    parser.add_argument("--threshold", type=float, help="NMS feature-similarity threshold (default 0.8)")
-    parser.add_argument("--select-precision", dest="precision", choices=["fp32", "model"],
-                        help="precision of the select stages: fp32 (default; the kept tokens equal the fp32 "
-                             "reference exactly) or model (fp16/bf16 models: much less select compute, "
-                             "near-tied tokens may differ)")
+    group.add_argument("--method", choices=METHODS, help=f"selection rule of every cut (default {defaults.METHOD})")
+    group.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
+                       f"(default {defaults.POSITIONS}, as released LLaVA code)")
+    group.add_argument("--threshold", type=float, help=f"NMS feature-similarity threshold (default "
+                                                       f"{defaults.NMS_THRESHOLD})")
+    group.add_argument("--select-precision", dest="precision", choices=["fp32", "model"],
+                       help="precision of the select stages: fp32 (default; the kept tokens equal the fp32 "
+                            "reference exactly) or model (fp16/bf16 models: much less select compute, "
+                            "near-tied tokens may differ)")
 
 
 def schedule_options(args) -> dict:
+    """The schedule options as keyword arguments (None = not given)."""
     return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "schedule_file": args.schedule_file,
             "positions": args.positions, "threshold": args.threshold, "precision": args.precision}
+
+
+def add_device_options(parser, *, backends=True) -> None:
+    """--device, and with `backends` --backend and --no-cuda-graphs."""
+    from .. import defaults
+
+    group = parser.add_argument_group("where it runs")
+    if backends:
+        group.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"],
+                           help=f"export directories: default {defaults.EXPORT_BACKEND}; models: "
+                                f"{defaults.MODEL_BACKEND} (the PyTorch reference pipeline) only")
+    group.add_argument("--device", default=defaults.DEVICE, help=f"cpu or cuda[:N] (default {defaults.DEVICE})")
+    if backends:
+        group.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
+                           help="torch backend on CUDA and TensorRT decode: run eagerly, no CUDA-graph replay")
+
+
+def add_quiet_option(parser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 PROMPT_HELP = ("the question; a prompt that contains the image slot (<image>) is used verbatim, otherwise the "

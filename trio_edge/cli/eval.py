@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .common import cli_entry
+from .common import add_quiet_option, cli_entry, command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     parser.add_argument("--json", dest="json_path", help="write results as JSON here")
     parser.add_argument("--plot", help="write an accuracy-vs-budget PNG here")
-    parser.add_argument("--quiet", action="store_true")
+    add_quiet_option(parser)
     return parser
 
 
@@ -50,7 +49,7 @@ def main(argv=None):
     result = evaluate(load(args.model), records, budgets=budgets, methods=methods, backend=args.backend,
                       seed=args.seed, progress=not args.quiet)
     print(result.table())
-    body = {"command": "trio-eval " + " ".join(sys.argv[1:] if argv is None else argv), "model": args.model,
+    body = {"command": command_line("trio-eval", argv), "model": args.model,
             "data": args.data, "n": result.n, "full_accuracy": result.full_accuracy,
             "full_by_kind": result.full_by_kind, "rows": result.rows}
     if args.json_path:

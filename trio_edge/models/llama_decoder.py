@@ -185,9 +185,6 @@ class LlamaFamilyDecoder:
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def kv_shape(self, num_layers: int, max_length: int) -> tuple[int, ...]:
-        return (num_layers, 2, self.num_kv_heads, max_length, self.head_dim)
-
     def proxy_copy(self, layer_index: int, dtype: torch.dtype) -> "LlamaFamilyDecoder":
         """A decoder holding only layer `layer_index` (as layer 0), the final norm and lm_head, in `dtype`:
         what a select stage needs, so reduced-precision exports still select in fp32."""

@@ -52,8 +52,15 @@ def scaled(text: dict, vision: dict, scale: float, layers: int | None, vision_la
 
 def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, vision_layers: int | None = None):
     """`alias`'s real config (optionally scaled down) and processor, no weights: (config, model class, processor)."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        MistralConfig,
+    )
 
     from .tiny import make_tiny_tokenizer, tiny_vocab
 

@@ -64,7 +64,7 @@ def _built_in(name: str) -> Path:
 
     target = cache_dir() / name
     if not (target / "config.json").is_file():
-        from ..export.files import atomic_directory
+        from ..files import atomic_directory
 
         with atomic_directory(target) as tmp:
             make_tiny_llava_next(tmp, seed=0)

@@ -6,8 +6,6 @@ import torch
 from torch import nn
 
 from ..graph_ops import clamp_index, running_count
-from ..runtime.plan import PipelinePlan, make_plan
-from ..trio.schedule import Schedule
 from ..trio.select_module import SelectStage
 
 
@@ -31,18 +29,7 @@ class EmbedAndMerge(nn.Module):
         return torch.where(is_image[:, None], image, text)[None]
 
 
-def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int, max_new_tokens: int,
-             nms_iterations: int = 16) -> PipelinePlan:
-    decoder = adapter.decoder
-    return make_plan(
-        num_layers=decoder.num_layers, num_image_tokens=adapter.image_token_count(grid), schedule=schedule,
-        max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,
-        num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
-        nms_iterations=nms_iterations,
-    )
-
-
-def build_modules(adapter, plan: PipelinePlan, method: str = "trio", seed: int = 0,
+def build_modules(adapter, plan, method: str = "trio", seed: int = 0,
                   runtime_form: bool = False) -> dict[str, nn.Module]:
     """Graph name -> PyTorch module; these are what the torch backend runs and what export traces.
 

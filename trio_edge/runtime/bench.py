@@ -87,7 +87,7 @@ def compare(pruned: dict, full: dict) -> dict:
 
 
 def environment(backend: str, device: str) -> dict:
-    from ..export.manifest import library_versions
+    from ..artifact.manifest import library_versions
 
     env = {"backend": backend, "device": device, "platform": platform.platform(), "python": platform.python_version(),
            **library_versions()}

@@ -6,18 +6,19 @@ group is allocated once per pipeline and reused by every request.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
 
 import torch
 
+from ..artifact.dtypes import TORCH_DTYPES
+from ..artifact.plan import PipelinePlan, SegmentPlan, SelectPlan
 from ..errors import InputError
 from ..models.preprocess import load_image
 from ..trio.select_module import apply_selection
 from ..trio.selection import select_tokens
-from .backends.base import TORCH_DTYPES
-from .plan import PipelinePlan, SegmentPlan, SelectPlan
 
 
 @dataclass
@@ -139,21 +140,46 @@ class Pipeline:
         return hidden  # logits (1, V)
 
     # ---- public -----------------------------------------------------------------------------------
-    def stream(self, image, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int = 0, result: GenerationResult | None = None):
-        """Yield generated token ids one by one; fills `result` (if given) with kept/timings as it goes."""
+    def generate(self, image, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stream: bool = False):
+        """Answer `prompt` about `image` (a path, bytes or PIL image).
+
+        Greedy when `temperature` is 0 (the default), else temperature + nucleus (`top_p`) sampling seeded
+        by `seed` (None: a fresh random seed). `max_new_tokens` defaults to the export's maximum.
+        Returns a GenerationResult (`text`, `token_ids`, `kept`, `timings`); with `stream=True` a TokenStream
+        that yields each new token as it is generated. Bad inputs raise InputError here, before any work.
+        """
+        max_new = self._checked_max_new_tokens(max_new_tokens)
+        if not temperature >= 0 or not 0 < top_p <= 1:
+            raise InputError(f"temperature must be >= 0 and top_p within (0, 1], got {temperature} and {top_p}")
+        if seed is None:  # greedy needs none; sampling draws one (never from torch's global generator)
+            seed = 0 if temperature == 0 else int.from_bytes(os.urandom(8), "little") % 2**62
+        result = GenerationResult("", [], [], {})
+        clock = _Clock(self.device)
+        result.timeline = clock.events
+        pixels, input_ids = self.prepare(image, prompt)
+        clock.lap("preprocess", clock.origin)
+        tokens = self._tokens(pixels, input_ids, max_new, temperature, top_p, seed, result, clock)
+        if stream:
+            return TokenStream(self, tokens, result)
+        for _ in tokens:
+            pass
+        result.text = self.decode_text(result.token_ids)
+        return result
+
+    def _checked_max_new_tokens(self, max_new_tokens) -> int:
         max_new = self.plan.max_new_tokens if max_new_tokens is None else max_new_tokens
         if isinstance(max_new, bool) or not isinstance(max_new, int):
             raise InputError(f"max_new_tokens must be a whole number, got {max_new!r}")
         if not 0 <= max_new <= self.plan.max_new_tokens:
             raise InputError(f"max_new_tokens={max_new} is outside 0..{self.plan.max_new_tokens}, the maximum this "
                              "export was built for (re-export with a larger --max-new-tokens)")
-        result = result if result is not None else GenerationResult("", [], [], {})
-        clock = _Clock(self.device)
-        result.timeline = clock.events
+        return max_new
+
+    def _tokens(self, pixels, input_ids, max_new: int, temperature: float, top_p: float, seed: int,
+                result: GenerationResult, clock: "_Clock"):
+        """Prefill, then yield generated token ids one by one, filling `result` as it goes."""
         start = clock.origin
-        pixels, input_ids = self.prepare(image, prompt)
-        clock.lap("preprocess", start)
         features, logits, result.kept, lengths = self.prefill(pixels, input_ids, clock)
         result.prompt_tokens, result.first_logits = input_ids.shape[1], logits
         sampler = torch.Generator(device="cpu").manual_seed(seed)
@@ -173,16 +199,50 @@ class Pipeline:
         clock.timings["decode_ms_per_token"] = clock.timings["decode"] / steps
         clock.timings["total"] = (time.perf_counter() - start) * 1e3
 
-    def generate(self, image, prompt: str, **kwargs) -> GenerationResult:
-        result = GenerationResult("", [], [], {})
-        for _ in self.stream(image, prompt, result=result, **kwargs):
-            pass
-        result.text = self.decode_text(result.token_ids)
-        return result
-
     def decode_text(self, token_ids: list[int]) -> str:
         ids = [t for t in token_ids if t not in self.stop_token_ids]
         return self.io.processor.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def close(self) -> None:
+        """Release the backend's sessions/engines and the KV buffers; the pipeline cannot run afterwards."""
+        if self.backend is not None:
+            self.backend.close()
+        self.backend, self.kv = None, {}
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class StreamedToken:
+    token_id: int
+    text: str  # the text this token adds to the answer (may be empty, e.g. a stop token)
+
+
+class TokenStream:
+    """Iterator of StreamedToken, from Pipeline.generate(..., stream=True). `result` is complete (text,
+    token_ids, kept, timings) once the stream is exhausted; `close()` stops the generation early."""
+
+    def __init__(self, pipeline: Pipeline, tokens, result: GenerationResult):
+        self.pipeline, self._tokens, self.result = pipeline, tokens, result
+        self._printed = ""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> StreamedToken:
+        token = next(self._tokens)  # StopIteration ends the stream
+        text = self.pipeline.decode_text(self.result.token_ids)
+        delta, self._printed = text[len(self._printed):], text
+        self.result.text = text
+        return StreamedToken(token, delta)
+
+    def close(self) -> None:
+        self._tokens.close()
+        self.result.text = self.pipeline.decode_text(self.result.token_ids)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -6,8 +6,8 @@ Each rule returns the kept image-token indices, sorted ascending, int64, shape (
 import torch
 import torch.nn.functional as nnf
 
-from trio_edge.errors import InputError
-from trio_edge.trio.selection import check_keep
+from ..errors import InputError
+from .selection import check_keep
 
 
 def _top_indices(values: torch.Tensor, count: int) -> torch.Tensor:

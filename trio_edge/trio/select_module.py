@@ -11,12 +11,10 @@ from torch import nn
 
 from ..graph_ops import clamp_index
 from . import peers
+from .methods import METHODS
 from .saliency import proxy_saliency
 from .schedule import Schedule
 from .selection import nms_select_fixed
-
-# Selection rules the stage can apply; only "trio" is exported, peers are PyTorch-only baselines.
-METHODS = ("trio", "fastv", "dart", "random", "uniform")
 
 
 def pruned_index_map(seq_len, image_start, num_image: int, kept: torch.Tensor) -> torch.Tensor:

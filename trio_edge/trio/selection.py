@@ -11,7 +11,7 @@ import numbers
 import torch
 import torch.nn.functional as nnf
 
-from trio_edge.errors import InputError
+from ..errors import InputError
 
 
 def check_keep(keep, num_tokens: int) -> int:

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from ...artifact.dtypes import TORCH_DTYPES
+from ...artifact.graphs import GraphSpec
 from ...errors import InputError
-from ..graphs import GraphSpec
-
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
 
 
 class Backend:

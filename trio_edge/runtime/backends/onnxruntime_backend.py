@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
+from ...artifact.dtypes import ORT_TYPES, TORCH_DTYPES, dtype_name
 from ...errors import BackendUnavailableError
-from .base import TORCH_DTYPES, Backend
-
-NP_TO_ORT = {torch.float32: "float", torch.float16: "float16", torch.int64: "int64", torch.bool: "bool"}
+from .base import Backend
 
 
 def _import_ort():
@@ -68,12 +67,12 @@ class OnnxRuntimeBackend(Backend):
         index = self.device.index or 0
         bound = {t.name: inputs[t.name].contiguous() for t in spec.inputs}  # alive until the run ends
         for name, value in bound.items():
-            binding.bind_input(name, "cuda", index, NP_TO_ORT[value.dtype], tuple(value.shape), value.data_ptr())
+            binding.bind_input(name, "cuda", index, ORT_TYPES[dtype_name(value.dtype)], tuple(value.shape), value.data_ptr())
         shapes = spec.output_shapes({name: tuple(value.shape) for name, value in inputs.items()})
         outputs = {}
         for t in spec.outputs:
             out = torch.empty(shapes[t.name], dtype=TORCH_DTYPES[t.dtype], device=self.device)
-            binding.bind_output(t.name, "cuda", index, NP_TO_ORT[out.dtype], tuple(out.shape), out.data_ptr())
+            binding.bind_output(t.name, "cuda", index, ORT_TYPES[t.dtype], tuple(out.shape), out.data_ptr())
             outputs[t.name] = out
         session.run_with_iobinding(binding)
         return outputs

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from ...artifact.dtypes import TORCH_DTYPES
+from ...artifact.manifest import safe_member
 from ...errors import ArtifactError, BackendUnavailableError, InputError
-from ...export.manifest import safe_member
-from .base import TORCH_DTYPES, Backend
+from .base import Backend
 
 INSTALL_HINT = ("pip install 'trio-edge[tensorrt]' on x86-64/SBSA servers; on Jetson TensorRT comes with JetPack: "
                 "sudo apt install python3-libnvinfer (use the system Python, or a venv made with "
@@ -229,9 +230,9 @@ class TensorRTBackend(Backend):
         self._kv_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_export(cls, directory, manifest: dict, specs, device: str = "cuda", *, cuda_graphs: bool = True):
+    def from_export(cls, directory, manifest, specs, device: str = "cuda", *, cuda_graphs: bool = True):
         directory = Path(directory)
-        section = manifest.get("tensorrt")
+        section = manifest.tensorrt
         if not section:  # checked before importing tensorrt: the message holds on any machine
             check_engine_compatibility(section, {}, directory=directory)
         if not str(device).startswith("cuda"):
@@ -243,7 +244,7 @@ class TensorRTBackend(Backend):
         files = {}
         for name in specs:
             entry = section["engines"].get(name)
-            if entry is None or entry.get("file") not in manifest.get("files", {}):
+            if entry is None or entry.get("file") not in manifest.files:
                 raise ArtifactError(f"{directory}: no engine for graph {name} in the manifest; rebuild with "
                                     f"trio-build {directory}")
             files[name] = safe_member(directory, entry["file"])

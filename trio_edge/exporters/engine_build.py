@@ -15,37 +15,25 @@ import os
 import time
 from pathlib import Path
 
+from ..artifact.graphs import QUERY_AXIS as DECODE_AXIS
+from ..artifact.graphs import GraphKind, typical_lengths
+from ..artifact.manifest import GraphEntry, read_manifest, safe_member, write_manifest
 from ..errors import ExportError, InputError
 from ..runtime.backends.tensorrt_backend import import_tensorrt, platform_info, require_cuda
-from ..runtime.plan import PipelinePlan
-from .manifest import read_manifest, safe_member, write_manifest
 
 PRECISIONS = ("fp16", "bf16", "fp32")
-DECODE_AXIS = "query"
-TYPICAL_TEXT_TOKENS = 64  # prompt text around the image that prefill profiles are tuned for
 PARTIAL_SUFFIX = ".partial"
 
 
 # ---- profiles (pure: no TensorRT) -----------------------------------------------------------------------
-def typical_lengths(plan: dict, graph: str, kind: str) -> dict[str, int]:
-    """Typical value of each dynamic axis of `graph`: image tokens entering it + TYPICAL_TEXT_TOKENS."""
-    typical = min(TYPICAL_TEXT_TOKENS, plan["max_text_tokens"]) + \
-        PipelinePlan.from_dict(plan).image_tokens_entering(graph)
-    if kind in ("embed", "segment"):
-        return {DECODE_AXIS: typical}
-    if kind == "select":
-        return {"seq": typical}
-    return {}
-
-
-def optimization_profiles(graph_entry: dict, typical: dict[str, int] | None = None) -> list[dict[str, tuple]]:
+def optimization_profiles(graph_entry: GraphEntry, typical: dict[str, int] | None = None) -> list[dict[str, tuple]]:
     """Profiles of one manifest graph entry: [{input name: (min shape, opt shape, max shape)}, ...].
 
     `query` graphs: [decode (1, 1, 1), prefill (2, typical, max)]; other dynamic graphs: one profile
     (min, typical, max); static graphs: [] (TensorRT makes its default profile). Without `typical` the
     optimum is the declared maximum.
     """
-    ranges = {axis: tuple(bounds) for axis, bounds in (graph_entry.get("dynamic_ranges") or {}).items()}
+    ranges = graph_entry.dynamic_ranges
     if not ranges:
         return []
     typical = typical or {}
@@ -64,9 +52,9 @@ def optimization_profiles(graph_entry: dict, typical: dict[str, int] | None = No
     return [_input_shapes(graph_entry, values) for values in axes]
 
 
-def _input_shapes(graph_entry: dict, axis_values: dict[str, tuple]) -> dict[str, tuple]:
+def _input_shapes(graph_entry: GraphEntry, axis_values: dict[str, tuple]) -> dict[str, tuple]:
     profile = {}
-    for tensor in graph_entry["inputs"]:
+    for tensor in graph_entry.inputs:
         if not tensor["dynamic_axes"]:
             continue
         profile[tensor["name"]] = tuple(
@@ -74,11 +62,11 @@ def _input_shapes(graph_entry: dict, axis_values: dict[str, tuple]) -> dict[str,
     return profile
 
 
-def shape_value_bound(graph_entry: dict) -> int:
+def shape_value_bound(graph_entry: GraphEntry) -> int:
     """Upper bound for the values of an input TensorRT treats as a shape tensor (a position or length):
     the largest dimension or declared axis maximum of the graph's inputs."""
-    dims = [d for t in graph_entry["inputs"] for d in t["shape"] if isinstance(d, int)]
-    dims += [high for _, high in (graph_entry.get("dynamic_ranges") or {}).values()]
+    dims = [d for t in graph_entry.inputs for d in t["shape"] if isinstance(d, int)]
+    dims += [high for _, high in graph_entry.dynamic_ranges.values()]
     return max(dims, default=1)
 
 
@@ -98,10 +86,10 @@ def build_engines(directory, *, precision: str = "fp16", workspace_gb: float = 4
     builder = _Builder(trt, precision=precision, workspace_bytes=int(workspace_gb * 2**30), timing_cache=timing_cache)
     engines, seconds, partials = {}, {}, []
     try:
-        for name in _progress(list(manifest["graphs"]), progress):
-            entry, started = manifest["graphs"][name], time.perf_counter()
-            profiles = optimization_profiles(entry, typical_lengths(manifest["plan"], name, entry["kind"]))
-            plan = builder.build(name, safe_member(directory, entry["file"]), entry, profiles)
+        for name in _progress(list(manifest.graphs), progress):
+            entry, started = manifest.graphs[name], time.perf_counter()
+            profiles = optimization_profiles(entry, typical_lengths(manifest.plan, name, entry.kind))
+            plan = builder.build(name, safe_member(directory, entry.file), entry, profiles)
             partials.append(directory / f"{name}.engine{PARTIAL_SUFFIX}")
             partials[-1].write_bytes(plan)
             engines[name] = {"file": f"{name}.engine", "bytes": plan.nbytes, "profiles": _profiles_json(profiles)}
@@ -117,8 +105,8 @@ def build_engines(directory, *, precision: str = "fp16", workspace_gb: float = 4
     section = {**platform_info(trt.__version__, _current_cuda_device()), "precision": precision,
                "workspace_gb": workspace_gb, "built": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "engines": engines}
-    body = {k: v for k, v in manifest.items() if k not in ("files", "manifest_version")}
-    write_manifest(directory, {**body, "tensorrt": section})  # recomputes the sha256 file table
+    manifest.tensorrt = section
+    write_manifest(directory, manifest)  # recomputes the sha256 file table
     return {"tensorrt": section, "seconds": seconds}
 
 
@@ -140,7 +128,7 @@ class _Builder:
         self._cache_config = self.builder.create_builder_config()  # kept alive with the cache it created
         self.cache = self._cache_config.create_timing_cache(data)  # an empty cache if there is no file yet
 
-    def build(self, name: str, onnx_path: Path, entry: dict, profiles: list[dict[str, tuple]]):
+    def build(self, name: str, onnx_path: Path, entry: GraphEntry, profiles: list[dict[str, tuple]]):
         """The serialized engine (trt.IHostMemory) of one graph."""
         trt = self.trt
         network = self.builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
@@ -155,7 +143,7 @@ class _Builder:
         # Select graphs compute saliency and NMS in fp32 so the kept tokens equal the reference exactly;
         # reduced precision there could flip near-tied tokens. That includes TF32, which TensorRT enables
         # by default for fp32 matrix products (10-bit mantissa).
-        if entry["kind"] == "select":
+        if entry.kind == GraphKind.SELECT:
             config.clear_flag(trt.BuilderFlag.TF32)
         elif self.precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)

@@ -1,4 +1,16 @@
-"""Entry points: check one ONNX file, an export directory, or either."""
+"""TensorRT-readiness checks for exported ONNX graphs (trio-check).
+
+TensorRT's builder is not available where we export, so this package reads an exported graph (without
+loading its weights) and reports what TensorRT 10's ONNX parser would reject or what our manifest cannot
+support: operators outside TensorRT's ONNX support table or breaking a per-op restriction (TopK's K,
+control flow, data-dependent shapes, ...); DOUBLE tensors and other element types TensorRT has no type
+for; opsets outside the parser's range; symbolic input dimensions the manifest does not declare dynamic;
+external-data files that are missing, outside the model's directory, or too short; over-2-GiB protobufs.
+
+Modules: ``rules`` (versions, limits, element types), ``ops`` (the operator table as data, per-op
+restrictions, the node check), ``graph`` (the model under check and whole-graph checks), ``report``
+(findings and their table). This module holds the entry points.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +21,45 @@ from pathlib import Path
 
 import onnx
 
-from trio_edge.errors import InputError
-from trio_edge.export.trt_check import limits
-from trio_edge.export.trt_check.context import Context
-from trio_edge.export.trt_check.external_data import check_external_data
-from trio_edge.export.trt_check.graph_checks import (
+from ...artifact.manifest import read_dynamic_axes
+from ...errors import InputError
+from .graph import (
+    Context,
     check_constant_attr_dtypes,
+    check_external_data,
     check_input_dims,
     check_opset,
     check_value_dtypes,
     infer_dtypes,
+    node_label,
+    walk_nodes,
 )
-from trio_edge.export.trt_check.graph_walk import walk_nodes
-from trio_edge.export.trt_check.manifest_axes import Manifest, read_manifest
-from trio_edge.export.trt_check.node_checks import check_node
-from trio_edge.export.trt_check.report import CheckReport, Finding
+from .ops import OPS, UNSUPPORTED_OPS, OpCheck, OpSpec, check_node
+from .report import CheckReport, Finding, format_report
+from .rules import (
+    IO_ONLY_DTYPES,
+    JETSON_ORIN_TENSORRT,
+    KNOWN_PLUGIN_DOMAINS,
+    OPSET_MAX,
+    OPSET_MAX_TRT_10_0,
+    OPSET_MIN,
+    PROTOBUF_LIMIT_BYTES,
+    TENSORRT_SOURCE,
+    TENSORRT_VERSION_CHECKED,
+    TOPK_MAX_K,
+    TRT_DTYPES,
+    dtype_name,
+    tensor_nbytes,
+)
+
+__all__ = [
+    "IO_ONLY_DTYPES", "JETSON_ORIN_TENSORRT", "KNOWN_PLUGIN_DOMAINS", "OPS", "OPSET_MAX", "OPSET_MAX_TRT_10_0",
+    "OPSET_MIN", "PROTOBUF_LIMIT_BYTES", "TENSORRT_SOURCE", "TENSORRT_VERSION_CHECKED", "TOPK_MAX_K", "TRT_DTYPES",
+    "UNSUPPORTED_OPS", "CheckReport", "Finding", "OpCheck", "OpSpec", "check_directory", "check_model",
+    "check_path", "dtype_name", "format_report", "node_label", "tensor_nbytes",
+]
+
+Axes = dict[str, dict[str, set[int]]] | None  # graph file -> input name -> dynamic axes; None: no manifest
 
 
 def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int]] | None = None
@@ -36,7 +72,7 @@ def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int
     """
     path = Path(path)
     size = path.stat().st_size
-    if size >= limits.PROTOBUF_LIMIT_BYTES:
+    if size >= PROTOBUF_LIMIT_BYTES:
         finding = Finding(path.name, "-", "-", f"single protobuf of {size} bytes is over 2 GiB; "
                           "re-save it with external data (onnx.save_model("
                           "save_as_external_data=True))", "protobuf-size")
@@ -58,11 +94,11 @@ def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int
     return CheckReport(str(path), ctx.errors, ctx.warnings)
 
 
-def _check_listed_file(directory: Path, rel: str, manifest: Manifest) -> CheckReport:
+def _check_listed_file(directory: Path, rel: str, axes: Axes, manifest_ok: bool) -> CheckReport:
     path = directory / rel
-    axes = manifest.axes.get(rel) if manifest.axes else None
-    report = check_model(path, axes)
-    if manifest.axes is not None and axes is None and not manifest.findings:
+    file_axes = axes.get(rel) if axes else None
+    report = check_model(path, file_axes)
+    if axes is not None and file_axes is None and manifest_ok:
         note = Finding(path.name, "-", "-", "not listed in manifest.json; symbolic input dims "
                        "are only warnings", "manifest")
         report = dataclasses.replace(report, warnings=[note, *report.warnings])
@@ -74,17 +110,17 @@ def check_directory(directory: str | os.PathLike) -> list[CheckReport]:
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"{directory} is not a directory")
-    manifest = read_manifest(directory)
+    axes, problem = read_dynamic_axes(directory)
     files = {p.name for p in directory.glob("*.onnx") if p.is_file()}
-    problems = list(manifest.findings)
-    for rel in sorted(manifest.axes or {}):
+    problems = [Finding("manifest.json", "-", "-", problem, "manifest")] if problem else []
+    for rel in sorted(axes or {}):
         target = (directory / rel).resolve()
         if not target.is_relative_to(directory.resolve()) or not target.is_file():
             problems.append(Finding("manifest.json", rel, "-", f"manifest lists '{rel}', which "
                                     "is missing or outside the directory", "manifest"))
         else:
             files.add(rel)
-    reports = [_check_listed_file(directory, rel, manifest) for rel in sorted(files)]
+    reports = [_check_listed_file(directory, rel, axes, problem is None) for rel in sorted(files)]
     if problems:
         reports.append(CheckReport(str(directory / "manifest.json"), problems, []))
     return reports
@@ -103,5 +139,5 @@ def check_path(path: str | os.PathLike) -> list[CheckReport]:
         raise InputError(f"{path}: no such file or directory")
     if path.suffix != ".onnx":
         raise InputError(f"{path} is neither a directory nor a .onnx file")
-    manifest = read_manifest(path.parent)
-    return [check_model(path, (manifest.axes or {}).get(path.name))]
+    axes, _ = read_dynamic_axes(path.parent)
+    return [check_model(path, (axes or {}).get(path.name))]

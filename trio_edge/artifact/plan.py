@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .. import defaults
 from ..trio.schedule import Cut, Schedule
 
 
@@ -96,8 +97,22 @@ class PipelinePlan:
         return cls(**body)
 
 
+def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
+             max_new_tokens: int = defaults.MAX_NEW_TOKENS,
+             nms_iterations: int = defaults.NMS_ITERATIONS) -> PipelinePlan:
+    """The plan of a model adapter (models.llava) for a schedule, fixed grid and maxima."""
+    decoder = adapter.decoder
+    return make_plan(
+        num_layers=decoder.num_layers, num_image_tokens=adapter.image_token_count(grid), schedule=schedule,
+        max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,
+        num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
+        nms_iterations=nms_iterations,
+    )
+
+
 def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
-              hidden_size, num_kv_heads, head_dim, vocab_size, grid, nms_iterations=16) -> PipelinePlan:
+              hidden_size, num_kv_heads, head_dim, vocab_size, grid,
+              nms_iterations=defaults.NMS_ITERATIONS) -> PipelinePlan:
     schedule.validate(num_layers, num_image_tokens)
     bounds = [c.layer for c in schedule.cuts]
     starts = [0] + bounds

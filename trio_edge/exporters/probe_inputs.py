@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from ..runtime.backends.base import TORCH_DTYPES
-from ..runtime.graphs import GraphSpec
-from ..runtime.plan import PipelinePlan
+from ..artifact.dtypes import TORCH_DTYPES
+from ..artifact.graphs import GraphSpec
+from ..artifact.plan import PipelinePlan
 
 EXAMPLE_TEXT_TOKENS = 12  # text tokens around the image in example prompts
-
-
-def shape_ranges(spec: GraphSpec, plan: PipelinePlan) -> dict[str, tuple[int, int]]:
-    """Declared range of every dynamic axis (these become TensorRT optimization profiles)."""
-    image = plan.image_tokens_entering(spec.name)
-    if spec.kind in ("embed", "segment"):
-        return {"query": (1, plan.max_text_tokens + image)}
-    if spec.kind == "select":
-        return {"seq": (image + 5, plan.max_text_tokens + image)}
-    return {}
 
 
 def random_inputs(spec: GraphSpec, plan: PipelinePlan, *, seed: int, text_tokens: int = EXAMPLE_TEXT_TOKENS,

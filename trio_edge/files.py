@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import ArtifactError
+from .errors import ArtifactError
 
 log = logging.getLogger("trio_edge")
 

@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import assert_same_generations
 from PIL import Image
 
-from helpers import assert_same_generations
+from trio_edge import load
+from trio_edge.artifact.manifest import read_manifest
 from trio_edge.errors import ArtifactError, InputError
-from trio_edge.export.manifest import read_manifest
-from trio_edge.export.trt_check import check_directory
-from trio_edge.runtime.loader import load
+from trio_edge.exporters.trt_check import check_directory
 
 FORBIDDEN_OPS = {"Loop", "If", "NonZero", "Scan", "ScatterND", "ScatterElements", "Scatter"}
 WORDS = "what color is the circle square left right how many objects are there red blue shape".split()
@@ -34,23 +34,23 @@ def random_requests(count, seed):
 def test_export_writes_every_graph_with_static_selection(exported):
     name, directory, summary = exported
     manifest = read_manifest(directory)
-    plan = manifest["plan"]
-    expected = {"vision", "embed"} | {s["name"] for s in plan["segments"]} | {s["name"] for s in plan["selects"]}
-    assert set(manifest["graphs"]) == expected
-    assert len(plan["selects"]) == (1 if name == "one_cut" else 3)
-    for graph in manifest["graphs"].values():
-        model = onnx.load(str(directory / graph["file"]))
+    plan = manifest.plan
+    expected = {"vision", "embed"} | {s.name for s in plan.segments} | {s.name for s in plan.selects}
+    assert set(manifest.graphs) == expected
+    assert len(plan.selects) == (1 if name == "one_cut" else 3)
+    for graph in manifest.graphs.values():
+        model = onnx.load(str(directory / graph.file))
         ops = {node.op_type for node in model.graph.node}
-        assert not ops & FORBIDDEN_OPS, f"{graph['file']} has {ops & FORBIDDEN_OPS}"
-        if graph["kind"] == "select":
+        assert not ops & FORBIDDEN_OPS, f"{graph.file} has {ops & FORBIDDEN_OPS}"
+        if graph.kind == "select":
             kept = next(o for o in model.graph.output if o.name == "kept")
-            assert [d.dim_value for d in kept.type.tensor_type.shape.dim] == [graph["outputs"][0]["shape"][0]]
+            assert [d.dim_value for d in kept.type.tensor_type.shape.dim] == [graph.outputs[0]["shape"][0]]
     # validation ran on every graph, random and recorded-request cases, and passed
-    validated = {row["graph"] for row in manifest["validation"]}
+    validated = {row["graph"] for row in manifest.validation}
     assert validated == expected
-    assert {row["case"] for row in manifest["validation"]} >= {"random-prefill", "random-decode", "request-prefill"}
-    assert all(row["ok"] for row in manifest["validation"])
-    assert 1.0 < manifest["weights"]["ratio"] == pytest.approx(summary.weight_ratio)
+    assert {row["case"] for row in manifest.validation} >= {"random-prefill", "random-decode", "request-prefill"}
+    assert all(row["ok"] for row in manifest.validation)
+    assert 1.0 < manifest.weights["ratio"] == pytest.approx(summary.weight_ratio)
 
 
 def test_onnx_pipeline_matches_torch_pipeline_on_20_requests(exported):
@@ -114,7 +114,7 @@ def test_no_manifest_is_not_an_export(tmp_path):
 
 
 def test_export_refuses_to_overwrite_without_force(one_cut_dir, export_model):
-    from trio_edge.export.exporter import export
+    from trio_edge.exporters.export import export
 
     with pytest.raises(InputError, match="--force"):
         export(export_model.source, one_cut_dir, cuts="1:40", loaded=export_model, progress=False)
@@ -127,14 +127,16 @@ def test_prompt_longer_than_export_maximum_names_the_flag(one_cut_dir):
         pipeline.generate(image, " ".join(["red"] * 80), max_new_tokens=2)
 
 
+@pytest.mark.slow
 def test_unconverged_cluster_nms_falls_back_to_exact_greedy(export_model, tmp_path):
     """With 1 unrolled iteration and a low threshold the graph cannot converge; the runtime must still
     select exactly what the greedy reference selects (the torch pipeline with ample iterations)."""
-    from trio_edge.export.exporter import export
+    import dataclasses
+
+    from trio_edge.exporters.export import export
     from trio_edge.models.split import build_modules
     from trio_edge.runtime.backends.torch_backend import TorchBackend
     from trio_edge.runtime.pipeline import Pipeline
-    import dataclasses
 
     directory = tmp_path / "low-iter"
     export(export_model.source, directory, cuts="1:30", threshold=0.2, nms_iterations=1, loaded=export_model,
@@ -158,7 +160,7 @@ def test_unconverged_cluster_nms_falls_back_to_exact_greedy(export_model, tmp_pa
 def test_unpruned_onnx_pipeline_matches_transformers_generate(export_model, tmp_path):
     """The whole exported chain (vision, embed, one segment graph, decode through the same graph) against
     transformers' own greedy generate, pruning off."""
-    from trio_edge.export.exporter import export
+    from trio_edge.exporters.export import export
 
     directory = tmp_path / "full"
     export(export_model.source, directory, loaded=export_model, max_text_tokens=48, max_new_tokens=10,

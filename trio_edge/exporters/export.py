@@ -14,21 +14,27 @@ from pathlib import Path
 
 import torch
 
+from .. import defaults
+from ..artifact.dtypes import TORCH_DTYPES, VALIDATION_TOLERANCES, export_dtype
+from ..artifact.graphs import GraphKind, GraphSpec, graph_specs, shape_ranges
+from ..artifact.manifest import GraphEntry, IOInfo, Manifest, ModelInfo, library_versions, write_manifest
+from ..artifact.plan import plan_for
 from ..errors import ExportError, InputError
-from ..models.split import build_modules, plan_for
-from ..runtime.graphs import GraphSpec, graph_specs
-from .files import atomic_directory
-from .manifest import library_versions, write_manifest
-from .onnx_export import compare_outputs, export_graph, run_onnx, validation_dtype_tolerance
-from .probe_inputs import example_inputs, random_inputs, recorded_request_inputs, shape_ranges
+from ..files import atomic_directory
+from ..models.split import build_modules
+from .onnx_graph import compare_outputs, export_graph, run_onnx
+from .probe_inputs import example_inputs, random_inputs, recorded_request_inputs
 
-DTYPES = {"fp32": "float32", "fp16": "float16"}
+EXPORTABLE_METHODS = ("trio",)  # selection rules with an in-graph export
 
 
 @dataclass
-class ExportSummary:
+class ExportInfo:
+    """What trio-export wrote: the directory, every graph's manifest entry, validation rows, the weight ratio,
+    the schedule, wall time and peak host memory; `table()` is the CLI's summary."""
+
     directory: Path
-    graphs: dict[str, dict]
+    graphs: dict[str, GraphEntry]
     validation: list[dict]
     weight_ratio: float
     schedule: str
@@ -45,7 +51,7 @@ class ExportSummary:
         for name, graph in self.graphs.items():
             v = worst.get(name)
             diffs = f"{v['max_abs']:>13.2e}  {v['max_rel']:>13.2e}  {'yes' if v['ok'] else 'NO'}" if v else f"{'-':>13}  {'-':>13}  skipped"
-            lines.append(f"{name:<22}{graph['kind']:<9}{graph['bytes'] / 1e6:>9.2f}  {diffs}")
+            lines.append(f"{name:<22}{graph.kind.value:<9}{graph.bytes / 1e6:>9.2f}  {diffs}")
         lines.append(f"schedule: {self.schedule}")
         lines.append(f"artifact bytes / model parameter bytes: {self.weight_ratio:.3f}")
         lines.append(f"export took {self.seconds:.1f} s, peak host RSS {self.peak_rss_bytes / 2**30:.2f} GiB")
@@ -60,73 +66,70 @@ def _progress(iterable, enabled: bool, desc: str):
     return tqdm(iterable, desc=desc, unit="graph", leave=False)
 
 
-def export(model: str, output_dir: str | Path, *, cuts: str | None = None, keep_ratio: float | None = None,
-           schedule_file: str | None = None, grid: str | None = None, dtype: str = "fp32",
-           max_text_tokens: int = 128, max_new_tokens: int = 64, positions: str | None = None,
-           threshold: float | None = None, precision: str | None = None, opset: int = 18, nms_iterations: int = 32,
-           force: bool = False,
-           validate: bool = True, progress: bool = True, loaded=None) -> ExportSummary:
-    """Export `model` (alias, hub id or directory) with TRIO selection inside the graphs; see trio-export --help."""
+def export(model, output, *, cuts: str | None = None, keep_ratio: float | None = None,
+           schedule_file: str | None = None, method: str = defaults.METHOD, grid: str | None = None,
+           dtype: str = defaults.DTYPE, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
+           max_new_tokens: int = defaults.MAX_NEW_TOKENS, positions: str | None = None, threshold: float | None = None,
+           precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,
+           force: bool = False, validate: bool = True, progress: bool = True, loaded=None) -> ExportInfo:
+    """Export `model` (alias, hub id or directory) with the selection rule inside the graphs; see trio-export --help."""
     from ..models.registry import load
 
     started = time.perf_counter()
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    tensor_dtype = export_dtype(dtype)
+    if method not in EXPORTABLE_METHODS:
+        raise InputError(f"--method {method} cannot be exported; exportable: {', '.join(EXPORTABLE_METHODS)}")
     if max_text_tokens < 8 or max_new_tokens < 1:
         raise InputError("--max-text-tokens must be at least 8 and --max-new-tokens at least 1")
-    output_dir = Path(output_dir)
+    output_dir = Path(output)
     if output_dir.exists() and not force:
         raise InputError(f"{output_dir} already exists; pass --force to replace it")
-    loaded = loaded or load(model, dtype=getattr(torch, DTYPES[dtype]))
+    loaded = loaded or load(model, dtype=TORCH_DTYPES[tensor_dtype])
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
     schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file,
                                 positions=positions, threshold=threshold, precision=precision)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
                     max_new_tokens=max_new_tokens, nms_iterations=nms_iterations)
-    specs = graph_specs(plan, tile_count=adapter.tile_count(grid_wh), tile_size=adapter.tile_size, dtype=DTYPES[dtype])
-    modules = build_modules(adapter, plan)
+    io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size)
+    specs = graph_specs(plan, tile_count=io.tile_count, tile_size=io.tile_size, dtype=tensor_dtype)
+    modules = build_modules(adapter, plan, method=method)
 
     with atomic_directory(output_dir, overwrite=force) as tmp:
         graphs = _export_all(modules, specs, plan, tmp, opset, progress)
-        validation = _validate_all(modules, specs, plan, adapter, tmp, dtype, progress) if validate else []
+        validation = _validate_all(modules, specs, plan, adapter, tmp, tensor_dtype, progress) if validate else []
         loaded.processor.save_pretrained(tmp)
         loaded.model.config.save_pretrained(tmp)
         param_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-        graph_bytes = sum(g["bytes"] for g in graphs.values())
-        body = {
-            "tool": {"name": "trio-edge", **library_versions()},
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {"name": model, "source": loaded.source, "revision": loaded.revision,
-                      "architecture": type(loaded.model).__name__, "family": adapter.family, "dtype": DTYPES[dtype]},
-            "io": {"image_token_id": adapter.image_token_id, "stop_token_ids": adapter.stop_token_ids(),
-                   "tile_count": adapter.tile_count(grid_wh), "tile_size": adapter.tile_size},
-            "plan": plan.to_dict(),
-            "opset": opset,
-            "graphs": graphs,
-            "weights": {"model_parameter_bytes": param_bytes, "graph_bytes": graph_bytes,
-                        "ratio": graph_bytes / param_bytes},
-            "validation": validation,
-        }
-        write_manifest(tmp, body, progress=progress)
+        graph_bytes = sum(g.bytes for g in graphs.values())
+        manifest = Manifest(
+            tool={"name": "trio-edge", **library_versions()},
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            model=ModelInfo(str(model), loaded.source, loaded.revision, type(loaded.model).__name__, adapter.family,
+                            tensor_dtype),
+            io=io, plan=plan, opset=opset, graphs=graphs,
+            weights={"model_parameter_bytes": param_bytes, "graph_bytes": graph_bytes,
+                     "ratio": graph_bytes / param_bytes},
+            validation=validation,
+        )
+        write_manifest(tmp, manifest, progress=progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    summary = ExportSummary(output_dir, graphs, validation, graph_bytes / param_bytes,
-                            schedule.describe(plan.num_layers, plan.num_image_tokens), time.perf_counter() - started, peak)
-    return summary
+    return ExportInfo(output_dir, graphs, validation, graph_bytes / param_bytes,
+                      schedule.describe(plan.num_layers, plan.num_image_tokens), time.perf_counter() - started, peak)
 
 
-def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, opset: int, progress: bool) -> dict:
+def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, opset: int,
+                progress: bool) -> dict[str, GraphEntry]:
     graphs = {}
     for name in _progress(list(specs), progress, "export"):
         spec = specs[name]
         path = directory / f"{name}.onnx"
-        export_graph(modules[name], spec, example_inputs(spec, plan), shape_ranges(spec, plan), path,
-                     opset=opset, needs_joint_trace=spec.kind == "select")
+        ranges = shape_ranges(spec, plan)
+        export_graph(modules[name], spec, example_inputs(spec, plan), ranges, path,
+                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT)
         size = sum(p.stat().st_size for p in directory.glob(f"{name}.onnx*"))
-        graphs[name] = {"file": path.name, "kind": spec.kind, "bytes": size,
-                        "inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs],
-                        # declared range of each named dynamic axis: the TensorRT optimization profile
-                        "dynamic_ranges": {axis: list(bounds) for axis, bounds in shape_ranges(spec, plan).items()}}
+        graphs[name] = GraphEntry(path.name, spec.kind, size, tuple(t.to_dict() for t in spec.inputs),
+                                  tuple(t.to_dict() for t in spec.outputs), ranges)
     return graphs
 
 
@@ -134,8 +137,8 @@ def _validate_all(modules, specs, plan, adapter, directory: Path, dtype: str, pr
     """Every graph vs its PyTorch module in ONNX Runtime CPU; raise naming the graph/output on mismatch."""
     import onnxruntime as ort
 
-    atol, rtol = validation_dtype_tolerance(DTYPES[dtype])
-    cases = recorded_request_inputs(modules, specs, plan, adapter, DTYPES[dtype])
+    atol, rtol = VALIDATION_TOLERANCES[dtype]
+    cases = recorded_request_inputs(modules, specs, plan, adapter, dtype)
     rows = []
     for name in _progress(list(specs), progress, "validate"):
         spec = specs[name]

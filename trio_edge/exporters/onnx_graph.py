@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..artifact.graphs import GraphSpec
 from ..errors import ExportError
-from ..runtime.backends.base import TORCH_DTYPES
-from ..runtime.graphs import GraphSpec
 
 # Graphs whose weights exceed this are written with external data (protobuf's limit is 2 GiB).
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -104,7 +103,3 @@ def compare_outputs(spec: GraphSpec, expected: dict, actual: dict, *, atol: floa
             row.update(max_abs=0.0 if equal else float("inf"), max_rel=0.0 if equal else float("inf"), ok=equal)
         rows.append(row)
     return rows
-
-
-def validation_dtype_tolerance(dtype: str) -> tuple[float, float]:
-    return (1e-4, 1e-4) if TORCH_DTYPES[dtype] == torch.float32 else (2e-2, 2e-2)

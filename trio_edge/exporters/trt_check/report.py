@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trio_edge.export.trt_check.limits import TENSORRT_VERSION_CHECKED
+from .rules import TENSORRT_VERSION_CHECKED
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Tests for the TensorRT-readiness checker (trio_edge.export.trt_check) and trio-check."""
+"""Tests for the TensorRT-readiness checker (trio_edge.exporters.trt_check) and trio-check."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trio_edge.cli.check import main
-from trio_edge.export import trt_check
-from trio_edge.export.trt_check import (
+from trio_edge.exporters import trt_check
+from trio_edge.exporters.trt_check import (
     OPS,
     TOPK_MAX_K,
     UNSUPPORTED_OPS,
@@ -281,7 +281,7 @@ def test_opset_out_of_range_fails(tmp_path):
 
 def test_protobuf_over_limit_fails(tmp_path, monkeypatch):
     path = _clean_model(tmp_path / "big.onnx")
-    monkeypatch.setattr(trt_check.limits, "PROTOBUF_LIMIT_BYTES", 64)
+    monkeypatch.setattr(trt_check, "PROTOBUF_LIMIT_BYTES", 64)
     report = check_model(path)
     assert [f.rule for f in report.errors] == ["protobuf-size"]
     assert "2 GiB" in report.errors[0].message

@@ -1,0 +1,67 @@
+"""trio-edge: export LLaVA-family VLMs to ONNX / TensorRT with visual-token selection inside the graphs, and run
+them with fixed pruned-token shapes on edge GPUs.
+
+    import trio_edge
+
+    info = trio_edge.export("trio-tiny", "exports/trio-tiny", keep_ratio=0.111)   # graphs + manifest
+    with trio_edge.load("exports/trio-tiny") as pipeline:                        # ONNX Runtime, CPU
+        result = pipeline.generate("cat.png", "what color is the cat?")
+        print(result.text, result.kept, result.timings["ttft"])
+
+`export` and `load` take the same options as `trio-export` and `trio-run`, with the same defaults
+(`trio_edge.defaults`). Heavy modules (torch, transformers, onnx) are imported on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    ExportError,
+    InputError,
+    ModelNotFoundError,
+    ScheduleError,
+    TrioEdgeError,
+    UnsupportedModelError,
+)
+from .trio.schedule import Cut, Schedule, resolve_schedule, schedule_for_ratio
+
+try:
+    __version__ = version("trio-edge")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"
+
+# public name -> (module, attribute), imported on first access (PEP 562)
+_LAZY = {
+    "export": ("trio_edge.exporters.export", "export"),
+    "ExportInfo": ("trio_edge.exporters.export", "ExportInfo"),
+    "load": ("trio_edge.runtime.open", "open_pipeline"),
+    "Pipeline": ("trio_edge.runtime.pipeline", "Pipeline"),
+    "GenerationResult": ("trio_edge.runtime.pipeline", "GenerationResult"),
+    "TokenStream": ("trio_edge.runtime.pipeline", "TokenStream"),
+    "StreamedToken": ("trio_edge.runtime.pipeline", "StreamedToken"),
+    "select_tokens": ("trio_edge.trio.selection", "select_tokens"),
+}
+
+__all__ = [
+    "export", "ExportInfo", "load", "Pipeline", "GenerationResult", "TokenStream", "StreamedToken",
+    "select_tokens", "Schedule", "Cut", "schedule_for_ratio", "resolve_schedule",
+    "TrioEdgeError", "InputError", "ScheduleError", "ModelNotFoundError", "UnsupportedModelError", "ExportError",
+    "ArtifactError", "BackendUnavailableError", "__version__",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(import_module(module), attribute)
+        globals()[name] = value  # later accesses skip this hook
+        return value
+    raise AttributeError(f"module 'trio_edge' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

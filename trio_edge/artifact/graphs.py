@@ -1,0 +1,114 @@
+"""Graph signatures of a plan: kinds, inputs/outputs with static and named dynamic axes, the declared range
+of every dynamic axis (TensorRT optimization profiles) and the typical lengths profiles are tuned for.
+
+One definition shared by export and runtime. A dimension is an int (static) or a name (dynamic: text
+length, query length, pruned length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .plan import PipelinePlan
+
+QUERY_AXIS = "query"  # embed and segment graphs: 1 (decode) .. prompt length (prefill)
+SEQ_AXIS = "seq"  # select graphs: the sequence entering the cut
+PRUNED_AXIS = "pruned_seq"  # select graphs' outputs: seq - image tokens entering + kept
+TYPICAL_TEXT_TOKENS = 64  # prompt text around the image that prefill profiles are tuned for
+MIN_TEXT_AFTER_IMAGE = 5  # the proxy supervises positions S-5..S-2: a select needs that much text
+
+
+class GraphKind(str, Enum):
+    VISION = "vision"
+    EMBED = "embed"
+    SEGMENT = "segment"
+    SELECT = "select"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "float32" | "float16" | "int64" | "bool" (artifact.dtypes)
+    shape: tuple  # ints and axis names
+
+    def dynamic_axes(self) -> list[int]:
+        return [i for i, d in enumerate(self.shape) if isinstance(d, str)]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "dynamic_axes": self.dynamic_axes()}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    kind: GraphKind
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    derived_axes: tuple[tuple[str, str, int], ...] = ()  # (axis, source axis, offset): axis = source + offset
+
+    def output_shapes(self, input_shapes: dict[str, tuple]) -> dict[str, tuple]:
+        """Output shapes for given input shapes, so a runtime can allocate outputs before running."""
+        dims = {}
+        for tensor in self.inputs:
+            for axis in tensor.dynamic_axes():
+                dims[tensor.shape[axis]] = int(input_shapes[tensor.name][axis])
+        for axis, source, offset in self.derived_axes:
+            dims[axis] = dims[source] + offset
+        return {t.name: tuple(dims[d] if isinstance(d, str) else d for d in t.shape) for t in self.outputs}
+
+
+def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: str) -> dict[str, GraphSpec]:
+    d, m, v = plan.hidden_size, plan.num_image_tokens, plan.vocab_size
+    q = QUERY_AXIS
+    specs = [
+        GraphSpec("vision", GraphKind.VISION,
+                  (TensorSpec("pixel_values", dtype, (tile_count, 3, tile_size, tile_size)),),
+                  (TensorSpec("image_features", dtype, (m, d)),)),
+        GraphSpec("embed", GraphKind.EMBED,
+                  (TensorSpec("input_ids", "int64", (1, q)), TensorSpec("image_features", dtype, (m, d))),
+                  (TensorSpec("hidden", dtype, (1, q, d)),)),
+    ]
+    for seg in plan.segments:
+        kv = TensorSpec("kv", dtype, plan.kv_shape(seg))
+        head = TensorSpec("logits", dtype, (1, v)) if seg.with_head else TensorSpec("hidden_out", dtype, (1, q, d))
+        specs.append(GraphSpec(
+            seg.name, GraphKind.SEGMENT,
+            (TensorSpec("hidden", dtype, (1, q, d)), TensorSpec("position_ids", "int64", (1, q)),
+             TensorSpec("past_length", "int64", ()), kv),
+            (head, TensorSpec("kv_out", dtype, plan.kv_shape(seg))),
+        ))
+    for sel in plan.selects:
+        specs.append(GraphSpec(
+            sel.name, GraphKind.SELECT,
+            (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)), TensorSpec("position_ids", "int64", (1, SEQ_AXIS)),
+             TensorSpec("image_start", "int64", ())),
+            (TensorSpec("kept", "int64", (sel.keep,)), TensorSpec("converged", "bool", ()),
+             TensorSpec("hidden_out", dtype, (1, PRUNED_AXIS, d)),
+             TensorSpec("position_ids_out", "int64", (1, PRUNED_AXIS)),
+             TensorSpec("saliency", "float32", (sel.tokens_in,))),
+            derived_axes=((PRUNED_AXIS, SEQ_AXIS, sel.keep - sel.tokens_in),),
+        ))
+    return {spec.name: spec for spec in specs}
+
+
+def shape_ranges(spec: GraphSpec, plan: PipelinePlan) -> dict[str, tuple[int, int]]:
+    """Declared (min, max) of every dynamic axis of a graph: recorded in the manifest, checked by the
+    runtime, and the bounds of TensorRT's optimization profiles."""
+    image = plan.image_tokens_entering(spec.name)
+    if spec.kind in (GraphKind.EMBED, GraphKind.SEGMENT):
+        return {QUERY_AXIS: (1, plan.max_text_tokens + image)}
+    if spec.kind == GraphKind.SELECT:
+        return {SEQ_AXIS: (image + MIN_TEXT_AFTER_IMAGE, plan.max_text_tokens + image)}
+    return {}
+
+
+def typical_lengths(plan: PipelinePlan, graph: str, kind: GraphKind) -> dict[str, int]:
+    """Typical value of each dynamic axis of `graph` (what prefill profiles are tuned for): image tokens
+    entering it + TYPICAL_TEXT_TOKENS."""
+    typical = min(TYPICAL_TEXT_TOKENS, plan.max_text_tokens) + plan.image_tokens_entering(graph)
+    if kind in (GraphKind.EMBED, GraphKind.SEGMENT):
+        return {QUERY_AXIS: typical}
+    if kind == GraphKind.SELECT:
+        return {SEQ_AXIS: typical}
+    return {}

@@ -1,0 +1,27 @@
+"""One table of defaults, shared by every command and the Python API (they must never disagree).
+
+No schedule given means no pruning, everywhere: trio-export writes the unpruned graphs, trio-run and
+trio-bench run the unpruned pipeline. Pass --keep-ratio 0.111 (or --cuts / --schedule-file) for TRIO.
+"""
+
+from __future__ import annotations
+
+# ---- export shape maxima (the runtime refuses requests beyond them) ---------------------------------------
+MAX_TEXT_TOKENS = 128  # longest prompt text around the image, in tokens
+MAX_NEW_TOKENS = 64  # longest answer, in tokens
+
+# ---- selection ----------------------------------------------------------------------------------------------
+NMS_THRESHOLD = 0.8  # TRIO's feature-similarity threshold (cosine >= it suppresses)
+NMS_ITERATIONS = 32  # Cluster-NMS steps unrolled in exported select graphs (host fallback beyond)
+POSITIONS = "renumber"  # positions after a cut: renumbered 0..S'-1 as LLaVA's released code does
+SELECT_PRECISION = "fp32"  # select stages in fp32: the kept set equals the fp32 reference exactly
+METHOD = "trio"  # the selection rule of every cut
+
+# ---- export -------------------------------------------------------------------------------------------------
+DTYPE = "fp32"
+OPSET = 18
+
+# ---- runtime ------------------------------------------------------------------------------------------------
+EXPORT_BACKEND = "onnxruntime"  # an export directory runs its graphs here unless told otherwise
+MODEL_BACKEND = "torch"  # a model (not an export) runs the PyTorch reference pipeline
+DEVICE = "cpu"

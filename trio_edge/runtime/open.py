@@ -1,0 +1,149 @@
+"""open_pipeline: the one way to open a pipeline, used by every command, trio_edge.load and the server.
+
+An export directory runs its graphs on a backend (onnxruntime by default, tensorrt after trio-build, or
+torch: the exported plan rebuilt as PyTorch modules); a model (alias, Hugging Face id, local directory, or
+an already loaded `models.registry.LoadedModel`) runs the PyTorch reference pipeline with a schedule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import defaults
+from ..artifact.graphs import graph_specs
+from ..artifact.manifest import Manifest, is_export_dir, read_manifest, safe_member
+from ..artifact.plan import plan_for
+from ..errors import ArtifactError, BackendUnavailableError, InputError
+from ..trio.schedule import Schedule
+from .backends import BACKENDS, check_device
+from .pipeline import Pipeline
+
+# options that only make sense for a model: an export fixed them when it was written
+MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "schedule_file", "positions", "threshold", "precision",
+                      "method", "grid", "max_text_tokens", "nms_iterations")
+
+
+def open_pipeline(source, *, backend: str | None = None, device: str = defaults.DEVICE,
+                  cuda_graphs: bool | None = None, threads: int | None = None, verify: bool = True,
+                  max_new_tokens: int | None = None, **model_options) -> Pipeline:
+    """A ready Pipeline for an export directory or a model (see the module docstring).
+
+    `backend`: default onnxruntime for an export, torch for a model (the only backend a model runs on).
+    `cuda_graphs`: replay captured CUDA graphs (torch backend on CUDA, TensorRT decode; default on there).
+    `max_new_tokens`: a model pipeline's longest answer (an export fixed its own).
+    `model_options` (models only): schedule (a Schedule) or cuts / keep_ratio / schedule_file with
+    positions / threshold / precision; method, seed, grid, max_text_tokens, nms_iterations.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_device(device)
+    if not _is_loaded_model(source) and _is_export(source):
+        given = sorted(k for k in MODEL_ONLY_OPTIONS if model_options.get(k) is not None)
+        if given or max_new_tokens is not None:
+            names = ", ".join(given + (["max_new_tokens"] if max_new_tokens is not None else []))
+            raise InputError(f"{names} are fixed at export; re-export {source} with trio-export to change them")
+        unknown = sorted(set(model_options) - set(MODEL_ONLY_OPTIONS) - {"seed"})
+        if unknown:
+            raise TypeError(f"open_pipeline got unexpected options {unknown}")
+        return open_export(source, backend=backend or defaults.EXPORT_BACKEND, device=device, cuda_graphs=cuda_graphs,
+                           threads=threads, verify=verify)
+    if backend not in (None, defaults.MODEL_BACKEND):
+        raise InputError(f"{source} is not an export directory; --backend {backend} needs one "
+                         f"(run trio-export {source} -o DIR first)")
+    given = {k: v for k, v in model_options.items() if v is not None}  # None: the default
+    return open_model(source, device=device, cuda_graphs=cuda_graphs,
+                      max_new_tokens=defaults.MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens, **given)
+
+
+def _is_loaded_model(source) -> bool:
+    return not isinstance(source, (str, Path))
+
+
+def _is_export(source) -> bool:
+    """An export directory, or a directory that is no model checkpoint either (e.g. a killed export's partial
+    directory): opening it as an export says what is missing."""
+    path = Path(source)
+    if is_export_dir(path):
+        return True
+    weights = any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
+    return path.is_dir() and not ((path / "config.json").is_file() and weights)
+
+
+def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: str = defaults.DEVICE,
+                cuda_graphs: bool | None = None, threads: int | None = None, verify: bool = True) -> Pipeline:
+    """An export directory's graphs on `backend`, with pre/post-processing from the export's own files."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, verify_hashes=verify)
+    specs = manifest.specs()
+    adapter = _io_adapter(directory)
+    if backend == "onnxruntime":
+        from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        files = {name: safe_member(directory, manifest.graphs[name].file) for name in specs}
+        engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads)
+    elif backend == "torch":
+        engine = _torch_backend_for(manifest, specs, device, cuda_graphs)
+    else:
+        from .backends.tensorrt_backend import TensorRTBackend
+
+        engine = TensorRTBackend.from_export(directory, manifest, specs, device=device,
+                                             cuda_graphs=cuda_graphs is not False)
+    return Pipeline(manifest.plan, engine, adapter, stop_token_ids=manifest.io.stop_token_ids,
+                    dtype=manifest.model.dtype)
+
+
+def _io_adapter(directory: Path):
+    """Pre/post-processing (tokenizer, image processor, prompt rules) from the export's own files."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from ..models.llava import adapter_for
+
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        processor = AutoProcessor.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{directory}: the model config or processor files cannot be read "
+                            f"({str(error).splitlines()[0]}); re-export with trio-export") from None
+    return adapter_for(config, processor)
+
+
+def _torch_backend_for(manifest: Manifest, specs, device, cuda_graphs):
+    """The PyTorch modules of the exported plan, rebuilt from the model the manifest names."""
+    from ..artifact.dtypes import TORCH_DTYPES
+    from ..models.registry import load as load_model
+    from ..models.split import build_modules
+    from .backends.torch_backend import TorchBackend
+
+    loaded = load_model(manifest.model.source, dtype=TORCH_DTYPES[manifest.model.dtype])
+    return TorchBackend(specs, build_modules(loaded.adapter, manifest.plan, runtime_form=True), device=device,
+                        cuda_graphs=cuda_graphs)
+
+
+def open_model(model, schedule: Schedule | None = None, *, grid=None, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
+               max_new_tokens: int = defaults.MAX_NEW_TOKENS, device: str = defaults.DEVICE,
+               method: str = defaults.METHOD, seed: int = 0, nms_iterations: int = defaults.NMS_ITERATIONS,
+               cuda_graphs: bool | None = None, runtime_form: bool = True, **schedule_options) -> Pipeline:
+    """The PyTorch pipeline of a model (no export): the same stages the graphs run, in eager mode (CUDA graphs
+    on CUDA). `model` is a name or a loaded model; `schedule` a Schedule, or give the user options (cuts,
+    keep_ratio, schedule_file, positions, threshold, precision); neither means no pruning."""
+    from ..artifact.dtypes import dtype_name
+    from ..models.registry import load as load_model
+    from ..models.split import build_modules
+    from .backends.torch_backend import TorchBackend
+
+    check_device(device)
+    loaded = model if _is_loaded_model(model) else load_model(str(model))
+    adapter = loaded.adapter
+    grid = adapter.grid_for(grid) if grid is None or isinstance(grid, str) else tuple(grid)
+    adapter.validate_grid(grid)
+    if schedule is None:
+        schedule = adapter.schedule(grid, **{k: v for k, v in schedule_options.items() if v is not None})
+    elif any(v is not None for v in schedule_options.values()):
+        raise InputError("pass either a Schedule or schedule options (cuts, keep_ratio, ...), not both")
+    plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
+                    nms_iterations=nms_iterations)
+    dtype = dtype_name(next(loaded.model.parameters()).dtype)
+    specs = graph_specs(plan, tile_count=adapter.tile_count(grid), tile_size=adapter.tile_size, dtype=dtype)
+    modules = build_modules(adapter, plan, method=method, seed=seed, runtime_form=runtime_form)
+    backend = TorchBackend(specs, modules, device=device, cuda_graphs=cuda_graphs)
+    return Pipeline(plan, backend, adapter, stop_token_ids=adapter.stop_token_ids(), dtype=dtype)
