@@ -9,7 +9,7 @@ them with fixed pruned-token shapes on edge GPUs.
         print(result.text, result.kept, result.timings["ttft"])
 
 `export` and `load` take the same options as `trio-export` and `trio-run`, with the same defaults
-(`trio_edge.defaults`). Heavy modules (torch, transformers, onnx) are imported on first use.
+(`trio_edge.defaults`); `serve.run` / `serve.start` are `trio-serve`. Heavy modules (torch, transformers, onnx) are imported on first use.
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ _LAZY = {
     "TokenStream": ("trio_edge.runtime.pipeline", "TokenStream"),
     "StreamedToken": ("trio_edge.runtime.pipeline", "StreamedToken"),
     "select_tokens": ("trio_edge.trio.selection", "select_tokens"),
+    "serve": ("trio_edge.serve", None),  # the module: trio_edge.serve.run(...) is what trio-serve does
 }
 
 __all__ = [
     "export", "ExportInfo", "load", "Pipeline", "GenerationResult", "TokenStream", "StreamedToken",
-    "select_tokens", "Schedule", "Cut", "schedule_for_ratio", "resolve_schedule",
+    "select_tokens", "serve", "Schedule", "Cut", "schedule_for_ratio", "resolve_schedule",
     "TrioEdgeError", "InputError", "ScheduleError", "ModelNotFoundError", "UnsupportedModelError", "ExportError",
     "ArtifactError", "BackendUnavailableError", "__version__",
 ]
@@ -57,7 +58,7 @@ __all__ = [
 def __getattr__(name: str):
     if name in _LAZY:
         module, attribute = _LAZY[name]
-        value = getattr(import_module(module), attribute)
+        value = import_module(module) if attribute is None else getattr(import_module(module), attribute)
         globals()[name] = value  # later accesses skip this hook
         return value
     raise AttributeError(f"module 'trio_edge' has no attribute {name!r}")

@@ -25,3 +25,12 @@ OPSET = 18
 EXPORT_BACKEND = "onnxruntime"  # an export directory runs its graphs here unless told otherwise
 MODEL_BACKEND = "torch"  # a model (not an export) runs the PyTorch reference pipeline
 DEVICE = "cpu"
+
+# ---- trio-serve ---------------------------------------------------------------------------------------------
+SERVE_HOST = "127.0.0.1"  # local clients only unless told otherwise
+SERVE_PORT = 8000
+SERVE_MAX_QUEUE = 16  # requests that may wait while one runs; more get 429 with Retry-After
+SERVE_TIMEOUT = 120.0  # seconds from arrival to the last token (queue wait included)
+SERVE_MAX_BODY_MB = 32.0  # a request body (images travel base64-encoded inside it)
+SERVE_MAX_IMAGE_MB = 20.0  # one encoded image (OpenAI's own per-image limit)
+SERVE_MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels (the image is letterboxed to the export's small grid anyway)

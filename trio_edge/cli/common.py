@@ -82,6 +82,21 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
                             "near-tied tokens may differ)")
 
 
+def add_model_only_options(parser, source: str = "MODEL_OR_DIR"):
+    """The options of a model source that an export fixed: the schedule options and --grid. Returns the
+    argument group, for a command's own model-only options."""
+    group = parser.add_argument_group(f"when {source} is a model (PyTorch reference pipeline; an export fixed "
+                                      f"these; {NO_SCHEDULE})")
+    add_schedule_options(group)
+    group.add_argument("--grid", help="fixed image grid WIDTHxHEIGHT")
+    return group
+
+
+def model_only_options(args) -> dict:
+    """What add_model_only_options parsed, as keyword arguments of open_pipeline (None = not given)."""
+    return {**schedule_options(args), "method": args.method, "grid": args.grid}
+
+
 def schedule_options(args) -> dict:
     """The schedule options as keyword arguments (None = not given)."""
     return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "schedule_file": args.schedule_file,

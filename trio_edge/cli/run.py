@@ -12,7 +12,7 @@ import json
 import sys
 
 from .. import defaults
-from .common import PROMPT_HELP, add_device_options, add_schedule_options, cli_entry, schedule_options
+from .common import PROMPT_HELP, add_device_options, add_model_only_options, cli_entry, model_only_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     parser.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, kept, timings)")
-    model_only = parser.add_argument_group("when MODEL_OR_DIR is a model (PyTorch reference pipeline; an export "
-                                           "fixed these; none given = no pruning)")
-    add_schedule_options(model_only)
-    model_only.add_argument("--grid", help="fixed image grid WIDTHxHEIGHT")
+    add_model_only_options(parser)
     return parser
 
 
@@ -42,7 +39,7 @@ def main(argv=None):
     from ..artifact.manifest import is_export_dir
     from ..runtime.open import open_pipeline
 
-    model_options = {**schedule_options(args), "method": args.method, "grid": args.grid}
+    model_options = model_only_options(args)
     is_export = is_export_dir(args.model)
     with open_pipeline(args.model, backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs,
                        max_new_tokens=None if is_export else args.max_new_tokens, **model_options) as pipeline:

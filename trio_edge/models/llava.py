@@ -23,6 +23,15 @@ REFERENCE_KEEP_WEIGHTS = (92 / 576, 54 / 576, 22 / 576)
 def checked_prompt(prompt) -> str:
     """The prompt as valid text: UTF-8 bytes are decoded; other bytes, lone surrogates (argv that was not
     UTF-8), non-text and empty prompts raise InputError."""
+    prompt = checked_text(prompt)
+    if not prompt.strip():
+        raise InputError("the prompt is empty; pass a question or instruction with --prompt")
+    return prompt
+
+
+def checked_text(prompt) -> str:
+    """Text that may be empty: UTF-8 bytes are decoded; other bytes, lone surrogates and non-text raise
+    InputError."""
     if isinstance(prompt, (bytes, bytearray)):
         try:
             prompt = bytes(prompt).decode("utf-8")
@@ -39,8 +48,6 @@ def checked_prompt(prompt) -> str:
                 else f"lone surrogate U+{ord(bad):04X}")
         raise InputError(f"the prompt is not valid UTF-8 text ({what} at character {error.start}); pass UTF-8 "
                          "text (check the terminal's or the file's encoding, e.g. LANG=C.UTF-8)") from None
-    if not prompt.strip():
-        raise InputError("the prompt is empty; pass a question or instruction with --prompt")
     return prompt
 
 
@@ -67,7 +74,9 @@ class LlavaAdapter:
     """LLaVA-1.5 (LlavaForConditionalGeneration): one square tile, no anyres packing."""
 
     family = "llava-1.5"
-    default_template = "USER: <image>\n{prompt} ASSISTANT:"
+    # Without a chat template: LLaVA's released vicuna_v1 conversation (its system line only when one is
+    # given), 'USER: <image>\n{prompt} ASSISTANT:' for one question; see format_conversation.
+    conversation_roles = {"user": "USER", "assistant": "ASSISTANT"}
 
     def __init__(self, config, processor, model=None):
         """`model` may be None where only pre/post-processing is needed (the runtime)."""
@@ -130,17 +139,59 @@ class LlavaAdapter:
 
     # ---- text side --------------------------------------------------------------------------------
     def format_prompt(self, prompt: str) -> str:
-        """Verbatim if it holds the image slot; else the chat template; else the family's default."""
+        """Verbatim if it holds the image slot; else one user turn [image, prompt] of format_conversation (the
+        chat template, else the family's default 'USER: <image>\n{prompt} ASSISTANT:')."""
         prompt = checked_prompt(prompt)
         slots = prompt.count(self.image_token)
         if slots > 1:
             raise InputError(f"the prompt has {slots} image slots ({self.image_token!r}); this model takes exactly one image")
         if slots == 1:
             return prompt
+        return self.format_conversation([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}])
+
+    def format_conversation(self, messages: list[dict]) -> str:
+        """A chat as prompt text with the image slot in place, ending where the assistant's answer starts.
+
+        `messages`: [{"role": "system" | "user" | "assistant", "content": [{"type": "text", "text": ...} |
+        {"type": "image"}, ...]}, ...], the last one the user's, exactly one image (in a user turn). The
+        processor's chat template if it has one; else LLaVA's vicuna_v1 conversation: 'SYSTEM USER: <image>\nQ
+        ASSISTANT: A</s>USER: Q2 ASSISTANT:' (the image first in its turn, as LLaVA's training data has it)."""
+        self._check_conversation(messages)
         if getattr(self.processor, "chat_template", None):
-            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        return self.default_template.format(prompt=prompt)
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        end_of_answer = self.processor.tokenizer.eos_token or ""
+        system = " ".join(_texts(m) for m in messages if m["role"] == "system")
+        text = f"{system} " if system else ""
+        for message in messages:
+            if message["role"] == "system":
+                continue
+            content = _texts(message, "\n")
+            if any(part["type"] == "image" for part in message["content"]):
+                content = f"{self.image_token}\n{content}"
+            role = self.conversation_roles[message["role"]]
+            text += f"{role}: {content} " if message["role"] == "user" else f"{role}: {content}{end_of_answer}"
+        return text + f"{self.conversation_roles['assistant']}:"
+
+    def _check_conversation(self, messages: list[dict]) -> None:
+        if not messages or messages[-1].get("role") != "user":
+            raise InputError("the conversation must end with a user message (the question to answer)")
+        images = 0
+        for message in messages:
+            role = message.get("role")
+            if role not in ("system", "user", "assistant"):
+                raise InputError(f"unknown message role {role!r}; use system, user or assistant")
+            for part in message["content"]:
+                if part["type"] == "image":
+                    if role != "user":
+                        raise InputError(f"the image is in a {role} message; send it in a user message")
+                    images += 1
+                elif self.image_token in checked_text(part["text"]):
+                    raise InputError(f"message text contains the image slot {self.image_token!r}; send the image as "
+                                     "an image part instead")
+        if images != 1:
+            raise InputError(f"the conversation has {images} images; this model takes exactly one")
+        if not any(_texts(m).strip() for m in messages if m["role"] == "user"):
+            raise InputError("the user messages have no text; ask a question or give an instruction about the image")
 
     def prompt_ids(self, prompt: str, num_image_tokens: int) -> torch.Tensor:
         """Prompt -> input ids (1, S) with the image slot expanded to `num_image_tokens` tokens."""
@@ -214,6 +265,10 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def tile_count(self, grid: tuple[int, int]) -> int:
         return (grid[0] // self.tile_size) * (grid[1] // self.tile_size) + 1  # + the base tile
+
+
+def _texts(message: dict, separator: str = " ") -> str:
+    return separator.join(part["text"] for part in message["content"] if part["type"] == "text")
 
 
 ADAPTERS = {

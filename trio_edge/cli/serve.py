@@ -1,0 +1,68 @@
+"""trio-serve EXPORT_DIR_OR_MODEL: an OpenAI-compatible HTTP server answering questions about one image.
+
+POST /v1/chat/completions (OpenAI's schema: messages with text and one image_url data URL; stream=true for
+server-sent events), GET /v1/models, GET /health (200 once the graphs are loaded, 503 before), GET /metrics
+(Prometheus). One pipeline answers one request at a time; others wait in a FIFO queue (429 with Retry-After
+when it is full). Binds 127.0.0.1 unless --host says otherwise. SIGTERM or Ctrl-C: stop accepting
+connections, answer the requests in flight, exit. Sampling defaults to greedy, as trio-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .. import defaults
+from .common import add_device_options, add_model_only_options, cli_entry, model_only_options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trio-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
+    add_device_options(parser)
+    http = parser.add_argument_group("HTTP")
+    http.add_argument("--host", default=defaults.SERVE_HOST, help=f"address to bind (default {defaults.SERVE_HOST}: "
+                                                                  "this machine only; 0.0.0.0 for every interface)")
+    http.add_argument("--port", type=int, default=defaults.SERVE_PORT, help=f"default {defaults.SERVE_PORT}; 0 = any "
+                                                                            "free port")
+    http.add_argument("--api-key", default=os.environ.get("TRIO_SERVE_API_KEY"),
+                      help="require 'Authorization: Bearer KEY' on /v1 (default: $TRIO_SERVE_API_KEY, else none)")
+    http.add_argument("--model-name", help="the model id clients send and /v1/models lists (default: the last "
+                                           "component of EXPORT_DIR_OR_MODEL)")
+    http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                      help="uvicorn's log level (warning: no access log)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-queue", type=int, default=defaults.SERVE_MAX_QUEUE,
+                        help=f"requests that may wait while one runs (default {defaults.SERVE_MAX_QUEUE}); more get 429")
+    limits.add_argument("--timeout", type=float, default=defaults.SERVE_TIMEOUT,
+                        help=f"seconds from arrival to the last token, queue wait included (default "
+                             f"{defaults.SERVE_TIMEOUT:g}); then 504, or an error event when streaming")
+    limits.add_argument("--max-body-mb", type=float, default=defaults.SERVE_MAX_BODY_MB,
+                        help=f"largest request body (default {defaults.SERVE_MAX_BODY_MB:g}); 413 above")
+    limits.add_argument("--max-image-mb", type=float, default=defaults.SERVE_MAX_IMAGE_MB,
+                        help=f"largest encoded image (default {defaults.SERVE_MAX_IMAGE_MB:g}); 413 above")
+    limits.add_argument("--max-image-pixels", type=int, default=defaults.SERVE_MAX_IMAGE_PIXELS,
+                        help=f"most decoded pixels (default {defaults.SERVE_MAX_IMAGE_PIXELS}); 400 above")
+    limits.add_argument("--allow-remote-images", action="store_true",
+                        help="also fetch http(s) image URLs (off by default: the server would fetch any URL a "
+                             "client names)")
+    model_only = add_model_only_options(parser, "EXPORT_DIR_OR_MODEL")
+    model_only.add_argument("--max-new-tokens", type=int, help=f"longest answer (default {defaults.MAX_NEW_TOKENS})")
+    return parser
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from ..serve import run
+
+    run(args.model, host=args.host, port=args.port, log_level=args.log_level, api_key=args.api_key,
+        model_name=args.model_name, max_queue=args.max_queue, timeout=args.timeout, max_body_mb=args.max_body_mb,
+        max_image_mb=args.max_image_mb, max_image_pixels=args.max_image_pixels,
+        allow_remote_images=args.allow_remote_images, backend=args.backend, device=args.device,
+        cuda_graphs=args.cuda_graphs, max_new_tokens=args.max_new_tokens, **model_only_options(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
