@@ -144,7 +144,8 @@ def main(argv=None):
                 bench.add_flops(reports[name], config, pipeline.plan, tiles)
     result = {"environment": bench.environment(backend, args.device), "command": command_line("trio-bench", argv),
               "schedule": pruned.plan.schedule.describe(pruned.plan.num_layers, pruned.plan.num_image_tokens),
-              "results": reports}
+              "weights": pruned.weight_format, "results": reports}
+    print(f"weights: {pruned.weight_format}")
     for name, report in reports.items():
         print(bench.format_report(report, name))
     if "pruned" in reports and "full" in reports:
