@@ -66,7 +66,7 @@ def test_int4_export_holds_shared_blocked_dq_weights(int4_export):
         inits = {t.name: t for t in model.graph.initializer}
         dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
         if entry.kind in ("vision", "embed"):
-            assert not dqs and entry.weights == {"format": "float32"}
+            assert not dqs and entry.weights["format"] == "float32"
             continue
         assert dqs and entry.weights["format"] == "int4" and entry.weights["quantized_tensors"] > 0
         for node in dqs:

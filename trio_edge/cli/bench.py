@@ -127,6 +127,7 @@ def _export_full_like(manifest, target: Path, progress: bool) -> Path:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from ..artifact.manifest import is_export_dir
     from ..models.preprocess import load_image
     from ..runtime import bench
 
@@ -151,6 +152,12 @@ def main(argv=None):
     if "pruned" in reports and "full" in reports:
         result["ratios"] = bench.compare(reports["pruned"], reports["full"])
         print("ratios (full / pruned, same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()))
+    if is_export_dir(args.model):  # weights + KV of this export against each Jetson Orin module
+        from ..artifact.manifest import read_manifest
+        from ..runtime.roofline import format_orin_fit, orin_fit_for_export
+
+        result["orin_fit"] = orin_fit_for_export(read_manifest(args.model, verify_hashes=False))
+        print(format_orin_fit(result["orin_fit"], pruned.weight_format))
     if args.trace:
         bench.write_chrome_trace(next(iter(reports.values())), args.trace)
     if args.plot:

@@ -21,7 +21,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from ..artifact.graphs import GraphKind
-from ..errors import ExportError
+from ..errors import ExportError, InputError
 from .onnx_graph import export_graph
 from .probe_inputs import example_inputs
 
@@ -40,12 +40,26 @@ class CalibrationRecorder:
         return self.inner.run(graph, inputs)
 
 
+CALIBRATION_SEED = 70_001  # synthetic calibration images: a split apart from the held-out one (90_001)
+
+
+def calibration_records(data: str, samples: int) -> list[dict]:
+    """`samples` records from the synthetic VQA generator ('synthetic') or a records folder."""
+    from ..data.synthetic_vqa import make_split, read_records
+
+    if data == "synthetic":
+        return make_split(samples, CALIBRATION_SEED)
+    records = read_records(data)  # InputError naming the folder when it is missing or malformed
+    if not records:
+        raise InputError(f"--calibration-data {data} holds no records; GPTQ needs calibration images")
+    return records[:samples]
+
+
 def gptq_codes(loaded, plan, specs, linears: dict, quantization, samples: int, *, method: str, progress: bool):
     """(codes_for(name, weight) -> (codes (K, N) int8, scales (K / block, N)), calibration record)."""
-    from ..calibration.data import load_records
     from ..models.split import build_modules
 
-    records = load_records(quantization.calibration["data"], n=samples)
+    records = calibration_records(quantization.calibration["data"], samples)
     modules = build_modules(loaded.adapter, plan, method=method)
     owners = _parameter_names(loaded.model, linears)
     graphs = [name for name, spec in specs.items() if spec.kind in (GraphKind.SEGMENT, GraphKind.VISION)
