@@ -116,11 +116,17 @@ def _export_full_like(manifest, target: Path, progress: bool) -> Path:
     """The unpruned export of the same model, grid, dtype and maxima as `manifest`'s."""
     from ..exporters.export import export
 
-    plan = manifest.plan
+    plan, quantization = manifest.plan, manifest.quantization
+    same_weights = {}
+    if quantization is not None:  # the same weight quantization, so the comparison is of pruning alone
+        same_weights = dict(weights=quantization.format, block_size=quantization.block_size,
+                            quant_method=quantization.method, quantize_lm_head=quantization.lm_head,
+                            quantize_vision=quantization.vision,
+                            calibration_data=(quantization.calibration or {}).get("data"))
     export(manifest.model.source, target, grid=f"{plan.grid[0]}x{plan.grid[1]}",
            dtype="fp16" if manifest.model.dtype == "float16" else "fp32",
            max_text_tokens=plan.max_text_tokens, max_new_tokens=plan.max_new_tokens, validate=False,
-           progress=progress)
+           progress=progress, **same_weights)
     return target
 
 

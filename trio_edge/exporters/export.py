@@ -100,6 +100,8 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
                                         calibration_data=calibration_data)
     if method not in EXPORTABLE_METHODS:
         raise InputError(f"--method {method} cannot be exported; exportable: {', '.join(EXPORTABLE_METHODS)}")
+    if calibration_samples < 1:
+        raise InputError(f"--calibration-samples must be at least 1, got {calibration_samples}")
     if max_text_tokens < 8 or max_new_tokens < 1:
         raise InputError("--max-text-tokens must be at least 8 and --max-new-tokens at least 1")
     output_dir = Path(output)

@@ -20,7 +20,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from ..artifact.graphs import GraphKind
+from ..artifact.graphs import GraphKind, shape_ranges
 from ..errors import ExportError, InputError
 from .onnx_graph import export_graph
 from .probe_inputs import example_inputs
@@ -69,8 +69,8 @@ def gptq_codes(loaded, plan, specs, linears: dict, quantization, samples: int, *
     with tempfile.TemporaryDirectory(prefix="trio-gptq-") as scratch:
         for name in graphs:
             path = Path(scratch) / f"{name}.onnx"
-            export_graph(modules[name], specs[name], example_inputs(specs[name], plan), {}, path, opset=18,
-                         needs_joint_trace=False)
+            export_graph(modules[name], specs[name], example_inputs(specs[name], plan), shape_ranges(specs[name], plan),
+                         path, opset=18, needs_joint_trace=False)
             local = {n: owners[id(p)] for n, p in modules[name].named_parameters() if id(p) in owners}
             found.update(_gptq_graph(path, local, inputs[name], specs[name], quantization))
     missing = sorted(set(linears) - set(found))
