@@ -179,3 +179,15 @@ def test_bad_quantization_options_fail_with_one_line_and_write_nothing(export_mo
 def test_gptq_without_data_is_an_input_error_from_python(export_model, tmp_path):
     with pytest.raises(InputError, match="needs calibration images"):
         export(export_model.source, tmp_path / "x", loaded=export_model, weights="int4", quant_method="gptq")
+
+
+def test_trio_run_prints_the_weight_format(int4_export, image, tmp_path, capsys):
+    import json
+
+    from trio_edge.cli.run import main as run_main
+
+    path = tmp_path / "image.png"
+    image.save(path)
+    assert run_main([str(int4_export[0]), "--image", str(path), "--prompt", "what color is it?", "--json",
+                     "--max-new-tokens", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["weights"] == "int4 (rtn, block 32)"

@@ -11,6 +11,8 @@ MatMulNBits' codes and scales back. The rest of the export treats them like roun
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -62,8 +64,8 @@ def gptq_codes(loaded, plan, specs, linears: dict, quantization, samples: int, *
     records = calibration_records(quantization.calibration["data"], samples)
     modules = build_modules(loaded.adapter, plan, method=method)
     owners = _parameter_names(loaded.model, linears)
-    graphs = [name for name, spec in specs.items() if spec.kind in (GraphKind.SEGMENT, GraphKind.VISION)
-              and any(id(p) in owners for p in modules[name].parameters())]
+    kinds = (GraphKind.SEGMENT, GraphKind.VISION) if quantization.vision else (GraphKind.SEGMENT,)
+    graphs = [name for name, spec in specs.items() if spec.kind in kinds]
     inputs = _record_inputs(loaded, plan, specs, modules, graphs, records)
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix="trio-gptq-") as scratch:
@@ -125,15 +127,22 @@ class _Reader:
 
 def _gptq_graph(path: Path, local: dict[str, str], calls: list[dict], spec, quantization) -> dict:
     """Run ONNX Runtime's GPTQ on one graph; return model name -> (codes (K, N), scales (K / block, N))."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    root.handlers[:], root.level = handlers, level  # the quantizer module configures the root logger at import
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # GPTQ's calibration sessions would warn about every graph
     model = onnx.load(str(path))
     weights = _as_matmuls(model, local)
     config = GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calls, spec), block_size=128)
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=quantization.block_size, is_symmetric=True,
                                      algo_config=config)
-    quantizer.process()
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress bar
+        quantizer.process()
     result = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
     inits = {t.name: t for t in result.graph.initializer}
     found = {}
@@ -183,5 +192,9 @@ def _as_matmuls(model, local: dict[str, str]) -> dict[str, str]:
         del node.attribute[:]
         node.input[1] = transposed.name
         weights[transposed.name] = local[tensor.name]
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [t for t in model.graph.initializer if t.name not in used]
+    for tensor in unused:  # the (N, K) originals the MatMuls no longer read
+        model.graph.initializer.remove(tensor)
     return weights
 
