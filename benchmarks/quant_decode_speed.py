@@ -45,13 +45,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="quant-decode-") as tmp:
         model_dir = build_random(args.alias, Path(tmp) / "model", dtype=torch.float32, scale=args.scale,
                                  layers=args.layers, vision_layers=2)
-        loaded = load(str(model_dir))
-        parameters = sum(p.numel() for p in loaded.model.parameters())
-        for weights in args.formats.split(","):
+        parameters = sum(p.numel() for p in load(str(model_dir)).model.parameters())
+        gc.collect()
+        for weights in args.formats.split(","):  # each export loads the model itself: one copy in memory at a time
             out = Path(tmp) / weights
             t0 = time.perf_counter()
-            export(str(model_dir), out, loaded=loaded, weights=None if weights == "fp32" else weights,
+            export(str(model_dir), out, weights=None if weights == "fp32" else weights,
                    max_new_tokens=args.new_tokens, validate=False, progress=False)
+            gc.collect()
             export_s = time.perf_counter() - t0
             with open_pipeline(out, backend="onnxruntime") as pipeline:
                 report = bench.measure(pipeline, image, prompt, warmup=args.warmup, iters=args.iters,

@@ -191,3 +191,19 @@ def test_trio_run_prints_the_weight_format(int4_export, image, tmp_path, capsys)
     assert run_main([str(int4_export[0]), "--image", str(path), "--prompt", "what color is it?", "--json",
                      "--max-new-tokens", "2"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["weights"] == "int4 (rtn, block 32)"
+
+
+@pytest.mark.slow
+def test_gptq_export_validates_and_differs_from_round_to_nearest(export_model, int4_export, tmp_path):
+    out = tmp_path / "gptq"
+    export(export_model.source, out, loaded=export_model, max_text_tokens=48, max_new_tokens=8, weights="int4",
+           quant_method="gptq", calibration_data="synthetic", calibration_samples=4, progress=False)
+    manifest = read_manifest(out)
+    assert all(row["ok"] for row in manifest.validation)
+    assert manifest.quantization.method == "gptq" and manifest.quantization.calibration["samples"] == 4
+    segment = manifest.plan.segments[0].name
+    gptq, rtn = _initializers(out / f"{segment}.onnx"), _initializers(int4_export[0] / f"{segment}.onnx")
+    name = "model.language_model.layers.0.mlp.down_proj.weight.int4"
+    assert gptq[name].dims == rtn[name].dims
+    codes = [numpy_helper.to_array(t, str(d)) for t, d in ((gptq[name], out), (rtn[name], int4_export[0]))]
+    assert not np.array_equal(*codes)  # GPTQ moved rounding error between columns
