@@ -1,6 +1,6 @@
 """JSON summary of a 7B-shaped export run (benchmarks/export_7b_shaped.sh writes its inputs).
 
-python benchmarks/export_summary.py WORKDIR OUT_JSON: reads WORKDIR/export/manifest.json, the
+python benchmarks/export_summary.py WORKDIR OUT_JSON [COMMAND]: reads WORKDIR/export/manifest.json, the
 `/usr/bin/time -v` output WORKDIR/time.txt and the trio-check report WORKDIR/check.txt.
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-def summary(work: Path) -> dict:
+def summary(work: Path, command: str | None = None) -> dict:
     from trio_edge.artifact.manifest import read_manifest
 
     manifest = read_manifest(work / "export", verify_hashes=False).to_dict()
@@ -22,8 +22,9 @@ def summary(work: Path) -> dict:
     check = (work / "check.txt").read_text().strip().splitlines()
     weights = manifest["weights"]
     return {
-        "command": "bash benchmarks/export_7b_shaped.sh (trio-export MODEL -o DIR --keep-ratio 0.111 --dtype fp16 "
-                   "--no-validate; trio-check DIR)",
+        "command": command or ("bash benchmarks/export_7b_shaped.sh (trio-export MODEL -o DIR --keep-ratio 0.111 "
+                               "--dtype fp16 --no-validate; trio-check DIR)"),
+        "weight_format": manifest.get("quantization") or manifest["model"]["dtype"],
         "model": "llava-next-7b architecture, random fp16 weights (trio_edge.models.random_weights)",
         "schedule": manifest["plan"]["schedule"],
         "image_tokens": manifest["plan"]["num_image_tokens"],
@@ -39,6 +40,6 @@ def summary(work: Path) -> dict:
 
 if __name__ == "__main__":
     work, out = Path(sys.argv[1]), Path(sys.argv[2])
-    body = summary(work)
+    body = summary(work, sys.argv[3] if len(sys.argv) > 3 else None)
     out.write_text(json.dumps(body, indent=2))
     print(json.dumps({k: body[k] for k in ("peak_rss_over_fp16_weight_bytes", "wall_clock", "trio_check")}))

@@ -20,6 +20,9 @@ METHOD = "trio"  # the selection rule of every cut
 # ---- export -------------------------------------------------------------------------------------------------
 DTYPE = "fp32"
 OPSET = 18
+BLOCK_SIZE = 32  # quantized weights: input channels per scale (--block-size)
+QUANT_METHOD = "rtn"  # round-to-nearest (--quant-method); gptq needs --calibration-data
+CALIBRATION_SAMPLES = 32  # requests a calibration-aware method records activations from
 
 # ---- runtime ------------------------------------------------------------------------------------------------
 EXPORT_BACKEND = "onnxruntime"  # an export directory runs its graphs here unless told otherwise

@@ -1,8 +1,8 @@
 """manifest.json: the contract between export and runtime, as dataclasses with one reader and one writer.
 
 It records tool and library versions, the model (id, revision, family, dtype), pre/post-processing
-facts, the plan (schedule, grid, maxima), every graph (file, kind, signature, dynamic-axis ranges), the
-weight accounting, the export's validation rows, the sha256 of every file, and (after trio-build) the
+facts, the plan (schedule, grid, maxima), every graph (file, kind, signature, dynamic-axis ranges, weight
+format), the weight quantization (if any) and accounting, the export's validation rows, the sha256 of every file, and (after trio-build) the
 TensorRT engines. `read_manifest` checks all of it; nothing else in trio-edge parses manifest JSON.
 """
 
@@ -17,9 +17,12 @@ from ..errors import ArtifactError
 from ..files import sha256_file
 from .graphs import GraphKind, GraphSpec, graph_specs
 from .plan import PipelinePlan
+from .weights import Quantization
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2: per-graph weight formats and the export's quantization (version 1 manifests read as unquantized); a
+# version-1 reader refuses version 2, so it never runs int4/int8 graphs as if they were float ones.
+FORMAT_VERSION = 2
 REEXPORT = "re-export with trio-export"
 
 
@@ -63,17 +66,24 @@ class GraphEntry:
     inputs: tuple[dict, ...]  # TensorSpec.to_dict() rows
     outputs: tuple[dict, ...]
     dynamic_ranges: dict[str, tuple[int, int]]  # named dynamic axis -> declared (min, max)
+    # what the graph's weights are: {"format": export dtype} unquantized; quantized graphs add the form, bits,
+    # block size, how many weights are quantized and how many are stored in another graph's data file
+    weights: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "kind": self.kind.value, "bytes": self.bytes, "inputs": list(self.inputs),
+        body = {"file": self.file, "kind": self.kind.value, "bytes": self.bytes, "inputs": list(self.inputs),
                 "outputs": list(self.outputs),
                 "dynamic_ranges": {axis: list(bounds) for axis, bounds in self.dynamic_ranges.items()}}
+        if self.weights is not None:
+            body["weights"] = self.weights
+        return body
 
     @classmethod
     def from_dict(cls, body: dict) -> "GraphEntry":
         return cls(str(body["file"]), GraphKind(body["kind"]), int(body["bytes"]), tuple(body["inputs"]),
                    tuple(body["outputs"]),
-                   {str(axis): (int(lo), int(hi)) for axis, (lo, hi) in (body.get("dynamic_ranges") or {}).items()})
+                   {str(axis): (int(lo), int(hi)) for axis, (lo, hi) in (body.get("dynamic_ranges") or {}).items()},
+                   dict(body["weights"]) if body.get("weights") is not None else None)
 
 
 @dataclass
@@ -89,7 +99,12 @@ class Manifest:
     validation: list[dict] = field(default_factory=list)
     files: dict[str, dict] = field(default_factory=dict)  # relative path -> {"bytes", "sha256"}; set on write
     tensorrt: dict | None = None  # written by trio-build (engine_build)
+    quantization: Quantization | None = None  # None: every weight in the export dtype
     format_version: int = FORMAT_VERSION
+
+    def weight_format(self) -> str:
+        """What trio-run / trio-bench print: 'float16', or e.g. 'int4 (rtn, block 32)'."""
+        return self.quantization.describe() if self.quantization is not None else self.model.dtype
 
     def specs(self) -> dict[str, GraphSpec]:
         """Every graph's signature, derived from the plan (the runtime checks inputs against these)."""
@@ -104,6 +119,7 @@ class Manifest:
                 "weights": self.weights, "validation": self.validation}
         if self.tensorrt is not None:
             body["tensorrt"] = self.tensorrt
+        body["quantization"] = self.quantization.to_dict() if self.quantization is not None else None
         body["files"] = self.files
         return body
 
@@ -120,6 +136,7 @@ class Manifest:
             graphs={str(name): GraphEntry.from_dict(entry) for name, entry in body["graphs"].items()},
             weights=dict(body.get("weights", {})), validation=list(body.get("validation", [])),
             files=dict(body.get("files", {})), tensorrt=body.get("tensorrt"),
+            quantization=Quantization.from_dict(body.get("quantization")),  # absent in version 1: unquantized
             format_version=int(body["manifest_version"]),
         )
 

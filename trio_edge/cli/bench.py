@@ -116,17 +116,24 @@ def _export_full_like(manifest, target: Path, progress: bool) -> Path:
     """The unpruned export of the same model, grid, dtype and maxima as `manifest`'s."""
     from ..exporters.export import export
 
-    plan = manifest.plan
+    plan, quantization = manifest.plan, manifest.quantization
+    same_weights = {}
+    if quantization is not None:  # the same weight quantization, so the comparison is of pruning alone
+        same_weights = dict(weights=quantization.format, block_size=quantization.block_size,
+                            quant_method=quantization.method, quantize_lm_head=quantization.lm_head,
+                            quantize_vision=quantization.vision,
+                            calibration_data=(quantization.calibration or {}).get("data"))
     export(manifest.model.source, target, grid=f"{plan.grid[0]}x{plan.grid[1]}",
            dtype="fp16" if manifest.model.dtype == "float16" else "fp32",
            max_text_tokens=plan.max_text_tokens, max_new_tokens=plan.max_new_tokens, validate=False,
-           progress=progress)
+           progress=progress, **same_weights)
     return target
 
 
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from ..artifact.manifest import is_export_dir
     from ..models.preprocess import load_image
     from ..runtime import bench
 
@@ -144,12 +151,19 @@ def main(argv=None):
                 bench.add_flops(reports[name], config, pipeline.plan, tiles)
     result = {"environment": bench.environment(backend, args.device), "command": command_line("trio-bench", argv),
               "schedule": pruned.plan.schedule.describe(pruned.plan.num_layers, pruned.plan.num_image_tokens),
-              "results": reports}
+              "weights": pruned.weight_format, "results": reports}
+    print(f"weights: {pruned.weight_format}")
     for name, report in reports.items():
         print(bench.format_report(report, name))
     if "pruned" in reports and "full" in reports:
         result["ratios"] = bench.compare(reports["pruned"], reports["full"])
         print("ratios (full / pruned, same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()))
+    if is_export_dir(args.model):  # weights + KV of this export against each Jetson Orin module
+        from ..artifact.manifest import read_manifest
+        from ..runtime.roofline import format_orin_fit, orin_fit_for_export
+
+        result["orin_fit"] = orin_fit_for_export(read_manifest(args.model, verify_hashes=False))
+        print(format_orin_fit(result["orin_fit"], pruned.weight_format))
     if args.trace:
         bench.write_chrome_trace(next(iter(reports.values())), args.trace)
     if args.plot:

@@ -31,6 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nms-iterations", type=int, default=defaults.NMS_ITERATIONS,
                         help=f"Cluster-NMS iterations unrolled in select graphs (default {defaults.NMS_ITERATIONS}; "
                              "the runtime falls back to the exact greedy rule on the host if a request needs more)")
+    weights = parser.add_argument_group("weight-only quantization")
+    weights.add_argument("--weights", help="fp32, fp16, int8 or int4 (default: the --dtype). int8/int4 store the "
+                         "language model's linear layers as integers with one scale per block of input channels "
+                         "(symmetric blocked DequantizeLinear, opset 21: TensorRT 10 and ONNX Runtime's MatMulNBits); "
+                         "activations stay in --dtype")
+    weights.add_argument("--block-size", type=int, default=defaults.BLOCK_SIZE,
+                         help=f"input channels per scale (default {defaults.BLOCK_SIZE}); must divide every quantized "
+                              "layer's input features")
+    weights.add_argument("--quant-method", default=defaults.QUANT_METHOD,
+                         help=f"rtn (round to nearest, default) or gptq (int4; calibration-aware, ONNX Runtime's "
+                              "GPTQ on activations of --calibration-data)")
+    weights.add_argument("--calibration-data", help="for --quant-method gptq: 'synthetic' (the synthetic VQA "
+                         "generator) or a records folder (records.jsonl: image, question)")
+    weights.add_argument("--calibration-samples", type=int, default=defaults.CALIBRATION_SAMPLES,
+                         help=f"requests to record calibration activations from (default {defaults.CALIBRATION_SAMPLES})")
+    weights.add_argument("--quantize-lm-head", action="store_true", help="quantize lm_head too")
+    weights.add_argument("--quantize-vision", action="store_true", help="quantize the vision tower and projector too")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--no-validate", action="store_true", help="skip checking graphs against PyTorch")
     add_quiet_option(parser)
@@ -45,6 +62,9 @@ def main(argv=None):
     info = export(args.model, args.output, method=args.method or defaults.METHOD, grid=args.grid, dtype=args.dtype,
                   max_text_tokens=args.max_text_tokens, max_new_tokens=args.max_new_tokens, opset=args.opset,
                   nms_iterations=args.nms_iterations, force=args.force, validate=not args.no_validate,
-                  progress=not args.quiet, **schedule_options(args))
+                  progress=not args.quiet, weights=args.weights, block_size=args.block_size,
+                  quant_method=args.quant_method, quantize_lm_head=args.quantize_lm_head,
+                  quantize_vision=args.quantize_vision, calibration_data=args.calibration_data,
+                  calibration_samples=args.calibration_samples, **schedule_options(args))
     print(info.table())
     print(f"wrote {info.directory}")

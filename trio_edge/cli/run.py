@@ -53,10 +53,11 @@ def main(argv=None):
             print()
             return
         result = pipeline.generate(args.image, args.prompt, **options)
+        weight_format = pipeline.weight_format
     if args.json:
-        print(json.dumps(result.to_json()))
+        print(json.dumps({**result.to_json(), "weights": weight_format}))
     else:
         print(result.text)
         cuts = ", ".join(f"{len(k)} kept" for k in result.kept) or "no pruning"
-        print(f"[{cuts}; TTFT {result.timings['ttft']:.1f} ms, {result.timings['decode_ms_per_token']:.1f} ms/token]",
-              file=sys.stderr)
+        print(f"[{cuts}; TTFT {result.timings['ttft']:.1f} ms, {result.timings['decode_ms_per_token']:.1f} ms/token; "
+              f"weights {weight_format}]", file=sys.stderr)

@@ -70,6 +70,18 @@ def shape_value_bound(graph_entry: GraphEntry) -> int:
     return max(dims, default=1)
 
 
+def builder_flags(kind: GraphKind, precision: str, select_precision: str) -> tuple[list[str], list[str]]:
+    """(TensorRT builder flags to set, flags to clear) for one graph.
+
+    Select graphs of an fp32-selection schedule (the default) compute saliency and NMS in fp32 so the kept
+    tokens equal the reference exactly; reduced precision there could flip near-tied tokens. That includes
+    TF32, which TensorRT enables by default for fp32 matrix products (10-bit mantissa). With
+    `--select-precision model` the select graphs run in the engine precision like every other graph."""
+    if kind == GraphKind.SELECT and select_precision == "fp32":
+        return [], ["TF32"]
+    return {"fp16": ["FP16"], "bf16": ["BF16"], "fp32": []}[precision], []
+
+
 # ---- building (TensorRT 10 Python API) ----------------------------------------------------------------------
 def build_engines(directory, *, precision: str = "fp16", workspace_gb: float = 4.0, timing_cache=None,
                   progress: bool = True) -> dict:
@@ -83,7 +95,8 @@ def build_engines(directory, *, precision: str = "fp16", workspace_gb: float = 4
     manifest = read_manifest(directory)  # verifies every file's sha256 before spending GPU time
     trt = import_tensorrt()
     require_cuda("trio-build")
-    builder = _Builder(trt, precision=precision, workspace_bytes=int(workspace_gb * 2**30), timing_cache=timing_cache)
+    builder = _Builder(trt, precision=precision, workspace_bytes=int(workspace_gb * 2**30), timing_cache=timing_cache,
+                       select_precision=manifest.plan.schedule.precision)
     engines, seconds, partials = {}, {}, []
     try:
         for name in _progress(list(manifest.graphs), progress):
@@ -119,8 +132,9 @@ def _current_cuda_device() -> int:
 class _Builder:
     """One trt.Builder and one timing cache shared by every graph's build."""
 
-    def __init__(self, trt, *, precision: str, workspace_bytes: int, timing_cache):
+    def __init__(self, trt, *, precision: str, workspace_bytes: int, timing_cache, select_precision: str = "fp32"):
         self.trt, self.precision, self.workspace_bytes = trt, precision, workspace_bytes
+        self.select_precision = select_precision
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.builder = trt.Builder(self.logger)
         self.cache_path = Path(timing_cache) if timing_cache is not None else None
@@ -140,15 +154,11 @@ class _Builder:
                               "Run trio-check on the export directory for a full report")
         config = self.builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
-        # Select graphs compute saliency and NMS in fp32 so the kept tokens equal the reference exactly;
-        # reduced precision there could flip near-tied tokens. That includes TF32, which TensorRT enables
-        # by default for fp32 matrix products (10-bit mantissa).
-        if entry.kind == GraphKind.SELECT:
-            config.clear_flag(trt.BuilderFlag.TF32)
-        elif self.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif self.precision == "bf16":
-            config.set_flag(trt.BuilderFlag.BF16)
+        set_flags, clear_flags = builder_flags(entry.kind, self.precision, self.select_precision)
+        for flag in set_flags:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        for flag in clear_flags:
+            config.clear_flag(getattr(trt.BuilderFlag, flag))
         config.set_timing_cache(self.cache, True)  # ignore_mismatch: entries from another GPU are just not reused
         _add_profiles(self.builder, config, network, profiles, shape_value_bound(entry))
         plan = self.builder.build_serialized_network(network, config)

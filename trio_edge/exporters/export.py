@@ -1,7 +1,9 @@
 """trio-export: model -> directory of ONNX graphs (vision, embed, segments, selects) + manifest.
 
-Stages: load -> plan -> trace/export each graph -> validate each graph in ONNX Runtime against its
-PyTorch module (on random inputs and on a real request's activations) -> hash -> manifest -> atomic rename.
+Stages: load -> plan -> (quantize the weights in place, see quantize.py) -> trace/export each graph (and
+rewrite its weights: quantized, or shared with the graph that holds them first) -> validate each graph in ONNX
+Runtime against its PyTorch module (on random inputs and on a real request's activations) -> hash -> manifest
+-> atomic rename.
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ from ..artifact.dtypes import TORCH_DTYPES, VALIDATION_TOLERANCES, export_dtype
 from ..artifact.graphs import GraphKind, GraphSpec, graph_specs, shape_ranges
 from ..artifact.manifest import GraphEntry, IOInfo, Manifest, ModelInfo, library_versions, write_manifest
 from ..artifact.plan import plan_for
+from ..artifact.weights import (
+    ORT_DISABLED_OPTIMIZERS,
+    QDQ_OPSET,
+    Quantization,
+    check_block_size,
+    checked_quantization,
+)
 from ..errors import ExportError, InputError
 from ..files import atomic_directory
 from ..models.split import build_modules
 from .onnx_graph import compare_outputs, export_graph, run_onnx
 from .probe_inputs import example_inputs, random_inputs, recorded_request_inputs
+from .quantize import GraphWeightWriter, WeightTable, quantize_model, shared_weights
 
 EXPORTABLE_METHODS = ("trio",)  # selection rules with an in-graph export
 
@@ -40,6 +50,7 @@ class ExportInfo:
     schedule: str
     seconds: float
     peak_rss_bytes: int
+    weight_format: str = "float32"
 
     def table(self) -> str:
         lines = [f"{'graph':<22}{'kind':<9}{'MB':>9}  {'max abs diff':>13}  {'max rel diff':>13}  ok"]
@@ -53,6 +64,7 @@ class ExportInfo:
             diffs = f"{v['max_abs']:>13.2e}  {v['max_rel']:>13.2e}  {'yes' if v['ok'] else 'NO'}" if v else f"{'-':>13}  {'-':>13}  skipped"
             lines.append(f"{name:<22}{graph.kind.value:<9}{graph.bytes / 1e6:>9.2f}  {diffs}")
         lines.append(f"schedule: {self.schedule}")
+        lines.append(f"weights: {self.weight_format}")
         lines.append(f"artifact bytes / model parameter bytes: {self.weight_ratio:.3f}")
         lines.append(f"export took {self.seconds:.1f} s, peak host RSS {self.peak_rss_bytes / 2**30:.2f} GiB")
         return "\n".join(lines)
@@ -71,19 +83,34 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
            dtype: str = defaults.DTYPE, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
            max_new_tokens: int = defaults.MAX_NEW_TOKENS, positions: str | None = None, threshold: float | None = None,
            precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,
+           weights: str | None = None, block_size: int = defaults.BLOCK_SIZE, quant_method: str = defaults.QUANT_METHOD,
+           quantize_lm_head: bool = False, quantize_vision: bool = False, calibration_data: str | None = None,
+           calibration_samples: int = defaults.CALIBRATION_SAMPLES,
            force: bool = False, validate: bool = True, progress: bool = True, loaded=None) -> ExportInfo:
-    """Export `model` (alias, hub id or directory) with the selection rule inside the graphs; see trio-export --help."""
+    """Export `model` (alias, hub id or directory) with the selection rule inside the graphs; see trio-export --help.
+
+    `weights` int8 / int4 quantizes the weights (see exporters/quantize.py); a model passed in `loaded` is then
+    copied first, since quantization rewrites the weights of the model it exports."""
     from ..models.registry import load
 
     started = time.perf_counter()
     tensor_dtype = export_dtype(dtype)
+    quantization = checked_quantization(weights, dtype, block_size=block_size, method=quant_method,
+                                        lm_head=quantize_lm_head, vision=quantize_vision,
+                                        calibration_data=calibration_data)
     if method not in EXPORTABLE_METHODS:
         raise InputError(f"--method {method} cannot be exported; exportable: {', '.join(EXPORTABLE_METHODS)}")
+    if calibration_samples < 1:
+        raise InputError(f"--calibration-samples must be at least 1, got {calibration_samples}")
     if max_text_tokens < 8 or max_new_tokens < 1:
         raise InputError("--max-text-tokens must be at least 8 and --max-new-tokens at least 1")
     output_dir = Path(output)
     if output_dir.exists() and not force:
         raise InputError(f"{output_dir} already exists; pass --force to replace it")
+    if loaded is not None and quantization is not None:
+        import copy
+
+        loaded = copy.deepcopy(loaded)  # the caller's model keeps its float weights
     loaded = loaded or load(model, dtype=TORCH_DTYPES[tensor_dtype])
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
@@ -93,10 +120,18 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
                     max_new_tokens=max_new_tokens, nms_iterations=nms_iterations)
     io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size)
     specs = graph_specs(plan, tile_count=io.tile_count, tile_size=io.tile_size, dtype=tensor_dtype)
+    if quantization is not None:
+        opset = max(opset, QDQ_OPSET)
+        quantization, table = _quantize(loaded, plan, specs, quantization, calibration_samples, method, progress)
+    elif plan.schedule.precision == "model" and plan.selects:  # selects hold the segments' own weights
+        table = shared_weights(adapter.linear_layers(lm_head=True))
+    else:
+        table = None
+    writer = GraphWeightWriter(table, quantization, tensor_dtype) if table is not None else None
     modules = build_modules(adapter, plan, method=method)
 
     with atomic_directory(output_dir, overwrite=force) as tmp:
-        graphs = _export_all(modules, specs, plan, tmp, opset, progress)
+        graphs = _export_all(modules, specs, plan, tmp, opset, progress, writer, tensor_dtype)
         validation = _validate_all(modules, specs, plan, adapter, tmp, tensor_dtype, progress) if validate else []
         loaded.processor.save_pretrained(tmp)
         loaded.model.config.save_pretrained(tmp)
@@ -110,26 +145,46 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
             io=io, plan=plan, opset=opset, graphs=graphs,
             weights={"model_parameter_bytes": param_bytes, "graph_bytes": graph_bytes,
                      "ratio": graph_bytes / param_bytes},
-            validation=validation,
+            validation=validation, quantization=quantization,
         )
         write_manifest(tmp, manifest, progress=progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return ExportInfo(output_dir, graphs, validation, graph_bytes / param_bytes,
-                      schedule.describe(plan.num_layers, plan.num_image_tokens), time.perf_counter() - started, peak)
+                      schedule.describe(plan.num_layers, plan.num_image_tokens), time.perf_counter() - started, peak,
+                      manifest.weight_format())
+
+
+def _quantize(loaded, plan, specs, quantization: Quantization, calibration_samples: int, method: str,
+              progress: bool) -> tuple[Quantization, WeightTable]:
+    """Check the block size against every layer, then quantize the model's weights in place."""
+    linears = loaded.adapter.linear_layers(lm_head=quantization.lm_head, vision=quantization.vision)
+    check_block_size({name: layer.in_features for name, layer in linears.items()}, quantization.block_size)
+    codes_for = None
+    if quantization.method == "gptq":
+        from .gptq import gptq_codes
+
+        codes_for, calibration = gptq_codes(loaded, plan, specs, linears, quantization, calibration_samples,
+                                            method=method, progress=progress)
+        quantization = Quantization(**{**quantization.to_dict(), "calibration": calibration})
+    table = quantize_model(linears, quantization, codes_for)
+    if not quantization.lm_head and plan.selects:  # select graphs share the segments' float lm_head
+        table.extend(shared_weights({"lm_head": loaded.adapter.decoder.lm_head}))
+    return quantization, table
 
 
 def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, opset: int,
-                progress: bool) -> dict[str, GraphEntry]:
+                progress: bool, writer: GraphWeightWriter | None, dtype: str) -> dict[str, GraphEntry]:
     graphs = {}
     for name in _progress(list(specs), progress, "export"):
         spec = specs[name]
         path = directory / f"{name}.onnx"
         ranges = shape_ranges(spec, plan)
         export_graph(modules[name], spec, example_inputs(spec, plan), ranges, path,
-                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT)
+                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT, external_data=writer is not None)
+        record = writer.rewrite(path) if writer is not None else {"format": dtype}
         size = sum(p.stat().st_size for p in directory.glob(f"{name}.onnx*"))
         graphs[name] = GraphEntry(path.name, spec.kind, size, tuple(t.to_dict() for t in spec.inputs),
-                                  tuple(t.to_dict() for t in spec.outputs), ranges)
+                                  tuple(t.to_dict() for t in spec.outputs), ranges, record)
     return graphs
 
 
@@ -140,9 +195,14 @@ def _validate_all(modules, specs, plan, adapter, directory: Path, dtype: str, pr
     atol, rtol = VALIDATION_TOLERANCES[dtype]
     cases = recorded_request_inputs(modules, specs, plan, adapter, dtype)
     rows = []
+    options = ort.SessionOptions()
+    # Fused int4/int8 MatMuls with fp32 activations: the graph computes what its module computes. (The runtime
+    # keeps ONNX Runtime's default accuracy level 4, int8 activations, for speed; benchmarks measure that.)
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     for name in _progress(list(specs), progress, "validate"):
         spec = specs[name]
-        session = ort.InferenceSession(str(directory / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(directory / f"{name}.onnx"), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
         for case_name, inputs in [*random_inputs(spec, plan, seed=1234), *cases.get(name, [])]:
             with torch.no_grad():
                 outputs = modules[name](*[inputs[t.name] for t in spec.inputs])

@@ -59,7 +59,9 @@ def dynamic_shapes(spec: GraphSpec, ranges: dict[str, tuple[int, int]]):
 
 
 def export_graph(module, spec: GraphSpec, example: dict, ranges: dict, path: Path, *, opset: int,
-                 needs_joint_trace: bool) -> Path:
+                 needs_joint_trace: bool, external_data: bool = False) -> Path:
+    """Export `module` to `path`; weights go to `path`.data when they exceed EXTERNAL_DATA_BYTES or when
+    `external_data` is set (graphs whose weights other graphs will point at)."""
     args = tuple(example[t.name] for t in spec.inputs)
     try:
         with quiet_export(), torch.no_grad():
@@ -70,7 +72,7 @@ def export_graph(module, spec: GraphSpec, example: dict, ranges: dict, path: Pat
                 dynamic_shapes=dynamic_shapes(spec, ranges) if ranges else None,
             )
             weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-            program.save(path, external_data=weights > EXTERNAL_DATA_BYTES)
+            program.save(path, external_data=external_data or weights > EXTERNAL_DATA_BYTES)
     except ExportError:
         raise
     except Exception as error:  # the exporters raise many types; name the graph and keep the cause

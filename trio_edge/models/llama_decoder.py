@@ -217,8 +217,10 @@ class LlamaFamilyDecoder:
         v = attn.v_proj(x).reshape(s, num_kv, head_dim).transpose(0, 1)
         xq, cos_q, sin_q = query_rows @ x, query_rows @ cos, query_rows @ sin  # (Q, .)
         q = apply_rope(attn.q_proj(xq).reshape(-1, num_heads, head_dim).transpose(0, 1), cos_q, sin_q)
-        query_slot = query_rows @ torch.arange(s, device=h.device, dtype=h.dtype)  # (Q,)
-        allowed = torch.arange(s, device=h.device, dtype=h.dtype)[None, :] <= query_slot[:, None]
+        # Integer positions: a float arange is inexact above 256 (bf16) / 2048 (fp16) positions, and a
+        # LLaVA-NeXT prompt has ~2,990, so a float mask would let a query see a later key.
+        query_slot = query_rows.argmax(dim=1)  # (Q,) int64: the one position each row picks
+        allowed = torch.arange(s, device=h.device)[None, :] <= query_slot[:, None]
         hq = query_rows @ h + attn.o_proj(grouped_attention(q, k, v, mask_bias(allowed), attn.scaling))
         hq = hq + layer.mlp(layer.post_attention_layernorm(hq))
         return self.lm_head(self.norm(hq))

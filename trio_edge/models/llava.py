@@ -215,6 +215,19 @@ class LlavaAdapter:
         boxed = self.letterboxed(image, grid)
         return dict(self.processor(images=boxed, text=self.format_prompt(prompt), return_tensors="pt"))
 
+    # ---- weight-only quantization ----------------------------------------------------------------------
+    def linear_layers(self, *, lm_head: bool = False, vision: bool = False) -> dict[str, nn.Linear]:
+        """Model name -> nn.Linear that weight-only quantization applies to: every linear layer inside the
+        decoder layers (attention q/k/v/o, MLP gate/up/down); lm_head and the vision tower + projector only
+        when asked (the projector feeds every image token, the head every logit)."""
+        wanted = {id(m) for layer in self.decoder.layers for m in layer.modules() if isinstance(m, nn.Linear)}
+        if lm_head:
+            wanted.add(id(self.decoder.lm_head))
+        if vision:
+            image_side = (self.model.model.vision_tower, self.model.model.multi_modal_projector)
+            wanted |= {id(m) for part in image_side for m in part.modules() if isinstance(m, nn.Linear)}
+        return {name: m for name, m in self.model.named_modules() if id(m) in wanted}
+
     # ---- TRIO defaults ----------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:

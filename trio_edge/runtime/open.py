@@ -13,6 +13,7 @@ from .. import defaults
 from ..artifact.graphs import graph_specs
 from ..artifact.manifest import Manifest, is_export_dir, read_manifest, safe_member
 from ..artifact.plan import plan_for
+from ..artifact.weights import ORT_DISABLED_OPTIMIZERS, check_backend
 from ..errors import ArtifactError, BackendUnavailableError, InputError
 from ..trio.schedule import Schedule
 from .backends import BACKENDS, check_device
@@ -74,13 +75,16 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
     """An export directory's graphs on `backend`, with pre/post-processing from the export's own files."""
     directory = Path(directory)
     manifest = read_manifest(directory, verify_hashes=verify)
+    check_backend(manifest.quantization, backend, directory)
     specs = manifest.specs()
     adapter = _io_adapter(directory)
     if backend == "onnxruntime":
         from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
         files = {name: safe_member(directory, manifest.graphs[name].file) for name in specs}
-        engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads)
+        quantized = manifest.quantization is not None
+        engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads,
+                                    disabled_optimizers=ORT_DISABLED_OPTIMIZERS if quantized else ())
     elif backend == "torch":
         engine = _torch_backend_for(manifest, specs, device, cuda_graphs)
     else:
@@ -88,8 +92,10 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
 
         engine = TensorRTBackend.from_export(directory, manifest, specs, device=device,
                                              cuda_graphs=cuda_graphs is not False)
-    return Pipeline(manifest.plan, engine, adapter, stop_token_ids=manifest.io.stop_token_ids,
-                    dtype=manifest.model.dtype)
+    pipeline = Pipeline(manifest.plan, engine, adapter, stop_token_ids=manifest.io.stop_token_ids,
+                        dtype=manifest.model.dtype)
+    pipeline.weight_format = manifest.weight_format()
+    return pipeline
 
 
 def _io_adapter(directory: Path):

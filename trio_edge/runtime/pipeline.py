@@ -58,6 +58,7 @@ class Pipeline:
         self.stop_token_ids = set(stop_token_ids)
         self.device = backend.device
         self.dtype = TORCH_DTYPES[dtype]
+        self.weight_format = dtype  # what the weights are; an export's opener sets e.g. "int4 (rtn, block 32)"
         with torch.inference_mode(False):  # the torch backend writes these in place, outside inference mode
             self.kv = {seg.name: torch.zeros(plan.kv_shape(seg), dtype=self.dtype, device=self.device)
                        for seg in plan.segments}

@@ -11,6 +11,7 @@ import onnx
 
 from . import rules
 from .graph import Context, node_attr, node_input
+from .quantized import check_dequantize
 from .rules import (
     DTYPE_ATTRS,
     JETSON_ORIN_TENSORRT,
@@ -179,7 +180,7 @@ OPS: dict[str, OpSpec] = {
     "Conv": _op("F"), "ConvTranspose": _op("F"), "Cos": _op("F"), "Cosh": _op("F"),
     "CumSum": _op("F", constant_input(1, "axis")),
     "DeformConv": _op("H", since="10.1"), "DepthToSpace": _op("F I"),
-    "DequantizeLinear": _op("INT8 FP8 FP4 INT4"), "Div": _op("F I"),
+    "DequantizeLinear": _op("INT8 FP8 FP4 INT4", check_dequantize), "Div": _op("F I"),
     "Dropout": _op("F", check_dropout), "Einsum": _op("F"), "Elu": _op("F"),
     "Equal": _op("F I"), "Erf": _op("F"), "Exp": _op("F"), "Expand": _op(_FIB),
     "EyeLike": _op(_FIB), "Flatten": _op(_FIB), "Floor": _op("F"),

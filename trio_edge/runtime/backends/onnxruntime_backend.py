@@ -27,7 +27,10 @@ def _import_ort():
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, specs, graph_files: dict[str, Path], device: str = "cpu", threads: int | None = None):
+    def __init__(self, specs, graph_files: dict[str, Path], device: str = "cpu", threads: int | None = None,
+                 disabled_optimizers: tuple[str, ...] = ()):
+        """`disabled_optimizers`: ONNX Runtime graph optimizers to skip (quantized exports name one, see
+        artifact.weights.ORT_DISABLED_OPTIMIZERS)."""
         super().__init__(specs, device)
         ort = _import_ort()
         options = ort.SessionOptions()
@@ -40,7 +43,8 @@ class OnnxRuntimeBackend(Backend):
                     f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (providers: "
                     f"{', '.join(ort.get_available_providers())}); pip install 'trio-edge[gpu]' (onnxruntime-gpu) "
                     "or use --device cpu")
-        self.sessions = {name: ort.InferenceSession(str(path), options, providers=self._providers(specs[name].kind))
+        self.sessions = {name: ort.InferenceSession(str(path), options, providers=self._providers(specs[name].kind),
+                                                    disabled_optimizers=list(disabled_optimizers) or None)
                          for name, path in graph_files.items()}
 
     def _providers(self, kind: str) -> list:

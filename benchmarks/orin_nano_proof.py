@@ -1,0 +1,63 @@
+"""The Orin Nano proof: a 7B-shaped int4 export with TRIO answers one request on ONNX Runtime CPU within an
+8 GB device's budget (peak process RSS <= 6 GiB). A benchmark run, not a test.
+
+python benchmarks/orin_nano_proof.py EXPORT_DIR OUT_JSON [--new-tokens N] [--threads N]
+
+Peak RSS is the process's ru_maxrss (every page the weights, sessions and activations ever held at once),
+measured from process start, so it includes Python, torch and the tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("export")
+    parser.add_argument("out")
+    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    from trio_edge.artifact.manifest import read_manifest
+    from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
+    from trio_edge.runtime.open import open_pipeline
+
+    started = time.perf_counter()
+    manifest = read_manifest(args.export, verify_hashes=False)
+    with open_pipeline(args.export, backend="onnxruntime", threads=args.threads, verify=False) as pipeline:
+        opened = time.perf_counter()
+        result = pipeline.generate(synthetic_image(), DEFAULT_PROMPT, max_new_tokens=args.new_tokens)
+        done = time.perf_counter()
+        weight_format = pipeline.weight_format
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    body = {
+        "command": f"python benchmarks/orin_nano_proof.py {args.export} {args.out} --new-tokens {args.new_tokens}",
+        "export": str(args.export),
+        "weights": weight_format,
+        "schedule": manifest.plan.schedule.describe(manifest.plan.num_layers, manifest.plan.num_image_tokens),
+        "artifact_bytes": manifest.weights["graph_bytes"],
+        "prompt_tokens": result.prompt_tokens,
+        "kept": [len(k) for k in result.kept],
+        "new_tokens": len(result.token_ids),
+        "peak_rss_bytes": peak,
+        "peak_rss_gib": peak / 2**30,
+        "target_gib": 6.0,
+        "within_target": peak <= 6 * 2**30,
+        "open_seconds": opened - started,
+        "request_seconds": done - opened,
+        "wall_seconds": done - started,
+        "ttft_ms": result.timings["ttft"],
+        "stage_ms": {k: v for k, v in result.timings.items()},
+    }
+    Path(args.out).write_text(json.dumps(body, indent=2))
+    print(json.dumps({k: body[k] for k in ("weights", "peak_rss_gib", "within_target", "wall_seconds", "kept")}))
+
+
+if __name__ == "__main__":
+    main()
