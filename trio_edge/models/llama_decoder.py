@@ -238,23 +238,6 @@ class LlamaFamilyDecoder:
         hq = hq + layer.mlp(layer.post_attention_layernorm(hq))
         return self.lm_head(self.norm(hq))
 
-    def last_token_attention(self, layer_index, h, position_ids):
-        """Head-averaged attention of the last position to every position at `layer_index`: (S,)."""
-        layer = self.layers[layer_index]
-        cos, sin = self.rotary(h[None], position_ids)
-        q, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
-        groups = self.num_heads // self.num_kv_heads
-        k = k.repeat_interleave(groups, dim=0)  # (H, S, hd)
-        scores = torch.matmul(q[:, -1:], k.transpose(1, 2)) * layer.self_attn.scaling  # (H, 1, S)
-        return torch.softmax(scores.float(), dim=-1).mean(dim=0)[0]
-
-    def keys(self, layer_index, h, position_ids):
-        """Keys of every position at `layer_index`, heads concatenated: (S, KVH*hd)."""
-        layer = self.layers[layer_index]
-        cos, sin = self.rotary(h[None], position_ids)
-        _, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
-        return k.transpose(0, 1).reshape(h.shape[0], -1)
-
     def layer_with_attention(self, layer_index, h, position_ids, kv, in_place: bool = False):
         """A prefill of layer `layer_index` on all S tokens of h (S, D) that also exposes what token-scoring
         rules read from it: returns (h_out (S, D), kv_out (2, KVH, N, hd), probs (H, S, S) float32 softmax

@@ -165,7 +165,7 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
                      num_image_tokens: int) -> Schedule:
     """One schedule from the mutually exclusive user options; no option means no pruning. `method` gives the
     default positions (its authors' choice, trio.methods) and checks the cut layers it can act at."""
-    from .methods import check_cut_layers, method_info
+    from .methods import check_cuts, method_info
 
     if method is not None and positions is None and schedule_file is None:
         positions = method_info(method).positions
@@ -189,5 +189,5 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
     else:
         schedule = Schedule.parse(cuts or "", **overrides)
     if method is not None:
-        check_cut_layers(method, [c.layer for c in schedule.cuts])
+        check_cuts(method, [(c.layer, c.keep) for c in schedule.cuts])
     return schedule.validate(num_layers, num_image_tokens)

@@ -133,10 +133,10 @@ def top_k_fixed(scores: torch.Tensor, keep: int) -> torch.Tensor:
     descending sort). Fixed-shape and exact in a graph: ranks come from pairwise comparisons, so TopK sees
     distinct keys and its tie behaviour never matters."""
     num_tokens = scores.shape[0]
-    idx = torch.arange(num_tokens, device=scores.device)
+    idx = torch.ones_like(scores, dtype=torch.int64).cumsum(0) - 1  # from the data: export keeps the (M, M) mask
     precedes = (scores[:, None] > scores[None, :]) | ((scores[:, None] == scores[None, :]) & (idx[:, None] < idx[None, :]))
     rank = precedes.sum(dim=0)  # (M,) distinct: position in the stable descending order
-    return torch.sort(torch.topk(num_tokens - rank, keep).indices).values
+    return torch.sort(torch.topk((num_tokens - rank).float(), keep).indices).values
 
 
 def cluster_iterations_needed(scores, features, threshold: float) -> int:
