@@ -171,7 +171,8 @@ def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen, met
     """One from-scratch pass over x (T, D) = prompt + generated embeddings; returns last logits (V,).
 
     `chosen` holds, per cut, the kept indices local to that cut's image span; filled at prefill.
-    `method` fastv / dart score a cut N with layer N-1 run on that layer's input (kept from the loop)."""
+    `method` fastv / dart score a cut N with layer N-1 run on that layer's input (kept from the loop); pdrop
+    (PyramidDrop) scores it like FastV but with layer N itself on its input, as its code does."""
     cuts = {c.layer: (i, c.keep) for i, c in enumerate(schedule.cuts)}
     renumber = schedule.positions == "renumber"
     total = x.shape[0]
@@ -186,7 +187,9 @@ def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen, met
             index, keep = cuts[layer]
             if len(chosen) <= index:  # prefill: choose on the prompt
                 assert total == prompt_len
-                if method in ("fastv", "dart"):
+                if method == "pdrop":  # the layer after the cut, on its input: this layer
+                    chosen.append(fastv_kept(model, layer, h, positions, image_start, m, keep))
+                elif method in ("fastv", "dart"):
                     rule = fastv_kept if method == "fastv" else dart_kept
                     chosen.append(rule(model, layer - 1, *previous, image_start, m, keep))
                 else:

@@ -238,6 +238,17 @@ class LlamaFamilyDecoder:
         hq = hq + layer.mlp(layer.post_attention_layernorm(hq))
         return self.lm_head(self.norm(hq))
 
+    def last_token_attention(self, layer_index, h, position_ids):
+        """Head-averaged softmax attention of the last position to every position at `layer_index`, computed on
+        h (S, D) entering that layer: (S,) float32 (PyramidDrop's score; softmax in fp32 as its code does)."""
+        layer = self.layers[layer_index]
+        cos, sin = self.rotary(h[None], position_ids)
+        q, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
+        last = torch.full((1,), h.shape[0] - 1, device=h.device)
+        k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=0)  # (H, S, hd)
+        scores = torch.matmul(q.index_select(1, last), k.transpose(1, 2)) * layer.self_attn.scaling  # (H, 1, S)
+        return torch.softmax(scores.float(), dim=-1).to(h.dtype).float().mean(dim=0)[0]
+
     def layer_with_attention(self, layer_index, h, position_ids, kv, in_place: bool = False):
         """A prefill of layer `layer_index` on all S tokens of h (S, D) that also exposes what token-scoring
         rules read from it: returns (h_out (S, D), kv_out (2, KVH, N, hd), probs (H, S, S) float32 softmax

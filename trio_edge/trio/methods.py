@@ -41,6 +41,7 @@ REGISTRY = {m.name: m for m in (
     Method("fastv", OWNED_LAYER, "original", True, (2,), "pkunlp-icler/FastV: layer K-1's last-token attention"),
     Method("dart", OWNED_LAYER, "original", True, (2,), "ZichenWen1/DART: key-norm pivots, least-similar picks",
            min_keep=4),
+    Method("pdrop", PROXY, "renumber", True, (8, 16, 24), "Cooperx521/PyramidDrop: layer N's last-token attention"),
     Method("random", ANY_CUT, "renumber", False, None, "uniformly random subset (seeded)"),
     Method("uniform", ANY_CUT, "renumber", False, None, "evenly strided subset"),
 )}

@@ -68,22 +68,26 @@ class SelectStage(nn.Module):
         proxy = lambda h, pos, rows: self._decoder.proxy_logits(self.proxy_layer, h, pos, rows)  # noqa: E731
         return proxy_saliency(proxy, hidden[0], position_ids)  # (S,)
 
-    def peer_kept(self):
-        """A model-free baseline's kept indices at this cut."""
+    def peer_kept(self, hidden, position_ids, span):
+        """A peer's kept indices at this cut (and its per-token scores)."""
         m = self.num_image_tokens
+        if self.method == "pdrop":  # PyramidDrop: the last token's attention in the layer after the cut
+            scores = self._decoder.last_token_attention(self.proxy_layer, hidden[0], position_ids).index_select(0, span)
+            return top_k_fixed(scores, self.keep), scores
         if self.method == "random":
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.random))
-            return peers.random_select(m, self.keep, seed)
-        return peers.uniform_select(m, self.keep)
+            return peers.random_select(m, self.keep, seed), torch.zeros(m)
+        return peers.uniform_select(m, self.keep), torch.zeros(m)
 
     def forward(self, hidden, position_ids, image_start):
         m = self.num_image_tokens
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
         proxy_hidden = hidden.to(self.proxy_dtype)
         if self.method != "trio":
-            kept = self.peer_kept().to(hidden.device)
-            hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
-            return kept, torch.tensor(True), hidden_out, position_out, torch.zeros(m)
+            kept, scores = self.peer_kept(proxy_hidden, position_ids, span)
+            hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept.to(hidden.device),
+                                                       self.renumber)
+            return kept.to(hidden.device), torch.tensor(True), hidden_out, position_out, scores.float()
         scores = self.saliency(proxy_hidden, position_ids).index_select(0, span)  # (M,)
         features = proxy_hidden[0].index_select(0, span)  # (M, D)
         kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations,

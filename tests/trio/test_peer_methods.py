@@ -1,4 +1,4 @@
-"""Cuts that own decoder layer N-1 (FastV and the other rules that score with the layer before the cut):
+"""The published peers (FastV, DART own decoder layer N-1; PyramidDrop scores with layer N like TRIO):
 the plan's graphs, the torch pipeline against the independent reference (tests/reference.py, transformers'
 own layers and a plain head-by-head attention), exact kept indices, and the fixed-shape top-k."""
 
@@ -55,7 +55,8 @@ def test_keeping_every_token_equals_the_unpruned_model(tiny, images):
 
 
 @pytest.mark.parametrize("method, schedule_text", [("fastv", "2:40"), ("fastv", "1:60,3:20"), ("dart", "2:36"),
-                                                   ("dart", "2:41"), ("dart", "1:60,3:9")])
+                                                   ("dart", "2:41"), ("dart", "1:60,3:9"),
+                                                   ("pdrop", "1:44,2:22,3:11")])
 @pytest.mark.parametrize("positions", ["original", "renumber"])
 def test_peer_matches_the_authors_rule_step_by_step(tiny, images, method, schedule_text, positions):
     adapter = tiny.adapter
