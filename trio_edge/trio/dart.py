@@ -35,18 +35,17 @@ def picks_per_pivot(keep: int) -> list[int]:
     return [base + (1 if r < extra else 0) for r in range(pivots)]
 
 
-def ranks(values: torch.Tensor) -> torch.Tensor:
-    """Position of each value in a stable descending sort (ties: lower index first), from pairwise comparisons.
-    The index comes from the data (a cumulative sum), so export cannot fold the (M, M) tie mask into a constant."""
-    idx = torch.ones_like(values, dtype=torch.int64).cumsum(0) - 1
+def ranks(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Position of each value in a stable descending sort (ties: lower `idx` first), from pairwise comparisons.
+    `idx` (0..n-1) should come from the inputs, so that export does not fold the (n, n) tie mask into a constant."""
     precedes = (values[:, None] > values[None, :]) | ((values[:, None] == values[None, :]) & (idx[:, None] < idx[None, :]))
     return precedes.sum(dim=0)
 
 
-def top_ordered(values: torch.Tensor, count: int) -> torch.Tensor:
+def top_ordered(values: torch.Tensor, idx: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the `count` largest values, largest first (ties: lower index first): what
     `values.topk(count).indices.tolist()` lists when there are no ties."""
-    rank = ranks(values)
+    rank = ranks(values, idx)
     return torch.stack([torch.argmax((rank == r).float()) for r in range(count)])
 
 
@@ -59,7 +58,7 @@ def _probe_sequence(keys: torch.Tensor, size: int):
     i, perturb, starts = keys % size, keys, []
     for _ in range(PROBE_GROUPS):  # unrolled: no ONNX Loop
         starts.append(i)
-        perturb = perturb // (1 << PERTURB_SHIFT)
+        perturb = torch.div(perturb, 1 << PERTURB_SHIFT, rounding_mode="trunc")  # keys >= 0: a plain Div
         i = (i * 5 + 1 + perturb) % size
     starts = torch.stack(starts, dim=1)  # (K, G)
     window = torch.where(starts + LINEAR_PROBES <= mask, LINEAR_PROBES + 1, 1)  # (K, G)
@@ -109,12 +108,12 @@ def dart_select_fixed(keys: torch.Tensor, normed: torch.Tensor, image_start, num
     span = image_start + torch.arange(m, device=keys.device)
     norms = keys.float().abs().sum(dim=-1)  # (S,) L1
     image_norms = norms.index_select(0, span)
-    image_pivots = top_ordered(image_norms, IMAGE_PIVOTS)  # local, by descending norm
+    local = span - image_start  # 0..M-1 from the data: not folded into constants
+    image_pivots = top_ordered(image_norms, local, IMAGE_PIVOTS)  # local, by descending norm
     after_image = positions >= image_start + m
-    text_pivots = top_ordered(torch.where(after_image, norms, -torch.inf), TEXT_PIVOTS)  # absolute
+    text_pivots = top_ordered(torch.where(after_image, norms, -torch.inf), positions, TEXT_PIVOTS)  # absolute
     pivots = torch.cat([image_pivots + image_start, text_pivots])  # (8,) absolute, insertion order
     visit = pivots.index_select(0, set_iteration_order(pivots))
-    local = span - image_start  # 0..M-1 from the data: not folded into constants
     taken = (local[:, None] == image_pivots[None, :]).any(dim=1)  # (M,) kept so far: the image pivots
     image_states = normed.index_select(0, span)
     for r, count in enumerate(picks_per_pivot(keep)):
@@ -122,7 +121,7 @@ def dart_select_fixed(keys: torch.Tensor, normed: torch.Tensor, image_start, num
             continue
         pivot_state = normed.index_select(0, visit[r:r + 1])
         distance = -nnf.cosine_similarity(pivot_state, image_states, dim=-1)  # (M,)
-        picked = ranks(torch.where(taken, -torch.inf, distance)) < count
+        picked = ranks(torch.where(taken, -torch.inf, distance), local) < count
         taken = taken | picked
     key = taken.float() * m + (m - local).float()  # distinct (exact below 2**24): TopK never sees a tie
     return torch.sort(torch.topk(key, keep).indices).values, image_norms
