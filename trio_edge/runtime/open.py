@@ -76,6 +76,10 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
     directory = Path(directory)
     manifest = read_manifest(directory, verify_hashes=verify)
     check_backend(manifest.quantization, backend, directory)
+    if backend != "torch":  # the torch backend rebuilds the modules; it never runs the graph files
+        manifest.check_runnable(directory)
+    if backend == "tensorrt":
+        manifest.check_tensorrt_target(directory)
     specs = manifest.specs()
     adapter = _io_adapter(directory)
     if backend == "onnxruntime":

@@ -1,7 +1,9 @@
-"""ONNX Runtime backend: CPU, or CUDA with IO binding so tensors stay on the GPU between graphs.
+"""ONNX Runtime backend: CPU or CUDA, every call through IO binding.
 
-On CUDA, inputs and outputs are torch CUDA tensors bound by pointer (no host round trips per stage
-or per token); outputs are allocated by torch with the shapes the graph signature implies.
+Inputs and outputs are torch tensors bound by pointer (on CUDA no host round trips per stage or per
+token); outputs are allocated by torch with the shapes the graph signature implies, except an output the
+signature marks as its input updated in place (a segment's kv_out): that one is bound to the input's own
+buffer, and the graph's scatter of the new KV slots then writes there without copying the cache.
 """
 
 from __future__ import annotations
@@ -58,25 +60,21 @@ class OnnxRuntimeBackend(Backend):
         return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
     def run_impl(self, graph, inputs):
-        if self.device.type == "cuda":
-            return self._run_bound(graph, inputs)
-        spec = self.specs[graph]
-        feed = {t.name: inputs[t.name].numpy() for t in spec.inputs}
-        outputs = self.sessions[graph].run([t.name for t in spec.outputs], feed)
-        return {t.name: torch.from_numpy(out) for t, out in zip(spec.outputs, outputs)}
-
-    def _run_bound(self, graph, inputs):
         spec, session = self.specs[graph], self.sessions[graph]
         binding = session.io_binding()
-        index = self.device.index or 0
+        kind, index = self.device.type, self.device.index or 0
         bound = {t.name: inputs[t.name].contiguous() for t in spec.inputs}  # alive until the run ends
         for name, value in bound.items():
-            binding.bind_input(name, "cuda", index, ORT_TYPES[dtype_name(value.dtype)], tuple(value.shape), value.data_ptr())
+            binding.bind_input(name, kind, index, ORT_TYPES[dtype_name(value.dtype)], tuple(value.shape), value.data_ptr())
         shapes = spec.output_shapes({name: tuple(value.shape) for name, value in inputs.items()})
+        written = dict(spec.in_place)
         outputs = {}
         for t in spec.outputs:
-            out = torch.empty(shapes[t.name], dtype=TORCH_DTYPES[t.dtype], device=self.device)
-            binding.bind_output(t.name, "cuda", index, ORT_TYPES[t.dtype], tuple(out.shape), out.data_ptr())
+            if t.name in written and bound[written[t.name]] is inputs[written[t.name]]:
+                out = bound[written[t.name]]  # the caller's own buffer: the graph updates it in place
+            else:
+                out = torch.empty(shapes[t.name], dtype=TORCH_DTYPES[t.dtype], device=self.device)
+            binding.bind_output(t.name, kind, index, ORT_TYPES[t.dtype], tuple(out.shape), out.data_ptr())
             outputs[t.name] = out
         session.run_with_iobinding(binding)
         return outputs
