@@ -278,6 +278,15 @@ def read_dynamic_axes(directory: Path) -> tuple[dict[str, dict[str, set[int]]] |
                     "{'graphs': {name: {'file', 'inputs': [{'name', 'dynamic_axes'}]}}}")
 
 
+def read_target(directory: Path) -> str | None:
+    """The export target a manifest records, read leniently (trio-check): None without one."""
+    try:
+        target = json.loads((Path(directory) / MANIFEST_NAME).read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return target if isinstance(target, str) else None
+
+
 def _input_axes(entry: dict) -> dict[str, set[int]]:
     axes = {}
     for item in entry["inputs"]:
