@@ -112,6 +112,13 @@ class Manifest:
         """What trio-run / trio-bench print: 'float16', or e.g. 'int4 (rtn, block 32)'."""
         return self.quantization.describe() if self.quantization is not None else self.model.dtype
 
+    def content_key(self) -> str:
+        """A digest of every file's sha256: equal exactly when the export's files are (runtime caches key on it)."""
+        import hashlib
+
+        rows = sorted(f"{path}:{entry['sha256']}" for path, entry in self.files.items())
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
     def check_runnable(self, directory) -> None:
         """Refuse graphs this runtime cannot run: segments of manifests before version 3 return a whole new cache
         (the runtime binds kv_out to kv's own buffer)."""

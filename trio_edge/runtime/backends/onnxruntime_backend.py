@@ -15,6 +15,7 @@ import torch
 from ...artifact.dtypes import ORT_TYPES, TORCH_DTYPES, dtype_name
 from ...errors import BackendUnavailableError
 from .base import Backend
+from .ort_sessions import SESSION_SETTINGS, cache_key, cache_root, open_session, session_options
 
 
 def _import_ort():
@@ -30,24 +31,26 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, specs, graph_files: dict[str, Path], device: str = "cpu", threads: int | None = None,
-                 disabled_optimizers: tuple[str, ...] = ()):
+                 disabled_optimizers: tuple[str, ...] = (), export_key: str | None = None):
         """`disabled_optimizers`: ONNX Runtime graph optimizers to skip (quantized exports name one, see
-        artifact.weights.ORT_DISABLED_OPTIMIZERS)."""
+        artifact.weights.ORT_DISABLED_OPTIMIZERS). `export_key` (the export's file hashes) turns on the
+        optimized-graph cache (see ort_sessions); None loads without it."""
         super().__init__(specs, device)
         ort = _import_ort()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailableError(
                     f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (providers: "
                     f"{', '.join(ort.get_available_providers())}); pip install 'trio-edge[gpu]' (onnxruntime-gpu) "
                     "or use --device cpu")
-        self.sessions = {name: ort.InferenceSession(str(path), options, providers=self._providers(specs[name].kind),
-                                                    disabled_optimizers=list(disabled_optimizers) or None)
-                         for name, path in graph_files.items()}
+        self.settings = {**SESSION_SETTINGS, "intra_op_num_threads": threads or "physical cores",
+                         "disabled_optimizers": sorted(disabled_optimizers), "device": str(self.device)}
+        self.sessions, self.cache = {}, {}
+        for name, path in graph_files.items():
+            key = None if export_key is None else cache_key(export_key, name, ort.__version__, self.settings)
+            self.sessions[name], self.cache[name] = open_session(
+                ort, path, session_options(ort, threads), self._providers(specs[name].kind), disabled_optimizers,
+                None if key is None else cache_root() / "ort" / key)
 
     def _providers(self, kind: str) -> list:
         if self.device.type != "cuda":
