@@ -46,6 +46,8 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     derived_axes: tuple[tuple[str, str, int], ...] = ()  # (axis, source axis, offset): axis = source + offset
+    # (output, input) pairs: the output is the input updated in place, and runtimes bind both to one buffer
+    in_place: tuple[tuple[str, str], ...] = ()
 
     def output_shapes(self, input_shapes: dict[str, tuple]) -> dict[str, tuple]:
         """Output shapes for given input shapes, so a runtime can allocate outputs before running."""
@@ -77,6 +79,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
             (TensorSpec("hidden", dtype, (1, q, d)), TensorSpec("position_ids", "int64", (1, q)),
              TensorSpec("past_length", "int64", ()), kv),
             (head, TensorSpec("kv_out", dtype, plan.kv_shape(seg))),
+            in_place=(("kv_out", "kv"),),
         ))
     for sel in plan.selects:
         owned = plan.owned_segment_of(sel)  # a select that runs layer N-1 also writes that layer's KV buffer
@@ -91,6 +94,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
              TensorSpec("position_ids_out", "int64", (1, PRUNED_AXIS)),
              TensorSpec("saliency", "float32", (sel.tokens_in,)), *kv_out),
             derived_axes=((PRUNED_AXIS, SEQ_AXIS, sel.keep - sel.tokens_in),),
+            in_place=(("kv_out", "kv"),) if owned else (),
         ))
     return {spec.name: spec for spec in specs}
 
