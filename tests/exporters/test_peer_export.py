@@ -62,6 +62,10 @@ def test_trio_check_passes_on_peer_export(peer_export):
 @pytest.mark.parametrize("argv, message", [
     (["--method", "fastv", "--cuts", "0:40"], "N must be at least 1"),
     (["--method", "random", "--cuts", "1:40"], "cannot be exported"),
+    (["--method", "fastvv", "--cuts", "2:40"], "unknown selection method 'fastvv'"),
+    (["--preset", "trio-999"], "unknown preset 'trio-999'"),
+    (["--preset", "fastv", "--method", "dart"], "is a fastv schedule"),
+    (["--method", "dart", "--cuts", "2:3"], "keeps at least 4"),
 ])
 def test_bad_peer_export_is_one_line_and_writes_nothing(export_model, tmp_path, capsys, argv, message):
     out = tmp_path / "never"
