@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -19,6 +21,7 @@ from trio_edge.models.tiny import make_tiny_llava_next  # noqa: E402
 
 # ONNX Runtime's optimized-graph cache goes to a directory of this session, never the user's ~/.cache
 os.environ["TRIO_EDGE_CACHE"] = tempfile.mkdtemp(prefix="trio-edge-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TRIO_EDGE_CACHE"], ignore_errors=True)
 
 # Two cores and tiny tensors: one intra-op thread is fastest and leaves a core to the rest.
 torch.set_num_threads(1)
