@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Accuracy of TRIO vs peers on trio-tiny at three layer-averaged budgets (torch + ONNX for TRIO), and the
+# Accuracy of TRIO vs the published peers on trio-tiny at 1/3, 2/9, 1/9 (torch; ONNX at 1/3), and the
 # calibrated 11.1% schedule vs the default one on a held-out split. Results under benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${N:-200}
 out=benchmarks/results
-trio-eval trio-tiny --budgets 0.33,0.22,0.111 --methods full,trio,fastv,dart,random,uniform --backend onnxruntime \
-  --n "$n" --json "$out/eval_trio_tiny.json" --plot "$out/eval_trio_tiny.png" --quiet
+trio-eval trio-tiny --n "$n" --json "$out/eval_peers_trio_tiny.json" --plot "$out/eval_peers_trio_tiny.png" --quiet
+trio-eval trio-tiny --budgets 1/3 --methods full,trio,fastv,dart,pdrop --backend onnxruntime --n 40 \
+  --json "$out/eval_peers_trio_tiny_onnx.json" --quiet
 trio-calibrate trio-tiny --budget 0.111 --n 48 -o "$out/trio_tiny_calibrated_0.111.json" --quiet
 python - "$out" "$n" <<'PY'
 import json, sys
