@@ -118,9 +118,10 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
     """One decoder layer on h (T, D) with the layer's cache kv (2, KVH, N, hd); returns (h, kv_or_new).
 
     In place (`in_place`): writes the new keys/values into kv and returns kv; `mask` is the bool causal
-    mask over the buffer, and `filled` (CPU) the slots to read, past_length + T. A call with T > 1 is a
+    mask over the buffer, and `filled` (CPU) the slots to read, past_length + T. Export form: kv holds only
+    the layer's past slots (2, KVH, past_length, hd). A call with T > 1 is a
     prefill from slot 0 (the runtime's only multi-token call): it attends causally within its own T
-    positions (SDPA's flash path). Export form: reads slots [0, filled - T) of kv plus the new keys/values
+    positions (SDPA's flash path). Export form: attends over those past slots plus the new keys/values
     under `mask`, an additive bias (T, filled) (see mask_bias), and returns the new (2, KVH, T, hd);
     `fused_op` writes that attention as one group_query_attention op (ONNX Runtime's fused GQA on export)."""
     x = layer.input_layernorm(h)
@@ -137,12 +138,11 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
             attn = fused_attention(q, kv[0], kv[1], mask, scale)
         kv_out = kv
     elif fused_op:
-        attn = _fused_op_attention(q, k, v, kv, filled, scale)
+        attn = _fused_op_attention(q, k, v, kv, scale)
         kv_out = torch.stack((k, v))
-    else:
-        past = filled - h.shape[0]
-        keys = torch.cat((kv[0, :, :past], k), dim=1)  # (KVH, past + T, hd)
-        values = torch.cat((kv[1, :, :past], v), dim=1)
+    else:  # kv holds exactly the past slots here (the segment sliced them once for every layer)
+        keys = torch.cat((kv[0], k), dim=1)  # (KVH, past + T, hd)
+        values = torch.cat((kv[1], v), dim=1)
         attn = grouped_attention(q, keys, values, mask, scale)
         kv_out = torch.stack((k, v))
     h = h + layer.self_attn.o_proj(attn)
@@ -150,21 +150,21 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
     return h, kv_out
 
 
-def _fused_op_attention(q, k, v, kv, filled: int, scale: float):
-    """layer_step's export attention as the group_query_attention op (models.attention_op): (T, H*hd)."""
+def _fused_op_attention(q, k, v, past_kv, scale: float):
+    """layer_step's export attention as the group_query_attention op (models.attention_op) over the past slots
+    past_kv (2, KVH, P, hd) and the new keys/values: (T, H*hd)."""
     from . import attention_op  # noqa: F401  (registers the op)
 
     num_heads, t, head_dim = q.shape
     num_kv = k.shape[0]
-    past = filled - t
+    filled = past_kv.shape[2] + t
     total = torch.full((), filled, dtype=torch.int32, device=q.device)
 
     def flat(x):  # (heads, T, hd) -> (1, T, heads*hd)
         return x.transpose(0, 1).reshape(1, t, -1)
 
-    out = torch.ops.trio_edge.group_query_attention(flat(q), flat(k), flat(v), kv[0, :, :past][None],
-                                                    kv[1, :, :past][None], (total - 1).reshape(1), total, num_heads,
-                                                    num_kv, float(scale))
+    out = torch.ops.trio_edge.group_query_attention(flat(q), flat(k), flat(v), past_kv[0][None], past_kv[1][None],
+                                                    (total - 1).reshape(1), total, num_heads, num_kv, float(scale))
     return out[0]  # (T, H*hd)
 
 
@@ -201,9 +201,12 @@ class DecoderSegment(nn.Module):
         torch._check(past + t <= capacity)
         # one mask for every layer (the fused op builds its own)
         mask = None if self.fused_op else mask_bias(causal_over_buffer(past_length, t, past + t))
+        # the filled slots of every layer, sliced once before any layer: slicing a layer out of the whole cache
+        # first would copy all of its capacity on every step
+        past_kv = kv[:, :, :, :past]  # (L, 2, KVH, past, hd)
         new = []
         for index, layer in enumerate(self.layers):
-            h, layer_new = layer_step(layer, h, cos, sin, kv[index], past_length, mask, filled=past + t,
+            h, layer_new = layer_step(layer, h, cos, sin, past_kv[index], past_length, mask,
                                       fused_op=self.fused_op)
             new.append(layer_new)
         kv_out = scatter_new_slots(kv, torch.stack(new), past_length) if new else kv
