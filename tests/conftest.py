@@ -68,13 +68,14 @@ def export_tiny(export_model, tmp_path_factory):
     """Export the tiny model at a named schedule once per session (fp32, validated)."""
     done = {}
 
-    def get(name):
-        if name not in done:
-            out = tmp_path_factory.mktemp("exports") / name
+    def get(name, target="tensorrt"):
+        key = name if target == "tensorrt" else f"{name}-{target}"
+        if key not in done:
+            out = tmp_path_factory.mktemp("exports") / key
             summary = export(export_model.source, out, cuts=SCHEDULES[name], loaded=export_model,
-                             max_text_tokens=48, max_new_tokens=12, progress=False)
-            done[name] = (name, out, summary)
-        return done[name]
+                             max_text_tokens=48, max_new_tokens=12, progress=False, target=target)
+            done[key] = (name, out, summary)
+        return done[key]
 
     return get
 

@@ -30,19 +30,21 @@ class EmbedAndMerge(nn.Module):
 
 
 def build_modules(adapter, plan, method: str = "trio", seed: int = 0,
-                  runtime_form: bool = False) -> dict[str, nn.Module]:
+                  runtime_form: bool = False, fused_attention_op: bool = False) -> dict[str, nn.Module]:
     """Graph name -> PyTorch module; these are what the torch backend runs and what export traces.
 
     `method` picks the selection rule of every cut (peers are PyTorch-only baselines). `runtime_form`
     builds the torch runtime's forms (segments write KV in place with fused attention; selects iterate
-    Cluster-NMS to its fixed point); export traces the default, graph-friendly forms."""
+    Cluster-NMS to its fixed point); export traces the default, graph-friendly forms, with attention as one
+    fused op per layer when `fused_attention_op` (the onnxruntime export target: ONNX Runtime's GQA)."""
     decoder = adapter.decoder
     modules = {
         "vision": adapter.vision_module(plan.grid),
         "embed": EmbedAndMerge(decoder.embed_tokens, adapter.image_token_id),
     }
     for seg in plan.segments:
-        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form)
+        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form,
+                                            fused_op=fused_attention_op and not runtime_form)
     for sel in plan.selects:
         modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
                                         plan.nms_iterations, method=method, seed=seed, runtime_form=runtime_form)
