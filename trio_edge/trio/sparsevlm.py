@@ -165,7 +165,8 @@ def descending_rank(values: torch.Tensor) -> torch.Tensor:
     """(N,) -> (N,) int64 position of each value in a descending order whose ties go to the lower index."""
     n = values.shape[0]
     index = torch.arange(n, device=values.device)
-    before = (values[None, :] > values[:, None]) | ((values[None, :] == values[:, None]) & (index[None, :] < index[:, None]))
+    before = (values[None, :] > values[:, None]) | (
+        (values[None, :] == values[:, None]) & (index[None, :] < index[:, None]))
     return before.float().sum(dim=1).to(torch.int64)  # float sums are exact far beyond any token count
 
 
