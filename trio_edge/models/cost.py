@@ -95,6 +95,20 @@ def fp32_prefill_flops(config, plan, text_tokens: int) -> float:
     return total
 
 
+def prefill_flops_by_layer_tokens(shape: DecoderShape, text_tokens: int, image_tokens_per_layer) -> float:
+    """Decoder prefill FLOPs (+ lm_head for the last position) when layer l sees text + image_tokens_per_layer[l]
+    tokens: any pruning schedule, merged tokens included."""
+    total = sum(shape.layer_flops(text_tokens + m, text_tokens + m) for m in image_tokens_per_layer)
+    return total + shape.head_flops()
+
+
+def kv_bytes_by_layer_tokens(shape: DecoderShape, text_tokens: int, image_tokens_per_layer,
+                             bytes_per_element: int) -> int:
+    """Bytes of the prompt's KV cache when layer l holds text + image_tokens_per_layer[l] positions."""
+    per_position = 2 * shape.kv_heads * shape.head_dim * bytes_per_element
+    return sum((text_tokens + m) * per_position for m in image_tokens_per_layer)
+
+
 def decode_bytes_per_token(config, plan, bytes_per_element: int, prompt_tokens: int) -> float:
     """Bytes a decode step must read at least: decoder weights + lm_head + the filled part of each KV buffer."""
     shape = DecoderShape.from_config(config.text_config)

@@ -86,6 +86,29 @@ def image_tokens_after(cuts, num_image_tokens: int) -> list[int]:
     return counts
 
 
+def image_tokens_per_layer(cuts, num_layers: int, num_image_tokens: int) -> list[int]:
+    """Image tokens entering each decoder layer (kept + merged after each cut): what the cost model counts."""
+    after = dict(zip((c.layer for c in cuts), image_tokens_after(cuts, num_image_tokens)))
+    counts, current = [], num_image_tokens
+    for layer in range(num_layers):
+        current = after.get(layer, current)
+        counts.append(current)
+    return counts
+
+
+def selection_flops(cuts, num_image_tokens: int, text_tokens: int, hidden: int) -> float:
+    """FLOPs the rule adds beyond the layers it reads (their attention is computed anyway): raters' V T^T once,
+    per cut the rater average, the rank comparisons, and the clustering's Gram matrix and merge matmul."""
+    flops = 2.0 * num_image_tokens * text_tokens * hidden
+    current = num_image_tokens
+    for cut in cuts:
+        recycled, merged = recycle_counts(current, cut.keep)
+        flops += 2.0 * text_tokens * current + current ** 2 + 2.0 * recycled ** 2 * hidden
+        flops += 2.0 * merged * recycled * hidden
+        current = cut.keep + merged
+    return flops
+
+
 def sparsevlm_schedule(*, num_layers: int, num_image_tokens: int, budget: int | None = None,
                        keep_ratio: float | None = None, cuts: str | None = None, **kwargs) -> Schedule:
     """The schedule of `--method sparsevlm`: a table budget, a layer-averaged keep ratio (the 192 table's
