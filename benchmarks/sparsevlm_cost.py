@@ -51,7 +51,8 @@ def model_rows(alias: str, text_tokens: int) -> dict:
         per_layer = sv.image_tokens_per_layer(schedule.cuts, layers, m)
         extra = sv.selection_flops(schedule.cuts, m, text_tokens, text.hidden_size)
         cuts = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
-        merged = "/".join(str(after - c.keep) for c, after in zip(schedule.cuts, sv.image_tokens_after(schedule.cuts, m)))
+        afters = sv.image_tokens_after(schedule.cuts, m)
+        merged = "/".join(str(after - c.keep) for c, after in zip(schedule.cuts, afters))
         rows[f"sparsevlm_{budget}"] = row(per_layer, extra, f"{cuts} (+ {merged} merged)")
         # TRIO at the same layer-averaged image tokens (its own cut layers), selection FLOPs left out
         ratio = rows[f"sparsevlm_{budget}"]["layer_averaged_image_tokens"] / m
