@@ -48,6 +48,7 @@ def image(images):
 
 # ---- exports of the tiny model, shared by export, CLI and hardening tests ----------------------------
 SCHEDULES = {"one_cut": "1:40", "three_cuts": "0:30,1:16,2:8"}
+METHODS = {"fastv_one_cut": ("2:40", "fastv")}  # peer exports: (cuts, method)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +65,8 @@ def export_tiny(export_model, tmp_path_factory):
     def get(name):
         if name not in done:
             out = tmp_path_factory.mktemp("exports") / name
-            summary = export(export_model.source, out, cuts=SCHEDULES[name], loaded=export_model,
+            cuts, method = METHODS.get(name, (SCHEDULES.get(name), "trio"))
+            summary = export(export_model.source, out, cuts=cuts, method=method, loaded=export_model,
                              max_text_tokens=48, max_new_tokens=12, progress=False)
             done[name] = (name, out, summary)
         return done[name]

@@ -79,14 +79,17 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
             (head, TensorSpec("kv_out", dtype, plan.kv_shape(seg))),
         ))
     for sel in plan.selects:
+        owned = plan.owned_segment_of(sel)  # a select that runs layer N-1 also writes that layer's KV buffer
+        kv = (TensorSpec("kv", dtype, plan.kv_shape(owned)),) if owned else ()
+        kv_out = (TensorSpec("kv_out", dtype, plan.kv_shape(owned)),) if owned else ()
         specs.append(GraphSpec(
             sel.name, GraphKind.SELECT,
             (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)), TensorSpec("position_ids", "int64", (1, SEQ_AXIS)),
-             TensorSpec("image_start", "int64", ())),
+             TensorSpec("image_start", "int64", ()), *kv),
             (TensorSpec("kept", "int64", (sel.keep,)), TensorSpec("converged", "bool", ()),
              TensorSpec("hidden_out", dtype, (1, PRUNED_AXIS, d)),
              TensorSpec("position_ids_out", "int64", (1, PRUNED_AXIS)),
-             TensorSpec("saliency", "float32", (sel.tokens_in,))),
+             TensorSpec("saliency", "float32", (sel.tokens_in,)), *kv_out),
             derived_axes=((PRUNED_AXIS, SEQ_AXIS, sel.keep - sel.tokens_in),),
         ))
     return {spec.name: spec for spec in specs}

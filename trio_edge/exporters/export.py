@@ -31,11 +31,11 @@ from ..artifact.weights import (
 from ..errors import ExportError, InputError
 from ..files import atomic_directory
 from ..models.split import build_modules
+from ..trio.methods import EXPORTABLE_METHODS, method_info
 from .onnx_graph import compare_outputs, export_graph, run_onnx
 from .probe_inputs import example_inputs, random_inputs, recorded_request_inputs
 from .quantize import GraphWeightWriter, WeightTable, quantize_model, shared_weights
 
-EXPORTABLE_METHODS = ("trio",)  # selection rules with an in-graph export
 
 
 @dataclass
@@ -98,7 +98,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     quantization = checked_quantization(weights, dtype, block_size=block_size, method=quant_method,
                                         lm_head=quantize_lm_head, vision=quantize_vision,
                                         calibration_data=calibration_data)
-    if method not in EXPORTABLE_METHODS:
+    if not method_info(method).exportable:
         raise InputError(f"--method {method} cannot be exported; exportable: {', '.join(EXPORTABLE_METHODS)}")
     if calibration_samples < 1:
         raise InputError(f"--calibration-samples must be at least 1, got {calibration_samples}")
@@ -115,20 +115,20 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
     schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file,
-                                positions=positions, threshold=threshold, precision=precision)
+                                positions=positions, threshold=threshold, precision=precision, method=method)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
-                    max_new_tokens=max_new_tokens, nms_iterations=nms_iterations)
+                    max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method)
     io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size)
     specs = graph_specs(plan, tile_count=io.tile_count, tile_size=io.tile_size, dtype=tensor_dtype)
     if quantization is not None:
         opset = max(opset, QDQ_OPSET)
-        quantization, table = _quantize(loaded, plan, specs, quantization, calibration_samples, method, progress)
+        quantization, table = _quantize(loaded, plan, specs, quantization, calibration_samples, progress)
     elif plan.schedule.precision == "model" and plan.selects:  # selects hold the segments' own weights
         table = shared_weights(adapter.linear_layers(lm_head=True))
     else:
         table = None
     writer = GraphWeightWriter(table, quantization, tensor_dtype) if table is not None else None
-    modules = build_modules(adapter, plan, method=method)
+    modules = build_modules(adapter, plan)
 
     with atomic_directory(output_dir, overwrite=force) as tmp:
         graphs = _export_all(modules, specs, plan, tmp, opset, progress, writer, tensor_dtype)
@@ -154,7 +154,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
                       manifest.weight_format())
 
 
-def _quantize(loaded, plan, specs, quantization: Quantization, calibration_samples: int, method: str,
+def _quantize(loaded, plan, specs, quantization: Quantization, calibration_samples: int,
               progress: bool) -> tuple[Quantization, WeightTable]:
     """Check the block size against every layer, then quantize the model's weights in place."""
     linears = loaded.adapter.linear_layers(lm_head=quantization.lm_head, vision=quantization.vision)
@@ -164,7 +164,7 @@ def _quantize(loaded, plan, specs, quantization: Quantization, calibration_sampl
         from .gptq import gptq_codes
 
         codes_for, calibration = gptq_codes(loaded, plan, specs, linears, quantization, calibration_samples,
-                                            method=method, progress=progress)
+                                            progress=progress)
         quantization = Quantization(**{**quantization.to_dict(), "calibration": calibration})
     table = quantize_model(linears, quantization, codes_for)
     if not quantization.lm_head and plan.selects:  # select graphs share the segments' float lm_head
@@ -180,7 +180,8 @@ def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, ops
         path = directory / f"{name}.onnx"
         ranges = shape_ranges(spec, plan)
         export_graph(modules[name], spec, example_inputs(spec, plan), ranges, path,
-                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT, external_data=writer is not None)
+                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT and plan.method == "trio",
+                     external_data=writer is not None)
         record = writer.rewrite(path) if writer is not None else {"format": dtype}
         size = sum(p.stat().st_size for p in directory.glob(f"{name}.onnx*"))
         graphs[name] = GraphEntry(path.name, spec.kind, size, tuple(t.to_dict() for t in spec.inputs),

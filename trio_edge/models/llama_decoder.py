@@ -105,6 +105,19 @@ def causal_over_buffer(past_length: torch.Tensor, t: int, n: int) -> torch.Tenso
     return torch.arange(n, device=past_length.device)[None, :] <= query_slot[:, None]
 
 
+def attention_with_probs(q, k, v, bias, scale):
+    """grouped_attention that also returns the softmax attention: (T, H*hd) and probs (H, T, N) float32.
+
+    Explicit softmax (no fused kernel): the rules that score tokens by attention read these probabilities."""
+    num_heads, t, head_dim = q.shape
+    num_kv = k.shape[0]
+    groups = num_heads // num_kv
+    scores = torch.matmul(q.reshape(num_kv, groups * t, head_dim), k.transpose(1, 2)) * scale  # (KVH, G*T, N)
+    probs = torch.softmax(scores.reshape(num_kv, groups, t, -1).float() + bias, dim=-1)  # (KVH, G, T, N)
+    out = torch.matmul(probs.to(q.dtype).reshape(num_kv, groups * t, -1), v).reshape(num_heads, t, head_dim)
+    return out.transpose(0, 1).reshape(t, num_heads * head_dim), probs.reshape(num_heads, t, -1)
+
+
 def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False):
     """One decoder layer on h (T, D) with a static KV buffer kv (2, KVH, N, hd); returns (h, kv).
 
@@ -241,3 +254,29 @@ class LlamaFamilyDecoder:
         cos, sin = self.rotary(h[None], position_ids)
         _, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
         return k.transpose(0, 1).reshape(h.shape[0], -1)
+
+    def layer_with_attention(self, layer_index, h, position_ids, kv, in_place: bool = False):
+        """A prefill of layer `layer_index` on all S tokens of h (S, D) that also exposes what token-scoring
+        rules read from it: returns (h_out (S, D), kv_out (2, KVH, N, hd), probs (H, S, S) float32 softmax
+        attention, keys (KVH, S, hd) after rotary, states (S, D) the layer's normalised input).
+
+        The KV buffer kv (2, KVH, N, hd) is written at slots 0..S-1 (in place with `in_place`), exactly as a
+        segment's prefill writes it, so the layer's decode steps run in an ordinary one-layer segment."""
+        layer = self.layers[layer_index]
+        cos, sin = self.rotary(h[None], position_ids)
+        cos, sin = cos[0], sin[0]
+        states = layer.input_layernorm(h)
+        q, k, v = project_qkv(layer, states, cos, sin)
+        positions = torch.arange(h.shape[0], device=h.device)
+        allowed = positions[None, :] <= positions[:, None]  # causal within the S prompt tokens
+        attn, probs = attention_with_probs(q, k, v, mask_bias(allowed), layer.self_attn.scaling)
+        start = torch.zeros((), dtype=torch.int64, device=h.device)
+        if in_place:
+            write_kv_in_place(kv[0], k, start)
+            write_kv_in_place(kv[1], v, start)
+            kv_out = kv
+        else:
+            kv_out = torch.stack((write_kv(kv[0], k, start), write_kv(kv[1], v, start)))
+        h = h + layer.self_attn.o_proj(attn)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h, kv_out, probs, k, states

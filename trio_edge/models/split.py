@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..graph_ops import clamp_index, running_count
-from ..trio.select_module import SelectStage
+from ..trio.select_module import LayerOwningSelectStage, SelectStage
 
 
 class EmbedAndMerge(nn.Module):
@@ -29,11 +29,10 @@ class EmbedAndMerge(nn.Module):
         return torch.where(is_image[:, None], image, text)[None]
 
 
-def build_modules(adapter, plan, method: str = "trio", seed: int = 0,
-                  runtime_form: bool = False) -> dict[str, nn.Module]:
+def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False) -> dict[str, nn.Module]:
     """Graph name -> PyTorch module; these are what the torch backend runs and what export traces.
 
-    `method` picks the selection rule of every cut (peers are PyTorch-only baselines). `runtime_form`
+    `plan.method` picks the selection rule of every cut (trio.methods says where it acts). `runtime_form`
     builds the torch runtime's forms (segments write KV in place with fused attention; selects iterate
     Cluster-NMS to its fixed point); export traces the default, graph-friendly forms."""
     decoder = adapter.decoder
@@ -44,6 +43,12 @@ def build_modules(adapter, plan, method: str = "trio", seed: int = 0,
     for seg in plan.segments:
         modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form)
     for sel in plan.selects:
-        modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
-                                        plan.nms_iterations, method=method, seed=seed, runtime_form=runtime_form)
+        owned = plan.owned_segment_of(sel)
+        if owned is not None:
+            modules[sel.name] = LayerOwningSelectStage(decoder, owned.start, sel.tokens_in, sel.keep, plan.schedule,
+                                                       plan.method, runtime_form=runtime_form)
+        else:
+            modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
+                                            plan.nms_iterations, method=plan.method, seed=seed,
+                                            runtime_form=runtime_form)
     return {name: module.eval() for name, module in modules.items()}

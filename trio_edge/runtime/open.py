@@ -143,13 +143,13 @@ def open_model(model, schedule: Schedule | None = None, *, grid=None, max_text_t
     grid = adapter.grid_for(grid) if grid is None or isinstance(grid, str) else tuple(grid)
     adapter.validate_grid(grid)
     if schedule is None:
-        schedule = adapter.schedule(grid, **{k: v for k, v in schedule_options.items() if v is not None})
+        schedule = adapter.schedule(grid, method=method, **{k: v for k, v in schedule_options.items() if v is not None})
     elif any(v is not None for v in schedule_options.values()):
         raise InputError("pass either a Schedule or schedule options (cuts, keep_ratio, ...), not both")
     plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
-                    nms_iterations=nms_iterations)
+                    nms_iterations=nms_iterations, method=method)
     dtype = dtype_name(next(loaded.model.parameters()).dtype)
     specs = graph_specs(plan, tile_count=adapter.tile_count(grid), tile_size=adapter.tile_size, dtype=dtype)
-    modules = build_modules(adapter, plan, method=method, seed=seed, runtime_form=runtime_form)
+    modules = build_modules(adapter, plan, seed=seed, runtime_form=runtime_form)
     backend = TorchBackend(specs, modules, device=device, cuda_graphs=cuda_graphs)
     return Pipeline(plan, backend, adapter, stop_token_ids=adapter.stop_token_ids(), dtype=dtype)

@@ -83,7 +83,12 @@ class Pipeline:
 
     def _run_select(self, sel: SelectPlan, hidden, position_ids, image_start: int):
         start = torch.tensor(image_start, dtype=torch.int64, device=self.device)
-        out = self.backend.run(sel.name, {"hidden": hidden, "position_ids": position_ids, "image_start": start})
+        inputs = {"hidden": hidden, "position_ids": position_ids, "image_start": start}
+        if sel.owned_segment is not None:  # the select runs that segment's layer in prefill and writes its KV
+            inputs["kv"] = self.kv[sel.owned_segment]
+        out = self.backend.run(sel.name, inputs)
+        if sel.owned_segment is not None:
+            self.kv[sel.owned_segment] = out["kv_out"]
         if not bool(out["converged"]):
             out = self._exact_select_on_host(sel, hidden, position_ids, start, out)
         return out
@@ -114,6 +119,8 @@ class Pipeline:
         kept, lengths = [], {}
         for stage in self.plan.stages():
             if isinstance(stage, SelectPlan):
+                if stage.owned_segment is not None:
+                    lengths[stage.owned_segment] = hidden.shape[1]
                 out = self._run_select(stage, hidden, position_ids, image_start)
                 hidden, position_ids = out["hidden_out"], out["position_ids_out"]
                 image_ids = image_ids.index_select(0, out["kept"])

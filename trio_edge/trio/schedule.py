@@ -161,9 +161,14 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
 
 def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None, schedule_file=None,
                      positions: str | None = None, threshold: float | None = None, precision: str | None = None,
-                     default_cut_layers=(), default_keep_weights=(), num_layers: int,
+                     method: str | None = None, default_cut_layers=(), default_keep_weights=(), num_layers: int,
                      num_image_tokens: int) -> Schedule:
-    """One schedule from the mutually exclusive user options; no option means no pruning."""
+    """One schedule from the mutually exclusive user options; no option means no pruning. `method` gives the
+    default positions (its authors' choice, trio.methods) and checks the cut layers it can act at."""
+    from .methods import check_cut_layers, method_info
+
+    if method is not None and positions is None and schedule_file is None:
+        positions = method_info(method).positions
     given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio),
                                       ("--schedule-file", schedule_file)) if value is not None]
     if len(given) > 1:
@@ -183,4 +188,6 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
                                       num_image_tokens, **overrides)
     else:
         schedule = Schedule.parse(cuts or "", **overrides)
+    if method is not None:
+        check_cut_layers(method, [c.layer for c in schedule.cuts])
     return schedule.validate(num_layers, num_image_tokens)

@@ -6,15 +6,17 @@ position_ids (1, S'), saliency (M,), with S' = S - M + K. The image span is [ima
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..graph_ops import clamp_index
 from . import peers
-from .methods import METHODS
+from .methods import METHODS, method_info
 from .saliency import proxy_saliency
 from .schedule import Schedule
-from .selection import nms_select_fixed
+from .selection import nms_select_fixed, top_k_fixed
 
 
 def pruned_index_map(seq_len, image_start, num_image: int, kept: torch.Tensor) -> torch.Tensor:
@@ -44,8 +46,8 @@ class SelectStage(nn.Module):
         `runtime_form` (the torch runtime, not export) iterates Cluster-NMS to its fixed point and stops
         there: always exact, never needs the host fallback, and no wasted iterations."""
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+        if method not in METHODS or method_info(method).owns_layer:
+            raise ValueError(f"SelectStage runs proxy / any-cut rules, not {method!r} (see LayerOwningSelectStage)")
         self.method = method
         self.random = torch.Generator().manual_seed(seed)
         if schedule.precision == "fp32" and decoder.lm_head.weight.dtype != torch.float32:
@@ -68,9 +70,6 @@ class SelectStage(nn.Module):
     def peer_kept(self, hidden, position_ids, span):
         """A baseline's kept indices at this cut (same budget, same cut layer as TRIO)."""
         m, h = self.num_image_tokens, hidden[0]
-        if self.method == "fastv":
-            attention = self._decoder.last_token_attention(self.proxy_layer, h, position_ids)
-            return peers.fastv_select(attention.index_select(0, span), self.keep)
         if self.method == "dart":
             keys = self._decoder.keys(self.proxy_layer, h, position_ids).index_select(0, span)
             return peers.dart_select(keys, h.index_select(0, span), self.keep)
@@ -93,3 +92,60 @@ class SelectStage(nn.Module):
                                            stop_at_fixed_point=self.runtime_form)
         hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
         return kept, converged, hidden_out, position_out, scores
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """What a rule may read from the layer before its cut (run on all S tokens): softmax attention probs
+    (H, S, S) float32, rotated keys (KVH, S, hd), the layer's normalised input `states` (S, D), its input and
+    output hidden states (S, D); `span` (M,) are the image tokens' rows."""
+
+    probs: torch.Tensor
+    keys: torch.Tensor
+    states: torch.Tensor
+    hidden_in: torch.Tensor
+    hidden_out: torch.Tensor
+    span: torch.Tensor
+
+
+def fastv_scores(view: LayerView) -> torch.Tensor:
+    """FastV: the last token's attention to each image token, averaged over heads (M,)."""
+    last = view.probs.shape[1] - 1
+    return view.probs.index_select(1, torch.full((1,), last, device=view.span.device))[:, 0].mean(dim=0).index_select(
+        0, view.span)
+
+
+SCORE_RULES = {"fastv": fastv_scores}  # rule name -> scores (M,); the cut keeps the top KEEP
+
+
+class LayerOwningSelectStage(nn.Module):
+    """A cut N:K whose rule scores with decoder layer N-1 (FastV, DART, ...): the stage runs layer N-1 on all
+    tokens (writing its KV buffer), scores the image tokens from that layer and keeps K of its output.
+
+    hidden (1, S, D) entering layer N-1, position_ids (1, S), image_start (), kv (1, 2, KVH, N, hd) of the
+    one-layer segment [N-1, N) -> kept (K,), converged () always True, hidden (1, S', D) entering layer N,
+    position_ids (1, S'), saliency (M,) the rule's scores, kv_out (1, 2, KVH, N, hd)."""
+
+    def __init__(self, decoder, owned_layer: int, num_image_tokens: int, keep: int, schedule: Schedule,
+                 method: str, runtime_form: bool = False):
+        super().__init__()
+        if method not in SCORE_RULES:
+            raise ValueError(f"{method!r} has no layer-owning rule; these do: {', '.join(SCORE_RULES)}")
+        self.method, self.rule = method, SCORE_RULES[method]
+        self.layer = decoder.layers[owned_layer]  # registered so export sees the weights
+        self.rotary = decoder.rotary
+        self._decoder, self.owned_layer = decoder, owned_layer
+        self.num_image_tokens, self.keep = num_image_tokens, keep
+        self.renumber = schedule.positions == "renumber"
+        self.runtime_form = runtime_form  # writes the KV buffer in place (the torch runtime)
+        self.in_place_inputs = ("kv",) if runtime_form else ()
+
+    def forward(self, hidden, position_ids, image_start, kv):
+        m, h = self.num_image_tokens, hidden[0]
+        span = image_start + torch.arange(m, device=hidden.device)  # (M,)
+        h_out, kv_out, probs, keys, states = self._decoder.layer_with_attention(
+            self.owned_layer, h, position_ids, kv[0], in_place=self.runtime_form)
+        scores = self.rule(LayerView(probs, keys, states, h, h_out, span)).float()  # (M,)
+        kept = top_k_fixed(scores, self.keep)
+        hidden_out, position_out = apply_selection(h_out[None], position_ids, image_start, m, kept, self.renumber)
+        return kept, torch.tensor(True), hidden_out, position_out, scores, kv if self.runtime_form else kv_out[None]

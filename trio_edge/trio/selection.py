@@ -128,6 +128,17 @@ def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: 
     return torch.sort(chosen).values, converged
 
 
+def top_k_fixed(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """The ``keep`` highest scores' indices, sorted ascending; equal scores go to the lower index (as a stable
+    descending sort). Fixed-shape and exact in a graph: ranks come from pairwise comparisons, so TopK sees
+    distinct keys and its tie behaviour never matters."""
+    num_tokens = scores.shape[0]
+    idx = torch.arange(num_tokens, device=scores.device)
+    precedes = (scores[:, None] > scores[None, :]) | ((scores[:, None] == scores[None, :]) & (idx[:, None] < idx[None, :]))
+    rank = precedes.sum(dim=0)  # (M,) distinct: position in the stable descending order
+    return torch.sort(torch.topk(num_tokens - rank, keep).indices).values
+
+
 def cluster_iterations_needed(scores, features, threshold: float) -> int:
     """Smallest ``iterations`` for which ``nms_select_fixed`` reports convergence."""
     _check_inputs(scores, features, 1, threshold)
