@@ -33,6 +33,7 @@ class SelectPlan:
     # prefill (it writes that segment's KV buffer); the segment itself runs the layer in decode. None: TRIO's
     # proxy cut, which runs after the preceding segment.
     owned_segment: str | None = None
+    merged: int = 0  # tokens the rule adds right after the kept ones (SparseVLM's recycling); older manifests: 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,15 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
     )
 
 
+def image_tokens_leaving(method: str, cuts, num_image_tokens: int) -> list[int]:
+    """Image tokens in the sequence after each cut: KEEP, plus the merged tokens of SparseVLM's recycling."""
+    if method == "sparsevlm":
+        from ..trio.sparsevlm import image_tokens_after
+
+        return image_tokens_after(cuts, num_image_tokens)
+    return [c.keep for c in cuts]
+
+
 def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
               hidden_size, num_kv_heads, head_dim, vocab_size, grid,
               nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
@@ -131,7 +141,8 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
     if owns_layer:
         check_cut_layers(method, [c.layer for c in schedule.cuts])
     bounds = sorted({c.layer for c in schedule.cuts} | ({c.layer - 1 for c in schedule.cuts} if owns_layer else set()))
-    tokens = [num_image_tokens] + [c.keep for c in schedule.cuts]  # image tokens entering cut i, then after it
+    # image tokens entering cut i, then after it (SparseVLM adds its merged tokens to the kept ones)
+    tokens = [num_image_tokens] + image_tokens_leaving(method, schedule.cuts, num_image_tokens)
 
     def image_tokens_at(layer: int) -> int:  # image tokens entering decoder layer `layer`
         return tokens[sum(c.layer <= layer for c in schedule.cuts)]
@@ -146,7 +157,7 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
         if end > start
     )
     selects = tuple(
-        SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep,
+        SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep, merged=tokens[i + 1] - c.keep,
                    owned_segment=name(c.layer - 1, c.layer) if owns_layer else None)
         for i, c in enumerate(schedule.cuts)
     )

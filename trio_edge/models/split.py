@@ -7,6 +7,7 @@ from torch import nn
 
 from ..graph_ops import clamp_index, running_count
 from ..trio.select_module import LayerOwningSelectStage, SelectStage
+from ..trio.sparsevlm import RATERS_GRAPH, SparseVLMRaters, SparseVLMSelectStage
 
 
 class EmbedAndMerge(nn.Module):
@@ -42,9 +43,14 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False) -> d
     }
     for seg in plan.segments:
         modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form)
+    if plan.method == "sparsevlm" and plan.selects:
+        modules[RATERS_GRAPH] = SparseVLMRaters(plan.num_image_tokens)
     for sel in plan.selects:
         owned = plan.owned_segment_of(sel)
-        if owned is not None:
+        if plan.method == "sparsevlm":
+            modules[sel.name] = SparseVLMSelectStage(decoder, owned.start, sel.tokens_in, sel.keep,
+                                                     runtime_form=runtime_form)
+        elif owned is not None:
             modules[sel.name] = LayerOwningSelectStage(decoder, owned.start, sel.tokens_in, sel.keep, plan.schedule,
                                                        plan.method, runtime_form=runtime_form)
         else:

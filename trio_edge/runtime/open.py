@@ -20,7 +20,7 @@ from .backends import BACKENDS, check_device
 from .pipeline import Pipeline
 
 # options that only make sense for a model: an export fixed them when it was written
-MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "schedule_file", "positions", "threshold", "precision",
+MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "budget", "schedule_file", "positions", "threshold", "precision",
                       "method", "grid", "max_text_tokens", "nms_iterations")
 
 

@@ -38,12 +38,15 @@ class Method:
 REGISTRY = {m.name: m for m in (
     Method("trio", PROXY, "renumber", True, None, "ocy1/TRIO (LLaVA code renumbers positions)"),
     Method("fastv", OWNED_LAYER, "original", True, (2,), "pkunlp-icler/FastV: layer K-1's last-token attention"),
+    Method("sparsevlm", OWNED_LAYER, "renumber", True, (3, 7, 16),
+           "Gumpest/SparseVLMs v1.0: text raters' attention in layers 2/6/15, recycling by density-peak merge"),
     Method("dart", PROXY, "renumber", False, None, "DART-style approximation (see peers.dart_select)"),
     Method("random", ANY_CUT, "renumber", False, None, "uniformly random subset (seeded)"),
     Method("uniform", ANY_CUT, "renumber", False, None, "evenly strided subset"),
 )}
 
 METHODS = tuple(REGISTRY)
+RATERS_GRAPH = "raters"  # SparseVLM's stage choosing the text raters on the language model's input
 EXPORTABLE_METHODS = tuple(name for name, m in REGISTRY.items() if m.exportable)
 
 

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import ScheduleError
 from ..graph_ops import clamp_index
+from .methods import RATERS_GRAPH  # noqa: F401  (the raters stage's graph name, re-exported)
 from .schedule import Cut, Schedule, schedule_for_ratio
 
 # score.py, USE_VERSION 1_0: image tokens kept at layers 2/6/15 per RETAIN_TOKN budget (of 576 on LLaVA-1.5).
@@ -281,3 +282,51 @@ def prune_and_recycle(layer_out: torch.Tensor, scores: torch.Tensor, image_start
         return kept, recycled, hidden_out, positions
     padded = torch.cat([raters, torch.zeros(cluster_num, dtype=raters.dtype, device=raters.device)])
     return kept, recycled, hidden_out, positions, padded.index_select(0, rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline's stages
+
+
+class SparseVLMRaters(torch.nn.Module):
+    """hidden (1, S, D) language-model input, image_start () -> raters (1, S) float32 0/1 (see rater_mask)."""
+
+    def __init__(self, num_image_tokens: int):
+        super().__init__()
+        self.num_image_tokens = num_image_tokens
+
+    def forward(self, hidden, image_start):
+        return rater_mask(hidden, image_start, self.num_image_tokens)[None]
+
+
+class SparseVLMSelectStage(torch.nn.Module):
+    """A SparseVLM cut N:K: runs decoder layer N-1 on all tokens (writing its KV buffer), scores the current
+    image tokens by the raters' head-averaged attention in that layer, keeps K of the layer's output and
+    recycles deleted ones into merged tokens placed right after them.
+
+    hidden (1, S, D) entering layer N-1, position_ids (1, S), image_start (), kv (1, 2, KVH, N, hd) of the
+    one-layer segment [N-1, N), raters (1, S) -> kept (K,) indices into the M current image tokens, converged ()
+    always True, hidden (1, S', D) entering layer N with S' = S - M + K + merged, position_ids (1, S')
+    renumbered, saliency (M,) the rater attention, kv_out, raters_out (1, S')."""
+
+    def __init__(self, decoder, owned_layer: int, num_image_tokens: int, keep: int, runtime_form: bool = False):
+        super().__init__()
+        self.layer = decoder.layers[owned_layer]  # registered so export sees the weights
+        self.rotary = decoder.rotary
+        self._decoder, self.owned_layer = decoder, owned_layer
+        self.num_image_tokens, self.keep = num_image_tokens, keep
+        self.runtime_form = runtime_form  # writes the KV buffer in place (the torch runtime)
+        self.in_place_inputs = ("kv",) if runtime_form else ()
+
+    def forward(self, hidden, position_ids, image_start, kv, raters):
+        m, h = self.num_image_tokens, hidden[0]
+        span = image_start + torch.arange(m, device=hidden.device)  # (M,)
+        h_out, kv_out, probs, _, _ = self._decoder.layer_with_attention(
+            self.owned_layer, h, position_ids, kv[0], in_place=self.runtime_form)
+        weights = raters[0].float()  # (S,)
+        attention = probs.mean(dim=0).index_select(1, span)  # (S, M): heads averaged, image columns
+        scores = rater_scores(attention, weights)  # (M,)
+        kept, _, hidden_out, positions, raters_out = prune_and_recycle(h_out[None], scores, image_start, self.keep,
+                                                                       raters=weights)
+        kv_out = kv if self.runtime_form else kv_out[None]
+        return kept, torch.tensor(True), hidden_out, positions, scores, kv_out, raters_out[None]
