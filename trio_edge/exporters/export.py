@@ -79,7 +79,7 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 def export(model, output, *, cuts: str | None = None, keep_ratio: float | None = None,
-           schedule_file: str | None = None, method: str = defaults.METHOD, grid: str | None = None,
+           budget: int | None = None, schedule_file: str | None = None, method: str = defaults.METHOD, grid: str | None = None,
            dtype: str = defaults.DTYPE, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
            max_new_tokens: int = defaults.MAX_NEW_TOKENS, positions: str | None = None, threshold: float | None = None,
            precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,
@@ -114,7 +114,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     loaded = loaded or load(model, dtype=TORCH_DTYPES[tensor_dtype])
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
-    schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file,
+    schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, budget=budget, schedule_file=schedule_file,
                                 positions=positions, threshold=threshold, precision=precision, method=method)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
                     max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method)
