@@ -88,16 +88,23 @@ def plain_cluster_and_merge(x: torch.Tensor, cluster_num: int) -> tuple[list[lis
     return merged, cluster
 
 
-def plain_cut(layer_out: torch.Tensor, scores: list[float], image_start: int, keep: int):
-    """One pruning layer's output handling (modelling_sparse_llama.py), plain lists."""
+def plain_choose(scores: list[float], keep: int) -> tuple[list[int], list[int]]:
+    """attn_postprocess_topk + the recycling pick: kept (ascending) and recycled (descending score) indices."""
     m = len(scores)
     order = sorted(range(m), key=lambda i: (-scores[i], i))
     kept = sorted(order[:min(keep, m - 1)])
     deleted = [i for i in range(m) if i not in kept]  # torch.where(pred_score_vis == 0): ascending
     deleted_scores = [scores[i] for i in deleted]
     recycled_num = int(len(deleted) * 0.3) + 1
-    recycled = [deleted[p] for p in sorted(range(len(deleted)), key=lambda p: (-deleted_scores[p], p))[:recycled_num]]
-    cluster_num = int(recycled_num / 10) + 1
+    by_score = sorted(range(len(deleted)), key=lambda p: (-deleted_scores[p], p))[:recycled_num]
+    return kept, [deleted[p] for p in by_score]
+
+
+def plain_cut(layer_out: torch.Tensor, scores: list[float], image_start: int, keep: int):
+    """One pruning layer's output handling (modelling_sparse_llama.py), plain lists."""
+    m = len(scores)
+    kept, recycled = plain_choose(scores, keep)
+    cluster_num = int(len(recycled) / 10) + 1
     rows = layer_out[0]
     merged, _ = plain_cluster_and_merge(torch.stack([rows[image_start + i] for i in recycled]), cluster_num)
     sequence = ([rows[j].double().tolist() for j in range(image_start)]
@@ -287,3 +294,81 @@ def test_cut_exports_to_onnx_and_matches(tmp_path):
         assert got[3].tolist() == expected[3].tolist()
         assert got[4].tolist() == expected[4].tolist()
     assert length == 52
+
+
+# ---- the whole method on a real model: the torch pipeline vs a from-scratch plain reference -------------------
+
+
+@torch.no_grad()
+def plain_sparsevlm_generate(model, inputs, schedule, max_new_tokens: int, stop_token_ids=()):
+    """Greedy generation with SparseVLM, recomputed from scratch at every step on transformers' own layers
+    (tests/reference.py): raters on the input embeddings, each cut N scored with layer N-1's head-by-head
+    attention on its input, the layer's output pruned and recycled (choices made at prefill, reused later),
+    positions renumbered. Returns (token ids, logits per step, kept original indices per cut)."""
+    from reference import embed_prompt, head, reference_attention, run_layer
+
+    embeds, image_start, num_image = embed_prompt(model, inputs)
+    prompt_len = embeds.shape[0]
+    raters = plain_raters(embeds, image_start, num_image)  # positions in the prompt (text after the image)
+    cuts = {c.layer: (i, c.keep) for i, c in enumerate(schedule.cuts)}
+    embed = model.get_input_embeddings()
+    x, choices, tokens, all_logits, kept_first = embeds, [], [], [], None
+    for _ in range(max_new_tokens):
+        h, positions, m = x, torch.arange(x.shape[0]), num_image
+        image_ids, kept_original, previous = list(range(num_image)), [], None
+        for layer in range(len(model.model.language_model.layers)):
+            if layer in cuts:
+                index, keep = cuts[layer]
+                if len(choices) <= index:  # prefill: choose on the prompt
+                    probs = reference_attention(model, layer - 1, *previous)
+                    rows = [r - (num_image - m) for r in raters]  # text rows shift with the image span
+                    kept, recycled = plain_choose(plain_scores(probs, rows, image_start, m), keep)
+                    _, cluster = plain_cluster_and_merge(torch.stack([h[image_start + i] for i in recycled]),
+                                                         int(len(recycled) / 10) + 1)
+                    choices.append((kept, recycled, cluster))
+                kept, recycled, cluster = choices[index]
+                clusters = max(cluster) + 1
+                merged = []
+                for k in range(clusters):
+                    members = [recycled[i] for i in range(len(recycled)) if cluster[i] == k]
+                    weight = 1.0 / (len(members) + sv.MERGE_EPSILON)
+                    merged.append(sum(h[image_start + i] * weight for i in members))
+                h = torch.cat([h[:image_start], h[[image_start + i for i in kept]], torch.stack(merged),
+                               h[image_start + m:]])
+                positions = torch.arange(h.shape[0])
+                kept_original.append([image_ids[i] for i in kept if image_ids[i] >= 0])
+                image_ids = [image_ids[i] for i in kept] + [-1] * clusters
+                m = len(kept) + clusters
+            previous = (h, positions)
+            h = run_layer(model, layer, h, positions)
+        logits = head(model, h[-1]).float()
+        kept_first = kept_first if kept_first is not None else kept_original
+        token = int(logits.argmax())
+        tokens.append(token)
+        all_logits.append(logits)
+        if token in stop_token_ids:
+            break
+        x = torch.cat([x, embed(torch.tensor([token]))], dim=0)
+        assert x.shape[0] == prompt_len + len(tokens)
+    return tokens, all_logits, kept_first
+
+
+@pytest.mark.parametrize("schedule_text", ["2:40", "1:60,2:30,3:12"])
+def test_pipeline_equals_the_plain_reference(tiny, images, schedule_text):
+    from helpers import PROMPTS, generate_with_logits, make_pipeline
+
+    adapter = tiny.adapter
+    schedule = sv.sparsevlm_schedule(num_layers=adapter.num_layers,
+                                     num_image_tokens=adapter.image_token_count(adapter.default_grid()),
+                                     cuts=schedule_text)
+    pipe = make_pipeline(tiny, schedule, method="sparsevlm")
+    for index in (0, 2):
+        image, prompt = images[index], PROMPTS[index % len(PROMPTS)]
+        result, logits = generate_with_logits(pipe, image, prompt, max_new_tokens=4)
+        tokens, ref_logits, ref_kept = plain_sparsevlm_generate(
+            tiny.model, adapter.hf_inputs(image, prompt, adapter.default_grid()), schedule, 4,
+            adapter.stop_token_ids())
+        assert result.kept == ref_kept
+        assert result.token_ids == tokens
+        for ours, theirs in zip(logits, ref_logits):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
