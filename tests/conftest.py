@@ -48,7 +48,8 @@ def image(images):
 
 # ---- exports of the tiny model, shared by export, CLI and hardening tests ----------------------------
 SCHEDULES = {"one_cut": "1:40", "three_cuts": "0:30,1:16,2:8"}
-METHODS = {"fastv_one_cut": ("2:40", "fastv")}  # peer exports: (cuts, method)
+# peer exports: (cuts, method)
+METHODS = {"fastv_one_cut": ("2:40", "fastv"), "sparsevlm_two_cuts": ("1:40,2:16", "sparsevlm")}
 
 
 @pytest.fixture(scope="session")

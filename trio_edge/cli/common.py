@@ -71,6 +71,8 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
     group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "
                                                         "family's default cut layers")
     group.add_argument("--schedule-file", help="a schedule JSON written by trio-calibrate")
+    group.add_argument("--budget", type=int, help="--method sparsevlm: one of the authors' tables 64, 96, 128, 192 "
+                                                  "(image tokens kept at cuts 3/7/16 of 32 layers, scaled by depth)")
     group.add_argument("--method", choices=METHODS, help=f"selection rule of every cut (default {defaults.METHOD})")
     group.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
                        f"(default {defaults.POSITIONS}, as released LLaVA code)")
@@ -99,7 +101,7 @@ def model_only_options(args) -> dict:
 
 def schedule_options(args) -> dict:
     """The schedule options as keyword arguments (None = not given)."""
-    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "schedule_file": args.schedule_file,
+    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "budget": args.budget, "schedule_file": args.schedule_file,
             "positions": args.positions, "threshold": args.threshold, "precision": args.precision}
 
 

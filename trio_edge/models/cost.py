@@ -70,15 +70,22 @@ def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float
     shape = DecoderShape.from_config(config.text_config)
     flops = {"vision": vision_flops(config.vision_config, tiles, shape.hidden)}
     text = prompt_tokens - plan.num_image_tokens
-    decode = 0.0
     for stage in plan.stages():
         if hasattr(stage, "keep"):
-            flops[stage.name] = select_flops(shape, text + stage.tokens_in, stage.tokens_in, plan.nms_iterations)
+            seq = text + stage.tokens_in
+            if getattr(stage, "owned_segment", None):  # runs layer N-1 on every token; the rule itself is small
+                flops[stage.name] = shape.layer_flops(seq, seq)
+            else:
+                flops[stage.name] = select_flops(shape, seq, stage.tokens_in, plan.nms_iterations)
             continue
         seq = text + stage.image_tokens
         layers = stage.end - stage.start
         flops[stage.name] = layers * shape.layer_flops(seq, seq) + (shape.head_flops() if stage.with_head else 0.0)
-        decode += layers * shape.layer_flops(1, seq + 1) + (shape.head_flops() if stage.with_head else 0.0)
+    decode = 0.0
+    for segment in plan.segments:  # every segment decodes, also those a select runs in prefill
+        seq = text + segment.image_tokens
+        decode += ((segment.end - segment.start) * shape.layer_flops(1, seq + 1)
+                   + (shape.head_flops() if segment.with_head else 0.0))
     flops["prefill_total"] = sum(flops.values())
     flops["decode_per_token"] = decode
     return flops
