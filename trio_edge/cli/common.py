@@ -101,7 +101,8 @@ def model_only_options(args) -> dict:
 
 def schedule_options(args) -> dict:
     """The schedule options as keyword arguments (None = not given)."""
-    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "budget": args.budget, "schedule_file": args.schedule_file,
+    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "budget": args.budget,
+            "schedule_file": args.schedule_file,
             "positions": args.positions, "threshold": args.threshold, "precision": args.precision}
 
 
