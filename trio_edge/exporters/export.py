@@ -90,7 +90,8 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     """Export `model` (alias, hub id or directory) with the selection rule inside the graphs; see trio-export --help.
 
     `weights` int8 / int4 quantizes the weights (see exporters/quantize.py); a model passed in `loaded` is then
-    copied first, since quantization rewrites the weights of the model it exports."""
+    copied first, since quantization rewrites the weights of the model it exports (as it is when its dtype is
+    not the export's)."""
     from ..models.registry import load
 
     started = time.perf_counter()
@@ -107,10 +108,11 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     output_dir = Path(output)
     if output_dir.exists() and not force:
         raise InputError(f"{output_dir} already exists; pass --force to replace it")
-    if loaded is not None and quantization is not None:
+    if loaded is not None and (quantization is not None or loaded.model.dtype != TORCH_DTYPES[tensor_dtype]):
         import copy
 
-        loaded = copy.deepcopy(loaded)  # the caller's model keeps its float weights
+        loaded = copy.deepcopy(loaded)  # the caller's model keeps its own weights and dtype
+        loaded.model.to(TORCH_DTYPES[tensor_dtype])
     loaded = loaded or load(model, dtype=TORCH_DTYPES[tensor_dtype])
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
