@@ -78,3 +78,17 @@ def test_bad_sparsevlm_export_is_one_line_and_writes_nothing(export_model, tmp_p
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_trio_run_on_a_model_takes_a_budget(export_model, images, tmp_path, capsys):
+    import json
+
+    path = tmp_path / "image.png"
+    images[1].save(path)
+    argv = [str(export_model.source), "--image", str(path), "--prompt", "what color is it?", "--method", "sparsevlm",
+            "--budget", "64", "--max-new-tokens", "2", "--json"]
+    assert run_main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    m = export_model.adapter.image_token_count(export_model.adapter.default_grid())
+    assert [len(kept) for kept in result["kept"]][0] == min(66, m - 1)
+    assert len(result["kept"]) == 3 and all(0 <= i < m for kept in result["kept"] for i in kept)
