@@ -67,6 +67,16 @@ class PipelinePlan:
             order.append(segment)
         return order
 
+    def describe(self) -> str:
+        """The schedule's summary; with tokens a rule adds (SparseVLM's merged ones), the realised average too."""
+        text = self.schedule.describe(self.num_layers, self.num_image_tokens)
+        if not any(s.merged for s in self.selects):
+            return text
+        average = sum((s.end - s.start) * s.image_tokens for s in self.segments) / self.num_layers
+        merged = "/".join(str(s.merged) for s in self.selects)
+        return (f"{text}; + {merged} merged tokens: {average:.1f} layer-averaged "
+                f"({100 * average / self.num_image_tokens:.1f}%) in all")
+
     def owned_segment_of(self, select: SelectPlan) -> SegmentPlan | None:
         return next((s for s in self.segments if s.name == select.owned_segment), None)
 

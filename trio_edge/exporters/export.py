@@ -152,7 +152,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
         write_manifest(tmp, manifest, progress=progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return ExportInfo(output_dir, graphs, validation, graph_bytes / param_bytes,
-                      schedule.describe(plan.num_layers, plan.num_image_tokens), time.perf_counter() - started, peak,
+                      plan.describe(), time.perf_counter() - started, peak,
                       manifest.weight_format())
 
 
