@@ -92,3 +92,15 @@ def test_trio_run_on_a_model_takes_a_budget(export_model, images, tmp_path, caps
     m = export_model.adapter.image_token_count(export_model.adapter.default_grid())
     assert [len(kept) for kept in result["kept"]][0] == min(66, m - 1)
     assert len(result["kept"]) == 3 and all(0 <= i < m for kept in result["kept"] for i in kept)
+
+
+def test_model_too_shallow_for_the_cuts_is_one_line(tmp_path, capsys):
+    from trio_edge.models.tiny import make_tiny_llava_next
+
+    model = make_tiny_llava_next(tmp_path / "three-layers", seed=1, layers=3)
+    capsys.readouterr()  # the checkpoint writer's progress bar
+    out = tmp_path / "never"
+    assert export_main([str(model), "-o", str(out), "--quiet", "--method", "sparsevlm", "--budget", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "do not fit a 3-layer decoder" in err and len(err.splitlines()) == 1
+    assert not out.exists()
