@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .. import defaults
-from ..trio.methods import check_cut_layers, method_info
+from ..trio.methods import check_cuts, method_info
 from ..trio.schedule import Cut, Schedule
 
 
@@ -148,8 +148,7 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
               nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
     schedule.validate(num_layers, num_image_tokens)
     owns_layer = method_info(method).owns_layer
-    if owns_layer:
-        check_cut_layers(method, [c.layer for c in schedule.cuts])
+    check_cuts(method, [(c.layer, c.keep) for c in schedule.cuts])
     bounds = sorted({c.layer for c in schedule.cuts} | ({c.layer - 1 for c in schedule.cuts} if owns_layer else set()))
     # image tokens entering cut i, then after it (SparseVLM adds its merged tokens to the kept ones)
     tokens = [num_image_tokens] + image_tokens_leaving(method, schedule.cuts, num_image_tokens)

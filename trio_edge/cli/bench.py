@@ -95,7 +95,7 @@ def _pipelines_for_model(args, source: str, workdir: Path, devices: dict):
     loaded = load(source, dtype=TORCH_DTYPES[export_dtype(args.dtype)])
     adapter = loaded.adapter
     tiles = adapter.tile_count(adapter.default_grid())
-    options, method = schedule_options(args), args.method or defaults.METHOD
+    options, method = schedule_options(args), args.method
     if args.backend in (None, "torch"):  # the loaded model itself, no export
         common = dict(max_new_tokens=args.new_tokens, device=args.device, cuda_graphs=args.cuda_graphs)
         pruned = open_pipeline(loaded, method=method, **options, **common)

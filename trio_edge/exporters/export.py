@@ -32,6 +32,7 @@ from ..errors import ExportError, InputError
 from ..files import atomic_directory
 from ..models.split import build_modules
 from ..trio.methods import EXPORTABLE_METHODS, method_info
+from ..trio.presets import method_for
 from .onnx_graph import compare_outputs, export_graph, run_onnx
 from .probe_inputs import example_inputs, random_inputs, recorded_request_inputs
 from .quantize import GraphWeightWriter, WeightTable, quantize_model, shared_weights
@@ -79,7 +80,8 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 def export(model, output, *, cuts: str | None = None, keep_ratio: float | None = None,
-           budget: int | None = None, schedule_file: str | None = None, method: str = defaults.METHOD, grid: str | None = None,
+           budget: int | None = None, schedule_file: str | None = None, preset: str | None = None,
+           method: str | None = None, grid: str | None = None,
            dtype: str = defaults.DTYPE, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
            max_new_tokens: int = defaults.MAX_NEW_TOKENS, positions: str | None = None, threshold: float | None = None,
            precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,
@@ -95,6 +97,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     from ..models.registry import load
 
     started = time.perf_counter()
+    method = method_for(method, preset, defaults.METHOD)
     tensor_dtype = export_dtype(dtype)
     quantization = checked_quantization(weights, dtype, block_size=block_size, method=quant_method,
                                         lm_head=quantize_lm_head, vision=quantize_vision,
@@ -117,7 +120,8 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
     schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, budget=budget, schedule_file=schedule_file,
-                                positions=positions, threshold=threshold, precision=precision, method=method)
+                                preset=preset, positions=positions, threshold=threshold, precision=precision,
+                                method=method)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
                     max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method)
     io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size)

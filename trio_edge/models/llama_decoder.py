@@ -239,21 +239,15 @@ class LlamaFamilyDecoder:
         return self.lm_head(self.norm(hq))
 
     def last_token_attention(self, layer_index, h, position_ids):
-        """Head-averaged attention of the last position to every position at `layer_index`: (S,)."""
+        """Head-averaged softmax attention of the last position to every position at `layer_index`, computed on
+        h (S, D) entering that layer: (S,) float32 (PyramidDrop's score; softmax in fp32 as its code does)."""
         layer = self.layers[layer_index]
         cos, sin = self.rotary(h[None], position_ids)
         q, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
-        groups = self.num_heads // self.num_kv_heads
-        k = k.repeat_interleave(groups, dim=0)  # (H, S, hd)
-        scores = torch.matmul(q[:, -1:], k.transpose(1, 2)) * layer.self_attn.scaling  # (H, 1, S)
-        return torch.softmax(scores.float(), dim=-1).mean(dim=0)[0]
-
-    def keys(self, layer_index, h, position_ids):
-        """Keys of every position at `layer_index`, heads concatenated: (S, KVH*hd)."""
-        layer = self.layers[layer_index]
-        cos, sin = self.rotary(h[None], position_ids)
-        _, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
-        return k.transpose(0, 1).reshape(h.shape[0], -1)
+        last = torch.full((1,), h.shape[0] - 1, device=h.device)
+        k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=0)  # (H, S, hd)
+        scores = torch.matmul(q.index_select(1, last), k.transpose(1, 2)) * layer.self_attn.scaling  # (H, 1, S)
+        return torch.softmax(scores.float(), dim=-1).to(h.dtype).float().mean(dim=0)[0]
 
     def layer_with_attention(self, layer_index, h, position_ids, kv, in_place: bool = False):
         """A prefill of layer `layer_index` on all S tokens of h (S, D) that also exposes what token-scoring

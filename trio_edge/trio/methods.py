@@ -29,6 +29,7 @@ class Method:
     exportable: bool  # has an in-graph (ONNX) form
     default_cut_layers: tuple[int, ...] | None  # the authors' cut layers (32-layer LLaMA); None: TRIO's, scaled
     source: str  # where the rule comes from
+    min_keep: int = 1  # fewest kept image tokens the rule can produce (DART always keeps its 4 image pivots)
 
     @property
     def owns_layer(self) -> bool:
@@ -40,7 +41,9 @@ REGISTRY = {m.name: m for m in (
     Method("fastv", OWNED_LAYER, "original", True, (2,), "pkunlp-icler/FastV: layer K-1's last-token attention"),
     Method("sparsevlm", OWNED_LAYER, "renumber", True, (3, 7, 16),
            "Gumpest/SparseVLMs v1.0: text raters' attention in layers 2/6/15, recycling by density-peak merge"),
-    Method("dart", PROXY, "renumber", False, None, "DART-style approximation (see peers.dart_select)"),
+    Method("dart", OWNED_LAYER, "original", True, (2,), "ZichenWen1/DART: key-norm pivots, least-similar picks",
+           min_keep=4),
+    Method("pdrop", PROXY, "renumber", True, (8, 16, 24), "Cooperx521/PyramidDrop: layer N's last-token attention"),
     Method("random", ANY_CUT, "renumber", False, None, "uniformly random subset (seeded)"),
     Method("uniform", ANY_CUT, "renumber", False, None, "evenly strided subset"),
 )}
@@ -56,9 +59,14 @@ def method_info(name: str) -> Method:
     return REGISTRY[name]
 
 
-def check_cut_layers(method: str, cut_layers) -> None:
-    """A rule that owns layer N-1 cannot cut at N = 0 (there is no layer before it)."""
+def check_cuts(method: str, cuts) -> None:
+    """Cuts (LAYER, KEEP pairs) a rule can take: one that owns layer N-1 cannot cut at N = 0 (there is no layer
+    before it), and no cut may keep fewer tokens than the rule always keeps."""
     info = method_info(method)
-    if info.owns_layer and any(layer < 1 for layer in cut_layers):
-        raise ScheduleError(f"--method {method} scores a cut N:K with decoder layer N-1's attention, so N must be "
-                            f"at least 1; got cut layers {list(cut_layers)} (e.g. use --cuts 2:KEEP)")
+    layers = [layer for layer, _ in cuts]
+    if info.owns_layer and any(layer < 1 for layer in layers):
+        raise ScheduleError(f"--method {method} scores a cut N:K with decoder layer N-1, so N must be at least 1; "
+                            f"got cut layers {layers} (e.g. use --cuts 2:KEEP)")
+    small = [keep for _, keep in cuts if keep < info.min_keep]
+    if small:
+        raise ScheduleError(f"--method {method} keeps at least {info.min_keep} image tokens per cut; got KEEP {small}")

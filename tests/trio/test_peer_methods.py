@@ -1,4 +1,4 @@
-"""Cuts that own decoder layer N-1 (FastV and the other rules that score with the layer before the cut):
+"""The published peers (FastV, DART own decoder layer N-1; PyramidDrop scores with layer N like TRIO):
 the plan's graphs, the torch pipeline against the independent reference (tests/reference.py, transformers'
 own layers and a plain head-by-head attention), exact kept indices, and the fixed-shape top-k."""
 
@@ -9,7 +9,7 @@ from reference import reference_generate
 
 from trio_edge.artifact.plan import plan_for
 from trio_edge.errors import ScheduleError
-from trio_edge.trio.methods import METHODS, REGISTRY, method_info
+from trio_edge.trio.methods import METHODS, REGISTRY, check_cuts, method_info
 from trio_edge.trio.schedule import Schedule
 from trio_edge.trio.selection import top_k_fixed
 
@@ -54,17 +54,19 @@ def test_keeping_every_token_equals_the_unpruned_model(tiny, images):
             torch.testing.assert_close(ours, theirs, rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("schedule_text", ["2:40", "1:60,3:20"])
+@pytest.mark.parametrize("method, schedule_text", [("fastv", "2:40"), ("fastv", "1:60,3:20"), ("dart", "2:36"),
+                                                   ("dart", "2:41"), ("dart", "1:60,3:9"),
+                                                   ("pdrop", "1:44,2:22,3:11")])
 @pytest.mark.parametrize("positions", ["original", "renumber"])
-def test_fastv_matches_the_authors_rule_step_by_step(tiny, images, schedule_text, positions):
+def test_peer_matches_the_authors_rule_step_by_step(tiny, images, method, schedule_text, positions):
     adapter = tiny.adapter
     schedule = Schedule.parse(schedule_text, positions=positions)
-    pipe = make_pipeline(tiny, schedule, method="fastv")
+    pipe = make_pipeline(tiny, schedule, method=method)
     for index in (0, 3):
         image, prompt = images[index], PROMPTS[index % len(PROMPTS)]
         result, logits = generate_with_logits(pipe, image, prompt, max_new_tokens=MAX_NEW)
         ref = reference_generate(tiny.model, adapter.hf_inputs(image, prompt, adapter.default_grid()), schedule,
-                                 MAX_NEW, adapter.stop_token_ids(), method="fastv")
+                                 MAX_NEW, adapter.stop_token_ids(), method=method)
         assert result.kept == ref.kept
         assert result.token_ids == ref.token_ids
         for ours, theirs in zip(logits, ref.logits):
@@ -78,3 +80,24 @@ def test_top_k_fixed_equals_a_stable_descending_sort():
         keep = 1 + trial % 40
         expected = sorted(sorted(range(40), key=lambda i: (-float(scores[i]), i))[:keep])
         assert top_k_fixed(scores, keep).tolist() == expected
+
+
+def test_dart_visits_pivots_in_python_set_order():
+    import random
+
+    from trio_edge.trio.dart import set_iteration_order
+
+    rng = random.Random(0)
+    for _ in range(300):
+        start, m = rng.choice([(3, 88), (35, 576), (10, 2880), (700, 2880)])
+        keys = rng.sample(range(start, start + m), 4) + rng.sample(range(start + m, start + m + 60), 4)
+        assert [keys[i] for i in set_iteration_order(torch.tensor(keys)).tolist()] == list(set(keys))
+
+
+def test_dart_budget_split():
+    from trio_edge.trio.dart import picks_per_pivot
+
+    assert picks_per_pivot(4 + 8 * 16) == [16] * 8  # the released code's "128": 132 kept
+    assert picks_per_pivot(64) == [8, 8, 8, 8, 7, 7, 7, 7] and sum(picks_per_pivot(64)) == 60
+    with pytest.raises(ScheduleError, match="at least 4"):
+        check_cuts("dart", [(2, 3)])
