@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -53,22 +54,43 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def hf_generate(loaded, image, prompt: str, new_tokens: int, device: str, iters: int) -> dict:
-    """transformers generate, greedy, unpruned: TTFT from max_new_tokens=1, decode from the difference."""
+class StepClock:
+    """A transformers LogitsProcessor that timestamps every generated token (it runs once per step, right after
+    that step's forward): step i's decode time is stamp[i] - stamp[i-1], TTFT is stamp[0] - start."""
+
+    def __init__(self, device: str):
+        self.device, self.stamps = device, []
+
+    def __call__(self, input_ids, scores):
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def hf_generate(loaded, image, prompt: str, new_tokens: int, device: str, iters: int, warmup: int = 1) -> dict:
+    """transformers generate, greedy, unpruned, `iters` requests: every step timed inside generate (StepClock);
+    medians of TTFT, of every decode step and of end to end."""
+    from transformers import LogitsProcessorList
+
     inputs = {k: v.to(device) for k, v in loaded.adapter.hf_inputs(image, prompt, loaded.adapter.default_grid()).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
-
-    def run(tokens):
+    ttfts, steps, totals = [], [], []
+    for index in range(warmup + iters):
+        clock = StepClock(device)
         sync(device)
         start = time.perf_counter()
-        loaded.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        loaded.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              logits_processor=LogitsProcessorList([clock]))
         sync(device)
-        return (time.perf_counter() - start) * 1e3
-
-    run(2)
-    ttft = sorted(run(1) for _ in range(iters))[iters // 2]
-    total = sorted(run(new_tokens) for _ in range(max(1, iters // 2)))[max(1, iters // 2) // 2]
-    return {"ttft_ms": ttft, "end_to_end_ms": total, "decode_ms_per_token": (total - ttft) / max(new_tokens - 1, 1)}
+        end = time.perf_counter()
+        if index >= warmup:
+            ttfts.append((clock.stamps[0] - start) * 1e3)
+            steps += [(b - a) * 1e3 for a, b in zip(clock.stamps, clock.stamps[1:])]
+            totals.append((end - start) * 1e3)
+    median = statistics.median
+    return {"ttft_ms": median(ttfts), "end_to_end_ms": median(totals),
+            "decode_ms_per_token": median(steps) if steps else 0.0,
+            "decode_step_ms": {"median": median(steps) if steps else 0.0, "steps": len(steps)}}
 
 
 TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select precision -> run name
@@ -152,7 +174,8 @@ def main(argv=None) -> dict:
         loaded = load(str(source), dtype=dtype, device=args.device)
         results["architecture"] = {"hidden": loaded.adapter.decoder.hidden_size, "layers": loaded.adapter.num_layers,
                                    "image_tokens": loaded.adapter.image_token_count(loaded.adapter.default_grid())}
-        results["runs"]["transformers_generate"] = hf_generate(loaded, image, prompt, args.new_tokens, args.device, args.iters)
+        results["runs"]["transformers_generate"] = hf_generate(loaded, image, prompt, args.new_tokens, args.device,
+                                                               args.iters, args.warmup)
         element = torch.tensor([], dtype=dtype).element_size()
         for backend in args.backends.split(","):
             precisions = ("fp32", "model") if args.select_precision == "both" else (args.select_precision,)

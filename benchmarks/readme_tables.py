@@ -30,6 +30,18 @@ def bench_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def kv_capacity_table(path: Path) -> str:
+    """The table of benchmarks/kv_capacity.py: decode step at two KV capacities, same prompt."""
+    body = json.loads(path.read_text())
+    lines = [f"`{body['command']}`", "", "| run | KV slots | decode ms/step (median) | p90 |", "|---|---:|---:|---:|"]
+    for name, run in body["runs"].items():
+        step = run["decode_step_ms"]
+        lines.append(f"| {name} | {run['kv_slots']} | {step['median']:.2f} | {step['p90']:.2f} |")
+    lines.append("")
+    lines += [f"- {backend}: large / small capacity {ratio:.2f}x" for backend, ratio in body["ratios"].items()]
+    return "\n".join(lines)
+
+
 def _row_values(run: dict):
     roof = run.get("roofline") or {}
     flops = run.get("flops", {}).get("prefill_total")
@@ -46,7 +58,8 @@ def _cell(value, fmt: str) -> str:
 def main() -> None:
     names = sys.argv[1:] or sorted(p.name for p in RESULTS.glob("*.json") if "runs" in json.loads(p.read_text()))
     for name in names:
-        print(bench_table(RESULTS / name))
+        body = json.loads((RESULTS / name).read_text())
+        print(bench_table(RESULTS / name) if "peaks" in body else kv_capacity_table(RESULTS / name))
         print()
 
 

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q --durations=25 "$@"
+# Two workers (CI has two cores); a test file stays on one worker so its module fixtures are built once.
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 "$@"

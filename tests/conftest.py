@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from helpers import random_image  # noqa: E402
 from trio_edge.exporters.export import export  # noqa: E402
 from trio_edge.models.registry import load  # noqa: E402
 from trio_edge.models.tiny import make_tiny_llava_next  # noqa: E402
+
+# ONNX Runtime's optimized-graph cache goes to a directory of this session, never the user's ~/.cache
+os.environ["TRIO_EDGE_CACHE"] = tempfile.mkdtemp(prefix="trio-edge-test-cache-")
 
 # Two cores and tiny tensors: one intra-op thread is fastest and leaves a core to the rest.
 torch.set_num_threads(1)

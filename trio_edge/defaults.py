@@ -19,6 +19,7 @@ METHOD = "trio"  # the selection rule of every cut
 
 # ---- export -------------------------------------------------------------------------------------------------
 DTYPE = "fp32"
+TARGET = "tensorrt"  # --target: standard ONNX that TensorRT 10.3 (JetPack 6) and ONNX Runtime both run
 OPSET = 18
 BLOCK_SIZE = 32  # quantized weights: input channels per scale (--block-size)
 QUANT_METHOD = "rtn"  # round-to-nearest (--quant-method); gptq needs --calibration-data

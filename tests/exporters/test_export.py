@@ -41,6 +41,10 @@ def test_export_writes_every_graph_with_static_selection(exported):
     for graph in manifest.graphs.values():
         model = onnx.load(str(directory / graph.file))
         ops = {node.op_type for node in model.graph.node}
+        if graph.kind == "segment":  # the KV cache: ONE scatter of the new slots, from the kv input to kv_out
+            scatters = [n for n in model.graph.node if n.op_type == "ScatterND"]
+            assert [(n.input[0], n.output[0]) for n in scatters] == [("kv", "kv_out")]
+            ops -= {"ScatterND"}
         assert not ops & FORBIDDEN_OPS, f"{graph.file} has {ops & FORBIDDEN_OPS}"
         if graph.kind == "select":
             kept = next(o for o in model.graph.output if o.name == "kept")
@@ -51,6 +55,7 @@ def test_export_writes_every_graph_with_static_selection(exported):
     assert {row["case"] for row in manifest.validation} >= {"random-prefill", "random-decode", "request-prefill"}
     assert all(row["ok"] for row in manifest.validation)
     assert 1.0 < manifest.weights["ratio"] == pytest.approx(summary.weight_ratio)
+    assert manifest.target == "tensorrt" and manifest.format_version == 3
 
 
 def test_onnx_pipeline_matches_torch_pipeline_on_20_requests(exported):

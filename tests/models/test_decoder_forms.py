@@ -1,5 +1,5 @@
-"""The decoder segment's two forms (export: one-hot `where`, new buffer; runtime: in place + fused SDPA)
-compute the same thing, and the in-place form writes only the slots of the new positions."""
+"""The decoder segment's two forms (export: reads the filled slots, one scatter of the new ones; runtime: in
+place + fused SDPA) compute the same thing, and both write only the slots of the new positions."""
 
 from __future__ import annotations
 
@@ -59,3 +59,16 @@ def test_in_place_form_refuses_a_multi_token_call_after_slot_0(tiny):
     with pytest.raises(ValueError, match="prefills from slot 0"):
         kv = torch.zeros((decoder.num_layers, 2, decoder.num_kv_heads, 8, decoder.head_dim))
         segment(hidden, torch.arange(4, 7)[None], torch.tensor(4), kv)
+
+
+def test_export_form_writes_only_the_new_slots(tiny):
+    """The export form's cache output is the input with the T new slots written, nothing else changed."""
+    decoder = tiny.adapter.decoder
+    segment = decoder.segment(0, decoder.num_layers, True).eval()
+    kv_shape = (decoder.num_layers, 2, decoder.num_kv_heads, 16, decoder.head_dim)
+    stale = torch.randn(kv_shape, generator=torch.Generator().manual_seed(2)) * 100
+    hidden = torch.randn(1, 3, decoder.hidden_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        _, kv = segment(hidden, torch.arange(5, 8)[None], torch.tensor(5), stale)
+    changed = (kv != stale).any(dim=(0, 1, 2, 4))  # per slot
+    assert changed.tolist() == [False] * 5 + [True] * 3 + [False] * 8

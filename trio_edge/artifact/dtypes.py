@@ -11,9 +11,9 @@ from ..errors import InputError
 EXPORT_DTYPES = {"fp32": "float32", "fp16": "float16"}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
-# ONNX Runtime's IO-binding element type names
-ORT_TYPES = {"float32": "float", "float16": "float16", "bfloat16": "bfloat16", "int64": "int64", "int32": "int32",
-             "bool": "bool"}
+# ONNX Runtime's IO-binding element types: ONNX TensorProto data type numbers (a string would go through numpy,
+# where "float" means float64)
+ORT_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16, "int64": 7, "int32": 6, "bool": 9}
 # (atol, rtol) of an exported graph against its PyTorch module, by the graph's float dtype
 VALIDATION_TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (2e-2, 2e-2), "bfloat16": (5e-2, 5e-2)}
 

@@ -47,6 +47,8 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     derived_axes: tuple[tuple[str, str, int], ...] = ()  # (axis, source axis, offset): axis = source + offset
+    # (output, input) pairs: the output is the input updated in place, and runtimes bind both to one buffer
+    in_place: tuple[tuple[str, str], ...] = ()
 
     def output_shapes(self, input_shapes: dict[str, tuple]) -> dict[str, tuple]:
         """Output shapes for given input shapes, so a runtime can allocate outputs before running."""
@@ -78,6 +80,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
             (TensorSpec("hidden", dtype, (1, q, d)), TensorSpec("position_ids", "int64", (1, q)),
              TensorSpec("past_length", "int64", ()), kv),
             (head, TensorSpec("kv_out", dtype, plan.kv_shape(seg))),
+            in_place=(("kv_out", "kv"),),
         ))
     # SparseVLM's text raters, chosen once on the language model's input and carried through every cut
     carries_raters = plan.method == "sparsevlm" and bool(plan.selects)

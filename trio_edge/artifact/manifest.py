@@ -22,7 +22,12 @@ from .weights import Quantization
 MANIFEST_NAME = "manifest.json"
 # 2: per-graph weight formats and the export's quantization (version 1 manifests read as unquantized); a
 # version-1 reader refuses version 2, so it never runs int4/int8 graphs as if they were float ones.
-FORMAT_VERSION = 2
+# 3: the export target (tensorrt / onnxruntime), and segment graphs that scatter only the new KV slots into their
+# cache input (kv_out is kv updated in place, bound to one buffer). Versions 1-2 still read (trio-check, the
+# tables), but their segments rewrite the whole cache into a new buffer, so runtimes refuse them (re-export).
+FORMAT_VERSION = 3
+FIRST_IN_PLACE_KV_VERSION = 3
+EXPORT_TARGETS = ("tensorrt", "onnxruntime")  # --target: standard ONNX for TensorRT 10.3+, or ORT contrib ops
 REEXPORT = "re-export with trio-export"
 
 
@@ -100,11 +105,33 @@ class Manifest:
     files: dict[str, dict] = field(default_factory=dict)  # relative path -> {"bytes", "sha256"}; set on write
     tensorrt: dict | None = None  # written by trio-build (engine_build)
     quantization: Quantization | None = None  # None: every weight in the export dtype
+    target: str | None = "tensorrt"  # EXPORT_TARGETS; None in manifests before version 3
     format_version: int = FORMAT_VERSION
 
     def weight_format(self) -> str:
         """What trio-run / trio-bench print: 'float16', or e.g. 'int4 (rtn, block 32)'."""
         return self.quantization.describe() if self.quantization is not None else self.model.dtype
+
+    def content_key(self) -> str:
+        """A digest of every file's sha256: equal exactly when the export's files are (runtime caches key on it)."""
+        import hashlib
+
+        rows = sorted(f"{path}:{entry['sha256']}" for path, entry in self.files.items())
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+    def check_runnable(self, directory) -> None:
+        """Refuse graphs this runtime cannot run: segments of manifests before version 3 return a whole new cache
+        (the runtime binds kv_out to kv's own buffer)."""
+        if self.format_version < FIRST_IN_PLACE_KV_VERSION:
+            raise ArtifactError(f"{directory} was exported by an older trio-edge (manifest version "
+                                f"{self.format_version}): its segment graphs rewrite the whole KV cache each step, "
+                                f"which this runtime no longer runs; {REEXPORT}")
+
+    def check_tensorrt_target(self, directory) -> None:
+        """Refuse an export made for ONNX Runtime (contrib ops TensorRT has no importer for) on TensorRT."""
+        if self.target == "onnxruntime":
+            raise ArtifactError(f"{directory} was exported with --target onnxruntime (ONNX Runtime contrib ops, which "
+                                "TensorRT cannot parse); re-export with --target tensorrt")
 
     def specs(self) -> dict[str, GraphSpec]:
         """Every graph's signature, derived from the plan (the runtime checks inputs against these)."""
@@ -114,7 +141,7 @@ class Manifest:
     def to_dict(self) -> dict:
         body = {"manifest_version": self.format_version, "tool": self.tool, "created": self.created,
                 "model": asdict(self.model), "io": {**asdict(self.io), "stop_token_ids": list(self.io.stop_token_ids)},
-                "plan": self.plan.to_dict(), "opset": self.opset,
+                "target": self.target, "plan": self.plan.to_dict(), "opset": self.opset,
                 "graphs": {name: entry.to_dict() for name, entry in self.graphs.items()},
                 "weights": self.weights, "validation": self.validation}
         if self.tensorrt is not None:
@@ -137,6 +164,7 @@ class Manifest:
             weights=dict(body.get("weights", {})), validation=list(body.get("validation", [])),
             files=dict(body.get("files", {})), tensorrt=body.get("tensorrt"),
             quantization=Quantization.from_dict(body.get("quantization")),  # absent in version 1: unquantized
+            target=body.get("target"),  # absent before version 3
             format_version=int(body["manifest_version"]),
         )
 
@@ -214,6 +242,9 @@ def read_manifest(directory: str | Path, *, verify_hashes: bool = True) -> Manif
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise ArtifactError(f"{path} is malformed ({type(error).__name__}: {error}); {REEXPORT}") from None
+    if manifest.format_version >= FIRST_IN_PLACE_KV_VERSION and manifest.target not in EXPORT_TARGETS:
+        raise ArtifactError(f"{path}: unknown export target {manifest.target!r} (known: {', '.join(EXPORT_TARGETS)}); "
+                            f"{REEXPORT}")
     missing = [name for name in manifest.specs() if name not in manifest.graphs]
     if missing:
         raise ArtifactError(f"{path}: the plan needs graphs {', '.join(missing)}, which the manifest does not list; "
@@ -252,6 +283,15 @@ def read_dynamic_axes(directory: Path) -> tuple[dict[str, dict[str, set[int]]] |
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return {}, (f"manifest.json is malformed ({type(exc).__name__}: {exc}); expected "
                     "{'graphs': {name: {'file', 'inputs': [{'name', 'dynamic_axes'}]}}}")
+
+
+def read_target(directory: Path) -> str | None:
+    """The export target a manifest records, read leniently (trio-check): None without one."""
+    try:
+        target = json.loads((Path(directory) / MANIFEST_NAME).read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return target if isinstance(target, str) else None
 
 
 def _input_axes(entry: dict) -> dict[str, set[int]]:

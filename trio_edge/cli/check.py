@@ -8,7 +8,14 @@ TopK with a non-constant K or K > 3840, Loop/If/Scan, NonZero, float64
 tensors, symbolic input dims the manifest does not declare dynamic, and broken
 external-data files.
 
-Exit status: 0 no errors, 1 errors found, 2 the path cannot be checked.
+--trt-version (default 10.3, what JetPack 6 ships on Jetson Orin) picks the
+TensorRT whose operator rules apply: e.g. the ONNX Attention op parses from
+10.14 only, TensorScatter from 10.15. Graphs that need a newer TensorRT than
+--trt-version, and exports made with --target onnxruntime (ONNX Runtime
+contrib ops), are refused with one line.
+
+Exit status: 0 no errors, 1 errors found, 2 the path cannot be checked (or the
+graphs need a newer TensorRT, or hold ONNX Runtime contrib ops).
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import sys
 
 from ..errors import TrioEdgeError
 from ..exporters.trt_check import (
+    JETSON_ORIN_TENSORRT,
     TENSORRT_SOURCE,
     TENSORRT_VERSION_CHECKED,
     check_path,
     format_report,
+    parse_trt_version,
 )
 
 EXIT_OK, EXIT_ERRORS, EXIT_BAD_PATH = 0, 1, 2
@@ -35,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"Rules: TensorRT {TENSORRT_VERSION_CHECKED}, from {TENSORRT_SOURCE}.",
     )
     parser.add_argument("path", metavar="PATH", help="export directory or .onnx file")
+    parser.add_argument("--trt-version", default=JETSON_ORIN_TENSORRT, metavar="MAJOR.MINOR",
+                        help=f"TensorRT whose rules apply (default {JETSON_ORIN_TENSORRT}, JetPack 6; versions above "
+                             f"{TENSORRT_VERSION_CHECKED} get {TENSORRT_VERSION_CHECKED}'s rules)")
     parser.add_argument("--strict", action="store_true",
                         help="treat warnings as errors (exit 1 on any finding)")
     return parser
@@ -44,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``trio-check``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        reports = check_path(args.path)
+        version = parse_trt_version(args.trt_version)
+        _refuse_onnxruntime_target(args.path)
+        reports = check_path(args.path, version)
+        _refuse_unparseable(reports, args.trt_version)
     except TrioEdgeError as exc:
         print(f"trio-check: error: {exc}", file=sys.stderr)
         return EXIT_BAD_PATH
@@ -60,6 +75,35 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "NOT ready for TensorRT" if failed else "ready for TensorRT"
     print(f"{len(reports)} file(s) checked: {errors} error(s), {warnings} warning(s) - {verdict}")
     return EXIT_ERRORS if failed else EXIT_OK
+
+
+def _refuse_onnxruntime_target(path) -> None:
+    from pathlib import Path
+
+    from ..artifact.manifest import read_target
+    from ..errors import InputError
+
+    directory = Path(path) if Path(path).is_dir() else Path(path).parent
+    if read_target(directory) == "onnxruntime":
+        raise InputError(f"{directory} was exported with --target onnxruntime (for ONNX Runtime, not TensorRT): "
+                         "re-export with --target tensorrt")
+
+
+def _refuse_unparseable(reports, trt_version: str) -> None:
+    """One line for graphs no TensorRT of that version can parse at all: ONNX Runtime contrib ops (a
+    --target onnxruntime export) or ops newer than --trt-version."""
+    from ..errors import InputError
+
+    contrib = sorted({op for r in reports for op in r.contrib_ops})
+    if contrib:
+        raise InputError(f"the graphs use ONNX Runtime contrib ops ({', '.join(contrib)}; a --target onnxruntime "
+                         "export), which TensorRT cannot parse: re-export with --target tensorrt")
+    needs = [(r.needs, r.path) for r in reports if r.needs is not None]
+    if needs:
+        (version, op), path = max(needs)
+        raise InputError(f"the graphs need TensorRT >= {'.'.join(map(str, version))} ({op} in {path}), newer than "
+                         f"--trt-version {trt_version}: re-export with --target tensorrt for that TensorRT, or check "
+                         "with the --trt-version the target runs")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedule_options(parser)
     parser.add_argument("--grid", help="fixed image grid WIDTHxHEIGHT (default: the largest square grid pinpoint)")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default=defaults.DTYPE)
+    parser.add_argument("--target", default=defaults.TARGET,
+                        help=f"runtime the graphs are for (default {defaults.TARGET}): tensorrt = standard ONNX only, "
+                             "valid for TensorRT 10.3 (JetPack 6) and also run by ONNX Runtime; onnxruntime = "
+                             "attention as ONNX Runtime's com.microsoft.GroupQueryAttention (fastest there; "
+                             "TensorRT and trio-build refuse it)")
     parser.add_argument("--max-text-tokens", type=int, default=defaults.MAX_TEXT_TOKENS,
                         help=f"longest prompt text, in tokens (default {defaults.MAX_TEXT_TOKENS})")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS,
@@ -60,6 +65,7 @@ def main(argv=None):
     from ..exporters.export import export
 
     info = export(args.model, args.output, method=args.method, grid=args.grid, dtype=args.dtype,
+                  target=args.target,
                   max_text_tokens=args.max_text_tokens, max_new_tokens=args.max_new_tokens, opset=args.opset,
                   nms_iterations=args.nms_iterations, force=args.force, validate=not args.no_validate,
                   progress=not args.quiet, weights=args.weights, block_size=args.block_size,

@@ -93,6 +93,8 @@ def build_engines(directory, *, precision: str = "fp16", workspace_gb: float = 4
     if not workspace_gb > 0:
         raise InputError(f"--workspace must be a positive number of GiB, got {workspace_gb}")
     manifest = read_manifest(directory)  # verifies every file's sha256 before spending GPU time
+    manifest.check_tensorrt_target(directory)
+    manifest.check_runnable(directory)
     trt = import_tensorrt()
     require_cuda("trio-build")
     builder = _Builder(trt, precision=precision, workspace_bytes=int(workspace_gb * 2**30), timing_cache=timing_cache,

@@ -19,7 +19,15 @@ import torch
 from .. import defaults
 from ..artifact.dtypes import TORCH_DTYPES, VALIDATION_TOLERANCES, export_dtype
 from ..artifact.graphs import GraphKind, GraphSpec, graph_specs, shape_ranges
-from ..artifact.manifest import GraphEntry, IOInfo, Manifest, ModelInfo, library_versions, write_manifest
+from ..artifact.manifest import (
+    EXPORT_TARGETS,
+    GraphEntry,
+    IOInfo,
+    Manifest,
+    ModelInfo,
+    library_versions,
+    write_manifest,
+)
 from ..artifact.plan import plan_for
 from ..artifact.weights import (
     ORT_DISABLED_OPTIMIZERS,
@@ -52,6 +60,7 @@ class ExportInfo:
     seconds: float
     peak_rss_bytes: int
     weight_format: str = "float32"
+    target: str = defaults.TARGET
 
     def table(self) -> str:
         lines = [f"{'graph':<22}{'kind':<9}{'MB':>9}  {'max abs diff':>13}  {'max rel diff':>13}  ok"]
@@ -65,7 +74,7 @@ class ExportInfo:
             diffs = f"{v['max_abs']:>13.2e}  {v['max_rel']:>13.2e}  {'yes' if v['ok'] else 'NO'}" if v else f"{'-':>13}  {'-':>13}  skipped"
             lines.append(f"{name:<22}{graph.kind.value:<9}{graph.bytes / 1e6:>9.2f}  {diffs}")
         lines.append(f"schedule: {self.schedule}")
-        lines.append(f"weights: {self.weight_format}")
+        lines.append(f"weights: {self.weight_format}, target: {self.target}")
         lines.append(f"artifact bytes / model parameter bytes: {self.weight_ratio:.3f}")
         lines.append(f"export took {self.seconds:.1f} s, peak host RSS {self.peak_rss_bytes / 2**30:.2f} GiB")
         return "\n".join(lines)
@@ -82,7 +91,8 @@ def _progress(iterable, enabled: bool, desc: str):
 def export(model, output, *, cuts: str | None = None, keep_ratio: float | None = None,
            budget: int | None = None, schedule_file: str | None = None, preset: str | None = None,
            method: str | None = None, grid: str | None = None,
-           dtype: str = defaults.DTYPE, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
+           dtype: str = defaults.DTYPE, target: str = defaults.TARGET,
+           max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
            max_new_tokens: int = defaults.MAX_NEW_TOKENS, positions: str | None = None, threshold: float | None = None,
            precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,
            weights: str | None = None, block_size: int = defaults.BLOCK_SIZE, quant_method: str = defaults.QUANT_METHOD,
@@ -98,6 +108,9 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
 
     started = time.perf_counter()
     method = method_for(method, preset, defaults.METHOD)
+    if target not in EXPORT_TARGETS:
+        raise InputError(f"--target must be one of {', '.join(EXPORT_TARGETS)} (tensorrt: standard ONNX for TensorRT "
+                         f"10.3+ and ONNX Runtime; onnxruntime: ONNX Runtime's fused attention), got {target!r}")
     tensor_dtype = export_dtype(dtype)
     quantization = checked_quantization(weights, dtype, block_size=block_size, method=quant_method,
                                         lm_head=quantize_lm_head, vision=quantize_vision,
@@ -151,13 +164,13 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
             io=io, plan=plan, opset=opset, graphs=graphs,
             weights={"model_parameter_bytes": param_bytes, "graph_bytes": graph_bytes,
                      "ratio": graph_bytes / param_bytes},
-            validation=validation, quantization=quantization,
+            validation=validation, quantization=quantization, target=target,
         )
         write_manifest(tmp, manifest, progress=progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return ExportInfo(output_dir, graphs, validation, graph_bytes / param_bytes,
                       plan.describe(), time.perf_counter() - started, peak,
-                      manifest.weight_format())
+                      manifest.weight_format(), target)
 
 
 def _quantize(loaded, plan, specs, quantization: Quantization, calibration_samples: int,

@@ -4,10 +4,16 @@ Uses the transformers layer's own submodules (projections, norms, MLP, rotary em
 numbers are transformers' numbers; only attention is re-written, to read and write one static KV
 buffer per layer group, and to evaluate queries for a subset of positions (TRIO's proxy).
 
-Two forms of the same segment: the export form writes the KV buffer with a one-hot `where` (no
-ScatterND in the graph) and returns a new buffer; the in-place form (the torch runtime) writes only
-the new slots with `index_copy_` and attends with fused SDPA, so a decode step reads the buffer once
-and writes one slot, allocates nothing, and has fixed shapes a CUDA graph can capture.
+Two forms of the same segment, both writing only the new positions' KV slots:
+- the export form attends over the filled slots [0, past_length) read from the cache input plus the new
+  keys/values, and returns the updated cache as ONE scatter (ScatterND) of the new slots into the cache
+  input. A runtime binds that output to the input's own buffer (ONNX Runtime IO binding, TensorRT tensor
+  addresses) and the scatter then skips its copy: a step costs O(filled slots), not O(KV capacity). The
+  graph reads only slots below past_length and the scatter writes only slots from past_length on, so the
+  result does not depend on whether the runtime runs the reads before or after the write.
+- the in-place form (the torch runtime) writes the new slots with `index_copy_` and attends with fused
+  SDPA (over the filled slots on CPU; over the whole buffer under a mask on CUDA, where fixed shapes let a
+  CUDA graph capture the step), allocating nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from ..graph_ops import clamp_index
 
 
 def _heads(layer) -> tuple[int, int, int]:
@@ -75,13 +79,15 @@ def project_qkv(layer, x, cos, sin):
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
-def write_kv(buffer: torch.Tensor, new: torch.Tensor, past_length: torch.Tensor) -> torch.Tensor:
-    """Write `new` (KVH, T, hd) into `buffer` (KVH, N, hd) at [past_length, past_length+T) without scatter."""
-    n, t = buffer.shape[1], new.shape[1]
-    offset = torch.arange(n, device=buffer.device) - past_length  # (N,)
-    valid = (offset >= 0) & (offset < t)
-    gathered = new.index_select(1, clamp_index(offset, t - 1))  # (KVH, N, hd)
-    return torch.where(valid[None, :, None], gathered, buffer)
+def scatter_new_slots(cache: torch.Tensor, new: torch.Tensor, past_length: torch.Tensor) -> torch.Tensor:
+    """cache (L, 2, KVH, N, hd) with `new` (L, 2, KVH, T, hd) written at slots [past_length, past_length+T):
+    one out-of-place index_put, which exports to a single ScatterND from the cache input to the output."""
+    layers, two, heads, t = new.shape[:4]
+    device = cache.device
+    slots = past_length + torch.arange(t, device=device)
+    index = (torch.arange(layers, device=device)[:, None, None, None], torch.arange(two, device=device)[None, :, None, None],
+             torch.arange(heads, device=device)[None, None, :, None], slots[None, None, None, :])
+    return cache.index_put(index, new)
 
 
 def write_kv_in_place(buffer: torch.Tensor, new: torch.Tensor, past_length: torch.Tensor) -> torch.Tensor:
@@ -90,11 +96,13 @@ def write_kv_in_place(buffer: torch.Tensor, new: torch.Tensor, past_length: torc
     return buffer.index_copy_(1, slots, new)
 
 
-def fused_attention(q, k, v, allowed, scale):
+def fused_attention(q, k, v, allowed, scale, causal: bool | None = None):
     """grouped_attention's contract on PyTorch's fused SDPA: q (H, T, hd), k/v (KVH, N, hd) -> (T, H*hd).
-    `allowed` None means causal within k/v (they hold exactly the T query positions)."""
+    `allowed` None means causal within k/v (they hold exactly the T query positions) unless `causal` is
+    False (every key visible: one query over exactly the filled slots)."""
     num_heads, t, head_dim = q.shape
-    out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=allowed, is_causal=allowed is None,
+    causal = allowed is None if causal is None else causal
+    out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=allowed, is_causal=causal,
                                          scale=scale, enable_gqa=k.shape[0] != num_heads)
     return out[0].transpose(0, 1).reshape(t, num_heads * head_dim)
 
@@ -118,25 +126,33 @@ def attention_with_probs(q, k, v, bias, scale):
     return out.transpose(0, 1).reshape(t, num_heads * head_dim), probs.reshape(num_heads, t, -1)
 
 
-def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False):
-    """One decoder layer on h (T, D) with a static KV buffer kv (2, KVH, N, hd); returns (h, kv).
+def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False, filled: int | None = None):
+    """One decoder layer on h (T, D) with the layer's cache kv (2, KVH, N, hd); returns (h, kv_or_new).
 
-    `mask`: the segment's causal mask over the buffer, bool (T, N) in place, else its mask_bias.
-    `in_place` writes kv itself (and returns it); otherwise a new buffer is returned. In place, a call
-    with T > 1 is a prefill from slot 0 (the runtime's only multi-token call), so it attends causally
-    within its own T positions (SDPA's flash path) instead of over the whole buffer with a mask."""
+    In place (`in_place`): writes the new keys/values into kv and returns kv; `mask` is the bool causal
+    mask over the buffer, and `filled` (CPU) the slots to read, past_length + T. A call with T > 1 is a
+    prefill from slot 0 (the runtime's only multi-token call): it attends causally within its own T
+    positions (SDPA's flash path). Export form: reads slots [0, filled - T) of kv plus the new keys/values
+    under `mask`, an additive bias (T, filled) (see mask_bias), and returns the new (2, KVH, T, hd)."""
     x = layer.input_layernorm(h)
     q, k, v = project_qkv(layer, x, cos, sin)
     scale = layer.self_attn.scaling
     if in_place:
         write_kv_in_place(kv[0], k, past_length)
         write_kv_in_place(kv[1], v, past_length)
-        attn = fused_attention(q, k, v, None, scale) if h.shape[0] > 1 else fused_attention(q, kv[0], kv[1], mask, scale)
+        if h.shape[0] > 1:
+            attn = fused_attention(q, k, v, None, scale)
+        elif filled is not None:
+            attn = fused_attention(q, kv[0, :, :filled], kv[1, :, :filled], None, scale, causal=False)
+        else:
+            attn = fused_attention(q, kv[0], kv[1], mask, scale)
         kv_out = kv
     else:
-        keys, values = write_kv(kv[0], k, past_length), write_kv(kv[1], v, past_length)
+        past = filled - h.shape[0]
+        keys = torch.cat((kv[0, :, :past], k), dim=1)  # (KVH, past + T, hd)
+        values = torch.cat((kv[1, :, :past], v), dim=1)
         attn = grouped_attention(q, keys, values, mask, scale)
-        kv_out = torch.stack((keys, values))
+        kv_out = torch.stack((k, v))
     h = h + layer.self_attn.o_proj(attn)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
     return h, kv_out
@@ -146,8 +162,8 @@ class DecoderSegment(nn.Module):
     """Layers [start, end) with one static KV buffer; prefill (T = prompt) and decode (T = 1) alike.
 
     Inputs:  hidden (1, T, D), position_ids (1, T) int64, past_length () int64, kv (L, 2, KVH, N, hd)
-    Outputs: hidden (1, T, D) -- or logits (1, V) of the last position when `with_head` -- and kv.
-    With `in_place` the returned kv is the input buffer, written in place (see the module docstring).
+    Outputs: hidden (1, T, D) -- or logits (1, V) of the last position when `with_head` -- and kv: the
+    cache with the T new slots written (a scatter into the input; in place with `in_place`).
     """
 
     cuda_graph_safe = True  # fixed shapes per call, no host synchronisation, no data-dependent control flow
@@ -163,21 +179,38 @@ class DecoderSegment(nn.Module):
 
     def forward(self, hidden, position_ids, past_length, kv):
         h = hidden[0]  # (T, D)
-        if self.in_place and h.shape[0] > 1 and past_length.device.type == "cpu" and int(past_length) != 0:
-            # checked where it costs nothing (a host value); on a GPU it would be a synchronisation
-            raise ValueError("the in-place segment's multi-token calls are prefills from slot 0 (past_length 0)")
+        t, capacity = h.shape[0], kv.shape[3]
         cos, sin = self.rotary(h, position_ids)
         cos, sin = cos[0], sin[0]  # (T, hd)
-        allowed = causal_over_buffer(past_length, h.shape[0], kv.shape[3])  # one mask for every layer
-        mask = allowed if self.in_place else mask_bias(allowed)
-        new_kv = []
+        if self.in_place:
+            return self._forward_in_place(h, cos, sin, past_length, kv)
+        past = past_length.item()  # the export's one data-dependent size: the slots read
+        torch._check(past >= 0)
+        torch._check(past + t <= capacity)
+        mask = mask_bias(causal_over_buffer(past_length, t, past + t))  # one mask for every layer
+        new = []
         for index, layer in enumerate(self.layers):
-            h, layer_kv = layer_step(layer, h, cos, sin, kv[index], past_length, mask, self.in_place)
-            new_kv.append(layer_kv)
-        kv_out = torch.stack(new_kv) if new_kv and not self.in_place else kv
+            h, layer_new = layer_step(layer, h, cos, sin, kv[index], past_length, mask, filled=past + t)
+            new.append(layer_new)
+        kv_out = scatter_new_slots(kv, torch.stack(new), past_length) if new else kv
+        return self._head(h), kv_out
+
+    def _forward_in_place(self, h, cos, sin, past_length, kv):
+        t = h.shape[0]
+        on_host = past_length.device.type == "cpu"  # a host value costs nothing; on a GPU it would synchronise
+        if on_host and t > 1 and int(past_length) != 0:
+            raise ValueError("the in-place segment's multi-token calls are prefills from slot 0 (past_length 0)")
+        # CPU reads the filled slots only; CUDA reads the whole buffer under a mask (fixed shapes: CUDA graphs)
+        filled = int(past_length) + t if on_host else None
+        mask = None if on_host else causal_over_buffer(past_length, t, kv.shape[3])
+        for index, layer in enumerate(self.layers):
+            h, _ = layer_step(layer, h, cos, sin, kv[index], past_length, mask, True, filled)
+        return self._head(h), kv
+
+    def _head(self, h):
         if self.lm_head is not None:
-            return self.lm_head(self.norm(h[-1:])), kv_out  # (1, V)
-        return h[None], kv_out
+            return self.lm_head(self.norm(h[-1:]))  # (1, V)
+        return h[None]
 
 
 class LlamaFamilyDecoder:
@@ -270,7 +303,7 @@ class LlamaFamilyDecoder:
             write_kv_in_place(kv[1], v, start)
             kv_out = kv
         else:
-            kv_out = torch.stack((write_kv(kv[0], k, start), write_kv(kv[1], v, start)))
+            kv_out = scatter_new_slots(kv[None], torch.stack((k, v))[None], start)[0]  # one ScatterND, as segments
         h = h + layer.self_attn.o_proj(attn)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
         return h, kv_out, probs, k, states

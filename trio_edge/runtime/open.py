@@ -71,11 +71,17 @@ def _is_export(source) -> bool:
 
 
 def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: str = defaults.DEVICE,
-                cuda_graphs: bool | None = None, threads: int | None = None, verify: bool = True) -> Pipeline:
-    """An export directory's graphs on `backend`, with pre/post-processing from the export's own files."""
+                cuda_graphs: bool | None = None, threads: int | None = None, verify: bool = True,
+                ort_cache: bool = True) -> Pipeline:
+    """An export directory's graphs on `backend`, with pre/post-processing from the export's own files.
+    `ort_cache`: ONNX Runtime loads through the optimized-graph cache (runtime.backends.ort_sessions)."""
     directory = Path(directory)
     manifest = read_manifest(directory, verify_hashes=verify)
     check_backend(manifest.quantization, backend, directory)
+    if backend != "torch":  # the torch backend rebuilds the modules; it never runs the graph files
+        manifest.check_runnable(directory)
+    if backend == "tensorrt":
+        manifest.check_tensorrt_target(directory)
     specs = manifest.specs()
     adapter = _io_adapter(directory)
     if backend == "onnxruntime":
@@ -84,7 +90,8 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
         files = {name: safe_member(directory, manifest.graphs[name].file) for name in specs}
         quantized = manifest.quantization is not None
         engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads,
-                                    disabled_optimizers=ORT_DISABLED_OPTIMIZERS if quantized else ())
+                                    disabled_optimizers=ORT_DISABLED_OPTIMIZERS if quantized else (),
+                                    export_key=manifest.content_key() if ort_cache else None)
     elif backend == "torch":
         engine = _torch_backend_for(manifest, specs, device, cuda_graphs)
     else:

@@ -49,22 +49,25 @@ from .rules import (
     TOPK_MAX_K,
     TRT_DTYPES,
     dtype_name,
+    parse_trt_version,
     tensor_nbytes,
 )
+
+DEFAULT_TRT_VERSION = parse_trt_version(JETSON_ORIN_TENSORRT)
 
 __all__ = [
     "IO_ONLY_DTYPES", "JETSON_ORIN_TENSORRT", "KNOWN_PLUGIN_DOMAINS", "OPS", "OPSET_MAX", "OPSET_MAX_TRT_10_0",
     "OPSET_MIN", "PROTOBUF_LIMIT_BYTES", "TENSORRT_SOURCE", "TENSORRT_VERSION_CHECKED", "TOPK_MAX_K", "TRT_DTYPES",
     "UNSUPPORTED_OPS", "CheckReport", "Finding", "OpCheck", "OpSpec", "check_directory", "check_model",
-    "check_path", "dtype_name", "format_report", "node_label", "tensor_nbytes",
+    "check_path", "dtype_name", "format_report", "parse_trt_version", "DEFAULT_TRT_VERSION", "node_label", "tensor_nbytes",
 ]
 
 Axes = dict[str, dict[str, set[int]]] | None  # graph file -> input name -> dynamic axes; None: no manifest
 
 
-def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int]] | None = None
-                ) -> CheckReport:
-    """Check one ONNX file for TensorRT readiness.
+def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int]] | None = None,
+                trt_version: tuple[int, ...] = DEFAULT_TRT_VERSION) -> CheckReport:
+    """Check one ONNX file for TensorRT readiness under TensorRT `trt_version`'s rules (default 10.3).
 
     ``dynamic_axes`` maps graph input names to the axis indices the manifest
     declares dynamic; any other symbolic input dim is an error. With ``None``
@@ -82,7 +85,7 @@ def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int
     except Exception as exc:  # noqa: BLE001 - any parse failure is a finding
         finding = Finding(path.name, "-", "-", f"not a readable ONNX model: {exc}", "load")
         return CheckReport(str(path), [finding], [])
-    ctx = Context(path, model)
+    ctx = Context(path, model, trt_version)
     check_opset(ctx)
     infer_dtypes(ctx)
     check_input_dims(ctx, dynamic_axes)
@@ -91,13 +94,15 @@ def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int
     check_constant_attr_dtypes(ctx)
     check_value_dtypes(ctx)
     check_external_data(ctx)
-    return CheckReport(str(path), ctx.errors, ctx.warnings)
+    return CheckReport(str(path), ctx.errors, ctx.warnings, max(ctx.needs) if ctx.needs else None,
+                       tuple(sorted(ctx.contrib_ops)))
 
 
-def _check_listed_file(directory: Path, rel: str, axes: Axes, manifest_ok: bool) -> CheckReport:
+def _check_listed_file(directory: Path, rel: str, axes: Axes, manifest_ok: bool,
+                       trt_version: tuple[int, ...]) -> CheckReport:
     path = directory / rel
     file_axes = axes.get(rel) if axes else None
-    report = check_model(path, file_axes)
+    report = check_model(path, file_axes, trt_version)
     if axes is not None and file_axes is None and manifest_ok:
         note = Finding(path.name, "-", "-", "not listed in manifest.json; symbolic input dims "
                        "are only warnings", "manifest")
@@ -105,7 +110,8 @@ def _check_listed_file(directory: Path, rel: str, axes: Axes, manifest_ok: bool)
     return report
 
 
-def check_directory(directory: str | os.PathLike) -> list[CheckReport]:
+def check_directory(directory: str | os.PathLike, trt_version: tuple[int, ...] = DEFAULT_TRT_VERSION
+                    ) -> list[CheckReport]:
     """Check every ``*.onnx`` in ``directory`` (and any graph its manifest.json lists)."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -120,13 +126,13 @@ def check_directory(directory: str | os.PathLike) -> list[CheckReport]:
                                     "is missing or outside the directory", "manifest"))
         else:
             files.add(rel)
-    reports = [_check_listed_file(directory, rel, axes, problem is None) for rel in sorted(files)]
+    reports = [_check_listed_file(directory, rel, axes, problem is None, trt_version) for rel in sorted(files)]
     if problems:
         reports.append(CheckReport(str(directory / "manifest.json"), problems, []))
     return reports
 
 
-def check_path(path: str | os.PathLike) -> list[CheckReport]:
+def check_path(path: str | os.PathLike, trt_version: tuple[int, ...] = DEFAULT_TRT_VERSION) -> list[CheckReport]:
     """Check a directory (see :func:`check_directory`) or a single ``.onnx`` file.
 
     A single file takes its dynamic axes from a ``manifest.json`` beside it
@@ -134,10 +140,10 @@ def check_path(path: str | os.PathLike) -> list[CheckReport]:
     """
     path = Path(path)
     if path.is_dir():
-        return check_directory(path)
+        return check_directory(path, trt_version)
     if not path.is_file():
         raise InputError(f"{path}: no such file or directory")
     if path.suffix != ".onnx":
         raise InputError(f"{path} is neither a directory nor a .onnx file")
     axes, _ = read_dynamic_axes(path.parent)
-    return [check_model(path, (axes or {}).get(path.name))]
+    return [check_model(path, (axes or {}).get(path.name), trt_version)]

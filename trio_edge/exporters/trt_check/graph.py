@@ -81,8 +81,11 @@ _ONCE_PER_PLACE = frozenset({"double", "dtype"})
 class Context:
     """A loaded model plus lookups the checks share; collects findings."""
 
-    def __init__(self, path: Path, model: onnx.ModelProto):
+    def __init__(self, path: Path, model: onnx.ModelProto, trt_version: tuple[int, ...] = (10, 3)):
         self.path = path
+        self.trt_version = trt_version  # the TensorRT whose rules apply (--trt-version)
+        self.needs: list[tuple[tuple[int, ...], str]] = []  # (TensorRT version, op) of ops newer than trt_version
+        self.contrib_ops: set[str] = set()  # ONNX Runtime contrib ops (a --target onnxruntime export)
         self.base_dir = path.parent
         self.model = model
         self.opset = default_opset(model)

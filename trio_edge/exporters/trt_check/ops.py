@@ -82,7 +82,7 @@ def constant_input(index: int, what: str) -> OpCheck:
 
 def check_dynamic_axes(ctx: Context, node: onnx.NodeProto) -> None:
     name = node_input(node, 1)
-    if name and not ctx.is_constant(name):
+    if name and not ctx.is_constant(name) and ctx.trt_version < (10, 7):
         ctx.warn(node, f"axes ('{name}') are not a constant; dynamic axes need TensorRT >= 10.7 "
                  f"(Jetson Orin ships {JETSON_ORIN_TENSORRT})", "dynamic-axes")
 
@@ -248,10 +248,6 @@ UNSUPPORTED_OPS = frozenset({
 })
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split("."))
-
-
 def check_node(ctx: Context, node: onnx.NodeProto) -> None:
     if node.domain not in ("", "ai.onnx"):
         _check_custom_node(ctx, node)
@@ -263,9 +259,11 @@ def check_node(ctx: Context, node: onnx.NodeProto) -> None:
         ctx.error(node, f"{node.op_type} {why} of TensorRT {TENSORRT_VERSION_CHECKED}'s ONNX "
                   "parser", "unsupported-op")
         return
-    if spec.since and _version(spec.since) > _version(JETSON_ORIN_TENSORRT):
-        ctx.warn(node, f"{node.op_type} needs TensorRT >= {spec.since}; Jetson Orin "
-                 f"(JetPack 6) ships TensorRT {JETSON_ORIN_TENSORRT}", "newer-tensorrt")
+    if spec.since and rules.version_tuple(spec.since) > ctx.trt_version:
+        ctx.needs.append((rules.version_tuple(spec.since), node.op_type))
+        ctx.error(node, f"{node.op_type} needs TensorRT >= {spec.since}; checked for TensorRT "
+                  f"{'.'.join(map(str, ctx.trt_version))} (Jetson Orin / JetPack 6 ships {JETSON_ORIN_TENSORRT})",
+                  "newer-tensorrt")
     _check_op_types(ctx, node, spec)
     _check_dtype_attrs(ctx, node)
     for check in spec.checks:
@@ -280,6 +278,8 @@ def _check_custom_node(ctx: Context, node: onnx.NodeProto) -> None:
             for inner in ctx.functions[key].node:
                 check_node(ctx, inner)
         return
+    if node.domain == rules.ORT_CONTRIB_DOMAIN:
+        ctx.contrib_ops.add(node.op_type)
     if node.domain in KNOWN_PLUGIN_DOMAINS:
         ctx.warn(node, f"custom op {node.domain}::{node.op_type} needs a TensorRT plugin named "
                  f"'{node.op_type}' registered when the engine is built", "plugin-op")

@@ -25,6 +25,8 @@ class CheckReport:
     path: str
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    needs: tuple[tuple[int, ...], str] | None = None  # (oldest TensorRT that parses it, op) when newer than checked
+    contrib_ops: tuple[str, ...] = ()  # ONNX Runtime contrib ops (com.microsoft) in the graph
 
     @property
     def ok(self) -> bool:

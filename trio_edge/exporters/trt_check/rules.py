@@ -10,13 +10,19 @@ import math
 import onnx
 from onnx import TensorProto
 
+from ...errors import InputError
+
 TENSORRT_VERSION_CHECKED = "10.15"
 TENSORRT_SOURCE = (
     "onnx/onnx-tensorrt docs/operators.md ('TensorRT 10.15 supports operators in the "
     "inclusive range of opset 9 to opset 24') and CHANGELOG.md for per-op versions"
 )
-#: TensorRT on Jetson Orin (JetPack 6.1 / 6.2). Ops added after it only warn.
+#: TensorRT on Jetson Orin (JetPack 6.1 / 6.2): trio-check's default --trt-version.
 JETSON_ORIN_TENSORRT = "10.3"
+#: The oldest TensorRT whose rules trio-check knows (versions above TENSORRT_VERSION_CHECKED get its rules).
+OLDEST_TENSORRT = "10.0"
+#: ONNX Runtime's contrib-op domain (--target onnxruntime exports): no TensorRT importer exists for it.
+ORT_CONTRIB_DOMAIN = "com.microsoft"
 OPSET_MIN = 9
 OPSET_MAX = 24
 #: Highest opset documented for TensorRT 10.0 (later 10.x parsers accept more).
@@ -52,6 +58,22 @@ TRT_DTYPES = frozenset().union(*_TYPE_GROUPS.values())
 IO_ONLY_DTYPES = frozenset({T.UINT8})
 #: Node attributes that name an element type (Cast's ``to``, ...).
 DTYPE_ATTRS = ("to", "dtype", "output_dtype")
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def parse_trt_version(text: str) -> tuple[int, ...]:
+    """A --trt-version value ('10.3', '10.3.0') as a tuple; InputError for anything else or below OLDEST_TENSORRT."""
+    parts = str(text).split(".")
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise InputError(f"--trt-version must look like 10.3 (MAJOR.MINOR), got {text!r}")
+    version = tuple(int(p) for p in parts[:2])
+    if version < version_tuple(OLDEST_TENSORRT):
+        raise InputError(f"--trt-version {text}: trio-check knows the ONNX rules of TensorRT {OLDEST_TENSORRT} and "
+                         "newer only (trio-edge needs TensorRT 10)")
+    return version
 
 
 def types(spec: str) -> frozenset[int]:

@@ -1,7 +1,9 @@
-"""ONNX Runtime backend: CPU, or CUDA with IO binding so tensors stay on the GPU between graphs.
+"""ONNX Runtime backend: CPU or CUDA, every call through IO binding.
 
-On CUDA, inputs and outputs are torch CUDA tensors bound by pointer (no host round trips per stage
-or per token); outputs are allocated by torch with the shapes the graph signature implies.
+Inputs and outputs are torch tensors bound by pointer (on CUDA no host round trips per stage or per
+token); outputs are allocated by torch with the shapes the graph signature implies, except an output the
+signature marks as its input updated in place (a segment's kv_out): that one is bound to the input's own
+buffer, and the graph's scatter of the new KV slots then writes there without copying the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from ...artifact.dtypes import ORT_TYPES, TORCH_DTYPES, dtype_name
 from ...errors import BackendUnavailableError
 from .base import Backend
+from .ort_sessions import SESSION_SETTINGS, cache_key, cache_root, open_session, session_options
 
 
 def _import_ort():
@@ -28,24 +31,26 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, specs, graph_files: dict[str, Path], device: str = "cpu", threads: int | None = None,
-                 disabled_optimizers: tuple[str, ...] = ()):
+                 disabled_optimizers: tuple[str, ...] = (), export_key: str | None = None):
         """`disabled_optimizers`: ONNX Runtime graph optimizers to skip (quantized exports name one, see
-        artifact.weights.ORT_DISABLED_OPTIMIZERS)."""
+        artifact.weights.ORT_DISABLED_OPTIMIZERS). `export_key` (the export's file hashes) turns on the
+        optimized-graph cache (see ort_sessions); None loads without it."""
         super().__init__(specs, device)
         ort = _import_ort()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailableError(
                     f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (providers: "
                     f"{', '.join(ort.get_available_providers())}); pip install 'trio-edge[gpu]' (onnxruntime-gpu) "
                     "or use --device cpu")
-        self.sessions = {name: ort.InferenceSession(str(path), options, providers=self._providers(specs[name].kind),
-                                                    disabled_optimizers=list(disabled_optimizers) or None)
-                         for name, path in graph_files.items()}
+        self.settings = {**SESSION_SETTINGS, "intra_op_num_threads": threads or "physical cores",
+                         "disabled_optimizers": sorted(disabled_optimizers), "device": str(self.device)}
+        self.sessions, self.cache = {}, {}
+        for name, path in graph_files.items():
+            key = None if export_key is None else cache_key(export_key, name, ort.__version__, self.settings)
+            self.sessions[name], self.cache[name] = open_session(
+                ort, path, session_options(ort, threads), self._providers(specs[name].kind), disabled_optimizers,
+                None if key is None else cache_root() / "ort" / key)
 
     def _providers(self, kind: str) -> list:
         if self.device.type != "cuda":
@@ -58,25 +63,21 @@ class OnnxRuntimeBackend(Backend):
         return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
     def run_impl(self, graph, inputs):
-        if self.device.type == "cuda":
-            return self._run_bound(graph, inputs)
-        spec = self.specs[graph]
-        feed = {t.name: inputs[t.name].numpy() for t in spec.inputs}
-        outputs = self.sessions[graph].run([t.name for t in spec.outputs], feed)
-        return {t.name: torch.from_numpy(out) for t, out in zip(spec.outputs, outputs)}
-
-    def _run_bound(self, graph, inputs):
         spec, session = self.specs[graph], self.sessions[graph]
         binding = session.io_binding()
-        index = self.device.index or 0
+        kind, index = self.device.type, self.device.index or 0
         bound = {t.name: inputs[t.name].contiguous() for t in spec.inputs}  # alive until the run ends
         for name, value in bound.items():
-            binding.bind_input(name, "cuda", index, ORT_TYPES[dtype_name(value.dtype)], tuple(value.shape), value.data_ptr())
+            binding.bind_input(name, kind, index, ORT_TYPES[dtype_name(value.dtype)], tuple(value.shape), value.data_ptr())
         shapes = spec.output_shapes({name: tuple(value.shape) for name, value in inputs.items()})
+        written = dict(spec.in_place)
         outputs = {}
         for t in spec.outputs:
-            out = torch.empty(shapes[t.name], dtype=TORCH_DTYPES[t.dtype], device=self.device)
-            binding.bind_output(t.name, "cuda", index, ORT_TYPES[t.dtype], tuple(out.shape), out.data_ptr())
+            if t.name in written and bound[written[t.name]] is inputs[written[t.name]]:
+                out = bound[written[t.name]]  # the caller's own buffer: the graph updates it in place
+            else:
+                out = torch.empty(shapes[t.name], dtype=TORCH_DTYPES[t.dtype], device=self.device)
+            binding.bind_output(t.name, kind, index, ORT_TYPES[t.dtype], tuple(out.shape), out.data_ptr())
             outputs[t.name] = out
         session.run_with_iobinding(binding)
         return outputs

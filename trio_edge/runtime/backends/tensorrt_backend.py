@@ -3,7 +3,8 @@
 Per call: pick the execution context whose optimization profile fits the input shapes (profile 0 =
 decode, query length 1; profile 1 = prefill), set input shapes, bind the torch CUDA tensors' pointers
 (set_tensor_address), read the output shapes back from the context, bind freshly allocated or reused
-output tensors and run execute_async_v3 on the backend's stream. Decode steps replay a CUDA graph of
+output tensors (a segment's kv_out at its kv input's own address: the engine scatters the new KV slots into
+the cache in place) and run execute_async_v3 on the backend's stream. Decode steps replay a CUDA graph of
 that call once the same tensor addresses come round again (see DecodeGraphs).
 
 Importing this module never imports tensorrt; only loading engines does.
@@ -31,7 +32,6 @@ INSTALL_HINT = ("pip install 'trio-edge[tensorrt]' on x86-64/SBSA servers; on Je
 TRT_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64,
                     "INT32": torch.int32, "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool}
 
-KV_INPUT, KV_OUTPUT = "kv", "kv_out"
 STATIC_INPUT_BYTES = 64 * 1024  # decode inputs up to this size are copied into static buffers (ids, positions)
 MAX_CAPTURED_GRAPHS = 32
 
@@ -227,7 +227,6 @@ class TensorRTBackend(Backend):
         self.cuda_graphs = cuda_graphs
         self.decode_graphs = DecodeGraphs(self.stream)
         self._reused: dict[tuple, torch.Tensor] = {}  # decode outputs and static decode inputs
-        self._kv_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_export(cls, directory, manifest, specs, device: str = "cuda", *, cuda_graphs: bool = True):
@@ -263,7 +262,7 @@ class TensorRTBackend(Backend):
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)  # inputs were written on the caller's stream
         bound = self._bind_inputs(graph, loaded, context, inputs, static=graphed)
-        outputs = self._bind_outputs(graph, loaded, context, inputs, reuse=decode)
+        outputs = self._bind_outputs(graph, loaded, context, bound, reuse=decode)
         addresses = {name: tensor.data_ptr() for name, tensor in {**bound, **outputs}.items()}
 
         def enqueue():
@@ -301,29 +300,27 @@ class TensorRTBackend(Backend):
             buffer.copy_(value, non_blocking=True)
         return buffer
 
-    def _bind_outputs(self, graph, loaded, context, inputs, *, reuse: bool) -> dict[str, torch.Tensor]:
+    def _bind_outputs(self, graph, loaded, context, bound, *, reuse: bool) -> dict[str, torch.Tensor]:
+        """Fresh or reused output tensors; an output the graph writes in place into an input (a segment's
+        kv_out: one scatter of the new KV slots into kv) gets the input's own address, so no cache is copied."""
+        written = dict(self.specs[graph].in_place)
         outputs = {}
         for name in loaded.outputs:
             shape = tuple(context.get_tensor_shape(name))  # known once every input shape is set
             if any(d < 0 for d in shape):
                 raise RuntimeError(f"graph {graph}: output {name} has a data-dependent shape {shape}")
             dtype = loaded.dtypes[name]
-            if name == KV_OUTPUT:
-                outputs[name] = self._kv_out(graph, shape, dtype, inputs.get(KV_INPUT))
+            if name in written:
+                source = bound[written[name]]
+                if tuple(source.shape) != shape or source.dtype != dtype:
+                    raise RuntimeError(f"graph {graph}: in-place output {name} {shape} does not match input "
+                                       f"{written[name]} {tuple(source.shape)}")
+                outputs[name] = source
             elif reuse:
                 outputs[name] = self._buffer(("out", graph, name), shape, dtype)
             else:  # prefill / vision / select: one call per request, the caller may keep the result
                 outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
         return outputs
-
-    def _kv_out(self, graph, shape, dtype, kv_in: torch.Tensor | None) -> torch.Tensor:
-        """Ping-pong: the pipeline feeds kv_out back as the next kv, so write into the buffer that is not kv."""
-        pair = self._kv_pairs.get(graph)
-        if pair is None or tuple(pair[0].shape) != shape or pair[0].dtype != dtype:
-            pair = tuple(torch.empty(shape, dtype=dtype, device=self.device) for _ in range(2))
-            self._kv_pairs[graph] = pair
-        busy = kv_in.data_ptr() if kv_in is not None else None
-        return pair[1] if pair[0].data_ptr() == busy else pair[0]
 
     def _buffer(self, key, shape, dtype) -> torch.Tensor:
         """A buffer reused across decode steps (stable addresses), reallocated only when its shape changes."""
@@ -339,4 +336,4 @@ class TensorRTBackend(Backend):
             self.decode_graphs.clear()  # captured graphs use the contexts' memory: drop them first
         for loaded in getattr(self, "engines", {}).values():
             loaded.contexts.clear()  # contexts before their engine
-        self.engines, self._reused, self._kv_pairs = {}, {}, {}
+        self.engines, self._reused = {}, {}

@@ -1,0 +1,67 @@
+"""Export targets (--target tensorrt / onnxruntime) in the manifest, and the in-place KV contract: runtimes
+refuse older segment graphs, bind kv_out to kv's own buffer, and TensorRT refuses ONNX Runtime exports."""
+
+import json
+import shutil
+
+import pytest
+
+from trio_edge import load
+from trio_edge.artifact.manifest import read_manifest
+from trio_edge.cli.export import main as export_main
+from trio_edge.errors import ArtifactError
+
+
+def edited_copy(directory, tmp_path, **changes):
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    body = json.loads((copy / "manifest.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    (copy / "manifest.json").write_text(json.dumps(body))
+    return copy
+
+
+def test_unknown_target_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = export_main(["trio-tiny", "-o", str(out), "--target", "tflite"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--target must be one of tensorrt, onnxruntime" in err and "'tflite'" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_runtimes_refuse_a_version_2_export_and_say_to_re_export(one_cut_dir, tmp_path):
+    copy = edited_copy(one_cut_dir, tmp_path, manifest_version=2, target=None)
+    assert read_manifest(copy).target is None  # still readable (trio-check, tables)
+    with pytest.raises(ArtifactError, match="manifest version 2.*rewrite the whole KV cache.*re-export"):
+        load(copy, backend="onnxruntime")
+
+
+def test_tensorrt_refuses_an_onnxruntime_target_export(one_cut_dir, tmp_path):
+    copy = edited_copy(one_cut_dir, tmp_path, target="onnxruntime")
+    with pytest.raises(ArtifactError, match="re-export with --target tensorrt"):
+        load(copy, backend="tensorrt", device="cpu")
+
+
+def test_an_unknown_target_in_a_manifest_is_refused(one_cut_dir, tmp_path):
+    copy = edited_copy(one_cut_dir, tmp_path, target="tflite")
+    with pytest.raises(ArtifactError, match="unknown export target 'tflite'"):
+        read_manifest(copy)
+
+
+def test_onnxruntime_writes_the_kv_cache_in_place(one_cut_dir, image):
+    """kv_out is bound to kv's buffer: after a request every segment's cache is the buffer allocated at load,
+    written (prompt + answer slots), with nothing beyond them touched."""
+    with load(one_cut_dir) as pipeline:
+        buffers = {name: (kv, kv.data_ptr()) for name, kv in pipeline.kv.items()}
+        result = pipeline.generate(image, "what color is the circle", max_new_tokens=4)
+        for name, (kv, address) in buffers.items():
+            assert pipeline.kv[name] is kv and kv.data_ptr() == address
+            written = (kv != 0).any(dim=(0, 1, 2, 4))  # per slot
+            assert written.any()
+            last = int(written.nonzero().max())
+            assert written[:last + 1].all() and not written[last + 1:].any()
+        assert len(result.token_ids) >= 1

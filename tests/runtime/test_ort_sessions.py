@@ -1,0 +1,27 @@
+"""ONNX Runtime session settings and the optimized-graph cache: a second load opens the cached optimized graphs
+and generates exactly what an uncached load does."""
+
+from trio_edge.runtime.backends.ort_sessions import SESSION_SETTINGS
+from trio_edge.runtime.open import open_export
+
+
+def test_second_load_hits_the_cache_and_answers_the_same(one_cut_dir, image, monkeypatch, tmp_path):
+    monkeypatch.setenv("TRIO_EDGE_CACHE", str(tmp_path / "cache"))
+    answers, states = [], []
+    for cache in (False, True, True):
+        with open_export(one_cut_dir, ort_cache=cache) as pipeline:
+            states.append(set(pipeline.backend.cache.values()))
+            result = pipeline.generate(image, "what color is the circle", max_new_tokens=6)
+            answers.append((result.token_ids, result.kept, result.first_logits))
+            assert pipeline.backend.settings["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert states == [{"off"}, {"miss"}, {"hit"}]
+    cached = list((tmp_path / "cache" / "ort").iterdir())
+    assert len(cached) == len(pipeline.plan.segments) + len(pipeline.plan.selects) + 2  # + vision, embed
+    assert not [p for p in cached if p.name.startswith(".partial-")]
+    for tokens, kept, logits in answers[1:]:
+        assert tokens == answers[0][0] and kept == answers[0][1]
+        assert (logits - answers[0][2]).abs().max() < 1e-4
+
+
+def test_settings_are_recorded():
+    assert SESSION_SETTINGS["enable_mem_pattern"] and SESSION_SETTINGS["session.disable_prepacking"] == "0"

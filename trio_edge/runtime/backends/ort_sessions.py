@@ -1,0 +1,87 @@
+"""ONNX Runtime session settings, chosen once for every graph, and the on-disk cache of optimized graphs.
+
+Settings (SESSION_SETTINGS, also printed by the benchmarks):
+- graph optimization level ALL: constant folding, node fusions (MatMul+Add, SimplifiedLayerNorm for RMSNorm,
+  ...), and on CPU the layout optimizations; the graphs are inference-only, so nothing is lost.
+- intra-op threads: one per physical core (ORT's default) unless the caller says otherwise; inter-op 1 and
+  sequential execution (a decoder is a chain of dependent ops: parallel execution only adds scheduling).
+- memory pattern and the CPU arena on: the decode step repeats the same shapes, so its allocations are planned
+  once and served from the arena.
+- weight prepacking on (ORT's default): MatMul weights are re-laid out for the CPU's GEMM kernels at load.
+
+Optimized-graph cache: the first load of a graph saves ONNX Runtime's optimized model under the user cache
+directory ($TRIO_EDGE_CACHE, else $XDG_CACHE_HOME/trio-edge, else ~/.cache/trio-edge), keyed by the export's
+file hashes, the ONNX Runtime version, the settings, the device and the machine; later loads open that file
+with optimizations off, skipping the fusion passes. The cache is written to a temporary directory and renamed,
+so concurrent loads never see half a file; an unwritable cache directory only costs the speed-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+SESSION_SETTINGS = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
+                    "inter_op_num_threads": 1, "enable_mem_pattern": True, "enable_cpu_mem_arena": True,
+                    "session.disable_prepacking": "0"}
+CACHED_MODEL = "model.onnx"
+CACHED_WEIGHTS = "model.onnx.data"  # initializers above 1 KiB go here (the 2 GiB protobuf limit)
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("TRIO_EDGE_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trio-edge"
+
+
+def session_options(ort, threads: int | None):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.enable_mem_pattern = True
+    options.enable_cpu_mem_arena = True
+    options.add_session_config_entry("session.disable_prepacking", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def cache_key(export_key: str, graph: str, ort_version: str, settings: dict) -> str:
+    """Everything the optimized graph depends on."""
+    body = json.dumps({"export": export_key, "graph": graph, "ort": ort_version, "settings": settings,
+                       "machine": platform.machine(), "processor": platform.processor()}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def open_session(ort, path: Path, options, providers, disabled_optimizers, cache_dir: Path | None):
+    """An InferenceSession of `path`, through the optimized-graph cache at `cache_dir` when given.
+    Returns (session, 'hit' | 'miss' | 'off')."""
+    disabled = list(disabled_optimizers) or None
+    if cache_dir is None:
+        return ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled), "off"
+    cached = cache_dir / CACHED_MODEL
+    if cached.is_file():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimized
+        return ort.InferenceSession(str(cached), options, providers=providers), "hit"
+    try:
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache_dir.parent))
+    except OSError:  # no writable cache: load without it
+        return ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled), "off"
+    options.optimized_model_filepath = str(staging / CACHED_MODEL)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", CACHED_WEIGHTS)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    session = ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
+    try:
+        staging.rename(cache_dir)
+    except OSError:  # another process got there first, or the directory cannot be written: keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+    return session, "miss"
