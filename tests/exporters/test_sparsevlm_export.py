@@ -1,11 +1,11 @@
 """SparseVLM exported in-graph: the raters graph and every cut validated against their PyTorch modules, ONNX
 pipeline == torch pipeline (kept indices identical, merged tokens within tolerance through the logits), fixed
-shapes, trio-check clean; bad budgets, shallow models and prompts without raters refused with one line."""
+shapes (no scatter in the rule), trio-check clean; bad budgets, shallow models and prompts without raters refused with one line."""
 
 import onnx
 import pytest
 from helpers import assert_same_generations
-from test_export import FORBIDDEN_OPS, random_requests
+from test_export import random_requests
 
 from trio_edge import load
 from trio_edge.artifact.manifest import read_manifest
@@ -36,8 +36,10 @@ def test_sparsevlm_graphs_are_exported_and_validated(sparsevlm_export):
     assert "raters" in manifest.graphs
     for name in ("raters", first.name, second.name):
         model = onnx.load(str(directory / manifest.graphs[name].file))
-        ops = {node.op_type for node in model.graph.node}
-        assert not ops & FORBIDDEN_OPS and not [op for op in ops if op.startswith("Scatter")], (name, ops)
+        ops = [node.op_type for node in model.graph.node]
+        assert not set(ops) & {"Loop", "If", "NonZero", "Scan"}, (name, ops)
+        # the rule has no scatter: a select's only one is the owned layer's KV write, as in every segment
+        assert [op for op in ops if op.startswith("Scatter")] == ([] if name == "raters" else ["ScatterND"]), name
     validated = {row["graph"] for row in manifest.validation}
     assert {"raters", first.name, second.name} <= validated
     assert all(row["ok"] for row in manifest.validation)
