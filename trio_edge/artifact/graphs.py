@@ -105,6 +105,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
              TensorSpec("position_ids_out", "int64", (1, PRUNED_AXIS)),
              TensorSpec("saliency", "float32", (sel.tokens_in,)), *kv_out),
             derived_axes=((PRUNED_AXIS, SEQ_AXIS, sel.keep + sel.merged - sel.tokens_in),),
+            in_place=(("kv_out", "kv"),) if owned else (),
         ))
     return {spec.name: spec for spec in specs}
 

@@ -62,7 +62,7 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
     import argparse
 
     from .. import defaults
-    from ..trio.methods import METHODS, REGISTRY
+    from ..trio.methods import REGISTRY
     from ..trio.presets import PRESETS
 
     # inside an argument group already (trio-run's model-only options): add there; nesting groups is deprecated
@@ -72,14 +72,14 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
     group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "
                                                         "family's default cut layers")
     group.add_argument("--schedule-file", help="a schedule JSON written by trio-calibrate")
-    group.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
+    group.add_argument("--preset", metavar="NAME",
                        help="an authors' released schedule (scaled to the model's depth and image tokens when it is "
                             "not 32 layers / 576 tokens; the method defaults to the preset's): "
                             + "; ".join(f"{p.name} = {p.method} {','.join(f'{a}:{b}' for a, b in zip(p.layers, p.keeps))}"
                                         for p in PRESETS.values()))
     group.add_argument("--budget", type=int, help="--method sparsevlm: one of the authors' tables 64, 96, 128, 192 "
                                                   "(image tokens kept at cuts 3/7/16 of 32 layers, scaled by depth)")
-    group.add_argument("--method", choices=METHODS, help=f"selection rule of every cut (default {defaults.METHOD}, "
+    group.add_argument("--method", metavar="METHOD", help=f"selection rule of every cut (default {defaults.METHOD}, "
                        "or the preset's): " + "; ".join(f"{m.name} ({m.source})" for m in REGISTRY.values()))
     group.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
                        f"(default {defaults.POSITIONS}, as released LLaVA code)")

@@ -90,8 +90,8 @@ def _progress(iterable, enabled: bool, desc: str):
 
 def export(model, output, *, cuts: str | None = None, keep_ratio: float | None = None,
            budget: int | None = None, schedule_file: str | None = None, preset: str | None = None,
-           method: str | None = None, grid: str | None = None,
-           dtype: str = defaults.DTYPE, target: str = defaults.TARGET,
+           method: str | None = None, grid: str | None = None, dtype: str = defaults.DTYPE,
+           target: str = defaults.TARGET,
            max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
            max_new_tokens: int = defaults.MAX_NEW_TOKENS, positions: str | None = None, threshold: float | None = None,
            precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,

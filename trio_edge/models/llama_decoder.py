@@ -282,13 +282,16 @@ class LlamaFamilyDecoder:
         scores = torch.matmul(q.index_select(1, last), k.transpose(1, 2)) * layer.self_attn.scaling  # (H, 1, S)
         return torch.softmax(scores.float(), dim=-1).to(h.dtype).float().mean(dim=0)[0]
 
-    def layer_with_attention(self, layer_index, h, position_ids, kv, in_place: bool = False):
-        """A prefill of layer `layer_index` on all S tokens of h (S, D) that also exposes what token-scoring
-        rules read from it: returns (h_out (S, D), kv_out (2, KVH, N, hd), probs (H, S, S) float32 softmax
-        attention, keys (KVH, S, hd) after rotary, states (S, D) the layer's normalised input).
+    @staticmethod
+    def scatter_new_slots(cache, new, past_length):
+        """See scatter_new_slots: the one KV write a segment graph does, for select graphs that own a layer."""
+        return scatter_new_slots(cache, new, past_length)
 
-        The KV buffer kv (2, KVH, N, hd) is written at slots 0..S-1 (in place with `in_place`), exactly as a
-        segment's prefill writes it, so the layer's decode steps run in an ordinary one-layer segment."""
+    def layer_with_attention(self, layer_index, h, position_ids):
+        """A prefill of layer `layer_index` on all S tokens of h (S, D) that also exposes what token-scoring
+        rules read from it: returns (h_out (S, D), new_kv (2, KVH, S, hd) to write at slots 0..S-1 of the
+        layer's cache, probs (H, S, S) float32 softmax attention, keys (KVH, S, hd) after rotary, states (S, D)
+        the layer's normalised input). The layer's decode steps then run in an ordinary one-layer segment."""
         layer = self.layers[layer_index]
         cos, sin = self.rotary(h[None], position_ids)
         cos, sin = cos[0], sin[0]
@@ -297,13 +300,6 @@ class LlamaFamilyDecoder:
         positions = torch.arange(h.shape[0], device=h.device)
         allowed = positions[None, :] <= positions[:, None]  # causal within the S prompt tokens
         attn, probs = attention_with_probs(q, k, v, mask_bias(allowed), layer.self_attn.scaling)
-        start = torch.zeros((), dtype=torch.int64, device=h.device)
-        if in_place:
-            write_kv_in_place(kv[0], k, start)
-            write_kv_in_place(kv[1], v, start)
-            kv_out = kv
-        else:
-            kv_out = scatter_new_slots(kv[None], torch.stack((k, v))[None], start)[0]  # one ScatterND, as segments
         h = h + layer.self_attn.o_proj(attn)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return h, kv_out, probs, k, states
+        return h, torch.stack((k, v)), probs, k, states

@@ -26,10 +26,9 @@ class Preset:
     def cuts_for(self, num_layers: int, num_image_tokens: int) -> tuple[str, bool]:
         """('LAYER:KEEP,...' on this model, whether it had to be scaled)."""
         info = method_info(self.method)
-        lowest = 1 if info.owns_layer else 0
         cuts, previous_layer, previous_keep = [], -1, num_image_tokens
         for layer, keep in zip(self.layers, self.keeps):
-            scaled_layer = max(lowest, min(num_layers - 1, round(layer * num_layers / REFERENCE_LAYERS)))
+            scaled_layer = scaled_cut_layer(layer, num_layers, self.method)
             scaled_keep = max(info.min_keep, min(previous_keep, round(keep * num_image_tokens / REFERENCE_TOKENS)))
             if scaled_layer <= previous_layer:  # two cuts on one layer of a shallow model: keep the later budget
                 cuts.pop()
@@ -37,6 +36,26 @@ class Preset:
             previous_layer, previous_keep = scaled_layer, scaled_keep
         scaled = (num_layers, num_image_tokens) != (REFERENCE_LAYERS, REFERENCE_TOKENS)
         return ",".join(cuts), scaled
+
+
+def scaled_cut_layer(layer: int, num_layers: int, method: str) -> int:
+    """A cut layer of the 32-layer reference model on a decoder of `num_layers`: round(layer * L / 32), at least
+    1 for rules that own layer N-1, at most L - 1."""
+    lowest = 1 if method_info(method).owns_layer else 0
+    return max(lowest, min(num_layers - 1, round(layer * num_layers / REFERENCE_LAYERS)))
+
+
+def eval_placement(method: str, ratio: float) -> tuple[tuple[int, ...], tuple[float, ...], str]:
+    """Where a method cuts when compared at a layer-averaged budget `ratio` (trio-eval): the reference cut layers
+    and relative keep weights of its authors' table, and which table. TRIO (and the model-free baselines, at
+    TRIO's cuts) take the 64-token table up to 1/9 and the 128-token one above (no 192 table is released)."""
+    if method in ("fastv", "dart"):
+        return (2,), (1.0,), f"{method} K=2 (its authors' layer), KEEP for the budget"
+    if method == "pdrop":
+        preset = PRESETS["pdrop"]
+        return preset.layers, tuple(k / REFERENCE_TOKENS for k in preset.keeps), "pdrop layers 8/16/24, ratio 0.5 shape"
+    table = PRESETS["trio-64" if ratio <= 64 / 576 + 1e-9 else "trio-128"]
+    return table.layers, tuple(k / REFERENCE_TOKENS for k in table.keeps), f"{table.name} table shape"
 
 
 PRESETS = {p.name: p for p in (

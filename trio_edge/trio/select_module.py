@@ -13,8 +13,8 @@ from torch import nn
 
 from ..graph_ops import clamp_index
 from . import peers
-from .methods import METHODS, method_info
 from .dart import dart_select_fixed
+from .methods import METHODS, method_info
 from .saliency import proxy_saliency
 from .schedule import Schedule
 from .selection import nms_select_fixed, top_k_fixed
@@ -155,9 +155,14 @@ class LayerOwningSelectStage(nn.Module):
     def forward(self, hidden, position_ids, image_start, kv):
         m, h = self.num_image_tokens, hidden[0]
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
-        h_out, kv_out, probs, keys, states = self._decoder.layer_with_attention(
-            self.owned_layer, h, position_ids, kv[0], in_place=self.runtime_form)
+        h_out, new_kv, probs, keys, states = self._decoder.layer_with_attention(self.owned_layer, h, position_ids)
         view = LayerView(probs, keys, states, h, h_out, self.norm(h_out), image_start, span)
         kept, scores = self.rule(view, self.keep)
         hidden_out, position_out = apply_selection(h_out[None], position_ids, image_start, m, kept, self.renumber)
-        return kept, torch.tensor(True), hidden_out, position_out, scores.float(), kv if self.runtime_form else kv_out[None]
+        start = torch.zeros((), dtype=torch.int64, device=hidden.device)
+        if self.runtime_form:  # the torch runtime's cache, written in place like its segments'
+            kv[0, :, :, :h.shape[0]] = new_kv
+            kv_out = kv
+        else:  # one scatter from the kv input to kv_out, like a segment graph's
+            kv_out = self._decoder.scatter_new_slots(kv, new_kv[None], start)
+        return kept, torch.tensor(True), hidden_out, position_out, scores.float(), kv_out

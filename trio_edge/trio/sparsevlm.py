@@ -321,12 +321,16 @@ class SparseVLMSelectStage(torch.nn.Module):
     def forward(self, hidden, position_ids, image_start, kv, raters):
         m, h = self.num_image_tokens, hidden[0]
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
-        h_out, kv_out, probs, _, _ = self._decoder.layer_with_attention(
-            self.owned_layer, h, position_ids, kv[0], in_place=self.runtime_form)
+        h_out, new_kv, probs, _, _ = self._decoder.layer_with_attention(self.owned_layer, h, position_ids)
         weights = raters[0].float()  # (S,)
         attention = probs.mean(dim=0).index_select(1, span)  # (S, M): heads averaged, image columns
         scores = rater_scores(attention, weights)  # (M,)
         kept, _, hidden_out, positions, raters_out = prune_and_recycle(h_out[None], scores, image_start, self.keep,
                                                                        raters=weights)
-        kv_out = kv if self.runtime_form else kv_out[None]
+        start = torch.zeros((), dtype=torch.int64, device=hidden.device)
+        if self.runtime_form:  # the torch runtime's cache, written in place like its segments'
+            kv[0, :, :, :h.shape[0]] = new_kv
+            kv_out = kv
+        else:  # one scatter from the kv input to kv_out, like a segment graph's
+            kv_out = self._decoder.scatter_new_slots(kv, new_kv[None], start)
         return kept, torch.tensor(True), hidden_out, positions, scores, kv_out, raters_out[None]
