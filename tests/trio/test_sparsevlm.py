@@ -372,3 +372,14 @@ def test_pipeline_equals_the_plain_reference(tiny, images, schedule_text):
         assert result.token_ids == tokens
         for ours, theirs in zip(logits, ref_logits):
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_places_sparsevlm_at_its_own_layers(tiny):
+    from trio_edge.calibration.evaluate import method_schedule
+
+    adapter = tiny.adapter
+    grid = adapter.default_grid()
+    schedule, placement = method_schedule(adapter, grid, "sparsevlm", 1 / 3)
+    assert [c.layer for c in schedule.cuts] == [1, 2, 3] and "SparseVLMs" in placement
+    with pytest.raises(ScheduleError):  # layer 0 sees every token: a 4-layer model cannot reach 1/9
+        method_schedule(adapter, grid, "sparsevlm", 1 / 9)
