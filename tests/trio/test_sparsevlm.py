@@ -150,9 +150,19 @@ def test_raters_equal_plain(seed):
     assert mask.sum() > 0
 
 
+@pytest.mark.parametrize("tail", [9, 12, 60, 200])
+def test_raters_from_the_sequence_tail_equal_all_rows(tail):
+    """The stages read only the last --max-text-tokens rows; any tail holding the text gives the same raters."""
+    for seed in range(4):
+        embeds, _, _ = case(seed)  # 3 + 40 + 9 tokens: the 9 after the image are the tail
+        full = sv.rater_mask(embeds[None], torch.tensor(3), 40)
+        assert torch.equal(sv.rater_mask(embeds[None], torch.tensor(3), 40, tail=tail), full)
+
+
 def test_no_text_after_image_means_no_raters():
     embeds = torch.randn(20, 8)
     assert sv.rater_mask(embeds[None], torch.tensor(4), 16).sum() == 0
+    assert sv.rater_mask(embeds[None], torch.tensor(4), 16, tail=30).sum() == 0
 
 
 @pytest.mark.parametrize("seed", range(9))
@@ -250,12 +260,12 @@ def test_keep_ratio_scales_the_table_shape():
 class CutGraph(torch.nn.Module):
     """Raters from the embeddings, scores from attention rows, one cut: the whole rule in one graph."""
 
-    def __init__(self, num_image: int, keep: int):
+    def __init__(self, num_image: int, keep: int, tail: int):
         super().__init__()
-        self.num_image, self.keep = num_image, keep
+        self.num_image, self.keep, self.tail = num_image, keep, tail
 
     def forward(self, embeds, attention, layer_out, image_start):
-        raters = sv.rater_mask(embeds, image_start, self.num_image)
+        raters = sv.rater_mask(embeds, image_start, self.num_image, self.tail)
         span = image_start + torch.arange(self.num_image)
         scores = sv.rater_scores(attention.index_select(1, span), raters)
         return sv.prune_and_recycle(layer_out, scores, image_start, self.keep, raters=raters)
@@ -273,7 +283,7 @@ def test_cut_exports_to_onnx_and_matches(tmp_path):
         return (torch.randn(1, n, dim, generator=gen), causal_probs(gen, 4, n).mean(0),
                 torch.randn(1, n, dim, generator=gen), torch.tensor(before))
 
-    module = CutGraph(image, keep).eval()
+    module = CutGraph(image, keep, tail=16).eval()
     seq = torch.export.Dim("seq", min=image + 2, max=256)
     path = tmp_path / "sparsevlm_cut.onnx"
     torch.onnx.export(module, inputs(3), str(path), dynamo=True, opset_version=18,

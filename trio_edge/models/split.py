@@ -44,12 +44,12 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False) -> d
     for seg in plan.segments:
         modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form)
     if plan.method == "sparsevlm" and plan.selects:
-        modules[RATERS_GRAPH] = SparseVLMRaters(plan.num_image_tokens)
+        modules[RATERS_GRAPH] = SparseVLMRaters(plan.num_image_tokens, plan.max_text_tokens)
     for sel in plan.selects:
         owned = plan.owned_segment_of(sel)
         if plan.method == "sparsevlm":
             modules[sel.name] = SparseVLMSelectStage(decoder, owned.start, sel.tokens_in, sel.keep,
-                                                     runtime_form=runtime_form)
+                                                     runtime_form=runtime_form, max_text_tokens=plan.max_text_tokens)
         elif owned is not None:
             modules[sel.name] = LayerOwningSelectStage(decoder, owned.start, sel.tokens_in, sel.keep, plan.schedule,
                                                        plan.method, runtime_form=runtime_form)

@@ -162,21 +162,36 @@ def validate_sparsevlm(schedule: Schedule, num_layers: int, num_image_tokens: in
 # The rule, as fixed-shape torch ops
 
 
-def rater_mask(hidden: torch.Tensor, image_start: torch.Tensor, num_image: int) -> torch.Tensor:
+def tail_rows(seq_len, tail: int | None, device) -> torch.Tensor:
+    """The last `tail` positions of a sequence (all of them when None); positions before 0 repeat 0, which is
+    never text after the image. The text after the image is the sequence's tail, at most the export's
+    --max-text-tokens long: reading only that many rows keeps shapes static without touching all S."""
+    if tail is None:
+        return torch.arange(seq_len, device=device)
+    return clamp_index(seq_len - tail + torch.arange(tail, device=device), seq_len - 1)
+
+
+def rater_mask(hidden: torch.Tensor, image_start: torch.Tensor, num_image: int, tail: int | None = None):
     """hidden (1, S, D) language-model input embeddings -> (S,) float 0/1: the raters among the text tokens
-    after the image span [image_start, image_start + num_image). All zero when there is no such text."""
+    after the image span [image_start, image_start + num_image). All zero when there is no such text.
+    `tail`: look for the text among the last `tail` positions only (it must hold all text after the image)."""
     h = hidden[0].float()  # (S, D)
     s = h.shape[0]
-    positions = torch.arange(s, device=h.device)
-    is_text = positions >= image_start + num_image  # (S,)
+    rows = tail_rows(s, tail, h.device)  # (R,)
+    first = s - rows.shape[0]  # position of row 0 before clamping (negative when S < tail)
+    is_text = first + torch.arange(rows.shape[0], device=h.device) >= image_start + num_image  # (R,)
     image_rows = h.index_select(0, clamp_index(image_start + torch.arange(num_image, device=h.device), s - 1))
-    logits = image_rows @ h.T  # (M, S)
+    logits = image_rows @ h.index_select(0, rows).T  # (M, R)
     logits = torch.where(is_text[None, :], logits, torch.full_like(logits, -torch.inf))
-    relevance = torch.softmax(logits, dim=-1).mean(dim=0)  # (S,), 0 off the text (NaN rows only if no text)
+    relevance = torch.softmax(logits, dim=-1).mean(dim=0)  # (R,), 0 off the text (NaN rows only if no text)
     relevance = torch.where(is_text, relevance, torch.zeros_like(relevance))
     text_count = is_text.float().sum()
     mean = relevance.sum() / torch.clamp(text_count, min=1.0)
-    return (is_text & (relevance > mean)).float()
+    raters = is_text & (relevance > mean)  # (R,)
+    if tail is None:
+        return raters.float()
+    at = torch.arange(s, device=h.device)[:, None] == rows[None, :]  # (S, R): back to sequence positions
+    return (at & raters[None, :]).any(dim=1).float()
 
 
 def rater_scores(attention: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -291,12 +306,12 @@ def prune_and_recycle(layer_out: torch.Tensor, scores: torch.Tensor, image_start
 class SparseVLMRaters(torch.nn.Module):
     """hidden (1, S, D) language-model input, image_start () -> raters (1, S) float32 0/1 (see rater_mask)."""
 
-    def __init__(self, num_image_tokens: int):
+    def __init__(self, num_image_tokens: int, max_text_tokens: int | None = None):
         super().__init__()
-        self.num_image_tokens = num_image_tokens
+        self.num_image_tokens, self.tail = num_image_tokens, max_text_tokens
 
     def forward(self, hidden, image_start):
-        return rater_mask(hidden, image_start, self.num_image_tokens)[None]
+        return rater_mask(hidden, image_start, self.num_image_tokens, self.tail)[None]
 
 
 class SparseVLMSelectStage(torch.nn.Module):
@@ -309,8 +324,11 @@ class SparseVLMSelectStage(torch.nn.Module):
     always True, hidden (1, S', D) entering layer N with S' = S - M + K + merged, position_ids (1, S')
     renumbered, saliency (M,) the rater attention, kv_out, raters_out (1, S')."""
 
-    def __init__(self, decoder, owned_layer: int, num_image_tokens: int, keep: int, runtime_form: bool = False):
+    def __init__(self, decoder, owned_layer: int, num_image_tokens: int, keep: int, runtime_form: bool = False,
+                 max_text_tokens: int | None = None):
+        """`max_text_tokens`: the raters are among that many last positions (all S rows when None)."""
         super().__init__()
+        self.tail = max_text_tokens
         self.layer = decoder.layers[owned_layer]  # registered so export sees the weights
         self.rotary = decoder.rotary
         self._decoder, self.owned_layer = decoder, owned_layer
@@ -322,11 +340,11 @@ class SparseVLMSelectStage(torch.nn.Module):
         m, h = self.num_image_tokens, hidden[0]
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
         h_out, new_kv, probs, _, _ = self._decoder.layer_with_attention(self.owned_layer, h, position_ids)
-        weights = raters[0].float()  # (S,)
-        attention = probs.mean(dim=0).index_select(1, span)  # (S, M): heads averaged, image columns
-        scores = rater_scores(attention, weights)  # (M,)
+        rows = tail_rows(h.shape[0], self.tail, h.device)  # (R,): where the raters can be
+        attention = probs.index_select(1, rows).mean(dim=0).index_select(1, span)  # (R, M): heads averaged
+        scores = rater_scores(attention, raters[0].float().index_select(0, rows))  # (M,); repeated rows: 0 weight
         kept, _, hidden_out, positions, raters_out = prune_and_recycle(h_out[None], scores, image_start, self.keep,
-                                                                       raters=weights)
+                                                                       raters=raters[0].float())
         start = torch.zeros((), dtype=torch.int64, device=hidden.device)
         if self.runtime_form:  # the torch runtime's cache, written in place like its segments'
             kv[0, :, :, :h.shape[0]] = new_kv
