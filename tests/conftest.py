@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -19,6 +21,7 @@ from trio_edge.models.tiny import make_tiny_llava_next  # noqa: E402
 
 # ONNX Runtime's optimized-graph cache goes to a directory of this session, never the user's ~/.cache
 os.environ["TRIO_EDGE_CACHE"] = tempfile.mkdtemp(prefix="trio-edge-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TRIO_EDGE_CACHE"], ignore_errors=True)
 
 # Two cores and tiny tensors: one intra-op thread is fastest and leaves a core to the rest.
 torch.set_num_threads(1)
@@ -68,14 +71,15 @@ def export_tiny(export_model, tmp_path_factory):
     """Export the tiny model at a named schedule once per session (fp32, validated)."""
     done = {}
 
-    def get(name):
-        if name not in done:
-            out = tmp_path_factory.mktemp("exports") / name
+    def get(name, target="tensorrt"):
+        key = name if target == "tensorrt" else f"{name}-{target}"
+        if key not in done:
+            out = tmp_path_factory.mktemp("exports") / key
             cuts, method = METHODS.get(name, (SCHEDULES.get(name), "trio"))
             summary = export(export_model.source, out, cuts=cuts, method=method, loaded=export_model,
-                             max_text_tokens=48, max_new_tokens=12, progress=False)
-            done[name] = (name, out, summary)
-        return done[name]
+                             max_text_tokens=48, max_new_tokens=12, progress=False, target=target)
+            done[key] = (name, out, summary)
+        return done[key]
 
     return get
 

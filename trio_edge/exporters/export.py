@@ -147,7 +147,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     else:
         table = None
     writer = GraphWeightWriter(table, quantization, tensor_dtype) if table is not None else None
-    modules = build_modules(adapter, plan)
+    modules = build_modules(adapter, plan, fused_attention_op=target == "onnxruntime")
 
     with atomic_directory(output_dir, overwrite=force) as tmp:
         graphs = _export_all(modules, specs, plan, tmp, opset, progress, writer, tensor_dtype)

@@ -13,7 +13,7 @@ from .. import defaults
 from ..artifact.graphs import graph_specs
 from ..artifact.manifest import Manifest, is_export_dir, read_manifest, safe_member
 from ..artifact.plan import plan_for
-from ..artifact.weights import ORT_DISABLED_OPTIMIZERS, check_backend
+from ..artifact.weights import check_backend, ort_disabled_optimizers
 from ..errors import ArtifactError, BackendUnavailableError, InputError
 from ..trio.schedule import Schedule
 from .backends import BACKENDS, check_device
@@ -89,8 +89,9 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
 
         files = {name: safe_member(directory, manifest.graphs[name].file) for name in specs}
         quantized = manifest.quantization is not None
-        engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads,
-                                    disabled_optimizers=ORT_DISABLED_OPTIMIZERS if quantized else (),
+        disabled = {name: ort_disabled_optimizers(spec.kind, quantized=quantized, dtype=manifest.model.dtype)
+                    for name, spec in specs.items()}
+        engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads, disabled_optimizers=disabled,
                                     export_key=manifest.content_key() if ort_cache else None)
     elif backend == "torch":
         engine = _torch_backend_for(manifest, specs, device, cuda_graphs)
