@@ -97,18 +97,21 @@ TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select prec
 
 
 def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path,
-                  precisions: tuple[str, ...] = ("fp32",)):
-    """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ...} for one backend."""
+                  precisions: tuple[str, ...] = ("fp32",), sparsevlm_budgets: tuple[int, ...] = ()):
+    """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ..., "sparsevlm_64": ...} for one
+    backend; SparseVLM at its authors' table budgets (its own cut layers)."""
     from trio_edge import Schedule, load
     from trio_edge.exporters.export import export
 
     variants = {"full": {}}
     variants.update({TRIO_VARIANTS[p]: {"keep_ratio": 0.111, "precision": p} for p in precisions})
+    variants.update({f"sparsevlm_{b}": {"method": "sparsevlm", "budget": b} for b in sparsevlm_budgets})
     pipelines = {}
     for name, options in variants.items():
         if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
             schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), **options) if options else Schedule()
             pipelines[name] = load(loaded, schedule=schedule, max_new_tokens=new_tokens, device=device,
+                                   method=options.get("method", "trio"),
                                    cuda_graphs=backend == "torch" and device.startswith("cuda"))
             continue
         out = workdir / f"{backend}-{name}"
@@ -151,6 +154,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--select-precision", choices=["fp32", "model", "both"], default="fp32",
                         help="precision of TRIO's select stages (see trio-export --help); both: one TRIO run each")
+    parser.add_argument("--sparsevlm-budgets", default="",
+                        help="also SparseVLM at these authors' table budgets, e.g. 64,192 (same run as TRIO)")
     parser.add_argument("--out", help="JSON file to write (e.g. benchmarks/results/h100.json); with several "
                         "--new-tokens, one file per length (NAME_8.json, NAME_64.json)")
     args = parser.parse_args(argv)
@@ -183,7 +188,9 @@ def main(argv=None) -> dict:
         element = torch.tensor([], dtype=dtype).element_size()
         for backend in args.backends.split(","):
             precisions = ("fp32", "model") if args.select_precision == "both" else (args.select_precision,)
-            pipelines = our_pipelines(loaded, backend, args.device, args.dtype, max(lengths), Path(tmp), precisions)
+            budgets = tuple(int(b) for b in args.sparsevlm_budgets.split(",") if b.strip())
+            pipelines = our_pipelines(loaded, backend, args.device, args.dtype, max(lengths), Path(tmp), precisions,
+                                      budgets)
             for name, pipeline in pipelines.items():
                 for n, results in by_length.items():
                     report = bench.measure(pipeline, image, prompt, warmup=args.warmup, iters=args.iters,
@@ -224,11 +231,13 @@ def ratios(runs: dict, backends: list[str]) -> dict:
     out = {}
     for backend in backends:
         full = runs[f"{backend}_full"]
-        for variant in TRIO_VARIANTS.values():
+        variants = list(TRIO_VARIANTS.values()) + [name.removeprefix(f"{backend}_") for name in runs
+                                                   if name.startswith(f"{backend}_sparsevlm_")]
+        for variant in variants:
             trio = runs.get(f"{backend}_{variant}")
             if trio is None:
                 continue
-            out[backend + variant.removeprefix("trio")] = {
+            out[backend + ("_" + variant if variant.startswith("sparsevlm") else variant.removeprefix("trio"))] = {
                 "ttft_speedup_vs_full": full["ttft_ms"] / trio["ttft_ms"],
                 "end_to_end_speedup_vs_transformers": hf["end_to_end_ms"] / trio["end_to_end_ms"],
                 "prefill_flops_reduction": full["flops"]["prefill_total"] / trio["flops"]["prefill_total"],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -19,6 +21,7 @@ from trio_edge.models.tiny import make_tiny_llava_next  # noqa: E402
 
 # ONNX Runtime's optimized-graph cache goes to a directory of this session, never the user's ~/.cache
 os.environ["TRIO_EDGE_CACHE"] = tempfile.mkdtemp(prefix="trio-edge-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TRIO_EDGE_CACHE"], ignore_errors=True)
 
 # Two cores and tiny tensors: one intra-op thread is fastest and leaves a core to the rest.
 torch.set_num_threads(1)
@@ -52,6 +55,9 @@ def image(images):
 
 # ---- exports of the tiny model, shared by export, CLI and hardening tests ----------------------------
 SCHEDULES = {"one_cut": "1:40", "three_cuts": "0:30,1:16,2:8"}
+# peer exports: (cuts, method)
+METHODS = {"fastv_one_cut": ("2:40", "fastv"), "dart_one_cut": ("2:36", "dart"),
+           "pdrop_three_cuts": ("1:44,2:22,3:11", "pdrop"), "sparsevlm_two_cuts": ("1:40,2:16", "sparsevlm")}
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +75,8 @@ def export_tiny(export_model, tmp_path_factory):
         key = name if target == "tensorrt" else f"{name}-{target}"
         if key not in done:
             out = tmp_path_factory.mktemp("exports") / key
-            summary = export(export_model.source, out, cuts=SCHEDULES[name], loaded=export_model,
+            cuts, method = METHODS.get(name, (SCHEDULES.get(name), "trio"))
+            summary = export(export_model.source, out, cuts=cuts, method=method, loaded=export_model,
                              max_text_tokens=48, max_new_tokens=12, progress=False, target=target)
             done[key] = (name, out, summary)
         return done[key]

@@ -62,7 +62,7 @@ class RecordingTorchBackend(TorchBackend):
 
 def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_tokens: int = 64,
                   max_new_tokens: int = 16, *, grid=None, stop_token_ids=None, nms_iterations: int = 16,
-                  runtime_form: bool = True) -> Pipeline:
+                  runtime_form: bool = True, method: str = "trio") -> Pipeline:
     """A torch-backend Pipeline for `loaded` (a registry.LoadedModel) and `schedule`; `runtime_form=False`
     runs the decoder segments in the form export traces."""
     adapter = loaded.adapter
@@ -70,7 +70,7 @@ def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_token
         schedule = Schedule.parse(schedule or "")
     grid = tuple(grid or adapter.default_grid())
     plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
-                    nms_iterations=nms_iterations)
+                    nms_iterations=nms_iterations, method=method)
     modules = build_modules(adapter, plan, runtime_form=runtime_form)
     specs = graph_specs(plan, tile_count=tile_count(adapter, grid), tile_size=adapter.tile_size, dtype="float32")
     head = next(seg.name for seg in plan.segments if seg.with_head)

@@ -58,6 +58,82 @@ def supervised_positions(seq_len: int) -> list[int]:
     return list(range(seq_len - 1 - NUM_SUPERVISED, seq_len - 1))  # S-5 .. S-2
 
 
+def reference_attention(model, layer_index: int, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Softmax attention probabilities (H, T, T) of transformers' layer `layer_index` on h (T, D), causal,
+    computed head by head from the layer's own projections and transformers' rotary helper."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    lm = model.model.language_model
+    layer = lm.layers[layer_index]
+    attn = layer.self_attn
+    heads, kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
+    head_dim = attn.head_dim
+    x = layer.input_layernorm(h)
+    t = x.shape[0]
+    q = attn.q_proj(x).view(1, t, heads, head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(1, t, kv_heads, head_dim).transpose(1, 2)
+    cos, sin = lm.rotary_emb(h[None], positions[None].long())
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    probs = []
+    for head_index in range(heads):
+        kv_index = head_index // (heads // kv_heads)
+        scores = (q[0, head_index] @ k[0, kv_index].T).float() * attn.scaling  # (T, T)
+        scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+        probs.append(torch.softmax(scores, dim=-1))
+    return torch.stack(probs)
+
+
+def fastv_kept(model, layer_index: int, h, positions, image_start: int, m: int, keep: int) -> torch.Tensor:
+    """FastV as its authors' code does it: the attention of layer K-1 (computed on that layer's input),
+    averaged over heads, row of the last token, image columns; the top KEEP; sorted (local indices)."""
+    attention = reference_attention(model, layer_index, h, positions).mean(dim=0)[-1]
+    scores = attention[image_start:image_start + m]
+    order = sorted(range(m), key=lambda i: (-float(scores[i]), i))  # ties: lower index first
+    return torch.tensor(sorted(order[:keep]), dtype=torch.long)
+
+
+def reference_keys(model, layer_index: int, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Keys of transformers' layer `layer_index` after rotary, heads concatenated per token: (T, KVH*hd)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    lm = model.model.language_model
+    layer = lm.layers[layer_index]
+    attn = layer.self_attn
+    x = layer.input_layernorm(h)
+    t, kv_heads = x.shape[0], attn.config.num_key_value_heads
+    k = attn.k_proj(x).view(1, t, kv_heads, attn.head_dim).transpose(1, 2)
+    cos, sin = lm.rotary_emb(h[None], positions[None].long())
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    return k[0].transpose(0, 1).reshape(t, -1)
+
+
+def dart_kept(model, layer_index: int, h, positions, image_start: int, m: int, keep: int) -> torch.Tensor:
+    """DART as its authors' LLaVA code does it, step by step (local indices, sorted): L1 key-norm pivots (4 image,
+    4 text after the image) of layer K-1, states = final norm of that layer's output, pivots visited in the order
+    of a Python set, each taking its least cosine-similar image tokens not yet taken. Budget: 4 + sum of picks
+    ((KEEP - 4) // 8 each, one more to each of the first (KEEP - 4) % 8 visited)."""
+    base, extra = divmod(keep - 4, 8)
+    keys = reference_keys(model, layer_index, h, positions)
+    state = model.model.language_model.norm(run_layer(model, layer_index, h, positions))
+    image_norm = keys[image_start:image_start + m].float().abs().sum(dim=-1)
+    text_norm = keys[image_start + m:].float().abs().sum(dim=-1)
+    by_norm = lambda values: sorted(range(len(values)), key=lambda i: (-float(values[i]), i))  # noqa: E731
+    image_indices = [image_start + i for i in by_norm(image_norm)[:4]]
+    query_indices = [image_start + m + i for i in by_norm(text_norm)[:4]]
+    indices_set = set(image_indices + query_indices)
+    valid = set(range(image_start, image_start + m)) - set(image_indices)
+    for visit, item in enumerate(list(indices_set.copy())):
+        count = base + (1 if visit < extra else 0)
+        valid_list = sorted(valid)
+        distance = -F.cosine_similarity(state[item][None], state[valid_list], dim=-1)
+        order = sorted(range(len(valid_list)), key=lambda i: (-float(distance[i]), i))[:count]
+        picked = [valid_list[i] for i in order]
+        indices_set.update(picked)
+        valid.difference_update(picked)
+    indices_set.difference_update(query_indices)
+    return torch.tensor(sorted(i - image_start for i in indices_set), dtype=torch.long)
+
+
 def reference_saliency(model, layer_index: int, h: torch.Tensor, positions: torch.Tensor,
                        supervised: list[int] | None = None) -> torch.Tensor:
     """||dLoss/dh_i||_2 for every position (S,), the proxy being transformers' layer `layer_index` run
@@ -91,10 +167,12 @@ def embed_prompt(model, inputs: dict):
 
 
 @torch.no_grad()
-def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen):
+def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen, method="trio"):
     """One from-scratch pass over x (T, D) = prompt + generated embeddings; returns last logits (V,).
 
-    `chosen` holds, per cut, the kept indices local to that cut's image span; filled at prefill."""
+    `chosen` holds, per cut, the kept indices local to that cut's image span; filled at prefill.
+    `method` fastv / dart score a cut N with layer N-1 run on that layer's input (kept from the loop); pdrop
+    (PyramidDrop) scores it like FastV but with layer N itself on its input, as its code does."""
     cuts = {c.layer: (i, c.keep) for i, c in enumerate(schedule.cuts)}
     renumber = schedule.positions == "renumber"
     total = x.shape[0]
@@ -103,15 +181,22 @@ def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen):
     image_ids = torch.arange(num_image)  # original image numbering of the current image rows
     m = num_image
     kept_original, saliencies = [], []
+    previous = None  # (h, positions) entering the previous layer
     for layer in range(len(model.model.language_model.layers)):
         if layer in cuts:
             index, keep = cuts[layer]
             if len(chosen) <= index:  # prefill: choose on the prompt
                 assert total == prompt_len
-                sal = reference_saliency(model, layer, h, positions)[image_start:image_start + m]
-                features = h[image_start:image_start + m]
-                chosen.append(select_tokens(sal, features, keep, schedule.threshold))
-                saliencies.append(sal)
+                if method == "pdrop":  # the layer after the cut, on its input: this layer
+                    chosen.append(fastv_kept(model, layer, h, positions, image_start, m, keep))
+                elif method in ("fastv", "dart"):
+                    rule = fastv_kept if method == "fastv" else dart_kept
+                    chosen.append(rule(model, layer - 1, *previous, image_start, m, keep))
+                else:
+                    sal = reference_saliency(model, layer, h, positions)[image_start:image_start + m]
+                    features = h[image_start:image_start + m]
+                    chosen.append(select_tokens(sal, features, keep, schedule.threshold))
+                    saliencies.append(sal)
             local = chosen[index]
             rows = torch.cat([torch.arange(image_start), image_start + local,
                               torch.arange(image_start + m, h.shape[0])])
@@ -120,11 +205,13 @@ def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen):
             image_ids = image_ids[local]
             m = keep
             kept_original.append(image_ids.tolist())
+        previous = (h, positions)
         h = run_layer(model, layer, h, positions)
     return head(model, h[-1]).float(), kept_original, saliencies
 
 
-def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_token_ids=()) -> ReferenceResult:
+def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_token_ids=(),
+                       method: str = "trio") -> ReferenceResult:
     """Greedy generation of the pruned model, recomputed from scratch at every step."""
     model = model.eval()
     embeds, image_start, m = embed_prompt(model, inputs)
@@ -136,7 +223,7 @@ def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_
     chosen: list[torch.Tensor] = []
     token_ids, all_logits, kept, saliency = [], [], [], []
     for step in range(max_new_tokens):
-        logits, kept_step, sal = _forward(model, x, prompt_len, image_start, m, schedule, chosen)
+        logits, kept_step, sal = _forward(model, x, prompt_len, image_start, m, schedule, chosen, method)
         if step == 0:
             kept, saliency = kept_step, sal
         token = int(logits.argmax())

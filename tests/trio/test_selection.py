@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from trio_edge.errors import InputError
-from trio_edge.trio.peers import dart_select, fastv_select, random_select, uniform_select
+from trio_edge.trio.peers import random_select, uniform_select
 from trio_edge.trio.selection import cluster_iterations_needed, nms_select_fixed, select_tokens
 
 THRESHOLDS = [0.0, 0.5, 0.8, 1.0]
@@ -209,23 +209,6 @@ def test_fixed_select_exports_to_onnx(tmp_path):
 # ---- peers -------------------------------------------------------------------------------
 
 
-def test_fastv_keeps_top_attention_ties_to_lower_index():
-    attention = torch.tensor([0.1, 0.5, 0.3, 0.5, 0.0, 0.3])
-    assert fastv_select(attention, 3).tolist() == [1, 2, 3]
-    assert fastv_select(attention, 1).tolist() == [1]
-
-
-def test_dart_drops_near_duplicates_of_pivots():
-    keys = torch.tensor([[5.0], [1.0], [1.0], [1.0], [1.0], [4.0]])  # pivots: 0 and 5
-    features = torch.tensor(
-        [[1.0, 0, 0], [2.0, 0.01, 0], [0, 0, 1.0], [0.01, 1.0, 0], [0.5, 0, 1.0], [0, 1.0, 0]]
-    )  # 1 copies pivot 0, 3 copies pivot 5; 2 is orthogonal to both, 4 in between
-    assert dart_select(keys, features, 4, num_pivots=2).tolist() == [0, 2, 4, 5]
-    assert dart_select(keys, features, 3, num_pivots=2).tolist() == [0, 2, 5]
-    assert dart_select(keys, features, 1, num_pivots=2).tolist() == [0]
-    assert dart_select(keys, features, 6, num_pivots=8).tolist() == list(range(6))
-
-
 def test_random_is_seeded_subset():
     a = random_select(100, 10, seed=3)
     assert a.tolist() == random_select(100, 10, seed=3).tolist()
@@ -244,8 +227,6 @@ def test_uniform_stride():
     [
         lambda k: select_tokens(torch.rand(576), torch.rand(576, 4), k),
         lambda k: nms_select_fixed(torch.rand(576), torch.rand(576, 4), k, 0.8, 4),
-        lambda k: fastv_select(torch.rand(576), k),
-        lambda k: dart_select(torch.rand(576, 4), torch.rand(576, 4), k),
         lambda k: random_select(576, k, seed=0),
         lambda k: uniform_select(576, k),
     ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .. import defaults
+from ..trio.methods import check_cuts, method_info
 from ..trio.schedule import Cut, Schedule
 
 
@@ -28,6 +29,11 @@ class SelectPlan:
     proxy_layer: int
     tokens_in: int  # image tokens entering this cut
     keep: int
+    # rules that score with layer N-1 (FastV, DART, ...): the one-layer segment [N-1, N) this select runs in
+    # prefill (it writes that segment's KV buffer); the segment itself runs the layer in decode. None: TRIO's
+    # proxy cut, which runs after the preceding segment.
+    owned_segment: str | None = None
+    merged: int = 0  # tokens the rule adds right after the kept ones (SparseVLM's recycling); older manifests: 0
 
 
 @dataclass(frozen=True)
@@ -45,16 +51,34 @@ class PipelinePlan:
     segments: tuple[SegmentPlan, ...]
     selects: tuple[SelectPlan, ...]
     nms_iterations: int
+    method: str = "trio"  # the selection rule of every cut (trio.methods); older manifests: trio
 
     def stages(self):
-        """Segments and selects interleaved in execution order."""
+        """Segments and selects interleaved in prefill order; a select that owns a segment replaces it."""
         order = []
         for segment in self.segments:
-            cut = next((s for s in self.selects if s.proxy_layer == segment.start), None)
+            owner = next((s for s in self.selects if s.owned_segment == segment.name), None)
+            if owner is not None:
+                order.append(owner)
+                continue
+            cut = next((s for s in self.selects if s.owned_segment is None and s.proxy_layer == segment.start), None)
             if cut is not None:
                 order.append(cut)
             order.append(segment)
         return order
+
+    def describe(self) -> str:
+        """The schedule's summary; with tokens a rule adds (SparseVLM's merged ones), the realised average too."""
+        text = self.schedule.describe(self.num_layers, self.num_image_tokens)
+        if not any(s.merged for s in self.selects):
+            return text
+        average = sum((s.end - s.start) * s.image_tokens for s in self.segments) / self.num_layers
+        merged = "/".join(str(s.merged) for s in self.selects)
+        return (f"{text}; + {merged} merged tokens: {average:.1f} layer-averaged "
+                f"({100 * average / self.num_image_tokens:.1f}%) in all")
+
+    def owned_segment_of(self, select: SelectPlan) -> SegmentPlan | None:
+        return next((s for s in self.segments if s.name == select.owned_segment), None)
 
     def image_tokens_entering(self, graph: str) -> int:
         """Image tokens in the sequence a graph receives (all M before the first cut)."""
@@ -99,33 +123,52 @@ class PipelinePlan:
 
 def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
              max_new_tokens: int = defaults.MAX_NEW_TOKENS,
-             nms_iterations: int = defaults.NMS_ITERATIONS) -> PipelinePlan:
+             nms_iterations: int = defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
     """The plan of a model adapter (models.llava) for a schedule, fixed grid and maxima."""
     decoder = adapter.decoder
     return make_plan(
         num_layers=decoder.num_layers, num_image_tokens=adapter.image_token_count(grid), schedule=schedule,
         max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,
         num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
-        nms_iterations=nms_iterations,
+        nms_iterations=nms_iterations, method=method,
     )
+
+
+def image_tokens_leaving(method: str, cuts, num_image_tokens: int) -> list[int]:
+    """Image tokens in the sequence after each cut: KEEP, plus the merged tokens of SparseVLM's recycling."""
+    if method == "sparsevlm":
+        from ..trio.sparsevlm import image_tokens_after
+
+        return image_tokens_after(cuts, num_image_tokens)
+    return [c.keep for c in cuts]
 
 
 def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
               hidden_size, num_kv_heads, head_dim, vocab_size, grid,
-              nms_iterations=defaults.NMS_ITERATIONS) -> PipelinePlan:
+              nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
     schedule.validate(num_layers, num_image_tokens)
-    bounds = [c.layer for c in schedule.cuts]
-    starts = [0] + bounds
-    ends = bounds + [num_layers]
-    tokens = [num_image_tokens] + [c.keep for c in schedule.cuts]
+    owns_layer = method_info(method).owns_layer
+    check_cuts(method, [(c.layer, c.keep) for c in schedule.cuts])
+    bounds = sorted({c.layer for c in schedule.cuts} | ({c.layer - 1 for c in schedule.cuts} if owns_layer else set()))
+    # image tokens entering cut i, then after it (SparseVLM adds its merged tokens to the kept ones)
+    tokens = [num_image_tokens] + image_tokens_leaving(method, schedule.cuts, num_image_tokens)
+
+    def image_tokens_at(layer: int) -> int:  # image tokens entering decoder layer `layer`
+        return tokens[sum(c.layer <= layer for c in schedule.cuts)]
+
+    def name(start: int, end: int) -> str:
+        return f"segment_{start:02d}_{end:02d}"
+
     segments = tuple(
-        SegmentPlan(f"segment_{start:02d}_{end:02d}", start, end, image, max_text_tokens + image + max_new_tokens,
-                    with_head=(end == num_layers))
-        for start, end, image in zip(starts, ends, tokens)
+        SegmentPlan(name(start, end), start, end, image_tokens_at(start),
+                    max_text_tokens + image_tokens_at(start) + max_new_tokens, with_head=(end == num_layers))
+        for start, end in zip([0] + bounds, bounds + [num_layers])
         if end > start
     )
     selects = tuple(
-        SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep) for i, c in enumerate(schedule.cuts)
+        SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep, merged=tokens[i + 1] - c.keep,
+                   owned_segment=name(c.layer - 1, c.layer) if owns_layer else None)
+        for i, c in enumerate(schedule.cuts)
     )
     return PipelinePlan(num_layers, num_image_tokens, max_text_tokens, max_new_tokens, hidden_size, num_kv_heads,
-                        head_dim, vocab_size, tuple(grid), schedule, segments, selects, nms_iterations)
+                        head_dim, vocab_size, tuple(grid), schedule, segments, selects, nms_iterations, method)

@@ -1,7 +1,10 @@
-"""Accuracy and retention of TRIO and peer selection rules at layer-averaged budgets (trio-eval).
+"""Accuracy and retention of TRIO and the published peers at layer-averaged budgets (trio-eval).
 
-Every method gets the same schedule (cut layers and keep counts) at each budget; only the rule that
-picks the kept tokens differs. TRIO is also run through the exported ONNX graphs.
+Every method runs at its own authors' placement (FastV/DART: one cut at K=2; PyramidDrop: 8/16/24; TRIO and
+the model-free baselines: TRIO's table), scaled to the model's depth, with KEEPs set so that the layer-averaged
+image tokens equal the budget; a method that cannot reach a budget on a model gets an n/a row saying why.
+With the onnxruntime backend every exportable method also runs through its exported graphs. SparseVLM's row
+reports its realised ratio, its merged tokens counted (its KEEPs reach the budget without them).
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ class EvalResult:
         full = f"full tokens: accuracy {100 * self.full_accuracy:.1f}% on {self.n} samples"
         if kinds:
             full += " (" + ", ".join(f"{kind} {100 * self.full_by_kind[kind]:.1f}%" for kind in kinds) + ")"
-        header = f"{'budget':>7}  {'schedule':<22}{'method':<8}{'backend':<12}{'accuracy':>9}{'retention':>10}"
+        header = f"{'budget':>7}  {'schedule':<22}{'method':<10}{'backend':<12}{'accuracy':>9}{'retention':>10}"
         lines = [full, header + "".join(f"{kind:>10}" for kind in kinds)]
         for row in self.rows:
-            lines.append(f"{100 * row['budget']:>6.1f}%  {row['schedule']:<22}{row['method']:<8}{row['backend']:<12}"
+            if row["accuracy"] is None:
+                lines.append(f"{100 * row['budget']:>6.1f}%  {'n/a':<22}{row['method']:<10}{row['backend']:<12}"
+                             f"  cannot reach this budget here: {row['note']}")
+                continue
+            lines.append(f"{100 * row['budget']:>6.1f}%  {row['schedule']:<22}{row['method']:<10}{row['backend']:<12}"
                          f"{100 * row['accuracy']:>8.1f}%{100 * row['retention']:>9.1f}%" + per_kind(row.get("by_kind", {})))
         return "\n".join(lines)
 
@@ -62,9 +69,57 @@ def accuracy_by_kind(predictions: list[str], records) -> dict[str, float]:
     return {kind: sum(values) / len(values) for kind, values in sorted(hits.items())}
 
 
+def parse_budgets(text: str) -> list[float]:
+    """'1/9,2/9,1/3' or '0.111,0.22' -> ratios (fractions stay exact: 1/9 is 64 of 576)."""
+    from fractions import Fraction
+
+    try:
+        budgets = [float(Fraction(part.strip())) for part in text.split(",")]
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"--budgets must be comma-separated ratios like 1/9,2/9,1/3 or 0.111, got {text!r}") from None
+    if any(not 0 < b <= 1 for b in budgets):
+        raise InputError(f"--budgets must be within (0, 1], got {text!r}")
+    return budgets
+
+
+def method_schedule(adapter, grid, method: str, ratio: float):
+    """The schedule `method` runs at layer-averaged budget `ratio` on this model: its authors' cut layers (scaled
+    to the depth) and table shape (trio.presets.eval_placement), KEEPs scaled to reach the budget; its own
+    default positions. Raises ScheduleError when the method cannot reach the budget on this model."""
+    from ..errors import ScheduleError
+    from ..trio.methods import method_info
+    from ..trio.presets import eval_placement, scaled_cut_layer
+    from ..trio.schedule import schedule_for_ratio
+
+    if method == "sparsevlm":  # its own layers and 192-table shape (trio.sparsevlm); merged tokens come on top
+        return (adapter.schedule(grid, keep_ratio=ratio, method=method),
+                "Gumpest/SparseVLMs layers 2/6/15 of 32 (scaled), 192-table shape; + merged tokens")
+    layers_ref, weights, shape = eval_placement(method, ratio)
+    num_layers, m = adapter.num_layers, adapter.image_token_count(grid)
+    positions = method_info(method).positions
+    placed: dict[int, float] = {}
+    for layer, weight in zip(layers_ref, weights):
+        placed[scaled_cut_layer(layer, num_layers, method)] = weight  # a shallow model merges cuts: the later wins
+    try:
+        return schedule_for_ratio(ratio, tuple(placed), tuple(placed.values()), num_layers, m, positions=positions), shape
+    except ScheduleError:
+        # the authors' layers (scaled) start too deep for this budget on a shallow model: TRIO's cut layers, which
+        # start earlier, with the method's own keep shape; still impossible for a rule that needs layer N-1 first
+        lowest = 1 if method_info(method).owns_layer else 0
+        layers = tuple(sorted({max(lowest, layer) for layer in adapter.default_cut_layers()}))
+        weights = tuple(weights[-len(layers):]) if len(weights) >= len(layers) else (1.0,) * len(layers)
+        schedule = schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions)
+        return schedule, f"{shape}; at TRIO's cut layers (its own start too deep for this budget here)"
+
+
 def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed: int = 0,
              progress: bool = True) -> EvalResult:
+    """Every method at every budget at its own authors' placement (method_schedule); `backend` onnxruntime also
+    exports each exportable method at each budget and runs its graphs."""
+    from ..errors import ScheduleError
+    from ..trio.methods import method_info
     from ..trio.schedule import Schedule
+    from ..trio.sparsevlm import image_tokens_per_layer
 
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
@@ -72,38 +127,49 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
     adapter = loaded.adapter
     grid = adapter.default_grid()
     m, layers = adapter.image_token_count(grid), adapter.num_layers
-    bar = _bar(progress, len(records) * (1 + len(budgets) * (len(methods) - ("full" in methods)
-                                                            + (backend == "onnxruntime" and "trio" in methods))))
+    peers = [x for x in methods if x != "full"]
+    exported = [x for x in peers if backend == "onnxruntime" and method_info(x).exportable]
+    bar = _bar(progress, len(records) * (1 + len(budgets) * (len(peers) + len(exported))))
     full_acc, predictions = accuracy(open_pipeline(loaded, schedule=Schedule(), max_new_tokens=8), records, progress=bar)
     result = EvalResult(len(records), full_acc, full_by_kind=accuracy_by_kind(predictions, records))
     for budget in budgets:
-        schedule = adapter.schedule(grid, keep_ratio=budget)
-        label = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
-        actual = schedule.budget_ratio(layers, m)
-        for method in (x for x in methods if x != "full"):
+        for method in peers:
+            try:
+                schedule, shape = method_schedule(adapter, grid, method, budget)
+            except ScheduleError as error:  # e.g. FastV's K=2 on a 4-layer model cannot go below ~50%
+                result.rows.append({"budget": budget, "schedule": "n/a", "method": method, "backend": "torch",
+                                    "accuracy": None, "retention": None, "by_kind": {}, "note": str(error)})
+                continue
+            label = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
+            actual = schedule.budget_ratio(layers, m)
+            if method == "sparsevlm":  # the realised ratio counts its merged tokens
+                actual = sum(image_tokens_per_layer(schedule.cuts, layers, m)) / (layers * m)
             pipeline = open_pipeline(loaded, schedule=schedule, max_new_tokens=8, method=method, seed=seed)
             acc, predictions = accuracy(pipeline, records, progress=bar)
-            result.rows.append(_row(actual, label, method, "torch", acc, full_acc, accuracy_by_kind(predictions, records)))
-        if backend == "onnxruntime" and "trio" in methods:
-            acc, predictions = _onnx_accuracy(loaded, label, records, bar)
-            result.rows.append(_row(actual, label, "trio", "onnxruntime", acc, full_acc,
-                                    accuracy_by_kind(predictions, records)))
+            result.rows.append(_row(actual, label, method, "torch", acc, full_acc, accuracy_by_kind(predictions, records),
+                                    shape))
+            if method in exported:
+                acc, predictions = _onnx_accuracy(loaded, schedule, method, records, bar)
+                result.rows.append(_row(actual, label, method, "onnxruntime", acc, full_acc,
+                                        accuracy_by_kind(predictions, records), shape))
     if bar is not None:
         bar.close()
     return result
 
 
-def _row(budget, schedule, method, backend, acc, full_acc, by_kind) -> dict:
+def _row(budget, schedule, method, backend, acc, full_acc, by_kind, shape="") -> dict:
     return {"budget": budget, "schedule": schedule, "method": method, "backend": backend, "accuracy": acc,
-            "retention": acc / full_acc if full_acc else 0.0, "by_kind": by_kind}
+            "retention": acc / full_acc if full_acc else 0.0, "by_kind": by_kind, "placement": shape}
 
 
-def _onnx_accuracy(loaded, cuts: str, records, bar) -> tuple[float, list[str]]:
+def _onnx_accuracy(loaded, schedule, method: str, records, bar) -> tuple[float, list[str]]:
     from ..exporters.export import export
 
+    cuts = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
     with tempfile.TemporaryDirectory(prefix="trio-eval-") as tmp:
         out = Path(tmp) / "export"
-        export(loaded.source, out, cuts=cuts, loaded=loaded, max_new_tokens=8, validate=False, progress=False)
+        export(loaded.source, out, cuts=cuts, method=method, positions=schedule.positions, loaded=loaded,
+               max_new_tokens=8, validate=False, progress=False)
         with open_pipeline(out, backend="onnxruntime") as pipeline:
             return accuracy(pipeline, records, progress=bar)
 
@@ -134,10 +200,11 @@ def write_plot(result: EvalResult, path: str | Path) -> None:
     for b in budgets:
         draw.text((x(b) - 14, y(0) + 8), f"{100 * b:.1f}%", fill="black")
     draw.line([(margin, y(result.full_accuracy)), (width - margin, y(result.full_accuracy))], fill=(150, 150, 150))
-    palette = {"trio": (219, 68, 55), "fastv": (66, 133, 244), "dart": (15, 157, 88), "random": (120, 120, 120),
-               "uniform": (244, 180, 0)}
+    palette = {"trio": (219, 68, 55), "fastv": (66, 133, 244), "dart": (15, 157, 88), "pdrop": (171, 71, 188),
+               "random": (120, 120, 120), "uniform": (244, 180, 0), "sparsevlm": (0, 150, 136)}
     for index, method in enumerate(palette):
-        points = [(x(r["budget"]), y(r["accuracy"])) for r in result.rows if r["method"] == method and r["backend"] == "torch"]
+        points = [(x(r["budget"]), y(r["accuracy"])) for r in result.rows
+                  if r["method"] == method and r["backend"] == "torch" and r["accuracy"] is not None]
         if not points:
             continue
         draw.line(sorted(points), fill=palette[method], width=3)

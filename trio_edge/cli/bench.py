@@ -95,7 +95,7 @@ def _pipelines_for_model(args, source: str, workdir: Path, devices: dict):
     loaded = load(source, dtype=TORCH_DTYPES[export_dtype(args.dtype)])
     adapter = loaded.adapter
     tiles = adapter.tile_count(adapter.default_grid())
-    options, method = schedule_options(args), args.method or defaults.METHOD
+    options, method = schedule_options(args), args.method
     if args.backend in (None, "torch"):  # the loaded model itself, no export
         common = dict(max_new_tokens=args.new_tokens, device=args.device, cuda_graphs=args.cuda_graphs)
         pruned = open_pipeline(loaded, method=method, **options, **common)
@@ -150,7 +150,7 @@ def main(argv=None):
                 reports[name] = bench.measure(pipeline, image, args.prompt, label=name, **measure)
                 bench.add_flops(reports[name], config, pipeline.plan, tiles)
     result = {"environment": bench.environment(backend, args.device), "command": command_line("trio-bench", argv),
-              "schedule": pruned.plan.schedule.describe(pruned.plan.num_layers, pruned.plan.num_image_tokens),
+              "schedule": pruned.plan.describe(),
               "weights": pruned.weight_format, "results": reports}
     print(f"weights: {pruned.weight_format}")
     for name, report in reports.items():

@@ -62,7 +62,8 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
     import argparse
 
     from .. import defaults
-    from ..trio.methods import METHODS
+    from ..trio.methods import REGISTRY
+    from ..trio.presets import PRESETS
 
     # inside an argument group already (trio-run's model-only options): add there; nesting groups is deprecated
     group = parser if isinstance(parser, argparse._ArgumentGroup) else parser.add_argument_group(title)
@@ -71,7 +72,15 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
     group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "
                                                         "family's default cut layers")
     group.add_argument("--schedule-file", help="a schedule JSON written by trio-calibrate")
-    group.add_argument("--method", choices=METHODS, help=f"selection rule of every cut (default {defaults.METHOD})")
+    group.add_argument("--preset", metavar="NAME",
+                       help="an authors' released schedule (scaled to the model's depth and image tokens when it is "
+                            "not 32 layers / 576 tokens; the method defaults to the preset's): "
+                            + "; ".join(f"{p.name} = {p.method} {','.join(f'{a}:{b}' for a, b in zip(p.layers, p.keeps))}"
+                                        for p in PRESETS.values()))
+    group.add_argument("--budget", type=int, help="--method sparsevlm: one of the authors' tables 64, 96, 128, 192 "
+                                                  "(image tokens kept at cuts 3/7/16 of 32 layers, scaled by depth)")
+    group.add_argument("--method", metavar="METHOD", help=f"selection rule of every cut (default {defaults.METHOD}, "
+                       "or the preset's): " + "; ".join(f"{m.name} ({m.source})" for m in REGISTRY.values()))
     group.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
                        f"(default {defaults.POSITIONS}, as released LLaVA code)")
     group.add_argument("--threshold", type=float, help=f"NMS feature-similarity threshold (default "
@@ -99,7 +108,8 @@ def model_only_options(args) -> dict:
 
 def schedule_options(args) -> dict:
     """The schedule options as keyword arguments (None = not given)."""
-    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "schedule_file": args.schedule_file,
+    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "budget": args.budget,
+            "schedule_file": args.schedule_file, "preset": args.preset,
             "positions": args.positions, "threshold": args.threshold, "precision": args.precision}
 
 

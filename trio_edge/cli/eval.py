@@ -1,9 +1,11 @@
 """trio-eval MODEL_OR_DIR: does pruning keep the answer? Accuracy and retention per method and budget.
 
-Runs the full-token model, then TRIO and the peer rules (FastV, DART-style, random, uniform) with the same
-schedule at each layer-averaged budget, on the synthetic VQA generator's held-out split or a records
-folder (--data DIR with records.jsonl: image, question, answer). --backend onnxruntime also exports TRIO
-at each budget and runs the ONNX graphs (must match the torch numbers).
+Runs the full-token model, then TRIO and the peers (FastV, DART, PyramidDrop, random, uniform) at each
+layer-averaged budget, each at its own authors' cut layers (scaled to the model's depth) with KEEPs set to
+the budget; a method that cannot reach a budget on the model (FastV's K=2 on a 4-layer model) gets an n/a
+row. Data: the synthetic VQA generator's held-out split or a records folder (--data DIR with records.jsonl:
+image, question, answer). --backend onnxruntime also exports every exportable method at each budget and
+runs its ONNX graphs (they must match the torch numbers).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="alias, Hugging Face id or model directory (default trio-tiny)", nargs="?",
                         default="trio-tiny")
-    parser.add_argument("--budgets", default="0.33,0.22,0.111", help="layer-averaged image-token ratios")
-    parser.add_argument("--methods", default="full,trio,fastv,dart,random,uniform")
+    parser.add_argument("--budgets", default="1/3,2/9,1/9", help="layer-averaged image-token ratios, fractions or "
+                        "decimals (default 1/3,2/9,1/9: 192, 128 and 64 of LLaVA-1.5's 576)")
+    parser.add_argument("--methods", default="full,trio,fastv,dart,pdrop,random,uniform")
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     parser.add_argument("--data", default="synthetic", help="'synthetic' or a records folder / .jsonl file")
     parser.add_argument("--n", type=int, default=200, help="number of samples (default 200)")
@@ -36,14 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from ..calibration.data import load_records
-    from ..calibration.evaluate import evaluate, write_plot
-    from ..errors import InputError
+    from ..calibration.evaluate import evaluate, parse_budgets, write_plot
     from ..models.registry import load
 
-    try:
-        budgets = [float(b) for b in args.budgets.split(",")]
-    except ValueError:
-        raise InputError(f"--budgets must be comma-separated ratios like 0.33,0.111, got {args.budgets!r}") from None
+    budgets = parse_budgets(args.budgets)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     records = load_records(args.data, n=args.n)
     result = evaluate(load(args.model), records, budgets=budgets, methods=methods, backend=args.backend,
@@ -51,7 +50,7 @@ def main(argv=None):
     print(result.table())
     body = {"command": command_line("trio-eval", argv), "model": args.model,
             "data": args.data, "n": result.n, "full_accuracy": result.full_accuracy,
-            "full_by_kind": result.full_by_kind, "rows": result.rows}
+            "full_by_kind": result.full_by_kind, "rows": result.rows, "skipped": result.skipped}
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(body, indent=2))
     if args.plot:

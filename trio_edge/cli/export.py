@@ -64,7 +64,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from ..exporters.export import export
 
-    info = export(args.model, args.output, method=args.method or defaults.METHOD, grid=args.grid, dtype=args.dtype,
+    info = export(args.model, args.output, method=args.method, grid=args.grid, dtype=args.dtype,
                   target=args.target,
                   max_text_tokens=args.max_text_tokens, max_new_tokens=args.max_new_tokens, opset=args.opset,
                   nms_iterations=args.nms_iterations, force=args.force, validate=not args.no_validate,

@@ -39,11 +39,12 @@ from ..artifact.weights import (
 from ..errors import ExportError, InputError
 from ..files import atomic_directory
 from ..models.split import build_modules
+from ..trio.methods import EXPORTABLE_METHODS, method_info
+from ..trio.presets import method_for
 from .onnx_graph import compare_outputs, export_graph, run_onnx
 from .probe_inputs import example_inputs, random_inputs, recorded_request_inputs
 from .quantize import GraphWeightWriter, WeightTable, quantize_model, shared_weights
 
-EXPORTABLE_METHODS = ("trio",)  # selection rules with an in-graph export
 
 
 @dataclass
@@ -88,8 +89,9 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 def export(model, output, *, cuts: str | None = None, keep_ratio: float | None = None,
-           schedule_file: str | None = None, method: str = defaults.METHOD, grid: str | None = None,
-           dtype: str = defaults.DTYPE, target: str = defaults.TARGET,
+           budget: int | None = None, schedule_file: str | None = None, preset: str | None = None,
+           method: str | None = None, grid: str | None = None, dtype: str = defaults.DTYPE,
+           target: str = defaults.TARGET,
            max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
            max_new_tokens: int = defaults.MAX_NEW_TOKENS, positions: str | None = None, threshold: float | None = None,
            precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,
@@ -105,6 +107,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     from ..models.registry import load
 
     started = time.perf_counter()
+    method = method_for(method, preset, defaults.METHOD)
     if target not in EXPORT_TARGETS:
         raise InputError(f"--target must be one of {', '.join(EXPORT_TARGETS)} (tensorrt: standard ONNX for TensorRT "
                          f"10.3+ and ONNX Runtime; onnxruntime: ONNX Runtime's fused attention), got {target!r}")
@@ -112,7 +115,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     quantization = checked_quantization(weights, dtype, block_size=block_size, method=quant_method,
                                         lm_head=quantize_lm_head, vision=quantize_vision,
                                         calibration_data=calibration_data)
-    if method not in EXPORTABLE_METHODS:
+    if not method_info(method).exportable:
         raise InputError(f"--method {method} cannot be exported; exportable: {', '.join(EXPORTABLE_METHODS)}")
     if calibration_samples < 1:
         raise InputError(f"--calibration-samples must be at least 1, got {calibration_samples}")
@@ -129,21 +132,22 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     loaded = loaded or load(model, dtype=TORCH_DTYPES[tensor_dtype])
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
-    schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file,
-                                positions=positions, threshold=threshold, precision=precision)
+    schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, budget=budget, schedule_file=schedule_file,
+                                preset=preset, positions=positions, threshold=threshold, precision=precision,
+                                method=method)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
-                    max_new_tokens=max_new_tokens, nms_iterations=nms_iterations)
+                    max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method)
     io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size)
     specs = graph_specs(plan, tile_count=io.tile_count, tile_size=io.tile_size, dtype=tensor_dtype)
     if quantization is not None:
         opset = max(opset, QDQ_OPSET)
-        quantization, table = _quantize(loaded, plan, specs, quantization, calibration_samples, method, progress)
+        quantization, table = _quantize(loaded, plan, specs, quantization, calibration_samples, progress)
     elif plan.schedule.precision == "model" and plan.selects:  # selects hold the segments' own weights
         table = shared_weights(adapter.linear_layers(lm_head=True))
     else:
         table = None
     writer = GraphWeightWriter(table, quantization, tensor_dtype) if table is not None else None
-    modules = build_modules(adapter, plan, method=method, fused_attention_op=target == "onnxruntime")
+    modules = build_modules(adapter, plan, fused_attention_op=target == "onnxruntime")
 
     with atomic_directory(output_dir, overwrite=force) as tmp:
         graphs = _export_all(modules, specs, plan, tmp, opset, progress, writer, tensor_dtype)
@@ -165,11 +169,11 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
         write_manifest(tmp, manifest, progress=progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return ExportInfo(output_dir, graphs, validation, graph_bytes / param_bytes,
-                      schedule.describe(plan.num_layers, plan.num_image_tokens), time.perf_counter() - started, peak,
+                      plan.describe(), time.perf_counter() - started, peak,
                       manifest.weight_format(), target)
 
 
-def _quantize(loaded, plan, specs, quantization: Quantization, calibration_samples: int, method: str,
+def _quantize(loaded, plan, specs, quantization: Quantization, calibration_samples: int,
               progress: bool) -> tuple[Quantization, WeightTable]:
     """Check the block size against every layer, then quantize the model's weights in place."""
     linears = loaded.adapter.linear_layers(lm_head=quantization.lm_head, vision=quantization.vision)
@@ -179,7 +183,7 @@ def _quantize(loaded, plan, specs, quantization: Quantization, calibration_sampl
         from .gptq import gptq_codes
 
         codes_for, calibration = gptq_codes(loaded, plan, specs, linears, quantization, calibration_samples,
-                                            method=method, progress=progress)
+                                            progress=progress)
         quantization = Quantization(**{**quantization.to_dict(), "calibration": calibration})
     table = quantize_model(linears, quantization, codes_for)
     if not quantization.lm_head and plan.selects:  # select graphs share the segments' float lm_head
@@ -195,7 +199,8 @@ def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, ops
         path = directory / f"{name}.onnx"
         ranges = shape_ranges(spec, plan)
         export_graph(modules[name], spec, example_inputs(spec, plan), ranges, path,
-                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT, external_data=writer is not None)
+                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT and plan.method == "trio",
+                     external_data=writer is not None)
         record = writer.rewrite(path) if writer is not None else {"format": dtype}
         size = sum(p.stat().st_size for p in directory.glob(f"{name}.onnx*"))
         graphs[name] = GraphEntry(path.name, spec.kind, size, tuple(t.to_dict() for t in spec.inputs),

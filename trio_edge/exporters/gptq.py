@@ -57,12 +57,12 @@ def calibration_records(data: str, samples: int) -> list[dict]:
     return records[:samples]
 
 
-def gptq_codes(loaded, plan, specs, linears: dict, quantization, samples: int, *, method: str, progress: bool):
+def gptq_codes(loaded, plan, specs, linears: dict, quantization, samples: int, *, progress: bool):
     """(codes_for(name, weight) -> (codes (K, N) int8, scales (K / block, N)), calibration record)."""
     from ..models.split import build_modules
 
     records = calibration_records(quantization.calibration["data"], samples)
-    modules = build_modules(loaded.adapter, plan, method=method)
+    modules = build_modules(loaded.adapter, plan)
     owners = _parameter_names(loaded.model, linears)
     kinds = (GraphKind.SEGMENT, GraphKind.VISION) if quantization.vision else (GraphKind.SEGMENT,)
     graphs = [name for name, spec in specs.items() if spec.kind in kinds]

@@ -113,6 +113,19 @@ def causal_over_buffer(past_length: torch.Tensor, t: int, n: int) -> torch.Tenso
     return torch.arange(n, device=past_length.device)[None, :] <= query_slot[:, None]
 
 
+def attention_with_probs(q, k, v, bias, scale):
+    """grouped_attention that also returns the softmax attention: (T, H*hd) and probs (H, T, N) float32.
+
+    Explicit softmax (no fused kernel): the rules that score tokens by attention read these probabilities."""
+    num_heads, t, head_dim = q.shape
+    num_kv = k.shape[0]
+    groups = num_heads // num_kv
+    scores = torch.matmul(q.reshape(num_kv, groups * t, head_dim), k.transpose(1, 2)) * scale  # (KVH, G*T, N)
+    probs = torch.softmax(scores.reshape(num_kv, groups, t, -1).float() + bias, dim=-1)  # (KVH, G, T, N)
+    out = torch.matmul(probs.to(q.dtype).reshape(num_kv, groups * t, -1), v).reshape(num_heads, t, head_dim)
+    return out.transpose(0, 1).reshape(t, num_heads * head_dim), probs.reshape(num_heads, t, -1)
+
+
 def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False, filled: int | None = None,
                fused_op: bool = False):
     """One decoder layer on h (T, D) with the layer's cache kv (2, KVH, N, hd); returns (h, kv_or_new).
@@ -290,18 +303,34 @@ class LlamaFamilyDecoder:
         return self.lm_head(self.norm(hq))
 
     def last_token_attention(self, layer_index, h, position_ids):
-        """Head-averaged attention of the last position to every position at `layer_index`: (S,)."""
+        """Head-averaged softmax attention of the last position to every position at `layer_index`, computed on
+        h (S, D) entering that layer: (S,) float32 (PyramidDrop's score; softmax in fp32 as its code does)."""
         layer = self.layers[layer_index]
         cos, sin = self.rotary(h[None], position_ids)
         q, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
-        groups = self.num_heads // self.num_kv_heads
-        k = k.repeat_interleave(groups, dim=0)  # (H, S, hd)
-        scores = torch.matmul(q[:, -1:], k.transpose(1, 2)) * layer.self_attn.scaling  # (H, 1, S)
-        return torch.softmax(scores.float(), dim=-1).mean(dim=0)[0]
+        last = torch.full((1,), h.shape[0] - 1, device=h.device)
+        k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=0)  # (H, S, hd)
+        scores = torch.matmul(q.index_select(1, last), k.transpose(1, 2)) * layer.self_attn.scaling  # (H, 1, S)
+        return torch.softmax(scores.float(), dim=-1).to(h.dtype).float().mean(dim=0)[0]
 
-    def keys(self, layer_index, h, position_ids):
-        """Keys of every position at `layer_index`, heads concatenated: (S, KVH*hd)."""
+    @staticmethod
+    def scatter_new_slots(cache, new, past_length):
+        """See scatter_new_slots: the one KV write a segment graph does, for select graphs that own a layer."""
+        return scatter_new_slots(cache, new, past_length)
+
+    def layer_with_attention(self, layer_index, h, position_ids):
+        """A prefill of layer `layer_index` on all S tokens of h (S, D) that also exposes what token-scoring
+        rules read from it: returns (h_out (S, D), new_kv (2, KVH, S, hd) to write at slots 0..S-1 of the
+        layer's cache, probs (H, S, S) float32 softmax attention, keys (KVH, S, hd) after rotary, states (S, D)
+        the layer's normalised input). The layer's decode steps then run in an ordinary one-layer segment."""
         layer = self.layers[layer_index]
         cos, sin = self.rotary(h[None], position_ids)
-        _, k, _ = project_qkv(layer, layer.input_layernorm(h), cos[0], sin[0])
-        return k.transpose(0, 1).reshape(h.shape[0], -1)
+        cos, sin = cos[0], sin[0]
+        states = layer.input_layernorm(h)
+        q, k, v = project_qkv(layer, states, cos, sin)
+        positions = torch.arange(h.shape[0], device=h.device)
+        allowed = positions[None, :] <= positions[:, None]  # causal within the S prompt tokens
+        attn, probs = attention_with_probs(q, k, v, mask_bias(allowed), layer.self_attn.scaling)
+        h = h + layer.self_attn.o_proj(attn)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h, torch.stack((k, v)), probs, k, states

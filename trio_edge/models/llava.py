@@ -241,7 +241,7 @@ class LlavaAdapter:
         return REFERENCE_KEEP_WEIGHTS[-len(self.default_cut_layers()):]
 
     def schedule(self, grid, **options):
-        """The schedule for user options (--cuts / --keep-ratio / --schedule-file) on this model."""
+        """The schedule for user options (--cuts / --keep-ratio / --schedule-file, --method) on this model."""
         from ..trio.schedule import resolve_schedule
 
         return resolve_schedule(default_cut_layers=self.default_cut_layers(),

@@ -13,15 +13,15 @@ from .. import defaults
 from ..artifact.graphs import graph_specs
 from ..artifact.manifest import Manifest, is_export_dir, read_manifest, safe_member
 from ..artifact.plan import plan_for
-from ..artifact.weights import ORT_DISABLED_OPTIMIZERS, check_backend
+from ..artifact.weights import check_backend, ort_disabled_optimizers
 from ..errors import ArtifactError, BackendUnavailableError, InputError
 from ..trio.schedule import Schedule
 from .backends import BACKENDS, check_device
 from .pipeline import Pipeline
 
 # options that only make sense for a model: an export fixed them when it was written
-MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "schedule_file", "positions", "threshold", "precision",
-                      "method", "grid", "max_text_tokens", "nms_iterations")
+MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "budget", "schedule_file", "preset", "positions", "threshold",
+                      "precision", "method", "grid", "max_text_tokens", "nms_iterations")
 
 
 def open_pipeline(source, *, backend: str | None = None, device: str = defaults.DEVICE,
@@ -89,8 +89,9 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
 
         files = {name: safe_member(directory, manifest.graphs[name].file) for name in specs}
         quantized = manifest.quantization is not None
-        engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads,
-                                    disabled_optimizers=ORT_DISABLED_OPTIMIZERS if quantized else (),
+        disabled = {name: ort_disabled_optimizers(spec.kind, quantized=quantized, dtype=manifest.model.dtype)
+                    for name, spec in specs.items()}
+        engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads, disabled_optimizers=disabled,
                                     export_key=manifest.content_key() if ort_cache else None)
     elif backend == "torch":
         engine = _torch_backend_for(manifest, specs, device, cuda_graphs)
@@ -134,7 +135,7 @@ def _torch_backend_for(manifest: Manifest, specs, device, cuda_graphs):
 
 def open_model(model, schedule: Schedule | None = None, *, grid=None, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
                max_new_tokens: int = defaults.MAX_NEW_TOKENS, device: str = defaults.DEVICE,
-               method: str = defaults.METHOD, seed: int = 0, nms_iterations: int = defaults.NMS_ITERATIONS,
+               method: str | None = None, seed: int = 0, nms_iterations: int = defaults.NMS_ITERATIONS,
                cuda_graphs: bool | None = None, runtime_form: bool = True, **schedule_options) -> Pipeline:
     """The PyTorch pipeline of a model (no export): the same stages the graphs run, in eager mode (CUDA graphs
     on CUDA). `model` is a name or a loaded model; `schedule` a Schedule, or give the user options (cuts,
@@ -144,19 +145,22 @@ def open_model(model, schedule: Schedule | None = None, *, grid=None, max_text_t
     from ..models.split import build_modules
     from .backends.torch_backend import TorchBackend
 
+    from ..trio.presets import method_for
+
     check_device(device)
+    method = method_for(method, schedule_options.get("preset"), defaults.METHOD)
     loaded = model if _is_loaded_model(model) else load_model(str(model))
     adapter = loaded.adapter
     grid = adapter.grid_for(grid) if grid is None or isinstance(grid, str) else tuple(grid)
     adapter.validate_grid(grid)
     if schedule is None:
-        schedule = adapter.schedule(grid, **{k: v for k, v in schedule_options.items() if v is not None})
+        schedule = adapter.schedule(grid, method=method, **{k: v for k, v in schedule_options.items() if v is not None})
     elif any(v is not None for v in schedule_options.values()):
         raise InputError("pass either a Schedule or schedule options (cuts, keep_ratio, ...), not both")
     plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
-                    nms_iterations=nms_iterations)
+                    nms_iterations=nms_iterations, method=method)
     dtype = dtype_name(next(loaded.model.parameters()).dtype)
     specs = graph_specs(plan, tile_count=adapter.tile_count(grid), tile_size=adapter.tile_size, dtype=dtype)
-    modules = build_modules(adapter, plan, method=method, seed=seed, runtime_form=runtime_form)
+    modules = build_modules(adapter, plan, seed=seed, runtime_form=runtime_form)
     backend = TorchBackend(specs, modules, device=device, cuda_graphs=cuda_graphs)
     return Pipeline(plan, backend, adapter, stop_token_ids=adapter.stop_token_ids(), dtype=dtype)

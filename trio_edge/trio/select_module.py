@@ -6,15 +6,18 @@ position_ids (1, S'), saliency (M,), with S' = S - M + K. The image span is [ima
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..graph_ops import clamp_index
 from . import peers
-from .methods import METHODS
+from .dart import dart_select_fixed
+from .methods import METHODS, method_info
 from .saliency import proxy_saliency
 from .schedule import Schedule
-from .selection import nms_select_fixed
+from .selection import nms_select_fixed, top_k_fixed
 
 
 def pruned_index_map(seq_len, image_start, num_image: int, kept: torch.Tensor) -> torch.Tensor:
@@ -44,8 +47,8 @@ class SelectStage(nn.Module):
         `runtime_form` (the torch runtime, not export) iterates Cluster-NMS to its fixed point and stops
         there: always exact, never needs the host fallback, and no wasted iterations."""
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+        if method not in METHODS or method_info(method).owns_layer:
+            raise ValueError(f"SelectStage runs proxy / any-cut rules, not {method!r} (see LayerOwningSelectStage)")
         self.method = method
         self.random = torch.Generator().manual_seed(seed)
         if schedule.precision == "fp32" and decoder.lm_head.weight.dtype != torch.float32:
@@ -66,30 +69,100 @@ class SelectStage(nn.Module):
         return proxy_saliency(proxy, hidden[0], position_ids)  # (S,)
 
     def peer_kept(self, hidden, position_ids, span):
-        """A baseline's kept indices at this cut (same budget, same cut layer as TRIO)."""
-        m, h = self.num_image_tokens, hidden[0]
-        if self.method == "fastv":
-            attention = self._decoder.last_token_attention(self.proxy_layer, h, position_ids)
-            return peers.fastv_select(attention.index_select(0, span), self.keep)
-        if self.method == "dart":
-            keys = self._decoder.keys(self.proxy_layer, h, position_ids).index_select(0, span)
-            return peers.dart_select(keys, h.index_select(0, span), self.keep)
+        """A peer's kept indices at this cut (and its per-token scores)."""
+        m = self.num_image_tokens
+        if self.method == "pdrop":  # PyramidDrop: the last token's attention in the layer after the cut
+            scores = self._decoder.last_token_attention(self.proxy_layer, hidden[0], position_ids).index_select(0, span)
+            return top_k_fixed(scores, self.keep, span - span[0]), scores
         if self.method == "random":
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.random))
-            return peers.random_select(m, self.keep, seed)
-        return peers.uniform_select(m, self.keep)
+            return peers.random_select(m, self.keep, seed), torch.zeros(m)
+        return peers.uniform_select(m, self.keep), torch.zeros(m)
 
     def forward(self, hidden, position_ids, image_start):
         m = self.num_image_tokens
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
         proxy_hidden = hidden.to(self.proxy_dtype)
         if self.method != "trio":
-            kept = self.peer_kept(proxy_hidden, position_ids, span).to(hidden.device)
-            hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
-            return kept, torch.tensor(True), hidden_out, position_out, torch.zeros(m)
+            kept, scores = self.peer_kept(proxy_hidden, position_ids, span)
+            hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept.to(hidden.device),
+                                                       self.renumber)
+            return kept.to(hidden.device), torch.tensor(True), hidden_out, position_out, scores.float()
         scores = self.saliency(proxy_hidden, position_ids).index_select(0, span)  # (M,)
         features = proxy_hidden[0].index_select(0, span)  # (M, D)
         kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations,
                                            stop_at_fixed_point=self.runtime_form)
         hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
         return kept, converged, hidden_out, position_out, scores
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """What a rule may read from the layer before its cut (run on all S tokens): softmax attention probs
+    (H, S, S) float32, rotated keys (KVH, S, hd), the layer's normalised input `states` (S, D), its input and
+    output hidden states (S, D), the output through the model's final norm `normed_out` (S, D); the image
+    tokens are rows image_start + 0..M-1 (`span`)."""
+
+    probs: torch.Tensor
+    keys: torch.Tensor
+    states: torch.Tensor
+    hidden_in: torch.Tensor
+    hidden_out: torch.Tensor
+    normed_out: torch.Tensor
+    image_start: torch.Tensor
+    span: torch.Tensor
+
+
+def fastv_rule(view: LayerView, keep: int):
+    """FastV: the last token's attention to each image token, averaged over heads (M,); keep the top KEEP."""
+    last = torch.full((1,), view.probs.shape[1] - 1, device=view.span.device)
+    scores = view.probs.index_select(1, last)[:, 0].mean(dim=0).index_select(0, view.span)
+    return top_k_fixed(scores, keep, view.span - view.image_start), scores
+
+
+def dart_rule(view: LayerView, keep: int):
+    """DART (trio/dart.py): key-norm pivots, then each pivot's least-similar image tokens."""
+    keys = view.keys.transpose(0, 1).reshape(view.keys.shape[1], -1)  # (S, KVH*hd)
+    return dart_select_fixed(keys, view.normed_out, view.image_start, view.span.shape[0], keep)
+
+
+# rule name -> rule(view, keep) -> (kept (KEEP,) sorted image indices, scores (M,) the rule's per-token score)
+LAYER_RULES = {"fastv": fastv_rule, "dart": dart_rule}
+
+
+class LayerOwningSelectStage(nn.Module):
+    """A cut N:K whose rule scores with decoder layer N-1 (FastV, DART, ...): the stage runs layer N-1 on all
+    tokens (writing its KV buffer), scores the image tokens from that layer and keeps K of its output.
+
+    hidden (1, S, D) entering layer N-1, position_ids (1, S), image_start (), kv (1, 2, KVH, N, hd) of the
+    one-layer segment [N-1, N) -> kept (K,), converged () always True, hidden (1, S', D) entering layer N,
+    position_ids (1, S'), saliency (M,) the rule's scores, kv_out (1, 2, KVH, N, hd)."""
+
+    def __init__(self, decoder, owned_layer: int, num_image_tokens: int, keep: int, schedule: Schedule,
+                 method: str, runtime_form: bool = False):
+        super().__init__()
+        if method not in LAYER_RULES:
+            raise ValueError(f"{method!r} has no layer-owning rule; these do: {', '.join(LAYER_RULES)}")
+        self.method, self.rule = method, LAYER_RULES[method]
+        self.layer = decoder.layers[owned_layer]  # registered so export sees the weights
+        self.rotary, self.norm = decoder.rotary, decoder.norm
+        self._decoder, self.owned_layer = decoder, owned_layer
+        self.num_image_tokens, self.keep = num_image_tokens, keep
+        self.renumber = schedule.positions == "renumber"
+        self.runtime_form = runtime_form  # writes the KV buffer in place (the torch runtime)
+        self.in_place_inputs = ("kv",) if runtime_form else ()
+
+    def forward(self, hidden, position_ids, image_start, kv):
+        m, h = self.num_image_tokens, hidden[0]
+        span = image_start + torch.arange(m, device=hidden.device)  # (M,)
+        h_out, new_kv, probs, keys, states = self._decoder.layer_with_attention(self.owned_layer, h, position_ids)
+        view = LayerView(probs, keys, states, h, h_out, self.norm(h_out), image_start, span)
+        kept, scores = self.rule(view, self.keep)
+        hidden_out, position_out = apply_selection(h_out[None], position_ids, image_start, m, kept, self.renumber)
+        start = torch.zeros((), dtype=torch.int64, device=hidden.device)
+        if self.runtime_form:  # the torch runtime's cache, written in place like its segments'
+            kv[0, :, :, :h.shape[0]] = new_kv
+            kv_out = kv
+        else:  # one scatter from the kv input to kv_out, like a segment graph's
+            kv_out = self._decoder.scatter_new_slots(kv, new_kv[None], start)
+        return kept, torch.tensor(True), hidden_out, position_out, scores.float(), kv_out

@@ -31,9 +31,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, specs, graph_files: dict[str, Path], device: str = "cpu", threads: int | None = None,
-                 disabled_optimizers: tuple[str, ...] = (), export_key: str | None = None):
-        """`disabled_optimizers`: ONNX Runtime graph optimizers to skip (quantized exports name one, see
-        artifact.weights.ORT_DISABLED_OPTIMIZERS). `export_key` (the export's file hashes) turns on the
+                 disabled_optimizers: dict[str, tuple[str, ...]] | None = None, export_key: str | None = None):
+        """`disabled_optimizers`: per graph, the ONNX Runtime graph optimizers to skip (see
+        artifact.weights.ort_disabled_optimizers). `export_key` (the export's file hashes) turns on the
         optimized-graph cache (see ort_sessions); None loads without it."""
         super().__init__(specs, device)
         ort = _import_ort()
@@ -43,14 +43,16 @@ class OnnxRuntimeBackend(Backend):
                     f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (providers: "
                     f"{', '.join(ort.get_available_providers())}); pip install 'trio-edge[gpu]' (onnxruntime-gpu) "
                     "or use --device cpu")
+        disabled_optimizers = disabled_optimizers or {}
         self.settings = {**SESSION_SETTINGS, "intra_op_num_threads": threads or "physical cores",
-                         "disabled_optimizers": sorted(disabled_optimizers), "device": str(self.device)}
+                         "disabled_optimizers": {name: sorted(skip) for name, skip in disabled_optimizers.items()},
+                         "device": str(self.device)}
         self.sessions, self.cache = {}, {}
         for name, path in graph_files.items():
             key = None if export_key is None else cache_key(export_key, name, ort.__version__, self.settings)
             self.sessions[name], self.cache[name] = open_session(
-                ort, path, session_options(ort, threads), self._providers(specs[name].kind), disabled_optimizers,
-                None if key is None else cache_root() / "ort" / key)
+                ort, path, session_options(ort, threads), self._providers(specs[name].kind),
+                disabled_optimizers.get(name, ()), None if key is None else cache_root() / "ort" / key)
 
     def _providers(self, kind: str) -> list:
         if self.device.type != "cuda":

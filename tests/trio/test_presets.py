@@ -1,0 +1,36 @@
+"""The authors' released schedules as presets: exact on the 32-layer / 576-token reference, scaled elsewhere
+(and saying so), method taken from the preset, conflicts refused."""
+
+import pytest
+
+from trio_edge.errors import ScheduleError
+from trio_edge.trio.presets import PRESETS, method_for, preset_info
+from trio_edge.trio.schedule import Schedule, resolve_schedule
+
+
+@pytest.mark.parametrize("name, cuts, average", [("trio-64", "1:92,10:54,15:22", 64), ("trio-128", "1:218,10:128,15:54", 128),
+                                                 ("dart-128", "2:132", None), ("fastv", "2:288", None),
+                                                 ("pdrop", "8:288,16:144,24:72", None)])
+def test_presets_are_the_released_tables_on_the_reference_model(name, cuts, average):
+    text, scaled = preset_info(name).cuts_for(32, 576)
+    assert text == cuts and not scaled
+    if average is not None:  # TRIO's tables are layer-averaged budgets
+        assert Schedule.parse(text).layer_averaged_tokens(32, 576) == average
+
+
+def test_presets_scale_to_shallow_models_and_say_so():
+    for name in PRESETS:
+        schedule = resolve_schedule(preset=name, num_layers=4, num_image_tokens=259)
+        assert schedule.provenance["preset"] == name and "4 / 259" in schedule.provenance["scaled"]
+        assert schedule.positions == ("original" if PRESETS[name].method in ("fastv", "dart") else "renumber")
+    assert [c.layer for c in resolve_schedule(preset="fastv", num_layers=4, num_image_tokens=259).cuts] == [1]
+
+
+def test_preset_conflicts_are_refused():
+    with pytest.raises(ScheduleError, match="mutually exclusive"):
+        resolve_schedule(preset="trio-64", cuts="1:40", num_layers=4, num_image_tokens=259)
+    with pytest.raises(ScheduleError, match="is a fastv schedule"):
+        method_for("dart", "fastv", "trio")
+    with pytest.raises(ScheduleError, match="unknown preset"):
+        preset_info("trio-999")
+    assert method_for(None, "dart-64", "trio") == "dart" and method_for(None, None, "trio") == "trio"

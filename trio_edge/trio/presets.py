@@ -1,0 +1,90 @@
+"""The authors' released schedules as named presets (`--preset NAME`), light: no torch import.
+
+Each preset is the cut table its authors' scripts pass for LLaVA-1.5-7B (32 decoder layers, 576 image tokens).
+On another model it is scaled and says so: cut layers by depth (round(layer * L / 32), at least the method's
+lowest cut layer), KEEP by image tokens (round(keep * M / 576)); 32 layers and 576 tokens give the table itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ScheduleError
+from .methods import method_info
+
+REFERENCE_LAYERS, REFERENCE_TOKENS = 32, 576
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    method: str
+    layers: tuple[int, ...]  # cut layers on the 32-layer reference model (cut N: N layers already run)
+    keeps: tuple[int, ...]  # image tokens kept at each cut, of 576
+    source: str
+
+    def cuts_for(self, num_layers: int, num_image_tokens: int) -> tuple[str, bool]:
+        """('LAYER:KEEP,...' on this model, whether it had to be scaled)."""
+        info = method_info(self.method)
+        cuts, previous_layer, previous_keep = [], -1, num_image_tokens
+        for layer, keep in zip(self.layers, self.keeps):
+            scaled_layer = scaled_cut_layer(layer, num_layers, self.method)
+            scaled_keep = max(info.min_keep, min(previous_keep, round(keep * num_image_tokens / REFERENCE_TOKENS)))
+            if scaled_layer <= previous_layer:  # two cuts on one layer of a shallow model: keep the later budget
+                cuts.pop()
+            cuts.append(f"{scaled_layer}:{scaled_keep}")
+            previous_layer, previous_keep = scaled_layer, scaled_keep
+        scaled = (num_layers, num_image_tokens) != (REFERENCE_LAYERS, REFERENCE_TOKENS)
+        return ",".join(cuts), scaled
+
+
+def scaled_cut_layer(layer: int, num_layers: int, method: str) -> int:
+    """A cut layer of the 32-layer reference model on a decoder of `num_layers`: round(layer * L / 32), at least
+    1 for rules that own layer N-1, at most L - 1."""
+    lowest = 1 if method_info(method).owns_layer else 0
+    return max(lowest, min(num_layers - 1, round(layer * num_layers / REFERENCE_LAYERS)))
+
+
+def eval_placement(method: str, ratio: float) -> tuple[tuple[int, ...], tuple[float, ...], str]:
+    """Where a method cuts when compared at a layer-averaged budget `ratio` (trio-eval): the reference cut layers
+    and relative keep weights of its authors' table, and which table. TRIO (and the model-free baselines, at
+    TRIO's cuts) take the 64-token table up to 1/9 and the 128-token one above (no 192 table is released)."""
+    if method in ("fastv", "dart"):
+        return (2,), (1.0,), f"{method} K=2 (its authors' layer), KEEP for the budget"
+    if method == "pdrop":
+        preset = PRESETS["pdrop"]
+        return preset.layers, tuple(k / REFERENCE_TOKENS for k in preset.keeps), "pdrop layers 8/16/24, ratio 0.5 shape"
+    table = PRESETS["trio-64" if ratio <= 64 / 576 + 1e-9 else "trio-128"]
+    return table.layers, tuple(k / REFERENCE_TOKENS for k in table.keeps), f"{table.name} table shape"
+
+
+PRESETS = {p.name: p for p in (
+    # ocy1/TRIO scripts (llava/model/scripts/v1_5/eval/*.sh): --layer_list [1,10,15] with these --image_token_list;
+    # layer-averaged 64 and 128 of 576. No 192 table is released (trio-eval scales the 128 one, and says so).
+    Preset("trio-64", "trio", (1, 10, 15), (92, 54, 22), "ocy1/TRIO scripts, 64-token table"),
+    Preset("trio-128", "trio", (1, 10, 15), (218, 128, 54), "ocy1/TRIO scripts, 128-token table"),
+    # pkunlp-icler/FastV: K=2, R=50% (the configuration its README and code use).
+    Preset("fastv", "fastv", (2,), (288,), "pkunlp-icler/FastV: K=2, R=50%"),
+    # ZichenWen1/DART scripts: K=2, max_num_trunction B keeps 4 pivots + 8 * (B // 8).
+    Preset("dart-64", "dart", (2,), (68,), "ZichenWen1/DART: K=2, max_num_trunction 64"),
+    Preset("dart-128", "dart", (2,), (132,), "ZichenWen1/DART: K=2, max_num_trunction 128"),
+    Preset("dart-192", "dart", (2,), (196,), "ZichenWen1/DART: K=2, max_num_trunction 192"),
+    # Cooperx521/PyramidDrop scripts: --layer_list [8,16,24] --image_token_ratio_list [0.5,0.25,0.125].
+    Preset("pdrop", "pdrop", (8, 16, 24), (288, 144, 72), "Cooperx521/PyramidDrop: layers 8/16/24, ratio 0.5"),
+)}
+
+
+def preset_info(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ScheduleError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def method_for(method: str | None, preset: str | None, default: str) -> str:
+    """The method a command runs: --method, else the preset's, else `default`; a preset of another method fails."""
+    if preset is None:
+        return method or default
+    owner = preset_info(preset).method
+    if method is not None and method != owner:
+        raise ScheduleError(f"--preset {preset} is a {owner} schedule; drop --method {method} or pick a {method} preset")
+    return owner
