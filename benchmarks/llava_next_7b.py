@@ -97,28 +97,32 @@ TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select prec
 
 
 def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path,
-                  precisions: tuple[str, ...] = ("fp32",)):
-    """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ...} for one backend."""
+                  precisions: tuple[str, ...] = ("fp32",), sparsevlm_budgets: tuple[int, ...] = ()):
+    """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ..., "sparsevlm_64": ...} for one
+    backend; SparseVLM at its authors' table budgets (its own cut layers)."""
     from trio_edge import Schedule, load
     from trio_edge.exporters.export import export
 
     variants = {"full": {}}
     variants.update({TRIO_VARIANTS[p]: {"keep_ratio": 0.111, "precision": p} for p in precisions})
+    variants.update({f"sparsevlm_{b}": {"method": "sparsevlm", "budget": b} for b in sparsevlm_budgets})
     pipelines = {}
     for name, options in variants.items():
         if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
             schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), **options) if options else Schedule()
             pipelines[name] = load(loaded, schedule=schedule, max_new_tokens=new_tokens, device=device,
+                                   method=options.get("method", "trio"),
                                    cuda_graphs=backend == "torch" and device.startswith("cuda"))
             continue
         out = workdir / f"{backend}-{name}"
+        target = "onnxruntime" if backend == "onnxruntime-gqa" else "tensorrt"
         export(loaded.source, out, dtype=dtype, max_new_tokens=new_tokens, validate=False, progress=False,
-               loaded=loaded, **options)
+               loaded=loaded, target=target, **options)
         if backend == "tensorrt":  # engines are built from the export, on this GPU
             from trio_edge.exporters.engine_build import build_engines
 
             build_engines(out, precision=dtype, progress=False)
-        pipelines[name] = load(out, backend=backend, device=device)
+        pipelines[name] = load(out, backend=backend.removesuffix("-gqa"), device=device)
     return pipelines
 
 
@@ -139,17 +143,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16" if torch.cuda.is_available() else "fp32")
     parser.add_argument("--backends", default="torch,onnxruntime",
-                        help="comma-separated: torch (CUDA graphs on CUDA), torch-eager, onnxruntime, tensorrt")
+                        help="comma-separated: torch (CUDA graphs on CUDA), torch-eager, onnxruntime (the tensorrt "
+                             "export target run by ONNX Runtime), onnxruntime-gqa (the onnxruntime target), tensorrt")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--layers", type=int)
     parser.add_argument("--vision-layers", type=int)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", default="64",
+                        help="answer lengths, comma-separated (e.g. 8,64): one export, one result per length")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--select-precision", choices=["fp32", "model", "both"], default="fp32",
                         help="precision of TRIO's select stages (see trio-export --help); both: one TRIO run each")
-    parser.add_argument("--out", help="JSON file to write (e.g. benchmarks/results/h100.json)")
+    parser.add_argument("--sparsevlm-budgets", default="",
+                        help="also SparseVLM at these authors' table budgets, e.g. 64,192 (same run as TRIO)")
+    parser.add_argument("--out", help="JSON file to write (e.g. benchmarks/results/h100.json); with several "
+                        "--new-tokens, one file per length (NAME_8.json, NAME_64.json)")
     args = parser.parse_args(argv)
+    lengths = [int(n) for n in str(args.new_tokens).split(",")]
 
     from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
     from trio_edge.models.cost import decode_bytes_per_token, fp32_prefill_flops
@@ -160,42 +170,59 @@ def main(argv=None) -> dict:
 
     dtype = getattr(torch, {"fp16": "float16", "fp32": "float32"}[args.dtype])
     image, prompt = synthetic_image(), DEFAULT_PROMPT
-    results = {"command": "python benchmarks/llava_next_7b.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "environment": bench.environment(",".join(args.backends.split(",")), args.device),
-               "peaks": measured_peaks(args.device, dtype), "runs": {}}
+    command = "python benchmarks/llava_next_7b.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    environment = bench.environment(",".join(args.backends.split(",")), args.device)
+    peaks = measured_peaks(args.device, dtype)
+    by_length = {n: {"command": command, "new_tokens": n, "environment": environment, "peaks": peaks, "runs": {}}
+                 for n in lengths}
     with tempfile.TemporaryDirectory(prefix="llava-next-7b-") as tmp:
         source = build_random("llava-next-7b", Path(tmp) / "model", dtype=dtype, scale=args.scale, layers=args.layers,
                               vision_layers=args.vision_layers)
         loaded = load(str(source), dtype=dtype, device=args.device)
-        results["architecture"] = {"hidden": loaded.adapter.decoder.hidden_size, "layers": loaded.adapter.num_layers,
-                                   "image_tokens": loaded.adapter.image_token_count(loaded.adapter.default_grid())}
-        results["runs"]["transformers_generate"] = hf_generate(loaded, image, prompt, args.new_tokens, args.device,
-                                                               args.iters, args.warmup)
+        architecture = {"hidden": loaded.adapter.decoder.hidden_size, "layers": loaded.adapter.num_layers,
+                        "image_tokens": loaded.adapter.image_token_count(loaded.adapter.default_grid())}
+        for n, results in by_length.items():
+            results["architecture"] = architecture
+            results["runs"]["transformers_generate"] = hf_generate(loaded, image, prompt, n, args.device, args.iters,
+                                                                   args.warmup)
         element = torch.tensor([], dtype=dtype).element_size()
         for backend in args.backends.split(","):
             precisions = ("fp32", "model") if args.select_precision == "both" else (args.select_precision,)
-            pipelines = our_pipelines(loaded, backend, args.device, args.dtype, args.new_tokens, Path(tmp), precisions)
+            budgets = tuple(int(b) for b in args.sparsevlm_budgets.split(",") if b.strip())
+            pipelines = our_pipelines(loaded, backend, args.device, args.dtype, max(lengths), Path(tmp), precisions,
+                                      budgets)
             for name, pipeline in pipelines.items():
-                report = bench.measure(pipeline, image, prompt, warmup=args.warmup, iters=args.iters,
-                                       new_tokens=args.new_tokens, label=f"{backend} {name}")
-                bench.add_flops(report, loaded.model.config, pipeline.plan, loaded.adapter.tile_count(loaded.adapter.default_grid()))
-                per_token = decode_bytes_per_token(loaded.model.config, pipeline.plan, element, report["prompt_tokens"])
-                fp32 = fp32_prefill_flops(loaded.model.config, pipeline.plan,
-                                          report["prompt_tokens"] - pipeline.plan.num_image_tokens)
-                prefill = report["flops"]["prefill_total"]
-                report["roofline"] = roofline(report, prefill, fp32, results["peaks"], per_token)
-                report["orin_projection"] = {"label": "projection from datasheet peaks, not measured",
-                                             **floors(prefill, fp32, per_token, DATASHEETS["jetson_agx_orin_64gb"],
-                                                      args.new_tokens)}
-                report.pop("timeline")
-                results["runs"][f"{backend}_{name}"] = report
-    results["ratios"] = ratios(results["runs"], args.backends.split(","))
-    print_table(results)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps({"ratios": results["ratios"], "peaks": results["peaks"]}))
-    return results
+                for n, results in by_length.items():
+                    report = bench.measure(pipeline, image, prompt, warmup=args.warmup, iters=args.iters,
+                                           new_tokens=n, label=f"{backend} {name} {n}")
+                    bench.add_flops(report, loaded.model.config, pipeline.plan,
+                                    loaded.adapter.tile_count(loaded.adapter.default_grid()))
+                    per_token = decode_bytes_per_token(loaded.model.config, pipeline.plan, element,
+                                                       report["prompt_tokens"])
+                    fp32 = fp32_prefill_flops(loaded.model.config, pipeline.plan,
+                                              report["prompt_tokens"] - pipeline.plan.num_image_tokens)
+                    prefill = report["flops"]["prefill_total"]
+                    report["roofline"] = roofline(report, prefill, fp32, peaks, per_token)
+                    report["orin_projection"] = {"label": "projection from datasheet peaks, not measured",
+                                                 **floors(prefill, fp32, per_token, DATASHEETS["jetson_agx_orin_64gb"],
+                                                          n)}
+                    report["select_share_of_ttft"] = sum(
+                        v["median_ms"] for k, v in report["stages"].items() if k.startswith("select")) / report["ttft_ms"]
+                    report.pop("timeline")
+                    results["runs"][f"{backend}_{name}"] = report
+                pipeline.close()
+    for n, results in by_length.items():
+        results["ratios"] = ratios(results["runs"], args.backends.split(","))
+        print(f"new tokens: {n}")
+        print_table(results)
+        if args.out:
+            out = Path(args.out)
+            path = out if len(lengths) == 1 else out.with_name(f"{out.stem}_{n}{out.suffix}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=2))
+    last = by_length[lengths[-1]]
+    print(json.dumps({"ratios": last["ratios"], "peaks": peaks}))
+    return last
 
 
 def ratios(runs: dict, backends: list[str]) -> dict:
@@ -204,15 +231,20 @@ def ratios(runs: dict, backends: list[str]) -> dict:
     out = {}
     for backend in backends:
         full = runs[f"{backend}_full"]
-        for variant in TRIO_VARIANTS.values():
+        variants = list(TRIO_VARIANTS.values()) + [name.removeprefix(f"{backend}_") for name in runs
+                                                   if name.startswith(f"{backend}_sparsevlm_")]
+        for variant in variants:
             trio = runs.get(f"{backend}_{variant}")
             if trio is None:
                 continue
-            out[backend + variant.removeprefix("trio")] = {
+            out[backend + ("_" + variant if variant.startswith("sparsevlm") else variant.removeprefix("trio"))] = {
                 "ttft_speedup_vs_full": full["ttft_ms"] / trio["ttft_ms"],
                 "end_to_end_speedup_vs_transformers": hf["end_to_end_ms"] / trio["end_to_end_ms"],
                 "prefill_flops_reduction": full["flops"]["prefill_total"] / trio["flops"]["prefill_total"],
                 "kv_used_reduction": full["kv_used_bytes"] / trio["kv_used_bytes"],
+                "decode_speedup_vs_transformers_full": hf["decode_ms_per_token"] / full["decode_ms_per_token"],
+                "decode_speedup_vs_transformers_trio": hf["decode_ms_per_token"] / trio["decode_ms_per_token"],
+                "select_share_of_trio_ttft": trio.get("select_share_of_ttft"),
                 "decode_of_bandwidth_floor": trio["roofline"]["decode_of_floor"]}
     return out
 

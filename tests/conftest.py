@@ -55,8 +55,9 @@ def image(images):
 
 # ---- exports of the tiny model, shared by export, CLI and hardening tests ----------------------------
 SCHEDULES = {"one_cut": "1:40", "three_cuts": "0:30,1:16,2:8"}
+# peer exports: (cuts, method)
 METHODS = {"fastv_one_cut": ("2:40", "fastv"), "dart_one_cut": ("2:36", "dart"),
-           "pdrop_three_cuts": ("1:44,2:22,3:11", "pdrop")}  # peer exports: (cuts, method)
+           "pdrop_three_cuts": ("1:44,2:22,3:11", "pdrop"), "sparsevlm_two_cuts": ("1:40,2:16", "sparsevlm")}
 
 
 @pytest.fixture(scope="session")
@@ -70,14 +71,15 @@ def export_tiny(export_model, tmp_path_factory):
     """Export the tiny model at a named schedule once per session (fp32, validated)."""
     done = {}
 
-    def get(name):
-        if name not in done:
-            out = tmp_path_factory.mktemp("exports") / name
+    def get(name, target="tensorrt"):
+        key = name if target == "tensorrt" else f"{name}-{target}"
+        if key not in done:
+            out = tmp_path_factory.mktemp("exports") / key
             cuts, method = METHODS.get(name, (SCHEDULES.get(name), "trio"))
             summary = export(export_model.source, out, cuts=cuts, method=method, loaded=export_model,
-                             max_text_tokens=48, max_new_tokens=12, progress=False)
-            done[name] = (name, out, summary)
-        return done[name]
+                             max_text_tokens=48, max_new_tokens=12, progress=False, target=target)
+            done[key] = (name, out, summary)
+        return done[key]
 
     return get
 

@@ -65,3 +65,38 @@ def test_onnxruntime_writes_the_kv_cache_in_place(one_cut_dir, image):
             last = int(written.nonzero().max())
             assert written[:last + 1].all() and not written[last + 1:].any()
         assert len(result.token_ids) >= 1
+
+
+@pytest.fixture(scope="session")
+def ort_target_dir(export_tiny):
+    return export_tiny("one_cut", target="onnxruntime")[1]
+
+
+@pytest.mark.slow
+def test_onnxruntime_target_uses_fused_gqa_and_answers_like_pytorch(ort_target_dir, image):
+    """GroupQueryAttention in every segment (no spelled-out attention left), validated per graph at export, and
+    the ORT pipeline on it generates exactly what the PyTorch pipeline does."""
+    import onnx
+    from helpers import assert_same_generations
+
+    manifest = read_manifest(ort_target_dir)
+    assert manifest.target == "onnxruntime"
+    for segment in manifest.plan.segments:
+        graph = onnx.load(str(ort_target_dir / manifest.graphs[segment.name].file))
+        fused = [n for n in graph.graph.node if (n.domain, n.op_type) == ("com.microsoft", "GroupQueryAttention")]
+        assert len(fused) == segment.end - segment.start
+        assert not [n for n in graph.graph.node if n.op_type == "Softmax"]
+    assert all(row["ok"] for row in manifest.validation)
+    requests = [(image, "what color is the circle"), (image, "how many objects are there")]
+    assert_same_generations(load(ort_target_dir, backend="torch"), load(ort_target_dir), requests, tol=1e-4)
+
+
+@pytest.mark.slow
+def test_an_onnxruntime_target_export_is_refused_for_tensorrt(ort_target_dir, capsys):
+    from trio_edge.cli.build import main as build_main
+    from trio_edge.cli.check import main as check_main
+
+    assert check_main([str(ort_target_dir)]) == 2
+    assert build_main([str(ort_target_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("re-export with --target tensorrt" in line for line in err)

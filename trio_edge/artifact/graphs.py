@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from ..trio.methods import RATERS_GRAPH
 from .plan import PipelinePlan
 
 QUERY_AXIS = "query"  # embed and segment graphs: 1 (decode) .. prompt length (prefill)
@@ -81,10 +82,20 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
             (head, TensorSpec("kv_out", dtype, plan.kv_shape(seg))),
             in_place=(("kv_out", "kv"),),
         ))
+    # SparseVLM's text raters, chosen once on the language model's input and carried through every cut
+    carries_raters = plan.method == "sparsevlm" and bool(plan.selects)
+    if carries_raters:
+        specs.append(GraphSpec(
+            RATERS_GRAPH, GraphKind.SELECT,
+            (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)), TensorSpec("image_start", "int64", ())),
+            (TensorSpec("raters", "float32", (1, SEQ_AXIS)),)))
     for sel in plan.selects:
         owned = plan.owned_segment_of(sel)  # a select that runs layer N-1 also writes that layer's KV buffer
         kv = (TensorSpec("kv", dtype, plan.kv_shape(owned)),) if owned else ()
         kv_out = (TensorSpec("kv_out", dtype, plan.kv_shape(owned)),) if owned else ()
+        if carries_raters:
+            kv += (TensorSpec("raters", "float32", (1, SEQ_AXIS)),)
+            kv_out += (TensorSpec("raters_out", "float32", (1, PRUNED_AXIS)),)
         specs.append(GraphSpec(
             sel.name, GraphKind.SELECT,
             (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)), TensorSpec("position_ids", "int64", (1, SEQ_AXIS)),
@@ -93,7 +104,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
              TensorSpec("hidden_out", dtype, (1, PRUNED_AXIS, d)),
              TensorSpec("position_ids_out", "int64", (1, PRUNED_AXIS)),
              TensorSpec("saliency", "float32", (sel.tokens_in,)), *kv_out),
-            derived_axes=((PRUNED_AXIS, SEQ_AXIS, sel.keep - sel.tokens_in),),
+            derived_axes=((PRUNED_AXIS, SEQ_AXIS, sel.keep + sel.merged - sel.tokens_in),),
             in_place=(("kv_out", "kv"),) if owned else (),
         ))
     return {spec.name: spec for spec in specs}

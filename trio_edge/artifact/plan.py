@@ -33,6 +33,7 @@ class SelectPlan:
     # prefill (it writes that segment's KV buffer); the segment itself runs the layer in decode. None: TRIO's
     # proxy cut, which runs after the preceding segment.
     owned_segment: str | None = None
+    merged: int = 0  # tokens the rule adds right after the kept ones (SparseVLM's recycling); older manifests: 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,16 @@ class PipelinePlan:
                 order.append(cut)
             order.append(segment)
         return order
+
+    def describe(self) -> str:
+        """The schedule's summary; with tokens a rule adds (SparseVLM's merged ones), the realised average too."""
+        text = self.schedule.describe(self.num_layers, self.num_image_tokens)
+        if not any(s.merged for s in self.selects):
+            return text
+        average = sum((s.end - s.start) * s.image_tokens for s in self.segments) / self.num_layers
+        merged = "/".join(str(s.merged) for s in self.selects)
+        return (f"{text}; + {merged} merged tokens: {average:.1f} layer-averaged "
+                f"({100 * average / self.num_image_tokens:.1f}%) in all")
 
     def owned_segment_of(self, select: SelectPlan) -> SegmentPlan | None:
         return next((s for s in self.segments if s.name == select.owned_segment), None)
@@ -123,6 +134,15 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
     )
 
 
+def image_tokens_leaving(method: str, cuts, num_image_tokens: int) -> list[int]:
+    """Image tokens in the sequence after each cut: KEEP, plus the merged tokens of SparseVLM's recycling."""
+    if method == "sparsevlm":
+        from ..trio.sparsevlm import image_tokens_after
+
+        return image_tokens_after(cuts, num_image_tokens)
+    return [c.keep for c in cuts]
+
+
 def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
               hidden_size, num_kv_heads, head_dim, vocab_size, grid,
               nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
@@ -130,7 +150,8 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
     owns_layer = method_info(method).owns_layer
     check_cuts(method, [(c.layer, c.keep) for c in schedule.cuts])
     bounds = sorted({c.layer for c in schedule.cuts} | ({c.layer - 1 for c in schedule.cuts} if owns_layer else set()))
-    tokens = [num_image_tokens] + [c.keep for c in schedule.cuts]  # image tokens entering cut i, then after it
+    # image tokens entering cut i, then after it (SparseVLM adds its merged tokens to the kept ones)
+    tokens = [num_image_tokens] + image_tokens_leaving(method, schedule.cuts, num_image_tokens)
 
     def image_tokens_at(layer: int) -> int:  # image tokens entering decoder layer `layer`
         return tokens[sum(c.layer <= layer for c in schedule.cuts)]
@@ -145,7 +166,7 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
         if end > start
     )
     selects = tuple(
-        SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep,
+        SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep, merged=tokens[i + 1] - c.keep,
                    owned_segment=name(c.layer - 1, c.layer) if owns_layer else None)
         for i, c in enumerate(schedule.cuts)
     )

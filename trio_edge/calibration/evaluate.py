@@ -3,7 +3,8 @@
 Every method runs at its own authors' placement (FastV/DART: one cut at K=2; PyramidDrop: 8/16/24; TRIO and
 the model-free baselines: TRIO's table), scaled to the model's depth, with KEEPs set so that the layer-averaged
 image tokens equal the budget; a method that cannot reach a budget on a model gets an n/a row saying why.
-With the onnxruntime backend every exportable method also runs through its exported graphs.
+With the onnxruntime backend every exportable method also runs through its exported graphs. SparseVLM's row
+reports its realised ratio, its merged tokens counted (its KEEPs reach the budget without them).
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ class EvalResult:
         full = f"full tokens: accuracy {100 * self.full_accuracy:.1f}% on {self.n} samples"
         if kinds:
             full += " (" + ", ".join(f"{kind} {100 * self.full_by_kind[kind]:.1f}%" for kind in kinds) + ")"
-        header = f"{'budget':>7}  {'schedule':<22}{'method':<8}{'backend':<12}{'accuracy':>9}{'retention':>10}"
+        header = f"{'budget':>7}  {'schedule':<22}{'method':<10}{'backend':<12}{'accuracy':>9}{'retention':>10}"
         lines = [full, header + "".join(f"{kind:>10}" for kind in kinds)]
         for row in self.rows:
             if row["accuracy"] is None:
-                lines.append(f"{100 * row['budget']:>6.1f}%  {'n/a':<22}{row['method']:<8}{row['backend']:<12}"
+                lines.append(f"{100 * row['budget']:>6.1f}%  {'n/a':<22}{row['method']:<10}{row['backend']:<12}"
                              f"  cannot reach this budget here: {row['note']}")
                 continue
-            lines.append(f"{100 * row['budget']:>6.1f}%  {row['schedule']:<22}{row['method']:<8}{row['backend']:<12}"
+            lines.append(f"{100 * row['budget']:>6.1f}%  {row['schedule']:<22}{row['method']:<10}{row['backend']:<12}"
                          f"{100 * row['accuracy']:>8.1f}%{100 * row['retention']:>9.1f}%" + per_kind(row.get("by_kind", {})))
         return "\n".join(lines)
 
@@ -90,6 +91,9 @@ def method_schedule(adapter, grid, method: str, ratio: float):
     from ..trio.presets import eval_placement, scaled_cut_layer
     from ..trio.schedule import schedule_for_ratio
 
+    if method == "sparsevlm":  # its own layers and 192-table shape (trio.sparsevlm); merged tokens come on top
+        return (adapter.schedule(grid, keep_ratio=ratio, method=method),
+                "Gumpest/SparseVLMs layers 2/6/15 of 32 (scaled), 192-table shape; + merged tokens")
     layers_ref, weights, shape = eval_placement(method, ratio)
     num_layers, m = adapter.num_layers, adapter.image_token_count(grid)
     positions = method_info(method).positions
@@ -115,6 +119,7 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
     from ..errors import ScheduleError
     from ..trio.methods import method_info
     from ..trio.schedule import Schedule
+    from ..trio.sparsevlm import image_tokens_per_layer
 
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
@@ -137,6 +142,8 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
                 continue
             label = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
             actual = schedule.budget_ratio(layers, m)
+            if method == "sparsevlm":  # the realised ratio counts its merged tokens
+                actual = sum(image_tokens_per_layer(schedule.cuts, layers, m)) / (layers * m)
             pipeline = open_pipeline(loaded, schedule=schedule, max_new_tokens=8, method=method, seed=seed)
             acc, predictions = accuracy(pipeline, records, progress=bar)
             result.rows.append(_row(actual, label, method, "torch", acc, full_acc, accuracy_by_kind(predictions, records),
@@ -194,7 +201,7 @@ def write_plot(result: EvalResult, path: str | Path) -> None:
         draw.text((x(b) - 14, y(0) + 8), f"{100 * b:.1f}%", fill="black")
     draw.line([(margin, y(result.full_accuracy)), (width - margin, y(result.full_accuracy))], fill=(150, 150, 150))
     palette = {"trio": (219, 68, 55), "fastv": (66, 133, 244), "dart": (15, 157, 88), "pdrop": (171, 71, 188),
-               "random": (120, 120, 120), "uniform": (244, 180, 0)}
+               "random": (120, 120, 120), "uniform": (244, 180, 0), "sparsevlm": (0, 150, 136)}
     for index, method in enumerate(palette):
         points = [(x(r["budget"]), y(r["accuracy"])) for r in result.rows
                   if r["method"] == method and r["backend"] == "torch" and r["accuracy"] is not None]

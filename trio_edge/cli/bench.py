@@ -150,7 +150,7 @@ def main(argv=None):
                 reports[name] = bench.measure(pipeline, image, args.prompt, label=name, **measure)
                 bench.add_flops(reports[name], config, pipeline.plan, tiles)
     result = {"environment": bench.environment(backend, args.device), "command": command_line("trio-bench", argv),
-              "schedule": pruned.plan.schedule.describe(pruned.plan.num_layers, pruned.plan.num_image_tokens),
+              "schedule": pruned.plan.describe(),
               "weights": pruned.weight_format, "results": reports}
     print(f"weights: {pruned.weight_format}")
     for name, report in reports.items():

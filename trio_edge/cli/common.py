@@ -77,6 +77,8 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
                             "not 32 layers / 576 tokens; the method defaults to the preset's): "
                             + "; ".join(f"{p.name} = {p.method} {','.join(f'{a}:{b}' for a, b in zip(p.layers, p.keeps))}"
                                         for p in PRESETS.values()))
+    group.add_argument("--budget", type=int, help="--method sparsevlm: one of the authors' tables 64, 96, 128, 192 "
+                                                  "(image tokens kept at cuts 3/7/16 of 32 layers, scaled by depth)")
     group.add_argument("--method", metavar="METHOD", help=f"selection rule of every cut (default {defaults.METHOD}, "
                        "or the preset's): " + "; ".join(f"{m.name} ({m.source})" for m in REGISTRY.values()))
     group.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
@@ -106,7 +108,8 @@ def model_only_options(args) -> dict:
 
 def schedule_options(args) -> dict:
     """The schedule options as keyword arguments (None = not given)."""
-    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "schedule_file": args.schedule_file, "preset": args.preset,
+    return {"cuts": args.cuts, "keep_ratio": args.keep_ratio, "budget": args.budget,
+            "schedule_file": args.schedule_file, "preset": args.preset,
             "positions": args.positions, "threshold": args.threshold, "precision": args.precision}
 
 

@@ -89,8 +89,9 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 def export(model, output, *, cuts: str | None = None, keep_ratio: float | None = None,
-           schedule_file: str | None = None, preset: str | None = None, method: str | None = None,
-           grid: str | None = None, dtype: str = defaults.DTYPE, target: str = defaults.TARGET,
+           budget: int | None = None, schedule_file: str | None = None, preset: str | None = None,
+           method: str | None = None, grid: str | None = None, dtype: str = defaults.DTYPE,
+           target: str = defaults.TARGET,
            max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
            max_new_tokens: int = defaults.MAX_NEW_TOKENS, positions: str | None = None, threshold: float | None = None,
            precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,
@@ -131,8 +132,9 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     loaded = loaded or load(model, dtype=TORCH_DTYPES[tensor_dtype])
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
-    schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file,
-                                preset=preset, positions=positions, threshold=threshold, precision=precision, method=method)
+    schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, budget=budget, schedule_file=schedule_file,
+                                preset=preset, positions=positions, threshold=threshold, precision=precision,
+                                method=method)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
                     max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method)
     io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size)
@@ -145,7 +147,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     else:
         table = None
     writer = GraphWeightWriter(table, quantization, tensor_dtype) if table is not None else None
-    modules = build_modules(adapter, plan)
+    modules = build_modules(adapter, plan, fused_attention_op=target == "onnxruntime")
 
     with atomic_directory(output_dir, overwrite=force) as tmp:
         graphs = _export_all(modules, specs, plan, tmp, opset, progress, writer, tensor_dtype)
@@ -167,7 +169,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
         write_manifest(tmp, manifest, progress=progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return ExportInfo(output_dir, graphs, validation, graph_bytes / param_bytes,
-                      schedule.describe(plan.num_layers, plan.num_image_tokens), time.perf_counter() - started, peak,
+                      plan.describe(), time.perf_counter() - started, peak,
                       manifest.weight_format(), target)
 
 

@@ -47,6 +47,35 @@ def traced_joint(module: torch.nn.Module, example: tuple) -> torch.nn.Module:
                    _allow_non_fake_inputs=True)(*example)
 
 
+def _contrib_translations() -> dict:
+    """Our custom ops -> ONNX Runtime contrib ops (com.microsoft), for the onnxruntime export target."""
+    import onnxscript
+    from onnx.defs import OpSchema
+
+    from ..models import attention_op  # noqa: F401  (registers torch.ops.trio_edge.group_query_attention)
+
+    param = OpSchema.FormalParameter
+    schema = OpSchema(
+        "GroupQueryAttention", "com.microsoft", 1,
+        inputs=[param("query", "T"), param("key", "T"), param("value", "T"), param("past_key", "T"),
+                param("past_value", "T"), param("seqlens_k", "M"), param("total_sequence_length", "M")],
+        outputs=[param("output", "T"), param("present_key", "T"), param("present_value", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "activations"),
+                          ("M", ["tensor(int32)"], "lengths")],
+        attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "query heads"),
+                    OpSchema.Attribute("kv_num_heads", OpSchema.AttrType.INT, "key/value heads"),
+                    OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale")])
+    gqa = onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), "GroupQueryAttention", schema)
+
+    def group_query_attention(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
+                              num_heads: int, kv_num_heads: int, scale: float):
+        output, _, _ = gqa(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
+                           num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale, _outputs=3)
+        return output
+
+    return {torch.ops.trio_edge.group_query_attention.default: group_query_attention}
+
+
 def dynamic_shapes(spec: GraphSpec, ranges: dict[str, tuple[int, int]]):
     from torch.export import Dim
 
@@ -70,6 +99,7 @@ def export_graph(module, spec: GraphSpec, example: dict, ranges: dict, path: Pat
                 target, args, dynamo=True, opset_version=opset,
                 input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
                 dynamic_shapes=dynamic_shapes(spec, ranges) if ranges else None,
+                custom_translation_table=_contrib_translations(),
             )
             weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
             program.save(path, external_data=external_data or weights > EXTERNAL_DATA_BYTES)

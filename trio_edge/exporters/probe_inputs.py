@@ -32,6 +32,9 @@ def random_inputs(spec: GraphSpec, plan: PipelinePlan, *, seed: int, text_tokens
                 inputs[tensor.name] = torch.tensor(past)
             elif tensor.name == "image_start":
                 inputs[tensor.name] = torch.tensor(image_start)
+            elif tensor.name == "raters":  # SparseVLM's 0/1 rater mask: some of the text after the image
+                after = torch.arange(length)[None] >= image_start + plan.image_tokens_entering(spec.name)
+                inputs[tensor.name] = (after & (torch.rand(shape, generator=generator) < 0.5)).to(dtype)
             elif tensor.name == "input_ids":
                 ids = torch.randint(5, plan.vocab_size, shape, generator=generator)
                 if image_token_id is not None and length > 1:

@@ -70,15 +70,22 @@ def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float
     shape = DecoderShape.from_config(config.text_config)
     flops = {"vision": vision_flops(config.vision_config, tiles, shape.hidden)}
     text = prompt_tokens - plan.num_image_tokens
-    decode = 0.0
     for stage in plan.stages():
         if hasattr(stage, "keep"):
-            flops[stage.name] = select_flops(shape, text + stage.tokens_in, stage.tokens_in, plan.nms_iterations)
+            seq = text + stage.tokens_in
+            if getattr(stage, "owned_segment", None):  # runs layer N-1 on every token; the rule itself is small
+                flops[stage.name] = shape.layer_flops(seq, seq)
+            else:
+                flops[stage.name] = select_flops(shape, seq, stage.tokens_in, plan.nms_iterations)
             continue
         seq = text + stage.image_tokens
         layers = stage.end - stage.start
         flops[stage.name] = layers * shape.layer_flops(seq, seq) + (shape.head_flops() if stage.with_head else 0.0)
-        decode += layers * shape.layer_flops(1, seq + 1) + (shape.head_flops() if stage.with_head else 0.0)
+    decode = 0.0
+    for segment in plan.segments:  # every segment decodes, also those a select runs in prefill
+        seq = text + segment.image_tokens
+        decode += ((segment.end - segment.start) * shape.layer_flops(1, seq + 1)
+                   + (shape.head_flops() if segment.with_head else 0.0))
     flops["prefill_total"] = sum(flops.values())
     flops["decode_per_token"] = decode
     return flops
@@ -93,6 +100,20 @@ def fp32_prefill_flops(config, plan, text_tokens: int) -> float:
         parts = select_flops_parts(shape, text_tokens + select.tokens_in, select.tokens_in, plan.nms_iterations)
         total += parts["nms"] + (parts["proxy"] if plan.schedule.precision == "fp32" else 0.0)
     return total
+
+
+def prefill_flops_by_layer_tokens(shape: DecoderShape, text_tokens: int, image_tokens_per_layer) -> float:
+    """Decoder prefill FLOPs (+ lm_head for the last position) when layer l sees text + image_tokens_per_layer[l]
+    tokens: any pruning schedule, merged tokens included."""
+    total = sum(shape.layer_flops(text_tokens + m, text_tokens + m) for m in image_tokens_per_layer)
+    return total + shape.head_flops()
+
+
+def kv_bytes_by_layer_tokens(shape: DecoderShape, text_tokens: int, image_tokens_per_layer,
+                             bytes_per_element: int) -> int:
+    """Bytes of the prompt's KV cache when layer l holds text + image_tokens_per_layer[l] positions."""
+    per_position = 2 * shape.kv_heads * shape.head_dim * bytes_per_element
+    return sum((text_tokens + m) * per_position for m in image_tokens_per_layer)
 
 
 def decode_bytes_per_token(config, plan, bytes_per_element: int, prompt_tokens: int) -> float:

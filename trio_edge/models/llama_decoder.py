@@ -126,14 +126,17 @@ def attention_with_probs(q, k, v, bias, scale):
     return out.transpose(0, 1).reshape(t, num_heads * head_dim), probs.reshape(num_heads, t, -1)
 
 
-def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False, filled: int | None = None):
+def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False, filled: int | None = None,
+               fused_op: bool = False):
     """One decoder layer on h (T, D) with the layer's cache kv (2, KVH, N, hd); returns (h, kv_or_new).
 
     In place (`in_place`): writes the new keys/values into kv and returns kv; `mask` is the bool causal
-    mask over the buffer, and `filled` (CPU) the slots to read, past_length + T. A call with T > 1 is a
+    mask over the buffer, and `filled` (CPU) the slots to read, past_length + T. Export form: kv holds only
+    the layer's past slots (2, KVH, past_length, hd). A call with T > 1 is a
     prefill from slot 0 (the runtime's only multi-token call): it attends causally within its own T
-    positions (SDPA's flash path). Export form: reads slots [0, filled - T) of kv plus the new keys/values
-    under `mask`, an additive bias (T, filled) (see mask_bias), and returns the new (2, KVH, T, hd)."""
+    positions (SDPA's flash path). Export form: attends over those past slots plus the new keys/values
+    under `mask`, an additive bias (T, filled) (see mask_bias), and returns the new (2, KVH, T, hd);
+    `fused_op` writes that attention as one group_query_attention op (ONNX Runtime's fused GQA on export)."""
     x = layer.input_layernorm(h)
     q, k, v = project_qkv(layer, x, cos, sin)
     scale = layer.self_attn.scaling
@@ -147,15 +150,35 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
         else:
             attn = fused_attention(q, kv[0], kv[1], mask, scale)
         kv_out = kv
-    else:
-        past = filled - h.shape[0]
-        keys = torch.cat((kv[0, :, :past], k), dim=1)  # (KVH, past + T, hd)
-        values = torch.cat((kv[1, :, :past], v), dim=1)
+    elif fused_op:
+        attn = _fused_op_attention(q, k, v, kv, scale)
+        kv_out = torch.stack((k, v))
+    else:  # kv holds exactly the past slots here (the segment sliced them once for every layer)
+        keys = torch.cat((kv[0], k), dim=1)  # (KVH, past + T, hd)
+        values = torch.cat((kv[1], v), dim=1)
         attn = grouped_attention(q, keys, values, mask, scale)
         kv_out = torch.stack((k, v))
     h = h + layer.self_attn.o_proj(attn)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
     return h, kv_out
+
+
+def _fused_op_attention(q, k, v, past_kv, scale: float):
+    """layer_step's export attention as the group_query_attention op (models.attention_op) over the past slots
+    past_kv (2, KVH, P, hd) and the new keys/values: (T, H*hd)."""
+    from . import attention_op  # noqa: F401  (registers the op)
+
+    num_heads, t, head_dim = q.shape
+    num_kv = k.shape[0]
+    filled = past_kv.shape[2] + t
+    total = torch.full((), filled, dtype=torch.int32, device=q.device)
+
+    def flat(x):  # (heads, T, hd) -> (1, T, heads*hd)
+        return x.transpose(0, 1).reshape(1, t, -1)
+
+    out = torch.ops.trio_edge.group_query_attention(flat(q), flat(k), flat(v), past_kv[0][None], past_kv[1][None],
+                                                    (total - 1).reshape(1), total, num_heads, num_kv, float(scale))
+    return out[0]  # (T, H*hd)
 
 
 class DecoderSegment(nn.Module):
@@ -168,9 +191,11 @@ class DecoderSegment(nn.Module):
 
     cuda_graph_safe = True  # fixed shapes per call, no host synchronisation, no data-dependent control flow
 
-    def __init__(self, decoder: "LlamaFamilyDecoder", start: int, end: int, with_head: bool, in_place: bool = False):
+    def __init__(self, decoder: "LlamaFamilyDecoder", start: int, end: int, with_head: bool, in_place: bool = False,
+                 fused_op: bool = False):
         super().__init__()
         self.in_place = in_place
+        self.fused_op = fused_op  # export form: attention as one group_query_attention op (ONNX Runtime's GQA)
         self.in_place_inputs = ("kv",) if in_place else ()  # inputs the call writes (a CUDA graph keeps them)
         self.layers = nn.ModuleList(decoder.layers[start:end])
         self.rotary = decoder.rotary
@@ -187,10 +212,15 @@ class DecoderSegment(nn.Module):
         past = past_length.item()  # the export's one data-dependent size: the slots read
         torch._check(past >= 0)
         torch._check(past + t <= capacity)
-        mask = mask_bias(causal_over_buffer(past_length, t, past + t))  # one mask for every layer
+        # one mask for every layer (the fused op builds its own)
+        mask = None if self.fused_op else mask_bias(causal_over_buffer(past_length, t, past + t))
+        # the filled slots of every layer, sliced once before any layer: slicing a layer out of the whole cache
+        # first would copy all of its capacity on every step
+        past_kv = kv[:, :, :, :past]  # (L, 2, KVH, past, hd)
         new = []
         for index, layer in enumerate(self.layers):
-            h, layer_new = layer_step(layer, h, cos, sin, kv[index], past_length, mask, filled=past + t)
+            h, layer_new = layer_step(layer, h, cos, sin, past_kv[index], past_length, mask,
+                                      fused_op=self.fused_op)
             new.append(layer_new)
         kv_out = scatter_new_slots(kv, torch.stack(new), past_length) if new else kv
         return self._head(h), kv_out
@@ -243,8 +273,9 @@ class LlamaFamilyDecoder:
         return LlamaFamilyDecoder(embed, [clone(self.layers[layer_index])], self.rotary, clone(self.norm),
                                   clone(self.lm_head))
 
-    def segment(self, start: int, end: int, with_head: bool, in_place: bool = False) -> DecoderSegment:
-        return DecoderSegment(self, start, end, with_head, in_place)
+    def segment(self, start: int, end: int, with_head: bool, in_place: bool = False,
+                fused_op: bool = False) -> DecoderSegment:
+        return DecoderSegment(self, start, end, with_head, in_place, fused_op)
 
     def proxy_logits(self, layer_index, h, position_ids, query_rows):
         """TRIO proxy: layer `layer_index` on h (S, D) for the queries picked by `query_rows` (Q, S)

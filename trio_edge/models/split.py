@@ -7,6 +7,7 @@ from torch import nn
 
 from ..graph_ops import clamp_index, running_count
 from ..trio.select_module import LayerOwningSelectStage, SelectStage
+from ..trio.sparsevlm import RATERS_GRAPH, SparseVLMRaters, SparseVLMSelectStage
 
 
 class EmbedAndMerge(nn.Module):
@@ -29,22 +30,30 @@ class EmbedAndMerge(nn.Module):
         return torch.where(is_image[:, None], image, text)[None]
 
 
-def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False) -> dict[str, nn.Module]:
+def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
+                  fused_attention_op: bool = False) -> dict[str, nn.Module]:
     """Graph name -> PyTorch module; these are what the torch backend runs and what export traces.
 
     `plan.method` picks the selection rule of every cut (trio.methods says where it acts). `runtime_form`
     builds the torch runtime's forms (segments write KV in place with fused attention; selects iterate
-    Cluster-NMS to its fixed point); export traces the default, graph-friendly forms."""
+    Cluster-NMS to its fixed point); export traces the default, graph-friendly forms, with attention as one
+    fused op per layer when `fused_attention_op` (the onnxruntime export target: ONNX Runtime's GQA)."""
     decoder = adapter.decoder
     modules = {
         "vision": adapter.vision_module(plan.grid),
         "embed": EmbedAndMerge(decoder.embed_tokens, adapter.image_token_id),
     }
     for seg in plan.segments:
-        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form)
+        modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form,
+                                            fused_op=fused_attention_op and not runtime_form)
+    if plan.method == "sparsevlm" and plan.selects:
+        modules[RATERS_GRAPH] = SparseVLMRaters(plan.num_image_tokens, plan.max_text_tokens)
     for sel in plan.selects:
         owned = plan.owned_segment_of(sel)
-        if owned is not None:
+        if plan.method == "sparsevlm":
+            modules[sel.name] = SparseVLMSelectStage(decoder, owned.start, sel.tokens_in, sel.keep,
+                                                     runtime_form=runtime_form, max_text_tokens=plan.max_text_tokens)
+        elif owned is not None:
             modules[sel.name] = LayerOwningSelectStage(decoder, owned.start, sel.tokens_in, sel.keep, plan.schedule,
                                                        plan.method, runtime_form=runtime_form)
         else:

@@ -20,8 +20,8 @@ from .backends import BACKENDS, check_device
 from .pipeline import Pipeline
 
 # options that only make sense for a model: an export fixed them when it was written
-MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "schedule_file", "preset", "positions", "threshold", "precision",
-                      "method", "grid", "max_text_tokens", "nms_iterations")
+MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "budget", "schedule_file", "preset", "positions", "threshold",
+                      "precision", "method", "grid", "max_text_tokens", "nms_iterations")
 
 
 def open_pipeline(source, *, backend: str | None = None, device: str = defaults.DEVICE,

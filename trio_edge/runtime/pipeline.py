@@ -17,6 +17,7 @@ from ..artifact.dtypes import TORCH_DTYPES
 from ..artifact.plan import PipelinePlan, SegmentPlan, SelectPlan
 from ..errors import InputError
 from ..models.preprocess import load_image
+from ..trio.methods import RATERS_GRAPH
 from ..trio.select_module import apply_selection
 from ..trio.selection import select_tokens
 
@@ -71,6 +72,11 @@ class Pipeline:
         if text_tokens > self.plan.max_text_tokens:
             raise InputError(f"the prompt has {text_tokens} text tokens; this export allows at most "
                              f"{self.plan.max_text_tokens} (shorten it, or re-export with a larger --max-text-tokens)")
+        if self.plan.method == "sparsevlm" and self.plan.selects:
+            image_end = int((input_ids[0] == self.io.image_token_id).to(torch.int64).cumsum(0).argmax()) + 1
+            if image_end >= input_ids.shape[1]:
+                raise InputError("SparseVLM needs text after the image (its raters are chosen among those tokens); "
+                                 "put the question after <image> in the prompt")
         pixels = self.io.pixel_values(load_image(image), self.plan.grid).to(self.device, self.dtype)
         return pixels, input_ids
 
@@ -81,11 +87,22 @@ class Pipeline:
         self.kv[seg.name] = out["kv_out"]
         return out["logits" if seg.with_head else "hidden_out"]
 
-    def _run_select(self, sel: SelectPlan, hidden, position_ids, image_start: int):
+    def _choose_raters(self, hidden, image_start: int):
+        """SparseVLM's text raters, once, on the language model's input: (1, S) 0/1."""
+        start = torch.tensor(image_start, dtype=torch.int64, device=self.device)
+        raters = self.backend.run(RATERS_GRAPH, {"hidden": hidden, "image_start": start})["raters"]
+        if not bool(raters.sum() > 0):
+            raise InputError("SparseVLM found no text raters after the image (it needs the question after the image "
+                             "to score image tokens); put the question after <image> in the prompt")
+        return raters
+
+    def _run_select(self, sel: SelectPlan, hidden, position_ids, image_start: int, raters=None):
         start = torch.tensor(image_start, dtype=torch.int64, device=self.device)
         inputs = {"hidden": hidden, "position_ids": position_ids, "image_start": start}
         if sel.owned_segment is not None:  # the select runs that segment's layer in prefill and writes its KV
             inputs["kv"] = self.kv[sel.owned_segment]
+        if raters is not None:
+            inputs["raters"] = raters
         out = self.backend.run(sel.name, inputs)
         if sel.owned_segment is not None:
             self.kv[sel.owned_segment] = out["kv_out"]
@@ -115,16 +132,22 @@ class Pipeline:
         t = clock.lap("embed", t)
         image_start = int((input_ids[0] == self.io.image_token_id).to(torch.int64).argmax())
         position_ids = torch.arange(input_ids.shape[1], device=self.device)[None]
-        image_ids = torch.arange(self.plan.num_image_tokens, device=self.device)
+        image_ids = torch.arange(self.plan.num_image_tokens, device=self.device)  # merged tokens: -1
+        raters = None
+        if self.plan.method == "sparsevlm" and self.plan.selects:
+            raters = self._choose_raters(hidden, image_start)
+            t = clock.lap(RATERS_GRAPH, t)
         kept, lengths = [], {}
         for stage in self.plan.stages():
             if isinstance(stage, SelectPlan):
                 if stage.owned_segment is not None:
                     lengths[stage.owned_segment] = hidden.shape[1]
-                out = self._run_select(stage, hidden, position_ids, image_start)
-                hidden, position_ids = out["hidden_out"], out["position_ids_out"]
+                out = self._run_select(stage, hidden, position_ids, image_start, raters)
+                hidden, position_ids, raters = out["hidden_out"], out["position_ids_out"], out.get("raters_out")
                 image_ids = image_ids.index_select(0, out["kept"])
-                kept.append(image_ids.tolist())
+                kept.append([i for i in image_ids.tolist() if i >= 0])  # original indices; merged ones have none
+                merged = torch.full((stage.merged,), -1, dtype=image_ids.dtype, device=self.device)
+                image_ids = torch.cat([image_ids, merged])
             else:
                 lengths[stage.name] = hidden.shape[1]
                 hidden = self._run_segment(stage, hidden, position_ids,

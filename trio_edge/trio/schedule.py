@@ -162,10 +162,11 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
 def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None, schedule_file=None,
                      preset: str | None = None,
                      positions: str | None = None, threshold: float | None = None, precision: str | None = None,
-                     method: str | None = None, default_cut_layers=(), default_keep_weights=(), num_layers: int,
-                     num_image_tokens: int) -> Schedule:
+                     method: str | None = None, budget: int | None = None, default_cut_layers=(),
+                     default_keep_weights=(), num_layers: int, num_image_tokens: int) -> Schedule:
     """One schedule from the mutually exclusive user options; no option means no pruning. `method` gives the
-    default positions (its authors' choice, trio.methods) and checks the cut layers it can act at."""
+    default positions (its authors' choice, trio.methods) and checks the cut layers it can act at. `budget` picks
+    one of SparseVLM's tables (--method sparsevlm only)."""
     from .methods import check_cuts, method_info
     from .presets import method_for, preset_info
 
@@ -173,12 +174,24 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
         method = method_for(method, preset, "trio")
     if method is not None and positions is None and schedule_file is None:
         positions = method_info(method).positions
-    given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio),
+    given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio), ("--budget", budget),
                                       ("--schedule-file", schedule_file), ("--preset", preset)) if value is not None]
+    if budget is not None and method != "sparsevlm":
+        raise ScheduleError("--budget picks one of SparseVLM's tables: use it with --method sparsevlm "
+                            "(for other methods pass --keep-ratio or --cuts)")
     if len(given) > 1:
         raise ScheduleError(f"{' and '.join(given)} are mutually exclusive; pass one")
     overrides = {k: v for k, v in (("positions", positions), ("threshold", threshold), ("precision", precision))
                  if v is not None}
+    if method == "sparsevlm" and any(value is not None for value in (budget, keep_ratio, cuts)):
+        if positions == "original":
+            raise ScheduleError("--method sparsevlm renumbers positions after each cut, as its authors' code does; "
+                                "drop --positions original")
+        from .sparsevlm import sparsevlm_schedule
+
+        schedule = sparsevlm_schedule(num_layers=num_layers, num_image_tokens=num_image_tokens, budget=budget,
+                                      keep_ratio=keep_ratio, cuts=cuts, **overrides)
+        return schedule.validate(num_layers, num_image_tokens)
     if schedule_file is not None:
         from pathlib import Path
 
