@@ -50,7 +50,7 @@ def main(argv=None):
     print(result.table())
     body = {"command": command_line("trio-eval", argv), "model": args.model,
             "data": args.data, "n": result.n, "full_accuracy": result.full_accuracy,
-            "full_by_kind": result.full_by_kind, "rows": result.rows, "skipped": result.skipped}
+            "full_by_kind": result.full_by_kind, "rows": result.rows}
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(body, indent=2))
     if args.plot:
