@@ -95,7 +95,7 @@ def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int
     check_value_dtypes(ctx)
     check_external_data(ctx)
     return CheckReport(str(path), ctx.errors, ctx.warnings, max(ctx.needs) if ctx.needs else None,
-                       tuple(sorted(ctx.contrib_ops)))
+                       tuple(sorted(ctx.contrib_ops)), trt_version)
 
 
 def _check_listed_file(directory: Path, rel: str, axes: Axes, manifest_ok: bool,

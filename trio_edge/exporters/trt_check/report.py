@@ -27,17 +27,24 @@ class CheckReport:
     warnings: list[Finding] = field(default_factory=list)
     needs: tuple[tuple[int, ...], str] | None = None  # (oldest TensorRT that parses it, op) when newer than checked
     contrib_ops: tuple[str, ...] = ()  # ONNX Runtime contrib ops (com.microsoft) in the graph
+    trt_version: tuple[int, ...] | None = None  # the TensorRT version whose rules were applied
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
+def _rules_label(trt_version: tuple[int, ...] | None) -> str:
+    if trt_version is None:
+        return f"TensorRT {TENSORRT_VERSION_CHECKED} rules"
+    return f"TensorRT {'.'.join(map(str, trt_version))} rules (parser tables of {TENSORRT_VERSION_CHECKED})"
+
+
 def format_report(report: CheckReport) -> str:
     """A human-readable per-node table of the report's errors and warnings."""
     status = "OK" if report.ok else "FAIL"
     head = (f"{report.path}: {status} - {len(report.errors)} error(s), "
-            f"{len(report.warnings)} warning(s) [TensorRT {TENSORRT_VERSION_CHECKED} rules]")
+            f"{len(report.warnings)} warning(s) [{_rules_label(report.trt_version)}]")
     rows = [("ERROR", f) for f in report.errors] + [("warning", f) for f in report.warnings]
     if not rows:
         return head
