@@ -314,9 +314,14 @@ class LlamaFamilyDecoder:
         return torch.softmax(scores.float(), dim=-1).to(h.dtype).float().mean(dim=0)[0]
 
     @staticmethod
-    def scatter_new_slots(cache, new, past_length):
-        """See scatter_new_slots: the one KV write a segment graph does, for select graphs that own a layer."""
-        return scatter_new_slots(cache, new, past_length)
+    def write_owned_layer_kv(kv, new_kv, in_place: bool):
+        """A select graph that owns a layer writes that layer's prefill keys/values `new_kv` (2, KVH, S, hd) at
+        slots 0..S-1 of its one-layer cache `kv` (1, 2, KVH, N, hd): in place for the torch runtime, else with
+        the one scatter a segment graph does (scatter_new_slots). Returns the cache to output."""
+        if in_place:
+            kv[0, :, :, :new_kv.shape[2]] = new_kv
+            return kv
+        return scatter_new_slots(kv, new_kv[None], torch.zeros((), dtype=torch.int64, device=kv.device))
 
     def layer_with_attention(self, layer_index, h, position_ids):
         """A prefill of layer `layer_index` on all S tokens of h (S, D) that also exposes what token-scoring

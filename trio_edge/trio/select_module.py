@@ -159,10 +159,5 @@ class LayerOwningSelectStage(nn.Module):
         view = LayerView(probs, keys, states, h, h_out, self.norm(h_out), image_start, span)
         kept, scores = self.rule(view, self.keep)
         hidden_out, position_out = apply_selection(h_out[None], position_ids, image_start, m, kept, self.renumber)
-        start = torch.zeros((), dtype=torch.int64, device=hidden.device)
-        if self.runtime_form:  # the torch runtime's cache, written in place like its segments'
-            kv[0, :, :, :h.shape[0]] = new_kv
-            kv_out = kv
-        else:  # one scatter from the kv input to kv_out, like a segment graph's
-            kv_out = self._decoder.scatter_new_slots(kv, new_kv[None], start)
+        kv_out = self._decoder.write_owned_layer_kv(kv, new_kv, in_place=self.runtime_form)
         return kept, torch.tensor(True), hidden_out, position_out, scores.float(), kv_out

@@ -345,10 +345,5 @@ class SparseVLMSelectStage(torch.nn.Module):
         scores = rater_scores(attention, raters[0].float().index_select(0, rows))  # (M,); repeated rows: 0 weight
         kept, _, hidden_out, positions, raters_out = prune_and_recycle(h_out[None], scores, image_start, self.keep,
                                                                        raters=raters[0].float())
-        start = torch.zeros((), dtype=torch.int64, device=hidden.device)
-        if self.runtime_form:  # the torch runtime's cache, written in place like its segments'
-            kv[0, :, :, :h.shape[0]] = new_kv
-            kv_out = kv
-        else:  # one scatter from the kv input to kv_out, like a segment graph's
-            kv_out = self._decoder.scatter_new_slots(kv, new_kv[None], start)
+        kv_out = self._decoder.write_owned_layer_kv(kv, new_kv, in_place=self.runtime_form)
         return kept, torch.tensor(True), hidden_out, positions, scores, kv_out, raters_out[None]
