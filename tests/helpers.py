@@ -96,3 +96,11 @@ def assert_same_generations(expected: Pipeline, got: Pipeline, requests, *, max_
         assert have.kept == want.kept, f"request {index}: kept indices differ"
         assert have.token_ids == want.token_ids, f"request {index}: tokens differ"
         torch.testing.assert_close(have.first_logits.cpu(), want.first_logits.cpu(), rtol=tol, atol=tol)
+
+
+def assert_ready_for_tensorrt(directory) -> None:
+    """trio-check finds no error in any graph of the export at `directory` (TensorRT 10.3 rules)."""
+    from trio_edge.exporters.trt_check import check_directory
+
+    reports = check_directory(directory)
+    assert reports and all(r.ok for r in reports), [f.message for r in reports for f in r.errors]

@@ -8,13 +8,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import assert_same_generations
+from helpers import assert_ready_for_tensorrt, assert_same_generations
 from PIL import Image
 
 from trio_edge import load
 from trio_edge.artifact.manifest import read_manifest
 from trio_edge.errors import ArtifactError, InputError
-from trio_edge.exporters.trt_check import check_directory
 
 FORBIDDEN_OPS = {"Loop", "If", "NonZero", "Scan", "ScatterND", "ScatterElements", "Scatter"}
 WORDS = "what color is the circle square left right how many objects are there red blue shape".split()
@@ -67,8 +66,7 @@ def test_onnx_pipeline_matches_torch_pipeline_on_20_requests(exported):
 
 def test_trio_check_passes_on_export(exported):
     _, directory, _ = exported
-    reports = check_directory(directory)
-    assert reports and all(r.ok for r in reports), [f.message for r in reports for f in r.errors]
+    assert_ready_for_tensorrt(directory)
 
 
 def _copy(directory, tmp_path):

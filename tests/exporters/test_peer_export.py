@@ -4,13 +4,12 @@ pipeline (kept indices identical), fixed shapes, trio-check clean; bad method/sc
 import numpy as np
 import onnx
 import pytest
-from helpers import assert_same_generations
+from helpers import assert_ready_for_tensorrt, assert_same_generations
 from test_export import FORBIDDEN_OPS, random_requests
 
 from trio_edge import load
 from trio_edge.artifact.manifest import read_manifest
 from trio_edge.cli.export import main as export_main
-from trio_edge.exporters.trt_check import check_directory
 
 
 @pytest.fixture(scope="module", params=["fastv_one_cut", pytest.param("dart_one_cut", marks=pytest.mark.slow),
@@ -55,8 +54,7 @@ def test_onnx_peer_pipeline_matches_torch(peer_export):
 
 
 def test_trio_check_passes_on_peer_export(peer_export):
-    reports = check_directory(peer_export[1])
-    assert reports and all(r.ok for r in reports), [f.message for r in reports for f in r.errors]
+    assert_ready_for_tensorrt(peer_export[1])
 
 
 @pytest.mark.parametrize("argv, message", [

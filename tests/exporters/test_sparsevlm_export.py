@@ -4,7 +4,7 @@ shapes (no scatter in the rule), trio-check clean; bad budgets, shallow models a
 
 import onnx
 import pytest
-from helpers import assert_same_generations
+from helpers import assert_ready_for_tensorrt, assert_same_generations
 from test_export import random_requests
 
 from trio_edge import load
@@ -12,7 +12,6 @@ from trio_edge.artifact.manifest import read_manifest
 from trio_edge.cli.export import main as export_main
 from trio_edge.cli.run import main as run_main
 from trio_edge.errors import InputError
-from trio_edge.exporters.trt_check import check_directory
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,7 @@ def test_onnx_sparsevlm_pipeline_matches_torch(sparsevlm_export):
 
 
 def test_trio_check_passes_on_sparsevlm_export(sparsevlm_export):
-    reports = check_directory(sparsevlm_export[1])
-    assert reports and all(r.ok for r in reports), [f.message for r in reports for f in r.errors]
+    assert_ready_for_tensorrt(sparsevlm_export[1])
 
 
 def test_prompt_without_text_after_the_image_is_refused(sparsevlm_export, images, tmp_path, capsys):
