@@ -87,7 +87,7 @@ def test_select_tokens_matches_brute_force(chunk):
 @pytest.mark.parametrize("chunk", range(8))
 def test_fixed_matches_reference_when_converged(chunk):
     for n, (scores, features, keep, threshold) in enumerate(CASES[chunk::8]):
-        needed = cluster_iterations_needed(scores, features, threshold)
+        needed = cluster_iterations_needed(scores, features, threshold, keep)
         expected = select_tokens(scores, features, keep, threshold)
         for iterations in (needed, needed + 2):
             kept, converged = nms_select_fixed(scores, features, keep, threshold, iterations)

@@ -81,53 +81,93 @@ def select_tokens(scores: torch.Tensor, features: torch.Tensor, keep: int, thres
     return torch.tensor(sorted(kept), dtype=torch.long, device=scores.device)
 
 
-def _suppression_mask(scores, features, threshold):
-    """precedes[i, j]: i is visited before j; returns (rank, float A with A[i,j] = i may suppress j)."""
+def _exact_keys(key: torch.Tensor, bound: int) -> torch.Tensor:
+    """Integer TopK keys below `bound` as floats TopK compares exactly (float32 up to 2**24)."""
+    return key.float() if bound <= 2**24 else key.double()
+
+
+def visiting_order(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """The first `count` image tokens in visiting order (descending score, equal scores lower index first), as
+    (count,) int64 indices. Fixed-shape and exact without any (M, M) comparison: each TopK here either sees
+    distinct keys or is read for its values only, so its tie behaviour never matters."""
     num_tokens = scores.shape[0]
     idx = torch.arange(num_tokens, device=scores.device)
-    # Explicit tie rule instead of trusting sort stability (TopK makes no promise).
-    precedes = (scores[:, None] > scores[None, :]) | (
-        (scores[:, None] == scores[None, :]) & (idx[:, None] < idx[None, :])
-    )
-    rank = precedes.sum(dim=0)  # number of tokens visited before j = its sorted position
-    # Row i is the suppressor, exactly like above[kept] in the reference.
-    may_suppress = precedes & (cosine_similarity_matrix(features) >= threshold)
-    return rank, may_suppress.float()
+    lowest_first = num_tokens - 1 - idx
+    if count < num_tokens:
+        # The set: every score above the count-th highest, then the lowest indices at that score.
+        bound = torch.topk(scores, count).values[count - 1:]
+        tier = (scores > bound).long() * 2 + (scores == bound).long()
+        key = _exact_keys(tier * num_tokens + lowest_first, 3 * num_tokens)
+        chosen = key >= torch.topk(key, count).values[count - 1:]
+        # ... in index order (distinct keys again), so a position among them orders equal scores.
+        candidates = torch.topk(_exact_keys(chosen.long() * num_tokens + lowest_first, 2 * num_tokens), count).indices
+    else:
+        candidates = idx
+    values, position = torch.topk(scores.index_select(0, candidates), count)  # ties in any order
+    new_value = torch.cat((torch.zeros_like(position[:1]), (values[1:] != values[:-1]).long()))
+    tier = count - torch.cumsum(new_value, 0)  # count for the highest score, one less per lower distinct score
+    key = _exact_keys(tier * count + (count - 1 - position), count * count + count)
+    return candidates.index_select(0, position.index_select(0, torch.topk(key, count).indices))
 
 
-def _cluster_step(keep_vec, may_suppress):
-    # 0/1 matmul counts kept suppressors of each j exactly (float32 is exact below 2**24).
-    return 1.0 - ((keep_vec[None, :] @ may_suppress)[0] > 0).float()
+def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int, candidates: int,
+                 stop_at_fixed_point: bool = False):
+    """Cluster-NMS over the first `candidates` tokens in visiting order: returns (visit (C,) their indices,
+    keep_vec (C,) float 0/1, converged (), steps run).
+
+    Works in visiting order, so "i is visited before j" is the strict upper triangle: no (M, M) rank
+    comparisons, and similarities only among the C candidates. After t steps the first t candidates are final;
+    the greedy result only reads the candidates up to its `keep`-th survivor, so a step that changes none of
+    those has settled it (the prefix is then a fixed point, and a prefix's fixed point is unique: the greedy
+    one). Fewer than `keep` survivors among fewer candidates than tokens leaves the fill undecided: not
+    converged, the caller falls back to the exact rule."""
+    num_tokens = scores.shape[0]
+    visit = visiting_order(scores, candidates)
+    similar = cosine_similarity_matrix(features.index_select(0, visit)) >= threshold  # (C, C)
+    # positions 0..C-1 computed from the data, so that export does not fold the triangle into a constant
+    position = torch.cumsum(torch.ones_like(visit), 0)
+    may_suppress = (similar & (position[:, None] < position[None, :])).float()  # row i suppresses column j
+
+    keep_vec = torch.ones(candidates, dtype=torch.float32, device=scores.device)
+    converged, steps = torch.tensor(False), 0
+    for steps in range(1, int(iterations) + 1):  # unrolled at trace time: no ONNX Loop
+        previous = keep_vec
+        # 0/1 matmul counts kept suppressors of each j exactly (float32 is exact below 2**24).
+        keep_vec = 1.0 - ((keep_vec[None, :] @ may_suppress)[0] > 0).float()
+        read = (torch.cumsum(keep_vec, 0) - keep_vec) < keep  # up to and including the keep-th survivor
+        converged = ~((previous != keep_vec) & read).any()
+        if candidates < num_tokens:  # the fill would need the tokens beyond the candidates
+            converged = converged & (keep_vec.sum() >= keep)
+        if stop_at_fixed_point and bool(converged):
+            break
+    return visit, keep_vec, converged, steps
 
 
 def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: int,
-                     stop_at_fixed_point: bool = False):
+                     stop_at_fixed_point: bool = False, candidates: int | None = None):
     """Fixed-shape, loop-free twin of ``select_tokens`` for ONNX export.
 
-    Runs ``iterations`` unrolled Cluster-NMS steps. Returns ``(kept, converged)``;
-    when ``converged`` is True, ``kept`` equals ``select_tokens`` exactly.
-    ``stop_at_fixed_point`` (eager runtimes, not export) stops as soon as a step changes nothing: the
-    result is the same, since further steps leave a fixed point unchanged.
+    Runs ``iterations`` unrolled Cluster-NMS steps over the first ``candidates`` tokens in visiting order
+    (all tokens when None). Returns ``(kept, converged)``; when ``converged`` is True, ``kept`` equals
+    ``select_tokens`` exactly. ``stop_at_fixed_point`` (eager runtimes, not export) stops as soon as the
+    result has settled: further steps leave it unchanged.
     """
     keep = _check_inputs(scores, features, keep, threshold)
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
         raise InputError(f"iterations={iterations!r} must be an integer >= 1; use cluster_iterations_needed()")
-    num_tokens = scores.shape[0]
-    rank, may_suppress = _suppression_mask(scores, features, threshold)
-
-    keep_vec = torch.ones(num_tokens, dtype=torch.float32, device=scores.device)
-    previous = keep_vec
-    for _ in range(int(iterations)):  # unrolled at trace time: no ONNX Loop
-        previous, keep_vec = keep_vec, _cluster_step(keep_vec, may_suppress)
-        if stop_at_fixed_point and torch.equal(previous, keep_vec):
-            break
-    converged = (previous == keep_vec).all()  # a fixed point is exactly the greedy result
-
-    # Kept tokens first (in visiting order), then the fill in visiting order.
-    # Ranks are distinct, so the keys are too and TopK ties cannot arise.
-    key = keep_vec.long() * num_tokens + (num_tokens - rank)
-    chosen = torch.topk(key, keep).indices
+    count = nms_candidates(scores.shape[0], keep, candidates)
+    visit, keep_vec, converged, _ = _cluster_nms(scores, features, keep, threshold, iterations, count,
+                                                 stop_at_fixed_point)
+    # Kept candidates first (in visiting order), then the fill in visiting order: distinct keys.
+    position = torch.arange(count, device=scores.device)
+    key = keep_vec.long() * count + (count - 1 - position)
+    chosen = visit.index_select(0, torch.topk(_exact_keys(key, 2 * count), keep).indices)
     return torch.sort(chosen).values, converged
+
+
+def nms_candidates(num_tokens: int, keep: int, candidates: int | None) -> int:
+    """How many tokens (in visiting order) the fixed-shape rule looks at: all for None, else at least keep."""
+    return num_tokens if candidates is None else min(num_tokens, max(int(candidates), keep))
 
 
 def top_k_fixed(scores: torch.Tensor, keep: int, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,15 +182,14 @@ def top_k_fixed(scores: torch.Tensor, keep: int, idx: torch.Tensor | None = None
     return torch.sort(torch.topk((num_tokens - rank).float(), keep).indices).values
 
 
-def cluster_iterations_needed(scores, features, threshold: float) -> int:
-    """Smallest ``iterations`` for which ``nms_select_fixed`` reports convergence."""
-    _check_inputs(scores, features, 1, threshold)
-    _, may_suppress = _suppression_mask(scores, features, threshold)
-    keep_vec = torch.ones(scores.shape[0], dtype=torch.float32, device=scores.device)
-    # After t steps the first t tokens in visiting order are final, so this ends by M.
-    for steps in range(1, scores.shape[0] + 2):
-        new = _cluster_step(keep_vec, may_suppress)
-        if torch.equal(new, keep_vec):
-            return steps
-        keep_vec = new
-    raise AssertionError("Cluster-NMS failed to converge; this is a bug")
+def cluster_iterations_needed(scores, features, threshold: float, keep: int | None = None,
+                              candidates: int | None = None) -> int:
+    """Smallest ``iterations`` for which ``nms_select_fixed`` reports convergence (keep None: every token's
+    status settled); raises if it never does (too few candidates for the fill)."""
+    keep = _check_inputs(scores, features, scores.shape[0] if keep is None else keep, threshold)
+    count = nms_candidates(scores.shape[0], keep, candidates)
+    # After t steps the first t candidates are final, so this settles by C + 1.
+    _, _, converged, steps = _cluster_nms(scores, features, keep, threshold, count + 1, count, True)
+    if not bool(converged):
+        raise ValueError(f"fewer than keep={keep} survivors among the first {count} candidates: never converges")
+    return steps
