@@ -113,6 +113,23 @@ def causal_over_buffer(past_length: torch.Tensor, t: int, n: int) -> torch.Tenso
     return torch.arange(n, device=past_length.device)[None, :] <= query_slot[:, None]
 
 
+def values_after_mixing(v_proj, q, k, x, bias, scale):
+    """grouped_attention's (T, H*hd) with the value projection applied after the attention mix: each KV head's
+    probs (G*T, N) times the normalised input x (N, D), then v_proj. Equal in exact arithmetic (softmax rows sum
+    to 1, so a bias passes through too); for T << N queries this skips projecting all N values, and the
+    backward to x is a rank-(G*T) product per head instead of an (N, D) x (D, KVH*hd) one (TRIO's proxy)."""
+    num_heads, t, head_dim = q.shape
+    num_kv = k.shape[0]
+    groups = num_heads // num_kv
+    scores = torch.matmul(q.reshape(num_kv, groups * t, head_dim), k.transpose(1, 2)) * scale  # (KVH, G*T, N)
+    probs = torch.softmax(scores.reshape(num_kv, groups, t, -1).float() + bias, dim=-1).to(q.dtype)
+    mixed = torch.matmul(probs.reshape(num_kv, groups * t, -1), x)  # (KVH, G*T, D)
+    every_head = v_proj(mixed).reshape(num_kv, groups * t, num_kv, head_dim)  # row head g, projected by all heads
+    own = torch.eye(num_kv, dtype=mixed.dtype, device=mixed.device)[:, None, :, None]
+    out = (every_head * own).sum(dim=2).reshape(num_heads, t, head_dim)  # each head's own projection (no Gather)
+    return out.transpose(0, 1).reshape(t, num_heads * head_dim)
+
+
 def attention_with_probs(q, k, v, bias, scale):
     """grouped_attention that also returns the softmax attention: (T, H*hd) and probs (H, T, N) float32.
 
@@ -291,14 +308,13 @@ class LlamaFamilyDecoder:
         attn = layer.self_attn
         s = h.shape[0]
         k = apply_rope(attn.k_proj(x).reshape(s, num_kv, head_dim).transpose(0, 1), cos, sin)
-        v = attn.v_proj(x).reshape(s, num_kv, head_dim).transpose(0, 1)
         xq, cos_q, sin_q = query_rows @ x, query_rows @ cos, query_rows @ sin  # (Q, .)
         q = apply_rope(attn.q_proj(xq).reshape(-1, num_heads, head_dim).transpose(0, 1), cos_q, sin_q)
         # Integer positions: a float arange is inexact above 256 (bf16) / 2048 (fp16) positions, and a
         # LLaVA-NeXT prompt has ~2,990, so a float mask would let a query see a later key.
         query_slot = query_rows.argmax(dim=1)  # (Q,) int64: the one position each row picks
         allowed = torch.arange(s, device=h.device)[None, :] <= query_slot[:, None]
-        hq = query_rows @ h + attn.o_proj(grouped_attention(q, k, v, mask_bias(allowed), attn.scaling))
+        hq = query_rows @ h + attn.o_proj(values_after_mixing(attn.v_proj, q, k, x, mask_bias(allowed), attn.scaling))
         hq = hq + layer.mlp(layer.post_attention_layernorm(hq))
         return self.lm_head(self.norm(hq))
 
