@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from trio_edge.errors import InputError
 from trio_edge.trio.peers import random_select, uniform_select
-from trio_edge.trio.selection import cluster_iterations_needed, nms_select_fixed, select_tokens
+from trio_edge.trio.selection import cluster_iterations_needed, nms_select_fixed, select_tokens, visiting_order
 
 THRESHOLDS = [0.0, 0.5, 0.8, 1.0]
 
@@ -101,6 +101,62 @@ def test_fixed_matches_reference_when_converged(chunk):
         assert bool(converged) and torch.equal(kept, expected), (chunk, n)
 
 
+def test_visiting_order_is_the_stable_descending_sort():
+    for scores, *_ in CASES[:120]:
+        expected = torch.sort(scores, descending=True, stable=True).indices
+        for count in sorted({1, len(scores) // 3 + 1, len(scores)}):
+            assert visiting_order(scores, count).tolist() == expected[:count].tolist(), (scores.tolist(), count)
+
+
+def exact_features(m, d, generator):
+    """Rows with 1 or 4 entries of +-1: unit norms 1 or 1/2 exactly, so every cosine similarity is a multiple of
+    1/4 (or 1/2) computed exactly in any summation order: similarities sit exactly on thresholds 0.25 .. 1."""
+    rows = torch.zeros(m, d)
+    for r in range(m):
+        width = 1 if torch.rand(1, generator=generator) < 0.3 else 4
+        columns = torch.randperm(d, generator=generator)[:width]
+        rows[r, columns] = torch.randint(0, 2, (width,), generator=generator).float() * 2 - 1
+    return rows * (1 + torch.randint(0, 3, (m, 1), generator=generator).float())  # norms do not matter
+
+
+@pytest.mark.parametrize("threshold", [0.25, 0.5, 0.75, 1.0])
+def test_candidate_prefix_is_exact_or_says_so(threshold):
+    """Ties in score, similarities exactly on the threshold, heavy suppression (few distinct directions): with a
+    prefix of C candidates the rule equals the greedy reference whenever it reports convergence, and it only
+    reports non-convergence when the greedy result needs tokens beyond the prefix."""
+    generator = torch.Generator().manual_seed(int(threshold * 100))
+    converged_runs = undecided = 0
+    for n in range(60):
+        m, d = int(torch.randint(8, 90, (1,), generator=generator)), int(torch.randint(4, 7, (1,), generator=generator))
+        features = exact_features(m, d, generator)
+        scores = torch.randint(0, 5 if n % 2 else 1000, (m,), generator=generator).float()
+        keep = int(torch.randint(1, m + 1, (1,), generator=generator))
+        expected = select_tokens(scores, features, keep, threshold)
+        order = torch.sort(scores, descending=True, stable=True).indices.tolist()
+        for candidates in (keep, 2 * keep, m):
+            kept, converged = nms_select_fixed(scores, features, keep, threshold, m + 1, candidates=candidates)
+            prefix = order[:max(candidates, keep)]
+            # greedy on the prefix alone reaches keep survivors exactly when the prefix decides the result
+            decided = candidates >= m or greedy_kept_count(scores[prefix], features[prefix], keep, threshold) == keep
+            assert bool(converged) == decided, (n, candidates)
+            if converged:
+                converged_runs += 1
+                assert torch.equal(kept, expected), (n, candidates)
+            else:
+                undecided += 1
+    assert converged_runs >= 100 and undecided >= 5, (converged_runs, undecided)
+
+
+def test_convergence_needs_only_the_settled_prefix():
+    """A long suppression chain after the keep-th survivor does not hold up convergence."""
+    scores, features = chain(m=24)
+    full = cluster_iterations_needed(scores, features, 0.95)
+    early = cluster_iterations_needed(scores, features, 0.95, keep=3)
+    assert early < full
+    kept, converged = nms_select_fixed(scores, features, 3, 0.95, early)
+    assert bool(converged) and kept.tolist() == select_tokens(scores, features, 3, 0.95).tolist() == [0, 2, 4]
+
+
 def chain(m=20, threshold=0.95):
     """Points on an arc: neighbours are similar (>= threshold), next-but-one are not."""
     step = 0.75 * math.acos(threshold)
@@ -165,8 +221,12 @@ def test_kept_set_ignores_input_order(case, rnd):
 
 
 class FixedSelect(torch.nn.Module):
+    def __init__(self, candidates=None):
+        super().__init__()
+        self.candidates = candidates
+
     def forward(self, scores, features):
-        return nms_select_fixed(scores, features, keep=10, threshold=0.8, iterations=8)
+        return nms_select_fixed(scores, features, keep=10, threshold=0.8, iterations=8, candidates=self.candidates)
 
 
 def all_op_types(graph):
@@ -177,12 +237,13 @@ def all_op_types(graph):
                 yield from all_op_types(sub)
 
 
-def test_fixed_select_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("candidates", [None, 24])
+def test_fixed_select_exports_to_onnx(tmp_path, candidates):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     path = tmp_path / "select.onnx"
     example = (torch.randn(64), torch.randn(64, 16))
-    torch.onnx.export(FixedSelect().eval(), example, str(path), dynamo=True, opset_version=18)
+    torch.onnx.export(FixedSelect(candidates).eval(), example, str(path), dynamo=True, opset_version=18)
     model = onnx.load(str(path))
     ops = set(all_op_types(model.graph))
     for function in model.functions:
@@ -200,6 +261,8 @@ def test_fixed_select_exports_to_onnx(tmp_path):
         features[32:48] = features[:16] * 2  # duplicates: exercises suppression
         kept, converged = session.run(None, dict(zip(names, (scores.numpy(), features.numpy()))))
         assert kept.dtype == np.int64 and kept.shape == (10,)
+        eager_kept, eager_converged = FixedSelect(candidates)(scores, features)
+        assert bool(converged) == bool(eager_converged) and kept.tolist() == eager_kept.tolist(), n
         if converged:
             converged_runs += 1
             assert kept.tolist() == select_tokens(scores, features, 10, 0.8).tolist(), n

@@ -47,6 +47,42 @@ def traced_joint(module: torch.nn.Module, example: tuple) -> torch.nn.Module:
                    _allow_non_fake_inputs=True)(*example)
 
 
+def cheap_powers(model) -> int:
+    """Rewrite Pow by a constant 1 or 2 (RMSNorm's square, and its backward's x**1 in select graphs) as the
+    input itself or one Mul: ONNX Runtime's Pow kernel costs tens of ms on an (S, D) tensor, a Mul a few,
+    and torch computes x**2 as x*x too. Returns the number of nodes rewritten."""
+    import onnx_ir as ir
+
+    rewritten = 0
+    for node in list(model.graph):
+        if node.op_type != "Pow" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        base, exponent = node.inputs
+        constant = ir.convenience.get_const_tensor(exponent) if exponent is not None else None
+        if constant is None or constant.size != 1 or base.dtype != node.outputs[0].dtype:
+            continue
+        power = float(constant.numpy().ravel()[0])
+        output = node.outputs[0]
+        if power == 2.0:
+            square = ir.node("Mul", [base, base])
+            model.graph.insert_before(node, square)
+            replacement = square.outputs[0]
+        elif power == 1.0 and not output.is_graph_output():
+            replacement = base
+        else:
+            continue
+        replacement.shape, replacement.type = output.shape, output.type
+        if output.is_graph_output():  # only a new Mul gets here: it takes over the output's name
+            name, output.name = output.name, None
+            replacement.name = name
+        output.replace_all_uses_with(replacement, replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+        if exponent.is_initializer() and not exponent.uses():
+            del model.graph.initializers[exponent.name]
+        rewritten += 1
+    return rewritten
+
+
 def _contrib_translations() -> dict:
     """Our custom ops -> ONNX Runtime contrib ops (com.microsoft), for the onnxruntime export target."""
     import onnxscript
@@ -101,6 +137,7 @@ def export_graph(module, spec: GraphSpec, example: dict, ranges: dict, path: Pat
                 dynamic_shapes=dynamic_shapes(spec, ranges) if ranges else None,
                 custom_translation_table=_contrib_translations(),
             )
+            cheap_powers(program.model)
             weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
             program.save(path, external_data=external_data or weights > EXTERNAL_DATA_BYTES)
     except ExportError:
