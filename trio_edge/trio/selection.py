@@ -43,9 +43,14 @@ def _check_inputs(scores, features, keep, threshold) -> int:
     return check_keep(keep, scores.shape[0])
 
 
+def unit_rows(features: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length, float32 (what cosine similarities are dot products of)."""
+    return nnf.normalize(features.float(), dim=-1)
+
+
 def cosine_similarity_matrix(features: torch.Tensor) -> torch.Tensor:
-    """(M, M) cosine similarities, float32. Both rules must call this, never re-derive it."""
-    unit = nnf.normalize(features.float(), dim=-1)
+    """(M, M) cosine similarities, float32: dot products of unit_rows, as the fixed-shape rule computes them."""
+    unit = unit_rows(features)
     return unit @ unit.T
 
 
@@ -110,45 +115,66 @@ def visiting_order(scores: torch.Tensor, count: int) -> torch.Tensor:
     return candidates.index_select(0, position.index_select(0, torch.topk(key, count).indices))
 
 
+# Candidates per block of the fixed-shape rule: similarities only from each block to itself and later blocks,
+# and Cluster-NMS steps on a block's own (B, B) matrix, which stays in cache.
+NMS_BLOCK = 384
+
+
 def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int, candidates: int,
-                 stop_at_fixed_point: bool = False):
+                 stop_at_fixed_point: bool = False, block: int = NMS_BLOCK):
     """Cluster-NMS over the first `candidates` tokens in visiting order: returns (visit (C,) their indices,
-    keep_vec (C,) float 0/1, converged (), steps run).
+    keep_vec (C,) float 0/1, converged (), the most steps a block ran).
 
     Works in visiting order, so "i is visited before j" is the strict upper triangle: no (M, M) rank
-    comparisons, and similarities only among the C candidates. After t steps the first t candidates are final;
-    the greedy result only reads the candidates up to its `keep`-th survivor, so a step that changes none of
-    those has settled it (the prefix is then a fixed point, and a prefix's fixed point is unique: the greedy
-    one). Fewer than `keep` survivors among fewer candidates than tokens leaves the fill undecided: not
-    converged, the caller falls back to the exact rule."""
+    comparisons, and similarities only among the C candidates, from each block of them to itself and the blocks
+    after it. Blocks settle in order: a block starts from what the kept tokens of earlier blocks suppress (one
+    matvec each), then runs up to `iterations` steps on its own (B, B) matrix. After t steps its first t
+    tokens are final; the greedy result only reads the candidates up to its `keep`-th survivor, so a step that
+    changes none of those has settled them (a prefix that is a fixed point is the greedy one: it is unique).
+    Fewer than `keep` survivors among fewer candidates than tokens leaves the fill undecided: not converged,
+    and the caller falls back to the exact rule."""
     num_tokens = scores.shape[0]
     visit = visiting_order(scores, candidates)
-    similar = cosine_similarity_matrix(features.index_select(0, visit)) >= threshold  # (C, C)
-    # positions 0..C-1 computed from the data, so that export does not fold the triangle into a constant
+    unit = unit_rows(features.index_select(0, visit))
+    # positions 1..C computed from the data, so that export does not fold the triangle into a constant
     position = torch.cumsum(torch.ones_like(visit), 0)
-    may_suppress = (similar & (position[:, None] < position[None, :])).float()  # row i suppresses column j
-
-    keep_vec = torch.ones(candidates, dtype=torch.float32, device=scores.device)
-    converged, steps = torch.tensor(False), 0
-    for steps in range(1, int(iterations) + 1):  # unrolled at trace time: no ONNX Loop
-        previous = keep_vec
-        # 0/1 matmul counts kept suppressors of each j exactly (float32 is exact below 2**24).
-        keep_vec = 1.0 - ((keep_vec[None, :] @ may_suppress)[0] > 0).float()
-        read = (torch.cumsum(keep_vec, 0) - keep_vec) < keep  # up to and including the keep-th survivor
-        converged = ~((previous != keep_vec) & read).any()
-        if candidates < num_tokens:  # the fill would need the tokens beyond the candidates
-            converged = converged & (keep_vec.sum() >= keep)
-        if stop_at_fixed_point and bool(converged):
-            break
+    blocks = math.ceil(candidates / block)
+    bounds = [candidates * b // blocks for b in range(blocks + 1)]
+    suppressors = torch.zeros(candidates, dtype=torch.float32, device=scores.device)  # kept ones, earlier blocks
+    survivors_before = torch.zeros((), dtype=torch.float32, device=scores.device)
+    keeps, converged, steps = [], torch.tensor(True, device=scores.device), 0
+    for lo, hi in zip(bounds, bounds[1:]):
+        # row i (this block) may suppress column j (this block or later) visited after it
+        similar = unit[lo:hi] @ unit[lo:].T >= threshold
+        may_suppress = (similar & (position[lo:hi, None] < position[None, lo:])).float()  # (B, C - lo)
+        inner = may_suppress[:, :hi - lo]
+        free = suppressors[lo:hi] == 0
+        keep_vec, settled, block_steps = free.float(), torch.tensor(False, device=scores.device), 0
+        for block_steps in range(1, int(iterations) + 1):  # unrolled at trace time: no ONNX Loop
+            previous = keep_vec
+            # 0/1 matmul counts kept suppressors of each j exactly (float32 is exact below 2**24).
+            keep_vec = (free & ((keep_vec[None, :] @ inner)[0] == 0)).float()
+            read = survivors_before + torch.cumsum(keep_vec, 0) - keep_vec < keep  # up to the keep-th survivor
+            settled = ~((previous != keep_vec) & read).any()
+            if stop_at_fixed_point and bool(settled):
+                break
+        steps, converged = max(steps, block_steps), converged & settled
+        keeps.append(keep_vec)
+        survivors_before = survivors_before + keep_vec.sum()
+        if hi < candidates:
+            suppressors = suppressors + nnf.pad((keep_vec[None, :] @ may_suppress)[0], (lo, 0))
+    keep_vec = torch.cat(keeps)
+    if candidates < num_tokens:  # the fill would need the tokens beyond the candidates
+        converged = converged & (keep_vec.sum() >= keep)
     return visit, keep_vec, converged, steps
 
 
 def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: int,
-                     stop_at_fixed_point: bool = False, candidates: int | None = None):
+                     stop_at_fixed_point: bool = False, candidates: int | None = None, block: int = NMS_BLOCK):
     """Fixed-shape, loop-free twin of ``select_tokens`` for ONNX export.
 
-    Runs ``iterations`` unrolled Cluster-NMS steps over the first ``candidates`` tokens in visiting order
-    (all tokens when None). Returns ``(kept, converged)``; when ``converged`` is True, ``kept`` equals
+    Runs up to ``iterations`` unrolled Cluster-NMS steps per ``block`` of the first ``candidates`` tokens in
+    visiting order (all tokens when None). Returns ``(kept, converged)``; when ``converged`` is True, ``kept`` equals
     ``select_tokens`` exactly. ``stop_at_fixed_point`` (eager runtimes, not export) stops as soon as the
     result has settled: further steps leave it unchanged.
     """
@@ -157,7 +183,7 @@ def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: 
         raise InputError(f"iterations={iterations!r} must be an integer >= 1; use cluster_iterations_needed()")
     count = nms_candidates(scores.shape[0], keep, candidates)
     visit, keep_vec, converged, _ = _cluster_nms(scores, features, keep, threshold, iterations, count,
-                                                 stop_at_fixed_point)
+                                                 stop_at_fixed_point, block)
     # Kept candidates first (in visiting order), then the fill in visiting order: distinct keys.
     position = torch.arange(count, device=scores.device)
     key = keep_vec.long() * count + (count - 1 - position)
@@ -183,13 +209,13 @@ def top_k_fixed(scores: torch.Tensor, keep: int, idx: torch.Tensor | None = None
 
 
 def cluster_iterations_needed(scores, features, threshold: float, keep: int | None = None,
-                              candidates: int | None = None) -> int:
+                              candidates: int | None = None, block: int = NMS_BLOCK) -> int:
     """Smallest ``iterations`` for which ``nms_select_fixed`` reports convergence (keep None: every token's
     status settled); raises if it never does (too few candidates for the fill)."""
     keep = _check_inputs(scores, features, scores.shape[0] if keep is None else keep, threshold)
     count = nms_candidates(scores.shape[0], keep, candidates)
     # After t steps the first t candidates are final, so this settles by C + 1.
-    _, _, converged, steps = _cluster_nms(scores, features, keep, threshold, count + 1, count, True)
+    _, _, converged, steps = _cluster_nms(scores, features, keep, threshold, count + 1, count, True, block)
     if not bool(converged):
         raise ValueError(f"fewer than keep={keep} survivors among the first {count} candidates: never converges")
     return steps
