@@ -91,28 +91,16 @@ def _exact_keys(key: torch.Tensor, bound: int) -> torch.Tensor:
     return key.float() if bound <= 2**24 else key.double()
 
 
-def visiting_order(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """The first `count` image tokens in visiting order (descending score, equal scores lower index first), as
-    (count,) int64 indices. Fixed-shape and exact without any (M, M) comparison: each TopK here either sees
-    distinct keys or is read for its values only, so its tie behaviour never matters."""
+def visiting_order(scores: torch.Tensor) -> torch.Tensor:
+    """The image tokens in visiting order (descending score, equal scores lower index first), as (M,) int64
+    indices. Fixed-shape and exact without any (M, M) comparison: the first TopK is read for its values only,
+    the second sees distinct keys, so TopK's tie behaviour never matters."""
     num_tokens = scores.shape[0]
-    idx = torch.arange(num_tokens, device=scores.device)
-    lowest_first = num_tokens - 1 - idx
-    if count < num_tokens:
-        # The set: every score above the count-th highest, then the lowest indices at that score.
-        bound = torch.topk(scores, count).values[count - 1:]
-        tier = (scores > bound).long() * 2 + (scores == bound).long()
-        key = _exact_keys(tier * num_tokens + lowest_first, 3 * num_tokens)
-        chosen = key >= torch.topk(key, count).values[count - 1:]
-        # ... in index order (distinct keys again), so a position among them orders equal scores.
-        candidates = torch.topk(_exact_keys(chosen.long() * num_tokens + lowest_first, 2 * num_tokens), count).indices
-    else:
-        candidates = idx
-    values, position = torch.topk(scores.index_select(0, candidates), count)  # ties in any order
+    values, position = torch.topk(scores, num_tokens)  # ties in any order
     new_value = torch.cat((torch.zeros_like(position[:1]), (values[1:] != values[:-1]).long()))
-    tier = count - torch.cumsum(new_value, 0)  # count for the highest score, one less per lower distinct score
-    key = _exact_keys(tier * count + (count - 1 - position), count * count + count)
-    return candidates.index_select(0, position.index_select(0, torch.topk(key, count).indices))
+    tier = num_tokens - torch.cumsum(new_value, 0)  # M for the highest score, one less per lower distinct score
+    key = _exact_keys(tier * num_tokens + (num_tokens - 1 - position), num_tokens * num_tokens + num_tokens)
+    return position.index_select(0, torch.topk(key, num_tokens).indices)
 
 
 # Candidates per block of the fixed-shape rule: similarities only from each block to itself and later blocks,
@@ -120,33 +108,31 @@ def visiting_order(scores: torch.Tensor, count: int) -> torch.Tensor:
 NMS_BLOCK = 384
 
 
-def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int, candidates: int,
+def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int,
                  stop_at_fixed_point: bool = False, block: int = NMS_BLOCK):
-    """Cluster-NMS over the first `candidates` tokens in visiting order: returns (visit (C,) their indices,
-    keep_vec (C,) float 0/1, converged (), the most steps a block ran).
+    """Cluster-NMS in visiting order: returns (visit (M,) the token indices in visiting order, keep_vec (M,)
+    float 0/1 in that order, converged (), the most steps a block ran).
 
     Works in visiting order, so "i is visited before j" is the strict upper triangle: no (M, M) rank
-    comparisons, and similarities only among the C candidates, from each block of them to itself and the blocks
-    after it. Blocks settle in order: a block starts from what the kept tokens of earlier blocks suppress (one
-    matvec each), then runs up to `iterations` steps on its own (B, B) matrix. After t steps its first t
-    tokens are final; the greedy result only reads the candidates up to its `keep`-th survivor, so a step that
-    changes none of those has settled them (a prefix that is a fixed point is the greedy one: it is unique).
-    Fewer than `keep` survivors among fewer candidates than tokens leaves the fill undecided: not converged,
-    and the caller falls back to the exact rule."""
+    comparisons, and similarities only from each block of tokens to itself and the blocks after it. Blocks
+    settle in order: a block starts from what the kept tokens of earlier blocks suppress (one matvec each),
+    then runs up to `iterations` steps on its own (B, B) matrix. After t steps its first t
+    tokens are final; the greedy result only reads the tokens up to its `keep`-th survivor, so a step that
+    changes none of those has settled them (a prefix that is a fixed point is the greedy one: it is unique)."""
     num_tokens = scores.shape[0]
-    visit = visiting_order(scores, candidates)
+    visit = visiting_order(scores)
     unit = unit_rows(features.index_select(0, visit))
-    # positions 1..C computed from the data, so that export does not fold the triangle into a constant
+    # positions 1..M computed from the data, so that export does not fold the triangle into a constant
     position = torch.cumsum(torch.ones_like(visit), 0)
-    blocks = math.ceil(candidates / block)
-    bounds = [candidates * b // blocks for b in range(blocks + 1)]
-    suppressors = torch.zeros(candidates, dtype=torch.float32, device=scores.device)  # kept ones, earlier blocks
+    blocks = math.ceil(num_tokens / block)
+    bounds = [num_tokens * b // blocks for b in range(blocks + 1)]
+    suppressors = torch.zeros(num_tokens, dtype=torch.float32, device=scores.device)  # kept ones, earlier blocks
     survivors_before = torch.zeros((), dtype=torch.float32, device=scores.device)
     keeps, converged, steps = [], torch.tensor(True, device=scores.device), 0
     for lo, hi in zip(bounds, bounds[1:]):
         # row i (this block) may suppress column j (this block or later) visited after it
         similar = unit[lo:hi] @ unit[lo:].T >= threshold
-        may_suppress = (similar & (position[lo:hi, None] < position[None, lo:])).float()  # (B, C - lo)
+        may_suppress = (similar & (position[lo:hi, None] < position[None, lo:])).float()  # (B, M - lo)
         inner = may_suppress[:, :hi - lo]
         free = suppressors[lo:hi] == 0
         keep_vec, settled, block_steps = free.float(), torch.tensor(False, device=scores.device), 0
@@ -161,39 +147,30 @@ def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int,
         steps, converged = max(steps, block_steps), converged & settled
         keeps.append(keep_vec)
         survivors_before = survivors_before + keep_vec.sum()
-        if hi < candidates:
+        if hi < num_tokens:
             suppressors = suppressors + nnf.pad((keep_vec[None, :] @ may_suppress)[0], (lo, 0))
-    keep_vec = torch.cat(keeps)
-    if candidates < num_tokens:  # the fill would need the tokens beyond the candidates
-        converged = converged & (keep_vec.sum() >= keep)
-    return visit, keep_vec, converged, steps
+    return visit, torch.cat(keeps), converged, steps
 
 
 def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: int,
-                     stop_at_fixed_point: bool = False, candidates: int | None = None, block: int = NMS_BLOCK):
+                     stop_at_fixed_point: bool = False, block: int = NMS_BLOCK):
     """Fixed-shape, loop-free twin of ``select_tokens`` for ONNX export.
 
-    Runs up to ``iterations`` unrolled Cluster-NMS steps per ``block`` of the first ``candidates`` tokens in
-    visiting order (all tokens when None). Returns ``(kept, converged)``; when ``converged`` is True, ``kept`` equals
-    ``select_tokens`` exactly. ``stop_at_fixed_point`` (eager runtimes, not export) stops as soon as the
+    Runs up to ``iterations`` unrolled Cluster-NMS steps per ``block`` of tokens in visiting order. Returns
+    ``(kept, converged)``; when ``converged`` is True, ``kept`` equals ``select_tokens`` exactly. ``stop_at_fixed_point`` (eager runtimes, not export) stops as soon as the
     result has settled: further steps leave it unchanged.
     """
     keep = _check_inputs(scores, features, keep, threshold)
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
         raise InputError(f"iterations={iterations!r} must be an integer >= 1; use cluster_iterations_needed()")
-    count = nms_candidates(scores.shape[0], keep, candidates)
-    visit, keep_vec, converged, _ = _cluster_nms(scores, features, keep, threshold, iterations, count,
+    count = scores.shape[0]
+    visit, keep_vec, converged, _ = _cluster_nms(scores, features, keep, threshold, iterations,
                                                  stop_at_fixed_point, block)
-    # Kept candidates first (in visiting order), then the fill in visiting order: distinct keys.
+    # Kept tokens first (in visiting order), then the fill in visiting order: distinct keys.
     position = torch.arange(count, device=scores.device)
     key = keep_vec.long() * count + (count - 1 - position)
     chosen = visit.index_select(0, torch.topk(_exact_keys(key, 2 * count), keep).indices)
     return torch.sort(chosen).values, converged
-
-
-def nms_candidates(num_tokens: int, keep: int, candidates: int | None) -> int:
-    """How many tokens (in visiting order) the fixed-shape rule looks at: all for None, else at least keep."""
-    return num_tokens if candidates is None else min(num_tokens, max(int(candidates), keep))
 
 
 def top_k_fixed(scores: torch.Tensor, keep: int, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,13 +186,11 @@ def top_k_fixed(scores: torch.Tensor, keep: int, idx: torch.Tensor | None = None
 
 
 def cluster_iterations_needed(scores, features, threshold: float, keep: int | None = None,
-                              candidates: int | None = None, block: int = NMS_BLOCK) -> int:
+                              block: int = NMS_BLOCK) -> int:
     """Smallest ``iterations`` for which ``nms_select_fixed`` reports convergence (keep None: every token's
-    status settled); raises if it never does (too few candidates for the fill)."""
+    status settled)."""
     keep = _check_inputs(scores, features, scores.shape[0] if keep is None else keep, threshold)
-    count = nms_candidates(scores.shape[0], keep, candidates)
-    # After t steps the first t candidates are final, so this settles by C + 1.
-    _, _, converged, steps = _cluster_nms(scores, features, keep, threshold, count + 1, count, True, block)
-    if not bool(converged):
-        raise ValueError(f"fewer than keep={keep} survivors among the first {count} candidates: never converges")
+    # After t steps a block's first t tokens are final, so every block settles by B + 1 <= M + 1.
+    _, _, converged, steps = _cluster_nms(scores, features, keep, threshold, scores.shape[0] + 1, True, block)
+    assert bool(converged), "Cluster-NMS failed to converge; this is a bug"
     return steps
