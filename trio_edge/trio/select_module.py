@@ -73,7 +73,7 @@ class SelectStage(nn.Module):
         m = self.num_image_tokens
         if self.method == "pdrop":  # PyramidDrop: the last token's attention in the layer after the cut
             scores = self._decoder.last_token_attention(self.proxy_layer, hidden[0], position_ids).index_select(0, span)
-            return top_k_fixed(scores, self.keep, span - span[0]), scores
+            return top_k_fixed(scores, self.keep), scores
         if self.method == "random":
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.random))
             return peers.random_select(m, self.keep, seed), torch.zeros(m)
@@ -117,7 +117,7 @@ def fastv_rule(view: LayerView, keep: int):
     """FastV: the last token's attention to each image token, averaged over heads (M,); keep the top KEEP."""
     last = torch.full((1,), view.probs.shape[1] - 1, device=view.span.device)
     scores = view.probs.index_select(1, last)[:, 0].mean(dim=0).index_select(0, view.span)
-    return top_k_fixed(scores, keep, view.span - view.image_start), scores
+    return top_k_fixed(scores, keep), scores
 
 
 def dart_rule(view: LayerView, keep: int):

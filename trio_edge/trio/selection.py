@@ -173,16 +173,10 @@ def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: 
     return torch.sort(chosen).values, converged
 
 
-def top_k_fixed(scores: torch.Tensor, keep: int, idx: torch.Tensor | None = None) -> torch.Tensor:
+def top_k_fixed(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """The ``keep`` highest scores' indices, sorted ascending; equal scores go to the lower index (as a stable
-    descending sort). Fixed-shape and exact in a graph: ranks come from pairwise comparisons, so TopK sees
-    distinct keys and its tie behaviour never matters. In a graph pass ``idx`` (0..M-1) computed from the
-    inputs, so that export does not fold the (M, M) tie mask into a constant."""
-    num_tokens = scores.shape[0]
-    idx = torch.arange(num_tokens, device=scores.device) if idx is None else idx
-    precedes = (scores[:, None] > scores[None, :]) | ((scores[:, None] == scores[None, :]) & (idx[:, None] < idx[None, :]))
-    rank = precedes.sum(dim=0)  # (M,) distinct: position in the stable descending order
-    return torch.sort(torch.topk((num_tokens - rank).float(), keep).indices).values
+    descending sort). Fixed-shape and exact in a graph: the first ``keep`` of ``visiting_order``."""
+    return torch.sort(visiting_order(scores)[:keep]).values
 
 
 def cluster_iterations_needed(scores, features, threshold: float, keep: int | None = None,
