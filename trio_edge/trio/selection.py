@@ -103,7 +103,7 @@ def visiting_order(scores: torch.Tensor) -> torch.Tensor:
     return position.index_select(0, torch.topk(key, num_tokens).indices)
 
 
-# Candidates per block of the fixed-shape rule: similarities only from each block to itself and later blocks,
+# Tokens per block of the fixed-shape rule: similarities only from each block to itself and later blocks,
 # and Cluster-NMS steps on a block's own (B, B) matrix, which stays in cache.
 NMS_BLOCK = 384
 
