@@ -116,3 +116,31 @@ def test_pruned_llava_next_vision_equals_reference(tiny, images, cuts):
         want = reference_next_packing(projected, want_kept, rows, cols, side, stage.dominant)
         assert features.shape == (stage.tokens, projected.shape[-1]) == want.shape
         torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # ~30 s: 577 tokens through the token-by-token reference
+def test_llava_15_at_the_authors_numbers_equals_reference(images, tmp_path):
+    """LLaVA-1.5's real tower geometry (336 px, 576 patches + [CLS]; random weights, scaled widths): the preset
+    visionzip-64 is the authors' 54+10 itself, and the vision graph's module equals the reference + projector."""
+    from trio_edge.models.random_weights import build_random
+    from trio_edge.models.registry import load
+
+    loaded = load(str(build_random("llava-1.5-7b", tmp_path / "model", dtype=torch.float32, scale=0.03, layers=1,
+                                   vision_layers=3)))
+    adapter, grid = loaded.adapter, loaded.adapter.default_grid()
+    schedule = adapter.schedule(grid, preset="visionzip-64")
+    assert (schedule.vision.dominant, schedule.vision.keep, schedule.vision.tokens) == (54, 64, 64)
+    module = adapter.vision_module(grid, vision_rule("visionzip", schedule.vision)).eval()
+    tower = copy.deepcopy(loaded.model.model.vision_tower)
+    tower.config._attn_implementation = "eager"
+    layer = tower.encoder.layers[-2]
+    pixels = adapter.pixel_values(images[1], grid)
+    with torch.no_grad():
+        features, kept = module(pixels)
+        out = tower(pixels, output_hidden_states=True, output_attentions=True)
+        keys = layer.self_attn.k_proj(layer.layer_norm1(out.hidden_states[-3]))
+        keys = keys.view(*keys.shape[:2], -1, layer.self_attn.head_dim).transpose(1, 2)
+        tokens, want_kept = reference_tile(out.hidden_states[-2][0], out.attentions[-2][0], keys[0], 54, 10)
+        want = loaded.model.model.multi_modal_projector(tokens.float())
+    assert kept.tolist() == [want_kept] and want_kept[0] == 0 and want_kept[54:] == [-1] * 10
+    torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-5)
