@@ -33,15 +33,17 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
     tower has no [CLS]; `vision_tokens_for(keep)`: image tokens the decoder sees when every tile keeps `keep`."""
     from pathlib import Path
 
-    from .presets import preset_info
+    from .presets import REFERENCE_TOKENS, preset_info
 
     if tile_tokens is None:
         raise ScheduleError(f"--method {method} ranks a tile's tokens by its [CLS] attention, and this model's vision "
                             "tower has no [CLS] token; use a decoder method (e.g. --method trio)")
     if preset is not None:
         dominant, contextual = preset_info(preset).vision_for(tile_tokens - 1)
+        patches = tile_tokens - 1
+        scaled = f"from {REFERENCE_TOKENS} patches per tile to {patches}" if patches != REFERENCE_TOKENS else None
         schedule = Schedule((), vision=VisionStage(dominant + contextual, dominant), **overrides,
-                            provenance={"preset": preset, "source": preset_info(preset).source})
+                            provenance={"preset": preset, "source": preset_info(preset).source, "scaled": scaled})
     elif keep_ratio is not None:
         if not 0.0 < keep_ratio <= 1.0:
             raise ScheduleError(f"--keep-ratio must be within (0, 1], got {keep_ratio}")
