@@ -4,7 +4,7 @@ Exports trio-tiny unpruned and once per method at the layer-averaged budget ever
 4 layers (1/3; each at its authors' placement, as trio-eval), then measures each export with the same image,
 prompt, warm-up and iterations. Prints a table and writes benchmarks/results/peers_bench_trio_tiny.json.
 
-    python benchmarks/peers_bench.py [--iters 20] [--budget 1/3] [--methods trio,fastv,dart,pdrop]
+    python benchmarks/peers_bench.py [--iters 20] [--budget 1/3] [--methods trio,fastv,dart,pdrop,visionzip]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="trio-tiny")
     parser.add_argument("--budget", default="1/3")
-    parser.add_argument("--methods", default="trio,fastv,dart,pdrop")
+    parser.add_argument("--methods", default="trio,fastv,dart,pdrop,visionzip")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
             plans[method] = method_schedule(adapter, grid, method, budget)[0]
         for name, schedule in plans.items():
             out = Path(tmp) / name
-            cuts = None if schedule is None else ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
+            cuts = None if schedule is None else schedule.text()  # VisionZip: vision:D+C
             export(loaded.source, out, cuts=cuts, method=None if name == "full" else name, loaded=loaded,
                    positions=None if schedule is None else schedule.positions, validate=False, progress=False,
                    max_new_tokens=16)
@@ -59,10 +59,10 @@ def main(argv=None) -> int:
                           "decode_ms_per_token": report["decode_ms_per_token"], "kept": report["kept"],
                           "select_ms": sum(v["median_ms"] for k, v in report["stages"].items() if k.startswith("select"))}
     full = rows["full"]["ttft_ms"]
-    print(f"{'method':<8}{'cuts':<20}{'TTFT ms':>9}{'vs full':>9}{'select ms':>11}{'decode ms/tok':>15}")
+    print(f"{'method':<10}{'cuts':<20}{'TTFT ms':>9}{'vs full':>9}{'select ms':>11}{'decode ms/tok':>15}")
     for name, row in rows.items():
         row["ttft_speedup_vs_full"] = full / row["ttft_ms"]
-        print(f"{name:<8}{row['cuts']:<20}{row['ttft_ms']:>9.2f}{row['ttft_speedup_vs_full']:>8.2f}x"
+        print(f"{name:<10}{row['cuts']:<20}{row['ttft_ms']:>9.2f}{row['ttft_speedup_vs_full']:>8.2f}x"
               f"{row['select_ms']:>11.2f}{row['decode_ms_per_token']:>15.2f}")
     body = {"command": " ".join(["python benchmarks/peers_bench.py", *(sys.argv[1:] if argv is None else argv)]),
             "model": args.model, "budget": budget, "backend": "onnxruntime CPU", "threads": args.threads,

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import InputError, UnsupportedModelError
 from .llama_decoder import LlamaFamilyDecoder
 from .preprocess import letterbox, parse_grid
+from .vision_tower import PrunedVisionFeatures, tower_has_cls
 
 SUPPORTED_DECODERS = ("LlamaForCausalLM", "LlamaModel", "MistralModel", "MistralForCausalLM")
 # LLaVA's released TRIO schedule for 576 tokens -> 64 (cuts after layers 1, 10, 15 of 32 keeping
@@ -114,8 +115,27 @@ class LlavaAdapter:
         patches = (self.tile_size // int(self.config.vision_config.patch_size)) ** 2
         return patches + (1 if self.config.vision_feature_select_strategy == "full" else 0)
 
-    def vision_module(self, grid: tuple[int, int]) -> nn.Module:
+    def vision_module(self, grid: tuple[int, int], rule: nn.Module | None = None) -> nn.Module:
+        """The vision graph's module; with a vision-tower `rule` (trio.vision_stage.vision_rule), the pruned one."""
+        if rule is not None:
+            return self._pruned_vision_module(grid, rule)
         return VisionFeatures(self.model, None)
+
+    # ---- pruning inside the vision tower (VisionZip, ...) --------------------------------------------------
+    def tile_tokens(self) -> int | None:
+        """Tokens of one tile at the feature layer, [CLS] included; None when the tower has no [CLS] (the
+        vision-tower rules rank tokens by its attention)."""
+        if not tower_has_cls(self.config.vision_config) or not isinstance(self.config.vision_feature_layer, int):
+            return None
+        return (self.tile_size // int(self.config.vision_config.patch_size)) ** 2 + 1
+
+    def pruned_image_token_count(self, grid: tuple[int, int], keep: int) -> int:
+        """Image tokens the decoder sees when every tile keeps `keep` tokens: the tiles' kept tokens only (the
+        authors' LLaVA and LLaVA-NeXT code add no image_newline tokens to pruned tiles)."""
+        return self.tile_count(grid) * keep
+
+    def _pruned_vision_module(self, grid, rule) -> nn.Module:
+        return PrunedVisionFeatures(self.model, rule, lambda features, kept: features[0])
 
     def tile_count(self, grid: tuple[int, int]) -> int:
         return 1
@@ -246,7 +266,8 @@ class LlavaAdapter:
 
         return resolve_schedule(default_cut_layers=self.default_cut_layers(),
                                 default_keep_weights=self.default_keep_weights(), num_layers=self.num_layers,
-                                num_image_tokens=self.image_token_count(grid), **options)
+                                num_image_tokens=self.image_token_count(grid), tile_tokens=self.tile_tokens(),
+                                vision_tokens_for=lambda keep: self.pruned_image_token_count(grid, keep), **options)
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -273,11 +294,42 @@ class LlavaNextAdapter(LlavaAdapter):
         # base tile + packed tiles + one newline token per packed row (no unpadding on the fixed grid)
         return patches * patches + rows * cols + rows
 
-    def vision_module(self, grid: tuple[int, int]) -> nn.Module:
+    def vision_module(self, grid: tuple[int, int], rule: nn.Module | None = None) -> nn.Module:
+        if rule is not None:
+            return self._pruned_vision_module(grid, rule)
         return VisionFeatures(self.model, (grid[1], grid[0]))
 
     def tile_count(self, grid: tuple[int, int]) -> int:
         return (grid[0] // self.tile_size) * (grid[1] // self.tile_size) + 1  # + the base tile
+
+    def _pruned_vision_module(self, grid, rule) -> nn.Module:
+        side = self.tile_size // int(self.config.vision_config.patch_size)
+        rows, cols = grid[1] // self.tile_size, grid[0] // self.tile_size
+        return PrunedVisionFeatures(self.model, rule, PackPrunedTiles(rows, cols, side, rule.dominant))
+
+
+class PackPrunedTiles(nn.Module):
+    """LLaVA-NeXT's packing of pruned tiles, as VisionZip's llava_arch.py does it (restore_image_features_sorted,
+    spatial_unpad): the base tile's tokens as they come; then the grid tiles' dominant patches in raster order of
+    the whole packed grid (no image_newline, no unpadding); then every grid tile's [CLS]; then every grid tile's
+    contextual tokens, tile by tile. features (T, keep, D), kept (T, keep) -> (T * keep, D)."""
+
+    def __init__(self, rows: int, cols: int, side: int, dominant: int):
+        super().__init__()
+        self.rows, self.cols, self.side, self.dominant = rows, cols, side, dominant
+
+    def forward(self, features, kept):
+        grid, dim = features[1:], features.shape[-1]  # (rows * cols, keep, D), tiles in row-major order
+        patch = kept[1:, 1:self.dominant] - 1  # (n, dominant - 1): dominant patches, [CLS] dropped
+        tile = torch.arange(grid.shape[0], device=kept.device)[:, None]
+        # truncating division of non-negative ints: one ONNX Div (floor division adds sign fix-ups on BOOL)
+        tile_row = torch.div(tile, self.cols, rounding_mode="trunc")
+        patch_row = torch.div(patch, self.side, rounding_mode="trunc")
+        row = tile_row * self.side + patch_row
+        column = (tile - tile_row * self.cols) * self.side + patch - patch_row * self.side
+        order = torch.sort((row * (self.cols * self.side) + column).reshape(-1)).indices
+        patches = grid[:, 1:self.dominant].reshape(-1, dim).index_select(0, order)
+        return torch.cat([features[0], patches, grid[:, 0], grid[:, self.dominant:].reshape(-1, dim)], dim=0)
 
 
 def _texts(message: dict, separator: str = " ") -> str:

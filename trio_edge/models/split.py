@@ -8,6 +8,7 @@ from torch import nn
 from ..graph_ops import clamp_index, running_count
 from ..trio.select_module import LayerOwningSelectStage, SelectStage
 from ..trio.sparsevlm import RATERS_GRAPH, SparseVLMRaters, SparseVLMSelectStage
+from ..trio.vision_stage import vision_rule
 
 
 class EmbedAndMerge(nn.Module):
@@ -39,8 +40,9 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
     Cluster-NMS to its fixed point); export traces the default, graph-friendly forms, with attention as one
     fused op per layer when `fused_attention_op` (the onnxruntime export target: ONNX Runtime's GQA)."""
     decoder = adapter.decoder
+    rule = vision_rule(plan.method, plan.schedule.vision) if plan.schedule.vision is not None else None
     modules = {
-        "vision": adapter.vision_module(plan.grid),
+        "vision": adapter.vision_module(plan.grid, rule),
         "embed": EmbedAndMerge(decoder.embed_tokens, adapter.image_token_id),
     }
     for seg in plan.segments:

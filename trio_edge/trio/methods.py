@@ -44,6 +44,8 @@ REGISTRY = {m.name: m for m in (
     Method("dart", OWNED_LAYER, "original", True, (2,), "ZichenWen1/DART: key-norm pivots, least-similar picks",
            min_keep=4),
     Method("pdrop", PROXY, "renumber", True, (8, 16, 24), "Cooperx521/PyramidDrop: layer N's last-token attention"),
+    Method("visionzip", VISION_TOWER, "renumber", True, None,
+           "dvlab-research/VisionZip: [CLS]-attention dominant tokens + key-similarity contextual merges, per tile"),
     Method("random", ANY_CUT, "renumber", False, None, "uniformly random subset (seeded)"),
     Method("uniform", ANY_CUT, "renumber", False, None, "evenly strided subset"),
 )}
@@ -64,6 +66,9 @@ def check_cuts(method: str, cuts) -> None:
     before it), and no cut may keep fewer tokens than the rule always keeps."""
     info = method_info(method)
     layers = [layer for layer, _ in cuts]
+    if info.acts == VISION_TOWER and cuts:
+        raise ScheduleError(f"--method {method} prunes inside the vision tower and has no decoder cuts; got cut layers "
+                            f"{layers}")
     if info.owns_layer and any(layer < 1 for layer in layers):
         raise ScheduleError(f"--method {method} scores a cut N:K with decoder layer N-1, so N must be at least 1; "
                             f"got cut layers {layers} (e.g. use --cuts 2:KEEP)")

@@ -22,6 +22,13 @@ class Preset:
     layers: tuple[int, ...]  # cut layers on the 32-layer reference model (cut N: N layers already run)
     keeps: tuple[int, ...]  # image tokens kept at each cut, of 576
     source: str
+    vision: tuple[int, int] | None = None  # VisionZip: (dominant, contextual) tokens kept per tile of 576 patches
+
+    def vision_for(self, patches: int) -> tuple[int, int]:
+        """(dominant, contextual) per tile of `patches` patches: the table's, scaled by patches / 576 (dominant at
+        least 1, its [CLS]); 576 patches give the table itself."""
+        dominant, contextual = self.vision
+        return max(1, round(dominant * patches / REFERENCE_TOKENS)), round(contextual * patches / REFERENCE_TOKENS)
 
     def cuts_for(self, num_layers: int, num_image_tokens: int) -> tuple[str, bool]:
         """('LAYER:KEEP,...' on this model, whether it had to be scaled)."""
@@ -58,6 +65,14 @@ def eval_placement(method: str, ratio: float) -> tuple[tuple[int, ...], tuple[fl
     return table.layers, tuple(k / REFERENCE_TOKENS for k in table.keeps), f"{table.name} table shape"
 
 
+def vision_preset(method: str, ratio: float) -> str | None:
+    """The authors' preset of a vision-tower method at exactly 64, 128 or 192 of 576 (1/9, 2/9, 1/3), else None."""
+    for preset in PRESETS.values():
+        if preset.method == method and preset.vision and abs(sum(preset.vision) / REFERENCE_TOKENS - ratio) < 1e-9:
+            return preset.name
+    return None
+
+
 PRESETS = {p.name: p for p in (
     # ocy1/TRIO scripts (llava/model/scripts/v1_5/eval/*.sh): --layer_list [1,10,15] with these --image_token_list;
     # layer-averaged 64 and 128 of 576. No 192 table is released (trio-eval scales the 128 one, and says so).
@@ -71,6 +86,11 @@ PRESETS = {p.name: p for p in (
     Preset("dart-192", "dart", (2,), (196,), "ZichenWen1/DART: K=2, max_num_trunction 192"),
     # Cooperx521/PyramidDrop scripts: --layer_list [8,16,24] --image_token_ratio_list [0.5,0.25,0.125].
     Preset("pdrop", "pdrop", (8, 16, 24), (288, 144, 72), "Cooperx521/PyramidDrop: layers 8/16/24, ratio 0.5"),
+    # dvlab-research/VisionZip README: visionzip(model, dominant=54, contextual=10) for 64 tokens; 108+20 and
+    # 162+30 for 128 and 192; per tile (sub-image) on LLaVA-NeXT. [CLS] is one of the dominant tokens.
+    Preset("visionzip-64", "visionzip", (), (), "dvlab-research/VisionZip: dominant 54 + contextual 10", (54, 10)),
+    Preset("visionzip-128", "visionzip", (), (), "dvlab-research/VisionZip: dominant 108 + contextual 20", (108, 20)),
+    Preset("visionzip-192", "visionzip", (), (), "dvlab-research/VisionZip: dominant 162 + contextual 30", (162, 30)),
 )}
 
 
