@@ -29,6 +29,7 @@ def graph_alone(path: Path, inputs: dict, iters: int, profile: bool) -> dict:
 
     options = session_options(ort, None)  # the pipeline's own settings
     options.enable_profiling = profile
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"select_stage_{path.stem}")  # not the cwd
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {i.name: inputs[i.name] for i in session.get_inputs()}
     session.run(None, feed)
@@ -39,7 +40,9 @@ def graph_alone(path: Path, inputs: dict, iters: int, profile: bool) -> dict:
         times.append((time.perf_counter() - start) * 1e3)
     result = {"median_ms": statistics.median(times)}
     if profile:
-        events = json.loads(Path(session.end_profiling()).read_text())
+        trace = Path(session.end_profiling())
+        events = json.loads(trace.read_text())
+        trace.unlink()
         by_op = defaultdict(float)
         for event in events:
             if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
