@@ -106,7 +106,8 @@ def main(argv=None) -> dict:
     print(f"TRIO TTFT {result['ttft_ms']:.1f} ms; select stages {sum(selects.values()):.1f} ms "
           f"({100 * result['select_share_of_ttft']:.1f}% of TTFT)")
     for name, ms in selects.items():
-        print(f"  {name}: {ms:.1f} ms in the pipeline, {alone.get(name, {}).get('median_ms', float('nan')):.1f} ms alone")
+        alone_ms = alone.get(name, {}).get("median_ms", float("nan"))
+        print(f"  {name}: {ms:.1f} ms in the pipeline, {alone_ms:.1f} ms alone")
         for op, op_ms in alone.get(name, {}).get("ops_ms", {}).items():
             print(f"      {op:<24}{op_ms:>8.1f} ms")
     if args.out:

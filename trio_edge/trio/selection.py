@@ -157,8 +157,9 @@ def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: 
     """Fixed-shape, loop-free twin of ``select_tokens`` for ONNX export.
 
     Runs up to ``iterations`` unrolled Cluster-NMS steps per ``block`` of tokens in visiting order. Returns
-    ``(kept, converged)``; when ``converged`` is True, ``kept`` equals ``select_tokens`` exactly. ``stop_at_fixed_point`` (eager runtimes, not export) stops as soon as the
-    result has settled: further steps leave it unchanged.
+    ``(kept, converged)``; when ``converged`` is True, ``kept`` equals ``select_tokens`` exactly.
+    ``stop_at_fixed_point`` (eager runtimes, not export) stops each block as soon as the result has settled:
+    further steps leave it unchanged.
     """
     keep = _check_inputs(scores, features, keep, threshold)
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
