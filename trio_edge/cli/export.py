@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"longest answer, in tokens (default {defaults.MAX_NEW_TOKENS})")
     parser.add_argument("--opset", type=int, default=defaults.OPSET, help=f"ONNX opset (default {defaults.OPSET})")
     parser.add_argument("--nms-iterations", type=int, default=defaults.NMS_ITERATIONS,
-                        help=f"Cluster-NMS iterations unrolled in select graphs (default {defaults.NMS_ITERATIONS}; "
+                        help=f"Cluster-NMS iterations unrolled per block of 384 tokens in select graphs (default "
+                             f"{defaults.NMS_ITERATIONS}; "
                              "the runtime falls back to the exact greedy rule on the host if a request needs more)")
     weights = parser.add_argument_group("weight-only quantization")
     weights.add_argument("--weights", help="fp32, fp16, int8 or int4 (default: the --dtype). int8/int4 store the "
