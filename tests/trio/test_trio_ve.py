@@ -5,7 +5,8 @@ merging, F.cosine_similarity; kept indices identical, merged features equal."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+
+from reference import plain_encode, plain_local
 
 from trio_edge.errors import InputError
 from trio_edge.trio import trio_ve as ve
@@ -29,65 +30,6 @@ def authors_window_selection(attn: torch.Tensor, visual_token_num: int, window_s
                     picked.append((i * window_size + dy) * 24 + j * window_size + dx)
         out.append(picked)
     return out
-
-
-def plain_order(values: list[float]) -> list[int]:
-    """Indices by descending value, ties to the lower index (a stable sort)."""
-    return sorted(range(len(values)), key=lambda i: -values[i])
-
-
-def plain_local(shallow: list[float], side: int, local_request: int) -> list[int]:
-    """Per-window top-k on a side x side grid: ceil-free split of rows/columns into n parts (n = round(side/6),
-    at least 1; six-wide windows on 24x24), k = local_request // n^2 from every window."""
-    n = max(1, int(side / 6 + 0.5))
-    bounds = [(i * side) // n for i in range(n + 1)]
-    k = local_request // (n * n)
-    picked = []
-    for wy in range(n):
-        for wx in range(n):
-            cells = []
-            for y in range(bounds[wy], bounds[wy + 1]):
-                for x in range(bounds[wx], bounds[wx + 1]):
-                    cells.append(y * side + x)
-            values = [shallow[c] for c in cells]
-            for position in plain_order(values)[:k]:
-                picked.append(cells[position])
-    return picked
-
-
-def plain_encode(shallow: torch.Tensor, deep: torch.Tensor, features: torch.Tensor, side: int, visual_token_num: int):
-    """encode_images + token_merging for a batch of tiles: (kept indices per tile, merged kept features)."""
-    batch, tokens = shallow.shape
-    all_kept, all_merged = [], []
-    for b in range(batch):
-        if visual_token_num == tokens:
-            all_kept.append(list(range(tokens)))
-            all_merged.append(features[b].clone())
-            continue
-        local_request = int(visual_token_num * 0.5)
-        local = plain_local(shallow[b].tolist(), side, local_request)
-        deep_b = deep[b].clone()
-        for i in local:
-            deep_b[i] = -1.0  # the authors write 0: the same whenever every softmax weight is positive
-        global_count = visual_token_num - local_request
-        global_ = plain_order(deep_b.tolist())[:global_count]
-        mask = [False] * tokens
-        for i in local + global_:
-            mask[i] = True
-        kept = [i for i in range(tokens) if mask[i]]
-        rest = [i for i in range(tokens) if not mask[i]]
-        sums = [features[b, i].clone() for i in kept]
-        counts = [0] * len(kept)
-        kept_rows = features[b, kept]
-        for i in rest:
-            sims = F.cosine_similarity(features[b, i][None], kept_rows, dim=1)
-            nearest = int(sims.argmax())
-            sums[nearest] = sums[nearest] + features[b, i]
-            counts[nearest] += 1
-        merged = torch.stack([sums[j] / (1 + counts[j]) for j in range(len(kept))])
-        all_kept.append(kept)
-        all_merged.append(merged)
-    return all_kept, all_merged
 
 
 def attention_like(gen, batch, tokens, levels=None):
@@ -227,3 +169,25 @@ def test_rule_exports_to_onnx_and_matches(tmp_path, side, keep):
         got = session.run(None, dict(zip(names, (t.numpy() for t in example))))
         assert got[0].tolist() == expected[0].tolist()
         np.testing.assert_allclose(got[1], expected[1].numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---- the plain vision-side reference on a real model -------------------------------------------------------------
+
+
+def test_reference_keeping_everything_is_transformers_own_features(tiny, images):
+    """trio_ve_image_features at T = every patch is exactly LLaVA-NeXT's own packed features (the packing of the
+    plain reference is transformers')."""
+    from reference import trio_ve_image_features
+
+    adapter = tiny.adapter
+    grid = adapter.default_grid()
+    pixels = adapter.pixel_values(images[0], grid)
+    side = adapter.tile_size // int(adapter.config.vision_config.patch_size)
+    with torch.no_grad():
+        want = adapter.vision_module(grid)(pixels)
+    have, kept = trio_ve_image_features(tiny.model, pixels, grid, side * side)
+    assert have.shape == want.shape == (adapter.image_token_count(grid), want.shape[1])
+    torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
+    reduced, kept = trio_ve_image_features(tiny.model, pixels, grid, 8)
+    tiles = adapter.tile_count(grid)
+    assert reduced.shape[0] == tiles * 8 + (grid[1] // adapter.tile_size) * side
