@@ -70,6 +70,60 @@ class VisionFeatures(nn.Module):
         return features[0] if isinstance(features, (list, tuple)) else features.reshape(-1, features.shape[-1])
 
 
+class TrioVEVisionFeatures(nn.Module):
+    """pixel tiles (P, 3, h, w) -> (image features (M', D), kept (P, K) ascending patch indices per tile): TRIO-VE
+    (trio.trio_ve) inside the vision graph, every tile pruned to the same K and packed as the released code does
+    (ocy1/TRIO prepare_inputs_labels_for_multimodal, spatial_unpad on a fixed grid, nothing unpadded): the base
+    tile's kept tokens, then the packed tiles' grid in raster order, kept tokens only, every row ending with the
+    image newline (always kept). LLaVA-1.5 (`tiles_across_down` None): the one tile's kept tokens."""
+
+    cuda_graph_safe = True
+
+    def __init__(self, model, keep: int, tiles_across_down: tuple[int, int] | None):
+        super().__init__()
+        from ..trio.trio_ve import check_ve_keep, ve_layers
+
+        config = model.config
+        if not isinstance(config.vision_feature_layer, int) or config.vision_feature_select_strategy != "default":
+            raise UnsupportedModelError("TRIO-VE needs one vision feature layer and the 'default' (patches only) "
+                                        "feature strategy, as LLaVA's CLIP towers have")
+        self.model = model.model
+        self.feature_layer = int(config.vision_feature_layer)
+        self.side = int(config.vision_config.image_size) // int(config.vision_config.patch_size)
+        self.keep = check_ve_keep(keep, self.side)
+        self.shallow, self.deep = ve_layers(int(config.vision_config.num_hidden_layers))
+        self.tiles_across_down = tiles_across_down
+
+    def forward(self, pixel_values):
+        from ..trio.trio_ve import cls_attention, merge_into_kept, ve_select
+        from .vision_tower import run_tower
+
+        hidden, rows = run_tower(self.model.vision_tower, pixel_values, self.feature_layer, (self.shallow, self.deep))
+        projected = self.model.multi_modal_projector(hidden[:, 1:])  # (P, N, D)
+        kept = ve_select(cls_attention(rows[self.shallow]), cls_attention(rows[self.deep]), self.side, self.keep)
+        merged = merge_into_kept(projected, kept)  # (P, K, D)
+        if self.tiles_across_down is None:
+            return merged[0], kept
+        return pack_kept_tiles(merged, kept, self.model.image_newline, self.side, *self.tiles_across_down), kept
+
+
+def pack_kept_tiles(merged, kept, newline, side: int, across: int, down: int) -> torch.Tensor:
+    """LLaVA-NeXT's spatial packing of pruned tiles: merged (P, K, D) and kept (P, K) of the base tile and the
+    across x down packed tiles -> (K + (P-1) K + down * side, D). Every packed token and newline gets its raster
+    position on the (down*side) x (across*side + 1) grid; sorting those distinct keys orders them (fixed count)."""
+    tiles, k, dim = merged.shape
+    width = across * side + 1
+    tile = torch.arange(1, tiles, device=kept.device)[:, None]  # (P-1, 1)
+    ty, tx = (tile - 1) // across, (tile - 1) % across
+    y, x = kept[1:] // side, kept[1:] % side  # (P-1, K)
+    token_keys = ((ty * side + y) * width + tx * side + x).reshape(-1)
+    newline_keys = torch.arange(down * side, device=kept.device) * width + width - 1
+    keys = torch.cat([token_keys, newline_keys]).float()  # exact below 2**24
+    rows = torch.cat([merged[1:].reshape(-1, dim), newline.to(merged.dtype)[None].expand(down * side, dim)])
+    order = torch.topk(-keys, keys.shape[0]).indices  # ascending raster order; keys are distinct
+    return torch.cat([merged[0], rows.index_select(0, order)])
+
+
 class LlavaAdapter:
     """LLaVA-1.5 (LlavaForConditionalGeneration): one square tile, no anyres packing."""
 

@@ -93,9 +93,9 @@ def check_ve_keep(keep, grid_side: int) -> int:
     return keep
 
 
-def cls_attention(probs: torch.Tensor) -> torch.Tensor:
-    """(B, H, 1+N, 1+N) softmax attention of a CLIP layer -> (B, N): [CLS] row over the patches, head mean."""
-    return probs[:, :, 0, 1:].mean(dim=1)
+def cls_attention(cls_rows: torch.Tensor) -> torch.Tensor:
+    """(B, H, 1+N) [CLS] row of a layer's softmax attention -> (B, N): its weights on the patches, head mean."""
+    return cls_rows[:, :, 1:].mean(dim=1)
 
 
 def descending_ranks(values: torch.Tensor) -> torch.Tensor:

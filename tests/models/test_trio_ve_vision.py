@@ -1,0 +1,73 @@
+"""TRIO-VE inside the vision graph (models.llava.TrioVEVisionFeatures) against the plain reference built on
+transformers' own CLIP attentions and the released packing (tests/reference.py trio_ve_image_features), and its
+ONNX export against the module."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_image
+from reference import trio_ve_image_features
+
+from trio_edge.models.llava import TrioVEVisionFeatures
+from trio_edge.models.registry import load
+from trio_edge.models.tiny import make_tiny_llava_next
+
+
+@pytest.fixture(scope="module")
+def deeper(tmp_path_factory):
+    """A tiny LLaVA-NeXT whose tower has 3 layers (shallow 0, deep 1) and a 7x7 patch grid, like trio-tiny."""
+    return load(str(make_tiny_llava_next(tmp_path_factory.mktemp("ve-tiny"), seed=1, vision_layers=3, patch=8)))
+
+
+def module_for(loaded, keep, grid):
+    adapter = loaded.adapter
+    across_down = (grid[0] // adapter.tile_size, grid[1] // adapter.tile_size)
+    return TrioVEVisionFeatures(loaded.model, keep, across_down).eval()
+
+
+@pytest.mark.parametrize("keep", [49, 16, 9, 5])
+@pytest.mark.parametrize("grid_index", [0, 1, 3])
+def test_vision_graph_equals_the_plain_reference(deeper, keep, grid_index):
+    adapter = deeper.adapter
+    grid = adapter.pinpoints()[grid_index]
+    pixels = adapter.pixel_values(random_image(90, 70, seed=keep + grid_index), grid)
+    with torch.no_grad():
+        features, kept = module_for(deeper, keep, grid)(pixels)
+    want, want_kept = trio_ve_image_features(deeper.model, pixels, grid, keep)
+    assert kept.tolist() == want_kept
+    assert features.shape == want.shape
+    torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-5)
+
+
+def test_two_layer_tower_and_4x4_grid(tiny, images):
+    grid = tiny.adapter.default_grid()
+    pixels = tiny.adapter.pixel_values(images[2], grid)
+    with torch.no_grad():
+        features, kept = module_for(tiny, 6, grid)(pixels)
+    want, want_kept = trio_ve_image_features(tiny.model, pixels, grid, 6)
+    assert kept.tolist() == want_kept
+    torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-5)
+
+
+def test_vision_graph_exports_and_matches(deeper, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    adapter = deeper.adapter
+    grid = adapter.default_grid()
+    module = module_for(deeper, 16, grid)
+    example = adapter.pixel_values(random_image(80, 80, seed=3), grid)
+    path = tmp_path / "vision_ve.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=18)
+    model = onnx.load(str(path))
+    ops = {node.op_type for node in model.graph.node} | {n.op_type for f in model.functions for n in f.node}
+    assert not ops & {"Loop", "If", "NonZero", "Scan"}, ops
+    assert not [op for op in ops if op.startswith("Scatter")], ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seed in (4, 5):
+        pixels = adapter.pixel_values(random_image(100, 60, seed=seed), grid)
+        with torch.no_grad():
+            features, kept = module(pixels)
+        got = session.run(None, {session.get_inputs()[0].name: pixels.numpy()})
+        assert got[1].tolist() == kept.tolist()
+        np.testing.assert_allclose(got[0], features.numpy(), rtol=1e-5, atol=1e-5)
