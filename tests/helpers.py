@@ -94,6 +94,7 @@ def assert_same_generations(expected: Pipeline, got: Pipeline, requests, *, max_
         want = expected.generate(image, prompt, max_new_tokens=max_new_tokens)
         have = got.generate(image, prompt, max_new_tokens=max_new_tokens)
         assert have.kept == want.kept, f"request {index}: kept indices differ"
+        assert have.vision_kept == want.vision_kept, f"request {index}: vision-stage kept tokens differ"
         assert have.token_ids == want.token_ids, f"request {index}: tokens differ"
         torch.testing.assert_close(have.first_logits.cpu(), want.first_logits.cpu(), rtol=tol, atol=tol)
 

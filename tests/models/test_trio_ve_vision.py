@@ -1,4 +1,5 @@
-"""TRIO-VE inside the vision graph (models.llava.TrioVEVisionFeatures) against the plain reference built on
+"""TRIO-VE inside the vision graph (trio_ve.TrioVERule in models.vision_tower.PrunedVisionFeatures, packed by
+models.llava.PackKeptInPlace) against the plain reference built on
 transformers' own CLIP attentions and the released packing (tests/reference.py trio_ve_image_features), and its
 ONNX export against the module."""
 
@@ -8,9 +9,10 @@ import torch
 from helpers import random_image
 from reference import trio_ve_image_features
 
-from trio_edge.models.llava import TrioVEVisionFeatures
 from trio_edge.models.registry import load
 from trio_edge.models.tiny import make_tiny_llava_next
+from trio_edge.trio.schedule import VisionStage
+from trio_edge.trio.vision_stage import vision_rule
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +23,8 @@ def deeper(tmp_path_factory):
 
 def module_for(loaded, keep, grid):
     adapter = loaded.adapter
-    across_down = (grid[0] // adapter.tile_size, grid[1] // adapter.tile_size)
-    return TrioVEVisionFeatures(loaded.model, keep, across_down).eval()
+    rule = vision_rule("trio-ve", VisionStage(keep), adapter.vision_layer_count())
+    return adapter.vision_module(grid, rule).eval()
 
 
 @pytest.mark.parametrize("keep", [49, 16, 9, 5])
@@ -34,8 +36,8 @@ def test_vision_graph_equals_the_plain_reference(deeper, keep, grid_index):
     with torch.no_grad():
         features, kept = module_for(deeper, keep, grid)(pixels)
     want, want_kept = trio_ve_image_features(deeper.model, pixels, grid, keep)
-    assert kept.tolist() == want_kept
-    assert features.shape == want.shape
+    assert (kept - 1).tolist() == want_kept  # kept: index in the tile, 0 = [CLS]
+    assert features.shape == (adapter.pruned_image_token_count(grid, keep, "trio-ve"), want.shape[1]) == want.shape
     torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-5)
 
 
@@ -45,7 +47,7 @@ def test_two_layer_tower_and_4x4_grid(tiny, images):
     with torch.no_grad():
         features, kept = module_for(tiny, 6, grid)(pixels)
     want, want_kept = trio_ve_image_features(tiny.model, pixels, grid, 6)
-    assert kept.tolist() == want_kept
+    assert (kept - 1).tolist() == want_kept
     torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-5)
 
 

@@ -191,3 +191,58 @@ def test_reference_keeping_everything_is_transformers_own_features(tiny, images)
     reduced, kept = trio_ve_image_features(tiny.model, pixels, grid, 8)
     tiles = adapter.tile_count(grid)
     assert reduced.shape[0] == tiles * 8 + (grid[1] // adapter.tile_size) * side
+
+
+# ---- schedules: presets, --keep-ratio, --cuts --------------------------------------------------------------------
+
+
+def llava15_tokens(keep, method):
+    return keep  # one tile, no newline
+
+
+def next_tokens(keep, method):
+    return 5 * keep + 14  # trio-tiny: base + 4 tiles of 7x7, 14 newline rows
+
+
+@pytest.mark.parametrize("name, vision, cut, average", [("trio-ve-64", 96, "16:32", 64), ("trio-ve-128", 192, "16:64", 128),
+                                                        ("trio-ve-192", 288, "16:96", 192)])
+def test_presets_on_the_reference_model(name, vision, cut, average):
+    from trio_edge.trio.schedule import resolve_schedule
+
+    schedule = resolve_schedule(preset=name, num_layers=32, num_image_tokens=576, tile_tokens=577,
+                                vision_tokens_for=llava15_tokens)
+    assert schedule.vision.keep == schedule.vision.tokens == vision
+    assert schedule.text() == f"vision:{vision},{cut}" and schedule.provenance["scaled"] is None
+    assert schedule.layer_averaged_tokens(32, 576) == average
+
+
+def test_presets_scale_to_trio_tiny_and_say_so():
+    from trio_edge.trio.schedule import resolve_schedule
+
+    schedule = resolve_schedule(preset="trio-ve-64", num_layers=4, num_image_tokens=259, tile_tokens=50,
+                                vision_tokens_for=next_tokens)
+    assert schedule.text() == "vision:8,2:18"  # 96 * 49/576 = 8.2 -> 8 per tile: 54 tokens, a third of it at 2
+    assert "8 of 49" in schedule.provenance["scaled"]
+
+
+@pytest.mark.parametrize("ratio", [1 / 3, 2 / 9, 1 / 9])
+def test_keep_ratio_takes_the_authors_shape(ratio):
+    from trio_edge.trio.schedule import resolve_schedule
+
+    schedule = resolve_schedule(method="trio-ve", keep_ratio=ratio, num_layers=4, num_image_tokens=259, tile_tokens=50,
+                                vision_tokens_for=next_tokens)
+    assert [c.layer for c in schedule.cuts] == [2]
+    assert abs(schedule.vision.tokens - 1.5 * ratio * 259) <= 2.5  # 5 tokens per step of T
+    assert abs(schedule.layer_averaged_tokens(4, 259) - ratio * 259) <= 0.5
+
+
+@pytest.mark.parametrize("cuts, message", [("vision:100", "keeps 98 .* pass vision:97 or vision:128"),
+                                           ("vision:0", "outside 1..577"), ("vision:577", "between 1 and the 576"), ("2:40", "pass --preset trio-ve-64"),
+                                           ("vision:96,0:200", "within 1..96")])
+def test_bad_trio_ve_schedules_say_what_to_do(cuts, message):
+    from trio_edge.errors import ScheduleError
+    from trio_edge.trio.schedule import resolve_schedule
+
+    with pytest.raises((ScheduleError, InputError), match=message):
+        resolve_schedule(method="trio-ve", cuts=cuts, num_layers=32, num_image_tokens=576, tile_tokens=577,
+                         vision_tokens_for=llava15_tokens)

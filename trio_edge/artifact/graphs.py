@@ -16,6 +16,7 @@ from .plan import PipelinePlan
 QUERY_AXIS = "query"  # embed and segment graphs: 1 (decode) .. prompt length (prefill)
 SEQ_AXIS = "seq"  # select graphs: the sequence entering the cut
 PRUNED_AXIS = "pruned_seq"  # select graphs' outputs: seq - image tokens entering + kept
+VISION_KEPT = "vision_kept"  # the vision graph's second output when a rule prunes inside it
 TYPICAL_TEXT_TOKENS = 64  # prompt text around the image that prefill profiles are tuned for
 MIN_TEXT_AFTER_IMAGE = 5  # the proxy supervises positions S-5..S-2: a select needs that much text
 
@@ -67,7 +68,10 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
     specs = [
         GraphSpec("vision", GraphKind.VISION,
                   (TensorSpec("pixel_values", dtype, (tile_count, 3, tile_size, tile_size)),),
-                  (TensorSpec("image_features", dtype, (m, d)),)),
+                  (TensorSpec("image_features", dtype, (m, d)),
+                   # a vision stage's kept tokens per tile (index in the tile, 0 = [CLS]; -1: merged)
+                   *([TensorSpec(VISION_KEPT, "int64", (tile_count, plan.schedule.vision.keep))]
+                     if plan.schedule.vision is not None else []))),
         GraphSpec("embed", GraphKind.EMBED,
                   (TensorSpec("input_ids", "int64", (1, q)), TensorSpec("image_features", dtype, (m, d))),
                   (TensorSpec("hidden", dtype, (1, q, d)),)),

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .. import defaults
-from ..trio.methods import check_cuts, method_info
-from ..trio.schedule import Cut, Schedule
+from ..errors import ScheduleError
+from ..trio.methods import VISION_TOWER, check_cuts, method_info
+from ..trio.schedule import Cut, Schedule, VisionStage
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,18 @@ class PipelinePlan:
     selects: tuple[SelectPlan, ...]
     nms_iterations: int
     method: str = "trio"  # the selection rule of every cut (trio.methods); older manifests: trio
+    # image tokens of the unpruned model; num_image_tokens is what the decoder sees, fewer after a vision stage
+    # (schedule.vision: a rule inside the vision graph keeps a fixed count per tile). Older manifests: 0 = equal
+    unpruned_image_tokens: int = 0
+
+    @property
+    def cut_rule(self) -> str:
+        """The rule of the decoder cuts: the method's, or TRIO's after TRIO-VE's vision stage (trio.methods)."""
+        return method_info(self.method).cut_rule
+
+    @property
+    def full_image_tokens(self) -> int:
+        return self.unpruned_image_tokens or self.num_image_tokens
 
     def stages(self):
         """Segments and selects interleaved in prefill order; a select that owns a segment replaces it."""
@@ -69,13 +82,13 @@ class PipelinePlan:
 
     def describe(self) -> str:
         """The schedule's summary; with tokens a rule adds (SparseVLM's merged ones), the realised average too."""
-        text = self.schedule.describe(self.num_layers, self.num_image_tokens)
+        text = self.schedule.describe(self.num_layers, self.full_image_tokens)
         if not any(s.merged for s in self.selects):
             return text
         average = sum((s.end - s.start) * s.image_tokens for s in self.segments) / self.num_layers
         merged = "/".join(str(s.merged) for s in self.selects)
         return (f"{text}; + {merged} merged tokens: {average:.1f} layer-averaged "
-                f"({100 * average / self.num_image_tokens:.1f}%) in all")
+                f"({100 * average / self.full_image_tokens:.1f}%) in all")
 
     def owned_segment_of(self, select: SelectPlan) -> SegmentPlan | None:
         return next((s for s in self.segments if s.name == select.owned_segment), None)
@@ -106,6 +119,8 @@ class PipelinePlan:
         body = asdict(self)
         body["schedule"] = {"cuts": [asdict(c) for c in self.schedule.cuts], "threshold": self.schedule.threshold,
                             "positions": self.schedule.positions, "precision": self.schedule.precision}
+        if self.schedule.vision is not None:
+            body["schedule"]["vision"] = asdict(self.schedule.vision)
         body["grid"] = list(self.grid)
         return body
 
@@ -114,7 +129,8 @@ class PipelinePlan:
         body = dict(body)
         sched = body["schedule"]
         body["schedule"] = Schedule(tuple(Cut(**c) for c in sched["cuts"]), sched["threshold"], sched["positions"],
-                                    precision=sched.get("precision", "fp32"))  # older manifests: fp32
+                                    precision=sched.get("precision", "fp32"),  # older manifests: fp32
+                                    vision=VisionStage(**sched["vision"]) if sched.get("vision") else None)
         body["segments"] = tuple(SegmentPlan(**s) for s in body["segments"])
         body["selects"] = tuple(SelectPlan(**s) for s in body["selects"])
         body["grid"] = tuple(body["grid"])
@@ -146,7 +162,12 @@ def image_tokens_leaving(method: str, cuts, num_image_tokens: int) -> list[int]:
 def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
               hidden_size, num_kv_heads, head_dim, vocab_size, grid,
               nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
+    """`num_image_tokens`: the unpruned model's; a vision stage (schedule.vision) leaves the decoder fewer."""
     schedule.validate(num_layers, num_image_tokens)
+    if schedule.vision is not None and (method_info(method).acts != VISION_TOWER or not schedule.vision.tokens):
+        raise ScheduleError(f"the schedule prunes inside the vision tower ({schedule.vision.describe()}): it needs a "
+                            "vision-tower method (--method visionzip), resolved against the model (adapter.schedule)")
+    unpruned, num_image_tokens = num_image_tokens, schedule.decoder_image_tokens(num_image_tokens)
     owns_layer = method_info(method).owns_layer
     check_cuts(method, [(c.layer, c.keep) for c in schedule.cuts])
     bounds = sorted({c.layer for c in schedule.cuts} | ({c.layer - 1 for c in schedule.cuts} if owns_layer else set()))
@@ -171,4 +192,5 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
         for i, c in enumerate(schedule.cuts)
     )
     return PipelinePlan(num_layers, num_image_tokens, max_text_tokens, max_new_tokens, hidden_size, num_kv_heads,
-                        head_dim, vocab_size, tuple(grid), schedule, segments, selects, nms_iterations, method)
+                        head_dim, vocab_size, tuple(grid), schedule, segments, selects, nms_iterations, method,
+                        unpruned if schedule.vision is not None else 0)

@@ -68,15 +68,16 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
     # inside an argument group already (trio-run's model-only options): add there; nesting groups is deprecated
     group = parser if isinstance(parser, argparse._ArgumentGroup) else parser.add_argument_group(title)
     group.add_argument("--cuts", help="LAYER:KEEP[,LAYER:KEEP...]: prune after LAYER decoder layers (0 = before "
-                                      "any), keeping KEEP image tokens, e.g. 1:92,10:54,15:22")
+                                      "any), keeping KEEP image tokens, e.g. 1:92,10:54,15:22; vision-tower methods: "
+                                      "vision:KEEP tokens per tile (VisionZip: vision:DOMINANT+CONTEXTUAL, e.g. "
+                                      "vision:54+10)")
     group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "
                                                         "family's default cut layers")
     group.add_argument("--schedule-file", help="a schedule JSON written by trio-calibrate")
     group.add_argument("--preset", metavar="NAME",
                        help="an authors' released schedule (scaled to the model's depth and image tokens when it is "
                             "not 32 layers / 576 tokens; the method defaults to the preset's): "
-                            + "; ".join(f"{p.name} = {p.method} {','.join(f'{a}:{b}' for a, b in zip(p.layers, p.keeps))}"
-                                        for p in PRESETS.values()))
+                            + "; ".join(f"{p.name} = {p.method} {_preset_cuts(p)}" for p in PRESETS.values()))
     group.add_argument("--budget", type=int, help="--method sparsevlm: one of the authors' tables 64, 96, 128, 192 "
                                                   "(image tokens kept at cuts 3/7/16 of 32 layers, scaled by depth)")
     group.add_argument("--method", metavar="METHOD", help=f"selection rule of every cut (default {defaults.METHOD}, "
@@ -89,6 +90,12 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
                        help="precision of the select stages: fp32 (default; the kept tokens equal the fp32 "
                             "reference exactly) or model (fp16/bf16 models: much less select compute, "
                             "near-tied tokens may differ)")
+
+
+def _preset_cuts(preset) -> str:
+    split = f"+{preset.vision[1]}" if preset.vision and preset.vision[1] else ""
+    vision = [f"vision:{preset.vision[0]}{split} per tile of 576"] if preset.vision else []
+    return ",".join(vision + [f"{a}:{b}" for a, b in zip(preset.layers, preset.keeps)])
 
 
 def add_model_only_options(parser, source: str = "MODEL_OR_DIR"):

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import InputError, UnsupportedModelError
 from .llama_decoder import LlamaFamilyDecoder
 from .preprocess import letterbox, parse_grid
+from .vision_tower import PrunedVisionFeatures, tower_has_cls
 
 SUPPORTED_DECODERS = ("LlamaForCausalLM", "LlamaModel", "MistralModel", "MistralForCausalLM")
 # LLaVA's released TRIO schedule for 576 tokens -> 64 (cuts after layers 1, 10, 15 of 32 keeping
@@ -70,47 +71,25 @@ class VisionFeatures(nn.Module):
         return features[0] if isinstance(features, (list, tuple)) else features.reshape(-1, features.shape[-1])
 
 
-class TrioVEVisionFeatures(nn.Module):
-    """pixel tiles (P, 3, h, w) -> (image features (M', D), kept (P, K) ascending patch indices per tile): TRIO-VE
-    (trio.trio_ve) inside the vision graph, every tile pruned to the same K and packed as the released code does
-    (ocy1/TRIO prepare_inputs_labels_for_multimodal, spatial_unpad on a fixed grid, nothing unpadded): the base
-    tile's kept tokens, then the packed tiles' grid in raster order, kept tokens only, every row ending with the
-    image newline (always kept). LLaVA-1.5 (`tiles_across_down` None): the one tile's kept tokens."""
+class PackKeptInPlace(nn.Module):
+    """LLaVA-NeXT's packing of tiles pruned by an index mask, as the released TRIO code does it (ocy1/TRIO
+    prepare_inputs_labels_for_multimodal, spatial_unpad; nothing is unpadded on the fixed grid): the base tile's
+    kept tokens in token order, then the packed tiles' grid in raster order, kept tokens only, every grid row
+    ending with the image newline (always kept). features (T, K, D), kept (T, K) (index in the tile, 0 = [CLS])
+    -> (T * K + rows * side, D)."""
 
-    cuda_graph_safe = True
-
-    def __init__(self, model, keep: int, tiles_across_down: tuple[int, int] | None):
+    def __init__(self, rows: int, cols: int, side: int, newline: nn.Parameter):
         super().__init__()
-        from ..trio.trio_ve import check_ve_keep, ve_layers
+        self.rows, self.cols, self.side, self.newline = rows, cols, side, newline
 
-        config = model.config
-        if not isinstance(config.vision_feature_layer, int) or config.vision_feature_select_strategy != "default":
-            raise UnsupportedModelError("TRIO-VE needs one vision feature layer and the 'default' (patches only) "
-                                        "feature strategy, as LLaVA's CLIP towers have")
-        self.model = model.model
-        self.feature_layer = int(config.vision_feature_layer)
-        self.side = int(config.vision_config.image_size) // int(config.vision_config.patch_size)
-        self.keep = check_ve_keep(keep, self.side)
-        self.shallow, self.deep = ve_layers(int(config.vision_config.num_hidden_layers))
-        self.tiles_across_down = tiles_across_down
-
-    def forward(self, pixel_values):
-        from ..trio.trio_ve import cls_attention, merge_into_kept, ve_select
-        from .vision_tower import run_tower
-
-        hidden, rows = run_tower(self.model.vision_tower, pixel_values, self.feature_layer, (self.shallow, self.deep))
-        projected = self.model.multi_modal_projector(hidden[:, 1:])  # (P, N, D)
-        kept = ve_select(cls_attention(rows[self.shallow]), cls_attention(rows[self.deep]), self.side, self.keep)
-        merged = merge_into_kept(projected, kept)  # (P, K, D)
-        if self.tiles_across_down is None:
-            return merged[0], kept
-        return pack_kept_tiles(merged, kept, self.model.image_newline, self.side, *self.tiles_across_down), kept
+    def forward(self, features, kept):
+        return pack_kept_tiles(features, kept - 1, self.newline, self.side, self.cols, self.rows)
 
 
 def pack_kept_tiles(merged, kept, newline, side: int, across: int, down: int) -> torch.Tensor:
-    """LLaVA-NeXT's spatial packing of pruned tiles: merged (P, K, D) and kept (P, K) of the base tile and the
-    across x down packed tiles -> (K + (P-1) K + down * side, D). Every packed token and newline gets its raster
-    position on the (down*side) x (across*side + 1) grid; sorting those distinct keys orders them (fixed count)."""
+    """merged (P, K, D) and kept patch indices (P, K) of the base tile and the across x down packed tiles ->
+    (K + (P-1) K + down * side, D). Every packed token and newline gets its raster position on the
+    (down*side) x (across*side + 1) grid; sorting those distinct keys orders them (fixed count)."""
     tiles, k, dim = merged.shape
     width = across * side + 1
     tile = torch.arange(1, tiles, device=kept.device)[:, None]  # (P-1, 1)
@@ -168,8 +147,31 @@ class LlavaAdapter:
         patches = (self.tile_size // int(self.config.vision_config.patch_size)) ** 2
         return patches + (1 if self.config.vision_feature_select_strategy == "full" else 0)
 
-    def vision_module(self, grid: tuple[int, int]) -> nn.Module:
+    def vision_module(self, grid: tuple[int, int], rule: nn.Module | None = None) -> nn.Module:
+        """The vision graph's module; with a vision-tower `rule` (trio.vision_stage.vision_rule), the pruned one."""
+        if rule is not None:
+            return self._pruned_vision_module(grid, rule)
         return VisionFeatures(self.model, None)
+
+    # ---- pruning inside the vision tower (VisionZip, ...) --------------------------------------------------
+    def tile_tokens(self) -> int | None:
+        """Tokens of one tile at the feature layer, [CLS] included; None when the tower has no [CLS] (the
+        vision-tower rules rank tokens by its attention)."""
+        if not tower_has_cls(self.config.vision_config) or not isinstance(self.config.vision_feature_layer, int):
+            return None
+        return (self.tile_size // int(self.config.vision_config.patch_size)) ** 2 + 1
+
+    def pruned_image_token_count(self, grid: tuple[int, int], keep: int, method: str = "visionzip") -> int:
+        """Image tokens the decoder sees when every tile keeps `keep` tokens: the tiles' kept tokens only (VisionZip's
+        LLaVA and LLaVA-NeXT code add no image_newline tokens to pruned tiles; TRIO-VE's LLaVA-NeXT code keeps them:
+        LlavaNextAdapter adds them)."""
+        return self.tile_count(grid) * keep
+
+    def vision_layer_count(self) -> int:
+        return int(self.config.vision_config.num_hidden_layers)
+
+    def _pruned_vision_module(self, grid, rule) -> nn.Module:
+        return PrunedVisionFeatures(self.model, rule, lambda features, kept: features[0])
 
     def tile_count(self, grid: tuple[int, int]) -> int:
         return 1
@@ -300,7 +302,9 @@ class LlavaAdapter:
 
         return resolve_schedule(default_cut_layers=self.default_cut_layers(),
                                 default_keep_weights=self.default_keep_weights(), num_layers=self.num_layers,
-                                num_image_tokens=self.image_token_count(grid), **options)
+                                num_image_tokens=self.image_token_count(grid), tile_tokens=self.tile_tokens(),
+                                vision_tokens_for=lambda keep, method: self.pruned_image_token_count(grid, keep, method),
+                                **options)
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -327,11 +331,48 @@ class LlavaNextAdapter(LlavaAdapter):
         # base tile + packed tiles + one newline token per packed row (no unpadding on the fixed grid)
         return patches * patches + rows * cols + rows
 
-    def vision_module(self, grid: tuple[int, int]) -> nn.Module:
+    def vision_module(self, grid: tuple[int, int], rule: nn.Module | None = None) -> nn.Module:
+        if rule is not None:
+            return self._pruned_vision_module(grid, rule)
         return VisionFeatures(self.model, (grid[1], grid[0]))
 
     def tile_count(self, grid: tuple[int, int]) -> int:
         return (grid[0] // self.tile_size) * (grid[1] // self.tile_size) + 1  # + the base tile
+
+    def _pruned_vision_module(self, grid, rule) -> nn.Module:
+        side = self.tile_size // int(self.config.vision_config.patch_size)
+        rows, cols = grid[1] // self.tile_size, grid[0] // self.tile_size
+        if getattr(rule, "packing", None) == "in-place":
+            return PrunedVisionFeatures(self.model, rule, PackKeptInPlace(rows, cols, side, self.model.model.image_newline))
+        return PrunedVisionFeatures(self.model, rule, PackPrunedTiles(rows, cols, side, rule.dominant))
+
+    def pruned_image_token_count(self, grid: tuple[int, int], keep: int, method: str = "visionzip") -> int:
+        """+ one newline per packed grid row after a rule that keeps tokens in place (TRIO-VE), as its code does."""
+        from ..trio.vision_stage import keeps_newlines
+
+        rows = grid[1] // self.tile_size * (self.tile_size // int(self.config.vision_config.patch_size))
+        return self.tile_count(grid) * keep + (rows if keeps_newlines(method) else 0)
+
+
+class PackPrunedTiles(nn.Module):
+    """LLaVA-NeXT's packing of pruned tiles, as VisionZip's llava_arch.py does it (restore_image_features_sorted,
+    spatial_unpad): the base tile's tokens as they come; then the grid tiles' dominant patches in raster order of
+    the whole packed grid (no image_newline, no unpadding); then every grid tile's [CLS]; then every grid tile's
+    contextual tokens, tile by tile. features (T, keep, D), kept (T, keep) -> (T * keep, D)."""
+
+    def __init__(self, rows: int, cols: int, side: int, dominant: int):
+        super().__init__()
+        self.rows, self.cols, self.side, self.dominant = rows, cols, side, dominant
+
+    def forward(self, features, kept):
+        grid, dim = features[1:], features.shape[-1]  # (rows * cols, keep, D), tiles in row-major order
+        patch = kept[1:, 1:self.dominant] - 1  # (n, dominant - 1): dominant patches, [CLS] dropped
+        tile = torch.arange(grid.shape[0], device=kept.device)[:, None]
+        row = tile // self.cols * self.side + patch // self.side
+        column = tile % self.cols * self.side + patch % self.side
+        order = torch.sort((row * (self.cols * self.side) + column).reshape(-1)).indices
+        patches = grid[:, 1:self.dominant].reshape(-1, dim).index_select(0, order)
+        return torch.cat([features[0], patches, grid[:, 0], grid[:, self.dominant:].reshape(-1, dim)], dim=0)
 
 
 def _texts(message: dict, separator: str = " ") -> str:

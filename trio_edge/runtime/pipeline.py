@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..artifact.dtypes import TORCH_DTYPES
+from ..artifact.graphs import VISION_KEPT
 from ..artifact.plan import PipelinePlan, SegmentPlan, SelectPlan
 from ..errors import InputError
 from ..models.preprocess import load_image
@@ -31,10 +32,16 @@ class GenerationResult:
     prompt_tokens: int = 0
     first_logits: torch.Tensor | None = None
     timeline: list[tuple[str, float, float]] | None = None
+    # a vision stage's kept tokens, per tile: index in the tile (0 = [CLS]), -1 for merged ones; cuts after it
+    # number the image tokens the decoder sees (0..M'-1)
+    vision_kept: list[list[int]] | None = None
 
     def to_json(self) -> dict:
-        return {"text": self.text, "token_ids": self.token_ids, "kept": self.kept, "timings": self.timings,
+        body = {"text": self.text, "token_ids": self.token_ids, "kept": self.kept, "timings": self.timings,
                 "prompt_tokens": self.prompt_tokens}
+        if self.vision_kept is not None:
+            body["vision_kept"] = self.vision_kept
+        return body
 
 
 class _Clock:
@@ -59,6 +66,7 @@ class Pipeline:
         self.stop_token_ids = set(stop_token_ids)
         self.device = backend.device
         self.dtype = TORCH_DTYPES[dtype]
+        self.vision_kept = None  # the last request's vision-stage kept tokens (a vision-tower method's)
         self.weight_format = dtype  # what the weights are; an export's opener sets e.g. "int4 (rtn, block 32)"
         with torch.inference_mode(False):  # the torch backend writes these in place, outside inference mode
             self.kv = {seg.name: torch.zeros(plan.kv_shape(seg), dtype=self.dtype, device=self.device)
@@ -126,7 +134,8 @@ class Pipeline:
 
     def prefill(self, pixels, input_ids, clock: _Clock):
         t = time.perf_counter()
-        features = self.backend.run("vision", {"pixel_values": pixels})["image_features"]
+        vision = self.backend.run("vision", {"pixel_values": pixels})
+        features, self.vision_kept = vision["image_features"], vision.get(VISION_KEPT)
         t = clock.lap("vision", t)
         hidden = self.backend.run("embed", {"input_ids": input_ids, "image_features": features})["hidden"]
         t = clock.lap("embed", t)
@@ -212,6 +221,8 @@ class Pipeline:
         """Prefill, then yield generated token ids one by one, filling `result` as it goes."""
         start = clock.origin
         features, logits, result.kept, lengths = self.prefill(pixels, input_ids, clock)
+        if self.vision_kept is not None:
+            result.vision_kept = self.vision_kept.tolist()
         result.prompt_tokens, result.first_logits = input_ids.shape[1], logits
         sampler = torch.Generator(device="cpu").manual_seed(seed)
         clock.timings["ttft"] = (time.perf_counter() - start) * 1e3

@@ -23,12 +23,30 @@ class Cut:
 
 
 @dataclass(frozen=True)
+class VisionStage:
+    """Prune inside the vision tower, before the decoder: keep `keep` tokens of every tile (the methods whose
+    rule acts there, trio.methods.VISION_TOWER). `dominant`: VisionZip's share of `keep` chosen by [CLS] attention
+    ([CLS] itself included), the rest are its contextual (merged) tokens; 0 for rules without that split.
+    `tokens`: image tokens the decoder then sees (every tile's `keep`, packed as the model family's authors do),
+    set when the stage is resolved against a model (0 until then)."""
+
+    keep: int
+    dominant: int = 0
+    tokens: int = 0
+
+    def describe(self) -> str:
+        split = f" ({self.dominant}+{self.keep - self.dominant})" if self.dominant else ""
+        return f"vision {self.keep}{split} per tile"
+
+
+@dataclass(frozen=True)
 class Schedule:
     cuts: tuple[Cut, ...] = ()
     threshold: float = 0.8
     positions: str = "renumber"
     provenance: dict = field(default_factory=dict, compare=False)
     precision: str = "fp32"  # of the select stages (SELECT_PRECISIONS)
+    vision: VisionStage | None = None  # pruning inside the vision tower, before the first cut
 
     def __post_init__(self):
         object.__setattr__(self, "cuts", tuple(self.cuts))
@@ -44,25 +62,39 @@ class Schedule:
 
     @property
     def pruning(self) -> bool:
-        return bool(self.cuts)
+        return bool(self.cuts) or self.vision is not None
+
+    def decoder_image_tokens(self, num_image_tokens: int) -> int:
+        """Image tokens entering the decoder: the vision stage's, else all `num_image_tokens`."""
+        return self.vision.tokens if self.vision is not None and self.vision.tokens else num_image_tokens
 
     @classmethod
     def parse(cls, text: str, **kwargs) -> "Schedule":
-        """'1:92,10:54,15:22' -> Schedule; '' or 'none' -> no pruning."""
+        """'1:92,10:54,15:22' -> Schedule; '' or 'none' -> no pruning. A first part 'vision:KEEP' (or
+        'vision:DOMINANT+CONTEXTUAL', VisionZip's split) prunes inside the vision tower, KEEP tokens per tile."""
         text = (text or "").strip()
         if text.lower() in ("", "none", "full"):
             return cls((), **kwargs)
-        cuts = []
+        cuts, vision = [], kwargs.pop("vision", None)
         for part in text.split(","):
+            if part.strip().lower().startswith("vision:"):
+                vision = _parse_vision(part.strip())
+                continue
             try:
                 layer, keep = (int(x) for x in part.strip().split(":"))
             except ValueError:
                 raise ScheduleError(f"bad cut {part.strip()!r}: write LAYER:KEEP, e.g. 2:64 (several: 1:92,10:54)") from None
             cuts.append(Cut(layer, keep))
-        return cls(tuple(cuts), **kwargs)
+        return cls(tuple(cuts), vision=vision, **kwargs)
+
+    def text(self) -> str:
+        """The cuts as --cuts takes them (Schedule.parse(s.text()) has the same vision stage and cuts)."""
+        parts = [f"vision:{self.vision.dominant}+{self.vision.keep - self.vision.dominant}" if self.vision
+                 and self.vision.dominant else f"vision:{self.vision.keep}"] if self.vision else []
+        return ",".join(parts + [f"{c.layer}:{c.keep}" for c in self.cuts]) or "none"
 
     def validate(self, num_layers: int, num_image_tokens: int) -> "Schedule":
-        available = num_image_tokens
+        available = self.decoder_image_tokens(num_image_tokens)
         for cut in self.cuts:
             if not 0 <= cut.layer <= num_layers - 1:
                 raise ScheduleError(f"cut {cut.layer}:{cut.keep}: LAYER must be within 0..{num_layers - 1} "
@@ -74,7 +106,7 @@ class Schedule:
         return self
 
     def tokens_per_layer(self, num_layers: int, num_image_tokens: int) -> list[int]:
-        counts, current, cuts = [], num_image_tokens, {c.layer: c.keep for c in self.cuts}
+        counts, current, cuts = [], self.decoder_image_tokens(num_image_tokens), {c.layer: c.keep for c in self.cuts}
         for layer in range(num_layers):
             current = cuts.get(layer, current)
             counts.append(current)
@@ -91,13 +123,16 @@ class Schedule:
         cuts = ",".join(f"{c.layer}:{c.keep}" for c in self.cuts) or "none"
         avg = self.layer_averaged_tokens(num_layers, num_image_tokens)
         precision = "" if self.precision == "fp32" or not self.cuts else "; selection in the model's precision"
-        return (f"cuts {cuts}: {avg:.1f} of {num_image_tokens} image tokens layer-averaged "
+        vision = f"{self.vision.describe()} ({self.vision.tokens} image tokens), " if self.vision else ""
+        return (f"{vision}cuts {cuts}: {avg:.1f} of {num_image_tokens} image tokens layer-averaged "
                 f"({100 * avg / num_image_tokens:.1f}%){precision}")
 
     def to_json(self) -> str:
         body = {"format_version": SCHEDULE_FORMAT_VERSION, "cuts": [asdict(c) for c in self.cuts],
                 "threshold": self.threshold, "positions": self.positions, "precision": self.precision,
                 "provenance": self.provenance}
+        if self.vision is not None:
+            body["vision"] = asdict(self.vision)
         return json.dumps(body, indent=2)
 
     @classmethod
@@ -109,10 +144,27 @@ class Schedule:
                 raise ScheduleError(f"schedule file format_version {version!r} is not supported "
                                     f"(this trio-edge reads {SCHEDULE_FORMAT_VERSION}); upgrade trio-edge")
             cuts = tuple(Cut(int(c["layer"]), int(c["keep"])) for c in body["cuts"])
+            vision = VisionStage(**body["vision"]) if body.get("vision") else None
             return cls(cuts, float(body.get("threshold", 0.8)), body.get("positions", "renumber"),
-                       body.get("provenance", {}), body.get("precision", "fp32"))
+                       body.get("provenance", {}), body.get("precision", "fp32"), vision)
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ScheduleError(f"not a trio-edge schedule file: {error}") from None
+
+
+def _parse_vision(part: str) -> VisionStage:
+    """'vision:KEEP' or 'vision:DOMINANT+CONTEXTUAL' -> VisionStage (tokens resolved later)."""
+    value = part.split(":", 1)[1].strip()
+    try:
+        numbers = [int(x) for x in value.split("+")]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or any(n < 0 for n in numbers):
+        raise ScheduleError(f"bad vision stage {part!r}: write vision:KEEP (tokens per tile) or, for VisionZip, "
+                            "vision:DOMINANT+CONTEXTUAL, e.g. vision:54+10")
+    if len(numbers) == 2 and numbers[0] < 1:
+        raise ScheduleError(f"bad vision stage {part!r}: VisionZip keeps at least one dominant token (its [CLS]); "
+                            "write vision:D+C with D >= 1")
+    return VisionStage(sum(numbers), numbers[0] if len(numbers) == 2 else 0)
 
 
 def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, num_image_tokens: int,
@@ -163,10 +215,12 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
                      preset: str | None = None,
                      positions: str | None = None, threshold: float | None = None, precision: str | None = None,
                      method: str | None = None, budget: int | None = None, default_cut_layers=(),
-                     default_keep_weights=(), num_layers: int, num_image_tokens: int) -> Schedule:
+                     default_keep_weights=(), num_layers: int, num_image_tokens: int,
+                     tile_tokens: int | None = None, vision_tokens_for=None) -> Schedule:
     """One schedule from the mutually exclusive user options; no option means no pruning. `method` gives the
     default positions (its authors' choice, trio.methods) and checks the cut layers it can act at. `budget` picks
-    one of SparseVLM's tables (--method sparsevlm only)."""
+    one of SparseVLM's tables (--method sparsevlm only). `tile_tokens` / `vision_tokens_for`: a vision-tower
+    method's tile ([CLS] + patches; None without a [CLS]) and the decoder's image tokens for a keep per tile."""
     from .methods import check_cuts, method_info
     from .presets import method_for, preset_info
 
@@ -183,6 +237,13 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
         raise ScheduleError(f"{' and '.join(given)} are mutually exclusive; pass one")
     overrides = {k: v for k, v in (("positions", positions), ("threshold", threshold), ("precision", precision))
                  if v is not None}
+    from .vision_stage import is_vision_method, vision_schedule
+
+    if is_vision_method(method):
+        return vision_schedule(method, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file, preset=preset,
+                               overrides=overrides, tile_tokens=tile_tokens, vision_tokens_for=vision_tokens_for,
+                               num_image_tokens=num_image_tokens, num_layers=num_layers
+                               ).validate(num_layers, num_image_tokens)
     if method == "sparsevlm" and any(value is not None for value in (budget, keep_ratio, cuts)):
         if positions == "original":
             raise ScheduleError("--method sparsevlm renumbers positions after each cut, as its authors' code does; "
@@ -210,6 +271,9 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
                                       num_image_tokens, **overrides)
     else:
         schedule = Schedule.parse(cuts or "", **overrides)
+    if schedule.vision is not None:
+        raise ScheduleError(f"vision:{schedule.vision.keep} prunes inside the vision tower: it needs a method that acts "
+                            "there (--method visionzip)")
     if method is not None:
         check_cuts(method, [(c.layer, c.keep) for c in schedule.cuts])
     return schedule.validate(num_layers, num_image_tokens)

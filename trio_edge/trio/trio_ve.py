@@ -161,3 +161,24 @@ def merge_into_kept(features: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     assign = (first_max & non_kept[:, :, None]).float().transpose(1, 2)  # (B, K, N)
     merged = (kept_x + assign @ x) / (1.0 + assign.sum(dim=-1, keepdim=True))
     return merged.to(features.dtype)
+
+
+class TrioVERule(torch.nn.Module):
+    """TRIO-VE as a vision-tower rule (trio.vision_stage.vision_rule): projected features (T, S, D) of every tile
+    ([CLS] first; the released code merges after the projector), the [CLS] attention of the shallow and deep
+    layers -> merged kept tokens (T, K, D), kept (T, K) int64 (index in the tile, 0 = [CLS]: patch index + 1)."""
+
+    merges_projected = True  # the vision module hands over projector outputs, not the tower's features
+    packing = "in-place"  # kept tokens stay at their place in the tile (LLaVA-NeXT: newlines kept), as released
+
+    def __init__(self, keep: int, num_vision_layers: int):
+        super().__init__()
+        self.keep = int(keep)
+        self.attention_layers = ve_layers(num_vision_layers)  # (shallow, deep)
+        self.key_layers = ()
+
+    def forward(self, projected, attentions, keys):
+        side = int(round((projected.shape[1] - 1) ** 0.5))
+        shallow, deep = (cls_attention(a[:, :, 0]) for a in attentions)
+        kept = ve_select(shallow, deep, side, self.keep)
+        return merge_into_kept(projected[:, 1:], kept), kept + 1
