@@ -149,12 +149,21 @@ def reference_saliency(model, layer_index: int, h: torch.Tensor, positions: torc
     return grad.float().norm(dim=-1)
 
 
-def embed_prompt(model, inputs: dict):
-    """inputs from the HF processor -> (embeddings (S, D), image_start, M)."""
+def embed_prompt(model, inputs: dict, image_features: torch.Tensor | None = None):
+    """inputs from the HF processor -> (embeddings (S, D), image_start, M). `image_features` (M', D): what a rule
+    inside the vision tower left (TRIO-VE), in place of the processor's M image tokens."""
     input_ids = inputs["input_ids"]
-    features = model.model.get_image_features(pixel_values=inputs["pixel_values"],
-                                              image_sizes=inputs["image_sizes"]).pooler_output
-    features = torch.cat(list(features), dim=0) if isinstance(features, (list, tuple)) else features
+    if image_features is None:
+        features = model.model.get_image_features(pixel_values=inputs["pixel_values"],
+                                                  image_sizes=inputs["image_sizes"]).pooler_output
+        features = torch.cat(list(features), dim=0) if isinstance(features, (list, tuple)) else features
+    else:
+        features = image_features
+        ids = input_ids[0].tolist()
+        first = ids.index(model.config.image_token_index)
+        count = ids.count(model.config.image_token_index)
+        ids = ids[:first] + [model.config.image_token_index] * features.shape[0] + ids[first + count:]
+        input_ids = torch.tensor([ids])
     embeds = model.get_input_embeddings()(input_ids)[0].clone()
     is_image = input_ids[0] == model.config.image_token_index
     where = torch.nonzero(is_image)[:, 0]
@@ -211,10 +220,11 @@ def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen, met
 
 
 def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_token_ids=(),
-                       method: str = "trio") -> ReferenceResult:
-    """Greedy generation of the pruned model, recomputed from scratch at every step."""
+                       method: str = "trio", image_features: torch.Tensor | None = None) -> ReferenceResult:
+    """Greedy generation of the pruned model, recomputed from scratch at every step (`image_features`: see
+    embed_prompt)."""
     model = model.eval()
-    embeds, image_start, m = embed_prompt(model, inputs)
+    embeds, image_start, m = embed_prompt(model, inputs, image_features)
     for cut in schedule.cuts:
         assert 1 <= cut.keep <= m
     embed = model.get_input_embeddings()

@@ -73,3 +73,29 @@ def test_vision_graph_exports_and_matches(deeper, tmp_path):
         got = session.run(None, {session.get_inputs()[0].name: pixels.numpy()})
         assert got[1].tolist() == kept.tolist()
         np.testing.assert_allclose(got[0], features.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---- the whole method: vision stage + TRIO's cut, torch pipeline vs the plain reference -------------------------
+
+
+@pytest.mark.parametrize("cuts", ["vision:16,2:30", "vision:9,1:40,3:12", "vision:5"])
+def test_pipeline_equals_the_plain_reference(deeper, cuts):
+    from helpers import PROMPTS, generate_with_logits, make_pipeline
+    from reference import reference_generate
+
+    adapter, grid = deeper.adapter, deeper.adapter.default_grid()
+    schedule = adapter.schedule(grid, method="trio-ve", cuts=cuts)
+    pipe = make_pipeline(deeper, schedule, method="trio-ve")
+    assert [s.image_tokens for s in pipe.plan.segments][0] == adapter.pruned_image_token_count(grid, schedule.vision.keep,
+                                                                                               "trio-ve")
+    for index in (0, 2):
+        image, prompt = random_image(96, 64, seed=20 + index), PROMPTS[index]
+        result, logits = generate_with_logits(pipe, image, prompt, max_new_tokens=4)
+        inputs = adapter.hf_inputs(image, prompt, grid)
+        features, kept = trio_ve_image_features(deeper.model, inputs["pixel_values"][0], grid, schedule.vision.keep)
+        ref = reference_generate(deeper.model, inputs, schedule, 4, adapter.stop_token_ids(), image_features=features)
+        assert [[i - 1 for i in row] for row in result.vision_kept] == kept
+        assert result.kept == ref.kept
+        assert result.token_ids == ref.token_ids
+        for ours, theirs in zip(logits, ref.logits):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
