@@ -1,7 +1,8 @@
 """JSON summary of a 7B-shaped export run (benchmarks/export_7b_shaped.sh writes its inputs).
 
 python benchmarks/export_summary.py WORKDIR OUT_JSON [COMMAND]: reads WORKDIR/export/manifest.json, the
-`/usr/bin/time -v` output WORKDIR/time.txt and the trio-check report WORKDIR/check.txt.
+`/usr/bin/time -v` output WORKDIR/time.txt and the trio-check report WORKDIR/check.txt; adds the Jetson Orin
+fit of the export (runtime.roofline.orin_fit_for_export: weights + KV per module, decode bandwidth bound).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 
 def summary(work: Path, command: str | None = None) -> dict:
     from trio_edge.artifact.manifest import read_manifest
+    from trio_edge.runtime.roofline import orin_fit_for_export
 
-    manifest = read_manifest(work / "export", verify_hashes=False).to_dict()
+    parsed = read_manifest(work / "export", verify_hashes=False)
+    manifest = parsed.to_dict()
     timing = (work / "time.txt").read_text()
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", timing).group(1)
@@ -34,6 +37,7 @@ def summary(work: Path, command: str | None = None) -> dict:
         "peak_rss_over_fp16_weight_bytes": peak_kib * 1024 / weights["model_parameter_bytes"],
         "wall_clock": wall,
         "trio_check": check[-1] if check else "",
+        "orin_fit": orin_fit_for_export(parsed),
         "tool": manifest["tool"],
     }
 

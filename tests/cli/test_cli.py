@@ -57,6 +57,17 @@ def test_backend_for_model_needs_an_export(export_model, image_file, capsys):
     assert code == 2 and "trio-export" in capsys.readouterr().err
 
 
+def test_low_memory_run_answers_and_on_a_model_is_refused(one_cut_dir, export_model, image_file, capsys):
+    args = ["--image", image_file, "--prompt", "what color is it?", "--max-new-tokens", "5"]
+    run_cli.main([str(one_cut_dir), *args])
+    plain = capsys.readouterr().out.strip()
+    assert run_cli.main([str(one_cut_dir), *args, "--low-memory"]) in (0, None)
+    assert capsys.readouterr().out.strip() == plain
+    code = run_cli.main([export_model.source, *args, "--low-memory"])
+    err = capsys.readouterr().err
+    assert code == 2 and "low_memory (--low-memory)" in err and len(err.strip().splitlines()) == 1
+
+
 def test_schedule_flags_on_an_export_are_refused(one_cut_dir, image_file, capsys):
     code = run_cli.main([str(one_cut_dir), "--image", image_file, "--prompt", "x", "--cuts", "1:10"])
     assert code == 2 and "fixed at export" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """ONNX Runtime session settings and the optimized-graph cache: a second load opens the cached optimized graphs
 and generates exactly what an uncached load does."""
 
+import pytest
+
+from trio_edge.errors import InputError
 from trio_edge.runtime.backends.ort_sessions import SESSION_SETTINGS
-from trio_edge.runtime.open import open_export
+from trio_edge.runtime.open import open_export, open_pipeline
 
 
 def test_second_load_hits_the_cache_and_answers_the_same(one_cut_dir, image, monkeypatch, tmp_path):
@@ -25,3 +28,24 @@ def test_second_load_hits_the_cache_and_answers_the_same(one_cut_dir, image, mon
 
 def test_settings_are_recorded():
     assert SESSION_SETTINGS["enable_mem_pattern"] and SESSION_SETTINGS["session.disable_prepacking"] == "0"
+
+
+def test_low_memory_turns_the_arena_off_and_answers_the_same(one_cut_dir, image):
+    answers = []
+    for low_memory in (False, True):
+        with open_export(one_cut_dir, ort_cache=False, low_memory=low_memory) as pipeline:
+            options = [s.get_session_options() for s in pipeline.backend.sessions.values()]
+            assert {o.enable_cpu_mem_arena for o in options} == {not low_memory}
+            assert {o.enable_mem_pattern for o in options} == {not low_memory}
+            assert pipeline.backend.settings["enable_cpu_mem_arena"] is (not low_memory)
+            result = pipeline.generate(image, "what color is the circle", max_new_tokens=6)
+            answers.append((result.token_ids, result.kept, result.first_logits))
+    assert answers[1][:2] == answers[0][:2]
+    assert (answers[1][2] - answers[0][2]).abs().max() < 1e-5
+
+
+def test_low_memory_on_a_model_or_another_backend_is_refused(one_cut_dir, tiny_model_dir):
+    with pytest.raises(InputError, match="low_memory"):
+        open_pipeline(tiny_model_dir, low_memory=True)
+    with pytest.raises(InputError, match="onnxruntime backend only"):
+        open_export(one_cut_dir, backend="torch", low_memory=True)

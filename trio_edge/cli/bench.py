@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .. import defaults
+from ..errors import InputError
 from .common import (
     add_device_options,
     add_quiet_option,
@@ -68,7 +69,7 @@ def pipelines_for(args, workdir: Path):
     from ..artifact.manifest import is_export_dir, read_manifest
     from ..runtime.open import open_pipeline
 
-    devices = dict(backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs)
+    devices = dict(backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs, low_memory=args.low_memory)
     if is_export_dir(args.model):
         manifest = read_manifest(args.model, verify_hashes=False)
         pruned = open_pipeline(args.model, **devices)
@@ -97,6 +98,8 @@ def _pipelines_for_model(args, source: str, workdir: Path, devices: dict):
     tiles = adapter.tile_count(adapter.default_grid())
     options, method = schedule_options(args), args.method
     if args.backend in (None, "torch"):  # the loaded model itself, no export
+        if args.low_memory:
+            raise InputError("--low-memory applies to the onnxruntime backend; add --backend onnxruntime")
         common = dict(max_new_tokens=args.new_tokens, device=args.device, cuda_graphs=args.cuda_graphs)
         pruned = open_pipeline(loaded, method=method, **options, **common)
         full = open_pipeline(loaded, schedule=Schedule(), **common) if args.compare_full else None

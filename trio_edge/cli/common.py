@@ -133,6 +133,9 @@ def add_device_options(parser, *, backends=True) -> None:
     if backends:
         group.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
                            help="torch backend on CUDA and TensorRT decode: run eagerly, no CUDA-graph replay")
+        group.add_argument("--low-memory", action="store_true",
+                           help="onnxruntime backend: no CPU arena or memory pattern, about half the peak host "
+                                "memory of a request (for memory-bound devices such as Jetson)")
 
 
 def add_quiet_option(parser) -> None:

@@ -42,6 +42,7 @@ def main(argv=None):
     model_options = model_only_options(args)
     is_export = is_export_dir(args.model)
     with open_pipeline(args.model, backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs,
+                       low_memory=args.low_memory,
                        max_new_tokens=None if is_export else args.max_new_tokens, **model_options) as pipeline:
         options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                        seed=args.seed)

@@ -61,7 +61,7 @@ def main(argv=None):
         model_name=args.model_name, max_queue=args.max_queue, timeout=args.timeout, max_body_mb=args.max_body_mb,
         max_image_mb=args.max_image_mb, max_image_pixels=args.max_image_pixels,
         allow_remote_images=args.allow_remote_images, backend=args.backend, device=args.device,
-        cuda_graphs=args.cuda_graphs, max_new_tokens=args.max_new_tokens, **model_only_options(args))
+        cuda_graphs=args.cuda_graphs, low_memory=args.low_memory, max_new_tokens=args.max_new_tokens, **model_only_options(args))
 
 
 if __name__ == "__main__":

@@ -26,12 +26,14 @@ MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "budget", "schedule_file
 
 def open_pipeline(source, *, backend: str | None = None, device: str = defaults.DEVICE,
                   cuda_graphs: bool | None = None, threads: int | None = None, verify: bool = True,
-                  max_new_tokens: int | None = None, **model_options) -> Pipeline:
+                  max_new_tokens: int | None = None, low_memory: bool = False, **model_options) -> Pipeline:
     """A ready Pipeline for an export directory or a model (see the module docstring).
 
     `backend`: default onnxruntime for an export, torch for a model (the only backend a model runs on).
     `cuda_graphs`: replay captured CUDA graphs (torch backend on CUDA, TensorRT decode; default on there).
     `max_new_tokens`: a model pipeline's longest answer (an export fixed its own).
+    `low_memory`: ONNX Runtime without its CPU arena and memory pattern: about half the peak host memory of a
+    request, for memory-bound devices (onnxruntime backend only).
     `model_options` (models only): schedule (a Schedule) or cuts / keep_ratio / schedule_file with
     positions / threshold / precision; method, seed, grid, max_text_tokens, nms_iterations.
     """
@@ -47,7 +49,10 @@ def open_pipeline(source, *, backend: str | None = None, device: str = defaults.
         if unknown:
             raise TypeError(f"open_pipeline got unexpected options {unknown}")
         return open_export(source, backend=backend or defaults.EXPORT_BACKEND, device=device, cuda_graphs=cuda_graphs,
-                           threads=threads, verify=verify)
+                           threads=threads, verify=verify, low_memory=low_memory)
+    if low_memory:
+        raise InputError("low_memory (--low-memory) applies to ONNX Runtime, which runs export directories; "
+                         f"{source} is a model: export it with trio-export and open the export")
     if backend not in (None, defaults.MODEL_BACKEND):
         raise InputError(f"{source} is not an export directory; --backend {backend} needs one "
                          f"(run trio-export {source} -o DIR first)")
@@ -72,9 +77,10 @@ def _is_export(source) -> bool:
 
 def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: str = defaults.DEVICE,
                 cuda_graphs: bool | None = None, threads: int | None = None, verify: bool = True,
-                ort_cache: bool = True) -> Pipeline:
+                ort_cache: bool = True, low_memory: bool = False) -> Pipeline:
     """An export directory's graphs on `backend`, with pre/post-processing from the export's own files.
-    `ort_cache`: ONNX Runtime loads through the optimized-graph cache (runtime.backends.ort_sessions)."""
+    `ort_cache`: ONNX Runtime loads through the optimized-graph cache (runtime.backends.ort_sessions).
+    `low_memory`: ONNX Runtime without its CPU arena and memory pattern (see ort_sessions)."""
     directory = Path(directory)
     manifest = read_manifest(directory, verify_hashes=verify)
     check_backend(manifest.quantization, backend, directory)
@@ -82,6 +88,9 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
         manifest.check_runnable(directory)
     if backend == "tensorrt":
         manifest.check_tensorrt_target(directory)
+    if low_memory and backend != "onnxruntime":
+        raise InputError(f"low_memory (--low-memory) applies to the onnxruntime backend only, not {backend}; "
+                         "drop it or use --backend onnxruntime")
     specs = manifest.specs()
     adapter = _io_adapter(directory)
     if backend == "onnxruntime":
@@ -92,7 +101,7 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
         disabled = {name: ort_disabled_optimizers(spec.kind, quantized=quantized, dtype=manifest.model.dtype)
                     for name, spec in specs.items()}
         engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads, disabled_optimizers=disabled,
-                                    export_key=manifest.content_key() if ort_cache else None)
+                                    export_key=manifest.content_key() if ort_cache else None, low_memory=low_memory)
     elif backend == "torch":
         engine = _torch_backend_for(manifest, specs, device, cuda_graphs)
     else:

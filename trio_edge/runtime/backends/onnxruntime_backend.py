@@ -31,8 +31,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, specs, graph_files: dict[str, Path], device: str = "cpu", threads: int | None = None,
-                 disabled_optimizers: dict[str, tuple[str, ...]] | None = None, export_key: str | None = None):
-        """`disabled_optimizers`: per graph, the ONNX Runtime graph optimizers to skip (see
+                 disabled_optimizers: dict[str, tuple[str, ...]] | None = None, export_key: str | None = None,
+                 low_memory: bool = False):
+        """`low_memory`: no CPU arena, no memory pattern (see ort_sessions). `disabled_optimizers`: per graph, the ONNX Runtime graph optimizers to skip (see
         artifact.weights.ort_disabled_optimizers). `export_key` (the export's file hashes) turns on the
         optimized-graph cache (see ort_sessions); None loads without it."""
         super().__init__(specs, device)
@@ -47,11 +48,13 @@ class OnnxRuntimeBackend(Backend):
         self.settings = {**SESSION_SETTINGS, "intra_op_num_threads": threads or "physical cores",
                          "disabled_optimizers": {name: sorted(skip) for name, skip in disabled_optimizers.items()},
                          "device": str(self.device)}
+        if low_memory:
+            self.settings.update(enable_mem_pattern=False, enable_cpu_mem_arena=False)
         self.sessions, self.cache = {}, {}
         for name, path in graph_files.items():
             key = None if export_key is None else cache_key(export_key, name, ort.__version__, self.settings)
             self.sessions[name], self.cache[name] = open_session(
-                ort, path, session_options(ort, threads), self._providers(specs[name].kind),
+                ort, path, session_options(ort, threads, low_memory), self._providers(specs[name].kind),
                 disabled_optimizers.get(name, ()), None if key is None else cache_root() / "ort" / key)
 
     def _providers(self, kind: str) -> list:
