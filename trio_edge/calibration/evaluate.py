@@ -94,6 +94,9 @@ def method_schedule(adapter, grid, method: str, ratio: float):
     if method == "sparsevlm":  # its own layers and 192-table shape (trio.sparsevlm); merged tokens come on top
         return (adapter.schedule(grid, keep_ratio=ratio, method=method),
                 "Gumpest/SparseVLMs layers 2/6/15 of 32 (scaled), 192-table shape; + merged tokens")
+    if method == "trio-ve":  # its authors' shape: 1.5x the budget after the tower, a third of that from layer L/2
+        return (adapter.schedule(grid, keep_ratio=ratio, method=method),
+                "ocy1/TRIO README shape: vision 96 / layer 16 keeps 32 of 32 layers (scaled)")
     layers_ref, weights, shape = eval_placement(method, ratio)
     num_layers, m = adapter.num_layers, adapter.image_token_count(grid)
     positions = method_info(method).positions
@@ -140,7 +143,8 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
                 result.rows.append({"budget": budget, "schedule": "n/a", "method": method, "backend": "torch",
                                     "accuracy": None, "retention": None, "by_kind": {}, "note": str(error)})
                 continue
-            label = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
+            label = schedule.text() if schedule.vision is not None else ",".join(f"{c.layer}:{c.keep}"
+                                                                                  for c in schedule.cuts)
             actual = schedule.budget_ratio(layers, m)
             if method == "sparsevlm":  # the realised ratio counts its merged tokens
                 actual = sum(image_tokens_per_layer(schedule.cuts, layers, m)) / (layers * m)
@@ -165,7 +169,7 @@ def _row(budget, schedule, method, backend, acc, full_acc, by_kind, shape="") ->
 def _onnx_accuracy(loaded, schedule, method: str, records, bar) -> tuple[float, list[str]]:
     from ..exporters.export import export
 
-    cuts = ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
+    cuts = schedule.text() if schedule.vision is not None else ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
     with tempfile.TemporaryDirectory(prefix="trio-eval-") as tmp:
         out = Path(tmp) / "export"
         export(loaded.source, out, cuts=cuts, method=method, positions=schedule.positions, loaded=loaded,
