@@ -99,3 +99,16 @@ def test_pipeline_equals_the_plain_reference(deeper, cuts):
         assert result.token_ids == ref.token_ids
         for ours, theirs in zip(logits, ref.logits):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [1 / 3, 2 / 9, 1 / 9])
+def test_eval_places_trio_ve_in_its_authors_shape(ratio):
+    from trio_edge.calibration.evaluate import method_schedule
+
+    adapter = load("trio-tiny").adapter
+    grid = adapter.default_grid()
+    m = adapter.image_token_count(grid)
+    schedule, shape = method_schedule(adapter, grid, "trio-ve", ratio)
+    assert "ocy1/TRIO README shape" in shape and [c.layer for c in schedule.cuts] == [adapter.num_layers // 2]
+    assert abs(schedule.vision.tokens - 1.5 * ratio * m) <= 2.5  # T moves the vision tokens by 5 (tiles)
+    assert abs(schedule.budget_ratio(adapter.num_layers, m) - ratio) < 0.005
