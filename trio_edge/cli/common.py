@@ -70,7 +70,7 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
     group.add_argument("--cuts", help="LAYER:KEEP[,LAYER:KEEP...]: prune after LAYER decoder layers (0 = before "
                                       "any), keeping KEEP image tokens, e.g. 1:92,10:54,15:22; vision-tower methods: "
                                       "vision:KEEP tokens per tile (VisionZip: vision:DOMINANT+CONTEXTUAL, e.g. "
-                                      "vision:54+10)")
+                                      "vision:54+10; TRIO-VE: vision:T then TRIO cuts, e.g. vision:96,16:32)")
     group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "
                                                         "family's default cut layers")
     group.add_argument("--schedule-file", help="a schedule JSON written by trio-calibrate")
