@@ -28,3 +28,16 @@ def test_each_method_runs_at_its_authors_placement(tiny):
         method_schedule(adapter, grid, "fastv", 1 / 9)
     schedule, placement = method_schedule(adapter, grid, "pdrop", 1 / 9)  # falls back to TRIO's earlier layers
     assert "TRIO's cut layers" in placement and schedule.cuts[0].layer == 0
+
+
+def test_visionzip_runs_its_authors_per_tile_table(tiny):
+    adapter, grid = tiny.adapter, tiny.adapter.default_grid()
+    layers, m, tiles = adapter.num_layers, adapter.image_token_count(grid), adapter.tile_count(grid)
+    # the tiny tower: 16 patches per tile; 54+10, 108+20, 162+30 of 576 scale (round half to even) to 2+0, 3+1, 4+1
+    for budget, split in [(1 / 9, (2, 0)), (2 / 9, (3, 1)), (1 / 3, (4, 1))]:
+        schedule, placement = method_schedule(adapter, grid, "visionzip", budget)
+        vision = schedule.vision
+        assert (vision.dominant, vision.keep - vision.dominant) == split and "visionzip-" in placement
+        assert schedule.budget_ratio(layers, m) == tiles * vision.keep / m and not schedule.cuts
+    schedule, placement = method_schedule(adapter, grid, "visionzip", 0.25)  # no table: KEEP per tile for it
+    assert schedule.vision.keep == round(0.25 * m / tiles) and placement == "KEEP per tile for the budget"

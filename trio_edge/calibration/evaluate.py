@@ -87,8 +87,8 @@ def method_schedule(adapter, grid, method: str, ratio: float):
     to the depth) and table shape (trio.presets.eval_placement), KEEPs scaled to reach the budget; its own
     default positions. Raises ScheduleError when the method cannot reach the budget on this model."""
     from ..errors import ScheduleError
-    from ..trio.methods import method_info
-    from ..trio.presets import eval_placement, scaled_cut_layer
+    from ..trio.methods import VISION_TOWER, method_info
+    from ..trio.presets import eval_placement, scaled_cut_layer, vision_preset
     from ..trio.schedule import schedule_for_ratio
 
     if method == "sparsevlm":  # its own layers and 192-table shape (trio.sparsevlm); merged tokens come on top
@@ -97,6 +97,11 @@ def method_schedule(adapter, grid, method: str, ratio: float):
     if method == "trio-ve":  # its authors' shape: 1.5x the budget after the tower, a third of that from layer L/2
         return (adapter.schedule(grid, keep_ratio=ratio, method=method),
                 "ocy1/TRIO README shape: vision 96 / layer 16 keeps 32 of 32 layers (scaled)")
+    if method_info(method).acts == VISION_TOWER:  # the authors' per-tile table at 64/128/192 of 576, else scaled
+        preset = vision_preset(method, ratio)
+        if preset is not None:
+            return adapter.schedule(grid, preset=preset), f"{preset} per tile (scaled to the tile's patches)"
+        return adapter.schedule(grid, keep_ratio=ratio, method=method), "KEEP per tile for the budget"
     layers_ref, weights, shape = eval_placement(method, ratio)
     num_layers, m = adapter.num_layers, adapter.image_token_count(grid)
     positions = method_info(method).positions
@@ -143,8 +148,7 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
                 result.rows.append({"budget": budget, "schedule": "n/a", "method": method, "backend": "torch",
                                     "accuracy": None, "retention": None, "by_kind": {}, "note": str(error)})
                 continue
-            label = schedule.text() if schedule.vision is not None else ",".join(f"{c.layer}:{c.keep}"
-                                                                                  for c in schedule.cuts)
+            label = schedule.text()
             actual = schedule.budget_ratio(layers, m)
             if method == "sparsevlm":  # the realised ratio counts its merged tokens
                 actual = sum(image_tokens_per_layer(schedule.cuts, layers, m)) / (layers * m)
@@ -169,7 +173,7 @@ def _row(budget, schedule, method, backend, acc, full_acc, by_kind, shape="") ->
 def _onnx_accuracy(loaded, schedule, method: str, records, bar) -> tuple[float, list[str]]:
     from ..exporters.export import export
 
-    cuts = schedule.text() if schedule.vision is not None else ",".join(f"{c.layer}:{c.keep}" for c in schedule.cuts)
+    cuts = schedule.text()
     with tempfile.TemporaryDirectory(prefix="trio-eval-") as tmp:
         out = Path(tmp) / "export"
         export(loaded.source, out, cuts=cuts, method=method, positions=schedule.positions, loaded=loaded,
@@ -201,11 +205,19 @@ def write_plot(result: EvalResult, path: str | Path) -> None:
     draw.line([(margin, y(0)), (margin, y(1))], fill="black")
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         draw.text((10, y(tick) - 6), f"{100 * tick:.0f}%", fill="black")
+    groups: list[list[float]] = []  # one label per nominal budget (methods realise it to within a point or so)
     for b in budgets:
+        if groups and b - groups[-1][-1] <= 0.02:
+            groups[-1].append(b)
+        else:
+            groups.append([b])
+    realised = [r["budget"] for r in result.rows]
+    for b in (max(group, key=realised.count) for group in groups):  # the budget most rows realise
         draw.text((x(b) - 14, y(0) + 8), f"{100 * b:.1f}%", fill="black")
     draw.line([(margin, y(result.full_accuracy)), (width - margin, y(result.full_accuracy))], fill=(150, 150, 150))
     palette = {"trio": (219, 68, 55), "fastv": (66, 133, 244), "dart": (15, 157, 88), "pdrop": (171, 71, 188),
-               "random": (120, 120, 120), "uniform": (244, 180, 0), "sparsevlm": (0, 150, 136)}
+               "random": (120, 120, 120), "uniform": (244, 180, 0), "sparsevlm": (0, 150, 136),
+               "visionzip": (121, 85, 72)}
     for index, method in enumerate(palette):
         points = [(x(r["budget"]), y(r["accuracy"])) for r in result.rows
                   if r["method"] == method and r["backend"] == "torch" and r["accuracy"] is not None]

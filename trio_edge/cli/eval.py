@@ -1,8 +1,9 @@
 """trio-eval MODEL_OR_DIR: does pruning keep the answer? Accuracy and retention per method and budget.
 
-Runs the full-token model, then TRIO and the peers (FastV, DART, PyramidDrop, random, uniform) at each
-layer-averaged budget, each at its own authors' cut layers (scaled to the model's depth) with KEEPs set to
-the budget; a method that cannot reach a budget on the model (FastV's K=2 on a 4-layer model) gets an n/a
+Runs the full-token model, then TRIO and the peers (FastV, DART, PyramidDrop, VisionZip, random, uniform) at
+each layer-averaged budget, each at its own authors' cut layers (scaled to the model's depth) with KEEPs set to
+the budget (VisionZip: its per-tile table 54+10 / 108+20 / 162+30 at 1/9, 2/9, 1/3, scaled to the tile's
+patches; KEEP per tile for other budgets); a method that cannot reach a budget on the model (FastV's K=2 on a 4-layer model) gets an n/a
 row. Data: the synthetic VQA generator's held-out split or a records folder (--data DIR with records.jsonl:
 image, question, answer). --backend onnxruntime also exports every exportable method at each budget and
 runs its ONNX graphs (they must match the torch numbers).
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default="trio-tiny")
     parser.add_argument("--budgets", default="1/3,2/9,1/9", help="layer-averaged image-token ratios, fractions or "
                         "decimals (default 1/3,2/9,1/9: 192, 128 and 64 of LLaVA-1.5's 576)")
-    parser.add_argument("--methods", default="full,trio,fastv,dart,pdrop,random,uniform,trio-ve")
+    parser.add_argument("--methods", default="full,trio,fastv,dart,pdrop,visionzip,random,uniform,trio-ve")
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     parser.add_argument("--data", default="synthetic", help="'synthetic' or a records folder / .jsonl file")
     parser.add_argument("--n", type=int, default=200, help="number of samples (default 200)")

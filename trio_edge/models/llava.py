@@ -368,8 +368,10 @@ class PackPrunedTiles(nn.Module):
         grid, dim = features[1:], features.shape[-1]  # (rows * cols, keep, D), tiles in row-major order
         patch = kept[1:, 1:self.dominant] - 1  # (n, dominant - 1): dominant patches, [CLS] dropped
         tile = torch.arange(grid.shape[0], device=kept.device)[:, None]
-        row = tile // self.cols * self.side + patch // self.side
-        column = tile % self.cols * self.side + patch % self.side
+        # truncating division of non-negative ints: one ONNX Div (floor division adds sign fix-ups on BOOL)
+        tile_row, patch_row = (torch.div(x, d, rounding_mode="trunc") for x, d in ((tile, self.cols), (patch, self.side)))
+        row = tile_row * self.side + patch_row
+        column = (tile - tile_row * self.cols) * self.side + patch - patch_row * self.side
         order = torch.sort((row * (self.cols * self.side) + column).reshape(-1)).indices
         patches = grid[:, 1:self.dominant].reshape(-1, dim).index_select(0, order)
         return torch.cat([features[0], patches, grid[:, 0], grid[:, self.dominant:].reshape(-1, dim)], dim=0)

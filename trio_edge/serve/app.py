@@ -165,7 +165,7 @@ async def _load(state: ServerState, pipeline, on_load_error) -> None:
         return
     plan = state.pipeline.plan
     log.info("trio-serve: %s ready (%s; at most %d text and %d new tokens)", state.settings.model_name,
-             plan.schedule.describe(plan.num_layers, plan.num_image_tokens), plan.max_text_tokens, plan.max_new_tokens)
+             plan.schedule.describe(plan.num_layers, plan.full_image_tokens), plan.max_text_tokens, plan.max_new_tokens)
 
 
 # ---- checks before queueing --------------------------------------------------------------------------------
@@ -309,11 +309,12 @@ async def _events(job: Job, body: ChatCompletionRequest, state: ServerState, dea
 
 
 def _usage(answer: Answer, state: ServerState) -> Usage:
-    image_tokens = state.pipeline.plan.num_image_tokens
+    plan = state.pipeline.plan
     kept = [len(k) for k in answer.kept]
+    after = kept[-1] if kept else plan.num_image_tokens  # a vision stage already pruned the decoder's count
     return Usage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                  total_tokens=answer.prompt_tokens + answer.completion_tokens,
-                 image_tokens=ImageTokens(before_pruning=image_tokens, after_pruning=kept[-1] if kept else image_tokens,
+                 image_tokens=ImageTokens(before_pruning=plan.full_image_tokens, after_pruning=after,
                                           kept_per_cut=kept))
 
 
@@ -325,7 +326,7 @@ def _model_card(state: ServerState) -> ModelCard:
     plan = state.running_worker().pipeline.plan
     return ModelCard(id=state.settings.model_name, created=state.started, max_text_tokens=plan.max_text_tokens,
                      max_new_tokens=plan.max_new_tokens, image_tokens=plan.num_image_tokens,
-                     schedule=plan.schedule.describe(plan.num_layers, plan.num_image_tokens))
+                     schedule=plan.schedule.describe(plan.num_layers, plan.full_image_tokens))
 
 
 # ---- errors in OpenAI's shape ------------------------------------------------------------------------------

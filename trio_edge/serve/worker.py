@@ -73,7 +73,7 @@ class GenerationWorker:
     def __init__(self, pipeline, metrics, max_queue: int):
         self.pipeline, self.metrics, self.max_queue = pipeline, metrics, max_queue
         plan = pipeline.plan
-        self.kept_ratio = plan.schedule.budget_ratio(plan.num_layers, plan.num_image_tokens)
+        self.kept_ratio = plan.schedule.budget_ratio(plan.num_layers, plan.full_image_tokens)
         self._waiting: deque[Job] = deque()
         self._running: Job | None = None
         self._condition = threading.Condition()

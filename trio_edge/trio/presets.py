@@ -65,6 +65,14 @@ def eval_placement(method: str, ratio: float) -> tuple[tuple[int, ...], tuple[fl
     return table.layers, tuple(k / REFERENCE_TOKENS for k in table.keeps), f"{table.name} table shape"
 
 
+def vision_preset(method: str, ratio: float) -> str | None:
+    """The authors' preset of a vision-tower method at exactly 64, 128 or 192 of 576 (1/9, 2/9, 1/3), else None."""
+    for preset in PRESETS.values():
+        if preset.method == method and preset.vision and abs(sum(preset.vision) / REFERENCE_TOKENS - ratio) < 1e-9:
+            return preset.name
+    return None
+
+
 PRESETS = {p.name: p for p in (
     # ocy1/TRIO scripts (llava/model/scripts/v1_5/eval/*.sh): --layer_list [1,10,15] with these --image_token_list;
     # layer-averaged 64 and 128 of 576. No 192 table is released (trio-eval scales the 128 one, and says so).

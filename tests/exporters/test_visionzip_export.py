@@ -1,0 +1,55 @@
+"""VisionZip exported in-graph: the pruned vision graph validated against its PyTorch module, fixed shapes, the
+ONNX pipeline == the torch pipeline (vision kept tokens identical), trio-check clean; bad input refused."""
+
+import onnx
+import pytest
+from helpers import assert_ready_for_tensorrt, assert_same_generations
+from test_export import FORBIDDEN_OPS, random_requests
+
+from trio_edge import load
+from trio_edge.artifact.graphs import VISION_KEPT
+from trio_edge.artifact.manifest import read_manifest
+from trio_edge.cli.export import main as export_main
+
+
+@pytest.fixture(scope="module")
+def visionzip_export(export_tiny):
+    return export_tiny("visionzip")[1]
+
+
+def test_vision_graph_prunes_with_fixed_shapes(visionzip_export):
+    manifest = read_manifest(visionzip_export)
+    plan = manifest.plan
+    assert plan.method == "visionzip" and not plan.selects
+    assert (plan.schedule.vision.keep, plan.schedule.vision.dominant) == (7, 5)
+    assert plan.num_image_tokens == 7 * manifest.io.tile_count < plan.full_image_tokens
+    graph = manifest.graphs["vision"]
+    assert [(t["name"], t["shape"]) for t in graph.outputs] == [
+        ("image_features", [plan.num_image_tokens, plan.hidden_size]), (VISION_KEPT, [manifest.io.tile_count, 7])]
+    model = onnx.load(str(visionzip_export / graph.file))
+    assert not {node.op_type for node in model.graph.node} & FORBIDDEN_OPS
+    assert {row["case"] for row in manifest.validation if row["graph"] == "vision"} >= {"random-prefill"}
+    assert all(row["ok"] for row in manifest.validation)
+
+
+def test_onnx_visionzip_pipeline_matches_torch(visionzip_export):
+    assert_same_generations(load(visionzip_export, backend="torch"), load(visionzip_export, backend="onnxruntime"),
+                            random_requests(4, seed=5), tol=1e-4)
+
+
+def test_trio_check_passes_on_visionzip_export(visionzip_export):
+    assert_ready_for_tensorrt(visionzip_export)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "visionzip", "--cuts", "vision:18"], "vision keep 18 per tile is outside 1..17"),
+    (["--preset", "visionzip-100"], "unknown preset 'visionzip-100'"),
+    (["--method", "visionzip"], "prunes inside the vision tower"),
+    (["--method", "visionzip", "--keep-ratio", "1"], "outside 1..17"),
+])
+def test_bad_visionzip_export_is_one_line_and_writes_nothing(export_model, tmp_path, capsys, argv, message):
+    out = tmp_path / "never"
+    assert export_main([str(export_model.source), "-o", str(out), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
