@@ -217,7 +217,7 @@ def write_plot(result: EvalResult, path: str | Path) -> None:
     draw.line([(margin, y(result.full_accuracy)), (width - margin, y(result.full_accuracy))], fill=(150, 150, 150))
     palette = {"trio": (219, 68, 55), "fastv": (66, 133, 244), "dart": (15, 157, 88), "pdrop": (171, 71, 188),
                "random": (120, 120, 120), "uniform": (244, 180, 0), "sparsevlm": (0, 150, 136),
-               "visionzip": (121, 85, 72)}
+               "visionzip": (121, 85, 72), "trio-ve": (0, 0, 0)}
     for index, method in enumerate(palette):
         points = [(x(r["budget"]), y(r["accuracy"])) for r in result.rows
                   if r["method"] == method and r["backend"] == "torch" and r["accuracy"] is not None]
