@@ -204,7 +204,8 @@ def next_tokens(keep, method):
     return 5 * keep + 14  # trio-tiny: base + 4 tiles of 7x7, 14 newline rows
 
 
-@pytest.mark.parametrize("name, vision, cut, average", [("trio-ve-64", 96, "16:32", 64), ("trio-ve-128", 192, "16:64", 128),
+@pytest.mark.parametrize("name, vision, cut, average", [("trio-ve-64", 96, "16:32", 64),
+                                                        ("trio-ve-128", 192, "16:64", 128),
                                                         ("trio-ve-192", 288, "16:96", 192)])
 def test_presets_on_the_reference_model(name, vision, cut, average):
     from trio_edge.trio.schedule import resolve_schedule
@@ -237,7 +238,8 @@ def test_keep_ratio_takes_the_authors_shape(ratio):
 
 
 @pytest.mark.parametrize("cuts, message", [("vision:100", "keeps 98 .* pass vision:97 or vision:128"),
-                                           ("vision:0", "outside 1..577"), ("vision:577", "between 1 and the 576"), ("2:40", "pass --preset trio-ve-64"),
+                                           ("vision:0", "outside 1..577"), ("vision:577", "between 1 and the 576"),
+                                           ("2:40", "pass --preset trio-ve-64"),
                                            ("vision:96,0:200", "within 1..96")])
 def test_bad_trio_ve_schedules_say_what_to_do(cuts, message):
     from trio_edge.errors import ScheduleError

@@ -44,7 +44,8 @@ LOCAL_RATIO = 0.5  # local_ratio = 1 - global_ratio
 def ve_layers(num_vision_layers: int) -> tuple[int, int]:
     """(shallow, deep) 0-based vision-encoder layers whose [CLS] attention scores the tokens."""
     if num_vision_layers < DEEP_FROM_END:
-        raise InputError(f"TRIO-VE reads the attention of vision layer L-2; this tower has {num_vision_layers} layer(s)")
+        raise InputError(f"TRIO-VE reads the attention of vision layer L-2; this tower has {num_vision_layers} "
+                         "layer(s)")
     deep = num_vision_layers - DEEP_FROM_END
     return min(REFERENCE_SHALLOW * num_vision_layers // REFERENCE_DEPTH, deep), deep
 

@@ -90,9 +90,10 @@ def resolve_vision_stage(schedule: Schedule, method: str, tile_tokens: int, visi
         if ve_kept_count(side, keep) != keep:
             fits = [t for t in range(1, side * side + 1) if ve_kept_count(side, t) == t]
             below, above = max([t for t in fits if t < keep], default=None), min([t for t in fits if t > keep])
-            raise ScheduleError(f"TRIO-VE vision:{keep}: the released rule keeps {ve_kept_count(side, keep)} tokens per "
-                                f"tile for {keep} ({windows_per_side(side) ** 2} windows x int(T/2)//{windows_per_side(side) ** 2} + "
-                                f"T - int(T/2)); pass vision:"
+            windows = windows_per_side(side) ** 2
+            kept = ve_kept_count(side, keep)
+            raise ScheduleError(f"TRIO-VE vision:{keep}: the released rule keeps {kept} tokens per tile for {keep} "
+                                f"({windows} windows x int(T/2)//{windows} + T - int(T/2)); pass vision:"
                                 + (f"{below} or vision:{above}" if below else f"{above}"))
     if method == "visionzip":
         dominant = dominant or visionzip_split(stage.keep)
