@@ -1,6 +1,8 @@
 """VisionZip exported in-graph: the pruned vision graph validated against its PyTorch module, fixed shapes, the
 ONNX pipeline == the torch pipeline (vision kept tokens identical), trio-check clean; bad input refused."""
 
+import json
+
 import onnx
 import pytest
 from helpers import assert_ready_for_tensorrt, assert_same_generations
@@ -28,13 +30,35 @@ def test_vision_graph_prunes_with_fixed_shapes(visionzip_export):
         ("image_features", [plan.num_image_tokens, plan.hidden_size]), (VISION_KEPT, [manifest.io.tile_count, 7])]
     model = onnx.load(str(visionzip_export / graph.file))
     assert not {node.op_type for node in model.graph.node} & FORBIDDEN_OPS
-    assert {row["case"] for row in manifest.validation if row["graph"] == "vision"} >= {"random-prefill"}
+    cases = {row["case"] for row in manifest.validation if row["graph"] == "vision"}
+    assert cases == {"random-prefill", "request-prefill"}
     assert all(row["ok"] for row in manifest.validation)
 
 
 def test_onnx_visionzip_pipeline_matches_torch(visionzip_export):
     assert_same_generations(load(visionzip_export, backend="torch"), load(visionzip_export, backend="onnxruntime"),
                             random_requests(4, seed=5), tol=1e-4)
+
+
+def test_run_json_reports_the_vision_stage(visionzip_export, export_model, tmp_path, capsys):
+    """trio-run on the export and on the model (PyTorch reference, --cuts vision:5+2): the same kept tokens."""
+    from helpers import random_image
+
+    from trio_edge.cli import run as run_cli
+
+    image = tmp_path / "in.png"
+    random_image(90, 140, seed=4).save(image)
+    outputs = []
+    for source, options in ((visionzip_export, []), (export_model.source, ["--method", "visionzip", "--cuts",
+                                                                           "vision:5+2"])):
+        assert run_cli.main([str(source), "--image", str(image), "--prompt", "what color is it?", "--json",
+                             "--max-new-tokens", "3", *options]) == 0
+        outputs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    from_export, from_model = outputs
+    assert from_export["kept"] == [] and len(from_export["vision_kept"]) == 5
+    assert all(len(row) == 7 and row[0] == 0 and row[5:] == [-1, -1] for row in from_export["vision_kept"])
+    assert from_model["vision_kept"] == from_export["vision_kept"]
+    assert from_model["token_ids"] == from_export["token_ids"]
 
 
 def test_trio_check_passes_on_visionzip_export(visionzip_export):

@@ -60,6 +60,7 @@ def tiny_image():
 @pytest.mark.parametrize("options, message", [
     ({"method": "visionzip", "cuts": "vision:18"}, "vision keep 18 per tile is outside 1..17"),
     ({"method": "visionzip", "cuts": "vision:0+3"}, "at least one dominant token"),
+    ({"method": "visionzip", "cuts": "vision:five"}, "bad vision stage 'vision:five'"),
     ({"method": "visionzip", "cuts": "vision:6,2:3"}, "has no decoder cuts"),
     ({"method": "visionzip"}, "prunes inside the vision tower: pass --preset"),
     ({"method": "trio", "cuts": "vision:6"}, "needs a method that acts there"),

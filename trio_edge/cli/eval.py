@@ -3,8 +3,8 @@
 Runs the full-token model, then TRIO and the peers (FastV, DART, PyramidDrop, VisionZip, random, uniform) at
 each layer-averaged budget, each at its own authors' cut layers (scaled to the model's depth) with KEEPs set to
 the budget (VisionZip: its per-tile table 54+10 / 108+20 / 162+30 at 1/9, 2/9, 1/3, scaled to the tile's
-patches; KEEP per tile for other budgets); a method that cannot reach a budget on the model (FastV's K=2 on a 4-layer model) gets an n/a
-row. Data: the synthetic VQA generator's held-out split or a records folder (--data DIR with records.jsonl:
+patches; KEEP per tile for other budgets); a method that cannot reach a budget on the model (FastV's K=2 on
+a 4-layer model) gets an n/a row. Data: the synthetic VQA generator's held-out split or a records folder (--data DIR with records.jsonl:
 image, question, answer). --backend onnxruntime also exports every exportable method at each budget and
 runs its ONNX graphs (they must match the torch numbers).
 """

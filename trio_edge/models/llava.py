@@ -369,7 +369,8 @@ class PackPrunedTiles(nn.Module):
         patch = kept[1:, 1:self.dominant] - 1  # (n, dominant - 1): dominant patches, [CLS] dropped
         tile = torch.arange(grid.shape[0], device=kept.device)[:, None]
         # truncating division of non-negative ints: one ONNX Div (floor division adds sign fix-ups on BOOL)
-        tile_row, patch_row = (torch.div(x, d, rounding_mode="trunc") for x, d in ((tile, self.cols), (patch, self.side)))
+        tile_row = torch.div(tile, self.cols, rounding_mode="trunc")
+        patch_row = torch.div(patch, self.side, rounding_mode="trunc")
         row = tile_row * self.side + patch_row
         column = (tile - tile_row * self.cols) * self.side + patch - patch_row * self.side
         order = torch.sort((row * (self.cols * self.side) + column).reshape(-1)).indices

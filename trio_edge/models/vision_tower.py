@@ -8,7 +8,6 @@ so torch.onnx export sees plain MatMul/Softmax and the numbers equal CLIPVisionM
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 CLS_TOWERS = ("clip_vision_model",)  # towers whose sequence starts with a [CLS] token

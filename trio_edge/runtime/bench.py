@@ -55,6 +55,7 @@ def measure(pipeline, image, prompt: str, *, warmup: int, iters: int, new_tokens
         "new_tokens": new_tokens,
         "prompt_tokens": last.prompt_tokens,
         "kept": [len(k) for k in last.kept],
+        "image_tokens": pipeline.plan.num_image_tokens,  # after a vision stage (VisionZip), fewer than the model's
         "kv_buffer_bytes": pipeline.plan.kv_bytes(element),
         "kv_used_bytes": kv_used_bytes(pipeline.plan, last.prompt_tokens, new_tokens, element),
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -103,7 +104,8 @@ def environment(backend: str, device: str) -> dict:
 
 
 def format_report(report: dict, title: str) -> str:
-    lines = [f"== {title}: prompt {report['prompt_tokens']} tokens, kept {report['kept'] or 'all'}",
+    kept = report["kept"] or (f"all {report['image_tokens']} image tokens" if "image_tokens" in report else "all")
+    lines = [f"== {title}: prompt {report['prompt_tokens']} tokens, kept {kept}",
              f"{'stage':<24}{'median ms':>11}{'p90 ms':>10}{'GFLOP':>10}"]
     flops = report.get("flops", {})
     for name, stats in report["stages"].items():

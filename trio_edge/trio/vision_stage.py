@@ -40,7 +40,7 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
     `keep`. TRIO-VE (trio_ve_schedule) also takes decoder cuts (TRIO's), as its authors' default does."""
     from pathlib import Path
 
-    from .presets import preset_info
+    from .presets import REFERENCE_TOKENS, preset_info
 
     if tile_tokens is None:
         raise ScheduleError(f"--method {method} ranks a tile's tokens by its [CLS] attention, and this model's vision "
@@ -52,8 +52,10 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
                                 num_image_tokens=num_image_tokens)
     if preset is not None:
         dominant, contextual = preset_info(preset).vision_for(tile_tokens - 1)
+        patches = tile_tokens - 1
+        scaled = f"from {REFERENCE_TOKENS} patches per tile to {patches}" if patches != REFERENCE_TOKENS else None
         schedule = Schedule((), vision=VisionStage(dominant + contextual, dominant), **overrides,
-                            provenance={"preset": preset, "source": preset_info(preset).source})
+                            provenance={"preset": preset, "source": preset_info(preset).source, "scaled": scaled})
     elif keep_ratio is not None:
         if not 0.0 < keep_ratio <= 1.0:
             raise ScheduleError(f"--keep-ratio must be within (0, 1], got {keep_ratio}")
@@ -102,7 +104,7 @@ def resolve_vision_stage(schedule: Schedule, method: str, tile_tokens: int, visi
     return replace(schedule, vision=VisionStage(stage.keep, dominant, vision_tokens_for(stage.keep)))
 
 
-def vision_rule(method: str, stage: VisionStage, num_vision_layers: int):
+def vision_rule(method: str, stage: VisionStage, num_vision_layers: int | None = None):
     """The torch rule (an nn.Module) of a vision-tower method for a resolved stage. A rule declares
     `attention_layers` and `key_layers` (encoder layer indices, negative from the end, as the authors index the
     tower's outputs) and maps (feature-layer hidden states (T, S, Dv), those attentions ((T, H, S, S), ...), those
@@ -115,6 +117,8 @@ def vision_rule(method: str, stage: VisionStage, num_vision_layers: int):
     if method == "trio-ve":
         from .trio_ve import TrioVERule
 
+        if num_vision_layers is None:
+            raise ValueError("TRIO-VE's rule needs the vision tower's depth (num_vision_layers)")
         return TrioVERule(stage.keep, num_vision_layers)
     raise ScheduleError(f"--method {method} has no vision-tower rule")
 

@@ -46,7 +46,8 @@ class VisionZipRule(nn.Module):
 
     def forward(self, features, attentions, keys):
         tiles, tokens, _ = features.shape
-        attention, key = attentions[0], keys[0]
+        # scores in fp32 (fp16/bf16 models too: a rounding flip would change the kept set between backends)
+        attention, key = attentions[0].float(), keys[0].float()
         cls_attention = attention[:, :, 0, 1:].sum(dim=1)  # (T, S-1)
         top = cls_attention.topk(self.dominant - 1, dim=1).indices + 1  # (T, dominant-1)
         cls = torch.zeros((tiles, 1), dtype=top.dtype, device=top.device)
@@ -67,9 +68,11 @@ class VisionZipRule(nn.Module):
                 similarity = metric[:, merged] @ metric[:, targets].transpose(1, 2)  # (T, merged, C)
                 choice = similarity.argmax(dim=2)  # (T, merged)
                 columns = torch.arange(len(targets), device=features.device)
-                assign = (choice[..., None] == columns).to(features.dtype)  # (T, merged, C) one-hot
+                assign = (choice[..., None] == columns).float()  # (T, merged, C) one-hot
                 counts = assign.sum(dim=1).clamp(min=1)[..., None]  # (T, C, 1)
-                contextual = contextual + assign.transpose(1, 2) @ hidden_rest[:, merged] / counts
+                # the mean in fp32 (fp16/bf16 models: a sum of many states in half precision differs by backend)
+                mean = assign.transpose(1, 2) @ hidden_rest[:, merged].float() / counts
+                contextual = (contextual.float() + mean).to(features.dtype)
             parts.append(contextual)
         merged_ids = torch.full((tiles, len(targets)), -1, dtype=dominant.dtype, device=dominant.device)
         return torch.cat(parts, dim=1), torch.cat([dominant, merged_ids], dim=1)
