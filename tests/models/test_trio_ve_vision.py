@@ -112,3 +112,21 @@ def test_eval_places_trio_ve_in_its_authors_shape(ratio):
     assert "ocy1/TRIO README shape" in shape and [c.layer for c in schedule.cuts] == [adapter.num_layers // 2]
     assert abs(schedule.vision.tokens - 1.5 * ratio * m) <= 2.5  # T moves the vision tokens by 5 (tiles)
     assert abs(schedule.budget_ratio(adapter.num_layers, m) - ratio) < 0.005
+
+
+@pytest.mark.slow
+def test_the_released_geometry_24x24_grid_and_24_layer_tower(tmp_path):
+    """LLaVA-NeXT-7B's tower geometry (336 px tiles of 14 px patches: 24x24, 24 layers; narrow hidden size): the
+    released rule itself (layers 5 and 22, 16 windows of 6x6, T=96) equals the plain reference."""
+    loaded = load(str(make_tiny_llava_next(tmp_path / "geometry", seed=2, tile=336, patch=14, vision_layers=24,
+                                           vision_hidden=32)))
+    adapter = loaded.adapter
+    grid = adapter.default_grid()
+    module = module_for(loaded, 96, grid)
+    assert module.rule.attention_layers == (5, 22)
+    pixels = adapter.pixel_values(random_image(700, 500, seed=7), grid)
+    with torch.no_grad():
+        features, kept = module(pixels)
+    want, want_kept = trio_ve_image_features(loaded.model, pixels, grid, 96)
+    assert (kept - 1).tolist() == want_kept and features.shape == (5 * 96 + 48, want.shape[1])
+    torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-5)
