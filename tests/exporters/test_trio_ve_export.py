@@ -48,6 +48,10 @@ def test_onnx_trio_ve_pipeline_matches_torch(ve_export):
 @pytest.mark.slow
 def test_trio_check_passes_on_trio_ve_export(ve_export):
     assert_ready_for_tensorrt(ve_export)
+    from trio_edge.exporters.trt_check import check_directory
+
+    vision = [r for r in check_directory(ve_export) if str(r.path).endswith("vision.onnx")]
+    assert vision and not vision[0].warnings, [f.message for f in vision[0].warnings]  # e.g. no Equal on BOOL
 
 
 @pytest.mark.parametrize("argv, message", [

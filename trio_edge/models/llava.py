@@ -86,6 +86,13 @@ class PackKeptInPlace(nn.Module):
         return pack_kept_tiles(features, kept - 1, self.newline, self.side, self.cols, self.rows)
 
 
+def _divmod_nonnegative(x: torch.Tensor, divisor: int):
+    """(x // divisor, x % divisor) for x >= 0 with truncating division: floor division exports an Equal on BOOL,
+    which TensorRT's parser does not list (a trio-check warning)."""
+    quotient = torch.div(x, divisor, rounding_mode="trunc")
+    return quotient, x - quotient * divisor
+
+
 def pack_kept_tiles(merged, kept, newline, side: int, across: int, down: int) -> torch.Tensor:
     """merged (P, K, D) and kept patch indices (P, K) of the base tile and the across x down packed tiles ->
     (K + (P-1) K + down * side, D). Every packed token and newline gets its raster position on the
@@ -93,8 +100,8 @@ def pack_kept_tiles(merged, kept, newline, side: int, across: int, down: int) ->
     tiles, k, dim = merged.shape
     width = across * side + 1
     tile = torch.arange(1, tiles, device=kept.device)[:, None]  # (P-1, 1)
-    ty, tx = (tile - 1) // across, (tile - 1) % across
-    y, x = kept[1:] // side, kept[1:] % side  # (P-1, K)
+    ty, tx = _divmod_nonnegative(tile - 1, across)
+    y, x = _divmod_nonnegative(kept[1:], side)  # (P-1, K)
     token_keys = ((ty * side + y) * width + tx * side + x).reshape(-1)
     newline_keys = torch.arange(down * side, device=kept.device) * width + width - 1
     keys = torch.cat([token_keys, newline_keys]).float()  # exact below 2**24
