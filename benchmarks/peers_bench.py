@@ -59,10 +59,10 @@ def main(argv=None) -> int:
                           "decode_ms_per_token": report["decode_ms_per_token"], "kept": report["kept"],
                           "select_ms": sum(v["median_ms"] for k, v in report["stages"].items() if k.startswith("select"))}
     full = rows["full"]["ttft_ms"]
-    print(f"{'method':<8}{'cuts':<20}{'TTFT ms':>9}{'vs full':>9}{'select ms':>11}{'decode ms/tok':>15}")
+    print(f"{'method':<10}{'cuts':<20}{'TTFT ms':>9}{'vs full':>9}{'select ms':>11}{'decode ms/tok':>15}")
     for name, row in rows.items():
         row["ttft_speedup_vs_full"] = full / row["ttft_ms"]
-        print(f"{name:<8}{row['cuts']:<20}{row['ttft_ms']:>9.2f}{row['ttft_speedup_vs_full']:>8.2f}x"
+        print(f"{name:<10}{row['cuts']:<20}{row['ttft_ms']:>9.2f}{row['ttft_speedup_vs_full']:>8.2f}x"
               f"{row['select_ms']:>11.2f}{row['decode_ms_per_token']:>15.2f}")
     body = {"command": " ".join(["python benchmarks/peers_bench.py", *(sys.argv[1:] if argv is None else argv)]),
             "model": args.model, "budget": budget, "backend": "onnxruntime CPU", "threads": args.threads,
