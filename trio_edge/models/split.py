@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from ..graph_ops import clamp_index, running_count
+from ..trio.methods import RATERS_GRAPH
 from ..trio.select_module import LayerOwningSelectStage, SelectStage
-from ..trio.sparsevlm import RATERS_GRAPH, SparseVLMRaters, SparseVLMSelectStage
+from ..trio.sparsevlm import SparseVLMRaters, SparseVLMSelectStage
 from ..trio.vision_stage import vision_rule
 
 
