@@ -4,7 +4,7 @@ Exports trio-tiny unpruned and once per method at the layer-averaged budget ever
 4 layers (1/3; each at its authors' placement, as trio-eval), then measures each export with the same image,
 prompt, warm-up and iterations. Prints a table and writes benchmarks/results/peers_bench_trio_tiny.json.
 
-    python benchmarks/peers_bench.py [--iters 20] [--budget 1/3] [--methods trio,fastv,dart,pdrop,visionzip]
+    python benchmarks/peers_bench.py [--iters 20] [--budget 1/3] [--methods trio,fastv,dart,pdrop,visionzip,trio-ve]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="trio-tiny")
     parser.add_argument("--budget", default="1/3")
-    parser.add_argument("--methods", default="trio,fastv,dart,pdrop,visionzip")
+    parser.add_argument("--methods", default="trio,fastv,dart,pdrop,visionzip,trio-ve")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
             plans[method] = method_schedule(adapter, grid, method, budget)[0]
         for name, schedule in plans.items():
             out = Path(tmp) / name
-            cuts = None if schedule is None else schedule.text()  # VisionZip: vision:D+C
+            cuts = None if schedule is None else schedule.text()  # vision:T first for a vision-tower method
             export(loaded.source, out, cuts=cuts, method=None if name == "full" else name, loaded=loaded,
                    positions=None if schedule is None else schedule.positions, validate=False, progress=False,
                    max_new_tokens=16)

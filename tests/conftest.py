@@ -58,6 +58,7 @@ SCHEDULES = {"one_cut": "1:40", "three_cuts": "0:30,1:16,2:8"}
 # peer exports: (cuts, method)
 METHODS = {"fastv_one_cut": ("2:40", "fastv"), "dart_one_cut": ("2:36", "dart"),
            "pdrop_three_cuts": ("1:44,2:22,3:11", "pdrop"), "sparsevlm_two_cuts": ("1:40,2:16", "sparsevlm"),
+           "trio_ve": ("vision:6,2:20", "trio-ve"),
            "visionzip": ("vision:5+2", "visionzip")}
 
 

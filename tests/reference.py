@@ -149,12 +149,21 @@ def reference_saliency(model, layer_index: int, h: torch.Tensor, positions: torc
     return grad.float().norm(dim=-1)
 
 
-def embed_prompt(model, inputs: dict):
-    """inputs from the HF processor -> (embeddings (S, D), image_start, M)."""
+def embed_prompt(model, inputs: dict, image_features: torch.Tensor | None = None):
+    """inputs from the HF processor -> (embeddings (S, D), image_start, M). `image_features` (M', D): what a rule
+    inside the vision tower left (TRIO-VE), in place of the processor's M image tokens."""
     input_ids = inputs["input_ids"]
-    features = model.model.get_image_features(pixel_values=inputs["pixel_values"],
-                                              image_sizes=inputs["image_sizes"]).pooler_output
-    features = torch.cat(list(features), dim=0) if isinstance(features, (list, tuple)) else features
+    if image_features is None:
+        features = model.model.get_image_features(pixel_values=inputs["pixel_values"],
+                                                  image_sizes=inputs["image_sizes"]).pooler_output
+        features = torch.cat(list(features), dim=0) if isinstance(features, (list, tuple)) else features
+    else:
+        features = image_features
+        ids = input_ids[0].tolist()
+        first = ids.index(model.config.image_token_index)
+        count = ids.count(model.config.image_token_index)
+        ids = ids[:first] + [model.config.image_token_index] * features.shape[0] + ids[first + count:]
+        input_ids = torch.tensor([ids])
     embeds = model.get_input_embeddings()(input_ids)[0].clone()
     is_image = input_ids[0] == model.config.image_token_index
     where = torch.nonzero(is_image)[:, 0]
@@ -211,10 +220,11 @@ def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen, met
 
 
 def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_token_ids=(),
-                       method: str = "trio") -> ReferenceResult:
-    """Greedy generation of the pruned model, recomputed from scratch at every step."""
+                       method: str = "trio", image_features: torch.Tensor | None = None) -> ReferenceResult:
+    """Greedy generation of the pruned model, recomputed from scratch at every step (`image_features`: see
+    embed_prompt)."""
     model = model.eval()
-    embeds, image_start, m = embed_prompt(model, inputs)
+    embeds, image_start, m = embed_prompt(model, inputs, image_features)
     for cut in schedule.cuts:
         assert 1 <= cut.keep <= m
     embed = model.get_input_embeddings()
@@ -234,3 +244,104 @@ def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_
         with torch.no_grad():
             x = torch.cat([x, embed(torch.tensor([token]))], dim=0)
     return ReferenceResult(token_ids, all_logits, kept, saliency)
+
+
+# ---- TRIO-VE (ocy1/TRIO llava_arch.py encode_images, window_cls_selection, token_merging) ------------------------
+
+
+def plain_order(values: list[float]) -> list[int]:
+    """Indices by descending value, ties to the lower index (a stable sort)."""
+    return sorted(range(len(values)), key=lambda i: -values[i])
+
+
+def plain_local(shallow: list[float], side: int, local_request: int) -> list[int]:
+    """Per-window top-k on a side x side grid: ceil-free split of rows/columns into n parts (n = round(side/6),
+    at least 1; six-wide windows on 24x24), k = local_request // n^2 from every window."""
+    n = max(1, int(side / 6 + 0.5))
+    bounds = [(i * side) // n for i in range(n + 1)]
+    k = local_request // (n * n)
+    picked = []
+    for wy in range(n):
+        for wx in range(n):
+            cells = []
+            for y in range(bounds[wy], bounds[wy + 1]):
+                for x in range(bounds[wx], bounds[wx + 1]):
+                    cells.append(y * side + x)
+            values = [shallow[c] for c in cells]
+            for position in plain_order(values)[:k]:
+                picked.append(cells[position])
+    return picked
+
+
+def plain_encode(shallow: torch.Tensor, deep: torch.Tensor, features: torch.Tensor, side: int, visual_token_num: int):
+    """encode_images + token_merging for a batch of tiles: (kept indices per tile, merged kept features)."""
+    batch, tokens = shallow.shape
+    all_kept, all_merged = [], []
+    for b in range(batch):
+        if visual_token_num == tokens:
+            all_kept.append(list(range(tokens)))
+            all_merged.append(features[b].clone())
+            continue
+        local_request = int(visual_token_num * 0.5)
+        local = plain_local(shallow[b].tolist(), side, local_request)
+        deep_b = deep[b].clone()
+        for i in local:
+            deep_b[i] = -1.0  # the authors write 0: the same whenever every softmax weight is positive
+        global_count = visual_token_num - local_request
+        global_ = plain_order(deep_b.tolist())[:global_count]
+        mask = [False] * tokens
+        for i in local + global_:
+            mask[i] = True
+        kept = [i for i in range(tokens) if mask[i]]
+        rest = [i for i in range(tokens) if not mask[i]]
+        sums = [features[b, i].clone() for i in kept]
+        counts = [0] * len(kept)
+        kept_rows = features[b, kept]
+        for i in rest:
+            sims = F.cosine_similarity(features[b, i][None], kept_rows, dim=1)
+            nearest = int(sims.argmax())
+            sums[nearest] = sums[nearest] + features[b, i]
+            counts[nearest] += 1
+        merged = torch.stack([sums[j] / (1 + counts[j]) for j in range(len(kept))])
+        all_kept.append(kept)
+        all_merged.append(merged)
+    return all_kept, all_merged
+
+
+@torch.no_grad()
+def trio_ve_image_features(model, pixel_values: torch.Tensor, grid_wh: tuple[int, int], keep: int):
+    """The image features the released TRIO-VE code feeds the decoder of a LLaVA-NeXT model on a fixed grid (no
+    unpadding): transformers' CLIP tower with eager attention (its `attentions`, [CLS] row over the patches, head
+    mean), layers floor(5 L / 24) and L - 2, plain_encode on the projected features of every tile, then the
+    spatial packing of prepare_inputs_labels_for_multimodal: the base tile's kept tokens, then the packed tiles'
+    grid in raster order, kept tokens only, each row ending with the (always kept) image newline.
+    Returns (features (M', D), kept per tile)."""
+    tower = model.model.vision_tower
+    before = tower.config._attn_implementation
+    tower.config._attn_implementation = "eager"
+    try:
+        out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
+    finally:
+        tower.config._attn_implementation = before
+    patches = out.hidden_states[model.config.vision_feature_layer][:, 1:]
+    attentions = torch.stack(out.attentions)[:, :, :, 0, 1:].mean(dim=2)  # (L, tiles, N)
+    layers = len(out.attentions)
+    deep = layers - 2
+    shallow = min(5 * layers // 24, deep)
+    projected = model.model.multi_modal_projector(patches)
+    kept, merged = plain_encode(attentions[shallow], attentions[deep], projected, int(patches.shape[1] ** 0.5), keep)
+    side = int(patches.shape[1] ** 0.5)
+    tile = model.config.vision_config.image_size
+    across, down = grid_wh[0] // tile, grid_wh[1] // tile
+    rows = [merged[0][j] for j in range(len(kept[0]))]
+    newline = model.model.image_newline
+    for big_row in range(down * side):
+        ty, y = divmod(big_row, side)
+        for tx in range(across):
+            p = 1 + ty * across + tx
+            for x in range(side):
+                i = y * side + x
+                if i in kept[p]:
+                    rows.append(merged[p][kept[p].index(i)])
+        rows.append(newline)
+    return torch.stack(rows), kept

@@ -126,3 +126,26 @@ def test_bench_on_export_reports_stages_ratios_trace_and_plot(one_cut_dir, tmp_p
 
     assert Image.open(plot).size[0] == 1200
     assert "ratios" in last_json(capsys.readouterr().out)
+
+
+def test_run_and_bench_take_trio_ve(export_model, image_file, tmp_path, capsys):
+    """--method trio-ve on a model: vision_kept per tile in --json, TRIO's cut on the reduced span; trio-bench
+    times it against the unpruned model; the text summary names the vision stage; a bad cut is one line, exit 2."""
+    tiles = export_model.adapter.tile_count(export_model.adapter.default_grid())
+    assert run_cli.main([export_model.source, "--image", image_file, "--prompt", "what color is it?", "--json",
+                         "--method", "trio-ve", "--cuts", "vision:6,2:20", "--max-new-tokens", "3"]) == 0
+    body = last_json(capsys.readouterr().out)
+    assert len(body["vision_kept"]) == tiles and all(len(row) == 6 and min(row) >= 1 for row in body["vision_kept"])
+    assert [len(kept) for kept in body["kept"]] == [20]
+    report = tmp_path / "bench.json"
+    assert bench_cli.main([export_model.source, "--method", "trio-ve", "--cuts", "vision:6,2:20", "--compare-full",
+                           "--warmup", "0", "--iters", "1", "--new-tokens", "2", "--json", str(report)]) in (0, None)
+    assert "vision 6 per tile" in json.loads(report.read_text())["schedule"]
+    capsys.readouterr()
+    assert run_cli.main([export_model.source, "--image", image_file, "--prompt", "what color is it?",
+                         "--method", "trio-ve", "--cuts", "vision:9", "--max-new-tokens", "2"]) in (0, None)
+    assert "[9 kept per tile in the vision tower;" in capsys.readouterr().err  # not "no pruning"
+    assert run_cli.main([export_model.source, "--image", image_file, "--prompt", "x", "--method", "trio-ve",
+                         "--cuts", "vision:9,2:80"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "KEEP must be within" in err and len(err.splitlines()) == 1

@@ -58,6 +58,11 @@ class PipelinePlan:
     unpruned_image_tokens: int = 0
 
     @property
+    def cut_rule(self) -> str:
+        """The rule of the decoder cuts: the method's, or TRIO's after TRIO-VE's vision stage (trio.methods)."""
+        return method_info(self.method).cut_rule
+
+    @property
     def full_image_tokens(self) -> int:
         return self.unpruned_image_tokens or self.num_image_tokens
 

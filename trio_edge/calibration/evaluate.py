@@ -94,6 +94,9 @@ def method_schedule(adapter, grid, method: str, ratio: float):
     if method == "sparsevlm":  # its own layers and 192-table shape (trio.sparsevlm); merged tokens come on top
         return (adapter.schedule(grid, keep_ratio=ratio, method=method),
                 "Gumpest/SparseVLMs layers 2/6/15 of 32 (scaled), 192-table shape; + merged tokens")
+    if method == "trio-ve":  # its authors' shape: 1.5x the budget after the tower, a third of that from layer L/2
+        return (adapter.schedule(grid, keep_ratio=ratio, method=method),
+                "ocy1/TRIO README shape: vision 96 / layer 16 keeps 32 of 32 layers (scaled)")
     if method_info(method).acts == VISION_TOWER:  # the authors' per-tile table at 64/128/192 of 576, else scaled
         preset = vision_preset(method, ratio)
         if preset is not None:
@@ -214,7 +217,7 @@ def write_plot(result: EvalResult, path: str | Path) -> None:
     draw.line([(margin, y(result.full_accuracy)), (width - margin, y(result.full_accuracy))], fill=(150, 150, 150))
     palette = {"trio": (219, 68, 55), "fastv": (66, 133, 244), "dart": (15, 157, 88), "pdrop": (171, 71, 188),
                "random": (120, 120, 120), "uniform": (244, 180, 0), "sparsevlm": (0, 150, 136),
-               "visionzip": (121, 85, 72)}
+               "visionzip": (121, 85, 72), "trio-ve": (0, 0, 0)}
     for index, method in enumerate(palette):
         points = [(x(r["budget"]), y(r["accuracy"])) for r in result.rows
                   if r["method"] == method and r["backend"] == "torch" and r["accuracy"] is not None]

@@ -70,7 +70,7 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
     group.add_argument("--cuts", help="LAYER:KEEP[,LAYER:KEEP...]: prune after LAYER decoder layers (0 = before "
                                       "any), keeping KEEP image tokens, e.g. 1:92,10:54,15:22; vision-tower methods: "
                                       "vision:KEEP tokens per tile (VisionZip: vision:DOMINANT+CONTEXTUAL, e.g. "
-                                      "vision:54+10)")
+                                      "vision:54+10; TRIO-VE: vision:T then TRIO cuts, e.g. vision:96,16:32)")
     group.add_argument("--keep-ratio", type=float, help="layer-averaged image-token ratio, e.g. 0.111; uses the "
                                                         "family's default cut layers")
     group.add_argument("--schedule-file", help="a schedule JSON written by trio-calibrate")
@@ -93,7 +93,8 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
 
 
 def _preset_cuts(preset) -> str:
-    vision = [f"vision:{preset.vision[0]}+{preset.vision[1]} per tile of 576"] if preset.vision else []
+    split = f"+{preset.vision[1]}" if preset.vision and preset.vision[1] else ""
+    vision = [f"vision:{preset.vision[0]}{split} per tile of 576"] if preset.vision else []
     return ",".join(vision + [f"{a}:{b}" for a, b in zip(preset.layers, preset.keeps)])
 
 

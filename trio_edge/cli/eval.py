@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default="trio-tiny")
     parser.add_argument("--budgets", default="1/3,2/9,1/9", help="layer-averaged image-token ratios, fractions or "
                         "decimals (default 1/3,2/9,1/9: 192, 128 and 64 of LLaVA-1.5's 576)")
-    parser.add_argument("--methods", default="full,trio,fastv,dart,pdrop,visionzip,random,uniform")
+    parser.add_argument("--methods", default="full,trio,fastv,dart,pdrop,visionzip,random,uniform,trio-ve")
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     parser.add_argument("--data", default="synthetic", help="'synthetic' or a records folder / .jsonl file")
     parser.add_argument("--n", type=int, default=200, help="number of samples (default 200)")

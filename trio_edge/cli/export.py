@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"input channels per scale (default {defaults.BLOCK_SIZE}); must divide every quantized "
                               "layer's input features")
     weights.add_argument("--quant-method", default=defaults.QUANT_METHOD,
-                         help=f"rtn (round to nearest, default) or gptq (int4; calibration-aware, ONNX Runtime's "
+                         help="rtn (round to nearest, default) or gptq (int4; calibration-aware, ONNX Runtime's "
                               "GPTQ on activations of --calibration-data)")
     weights.add_argument("--calibration-data", help="for --quant-method gptq: 'synthetic' (the synthetic VQA "
                          "generator) or a records folder (records.jsonl: image, question)")

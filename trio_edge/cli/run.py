@@ -59,6 +59,7 @@ def main(argv=None):
         print(json.dumps({**result.to_json(), "weights": weight_format}))
     else:
         print(result.text)
-        cuts = ", ".join(f"{len(k)} kept" for k in result.kept) or "no pruning"
+        vision = [f"{len(result.vision_kept[0])} kept per tile in the vision tower"] if result.vision_kept else []
+        cuts = ", ".join(vision + [f"{len(k)} kept" for k in result.kept]) or "no pruning"
         print(f"[{cuts}; TTFT {result.timings['ttft']:.1f} ms, {result.timings['decode_ms_per_token']:.1f} ms/token; "
               f"weights {weight_format}]", file=sys.stderr)

@@ -199,7 +199,7 @@ def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, ops
         path = directory / f"{name}.onnx"
         ranges = shape_ranges(spec, plan)
         export_graph(modules[name], spec, example_inputs(spec, plan), ranges, path,
-                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT and plan.method == "trio",
+                     opset=opset, needs_joint_trace=spec.kind == GraphKind.SELECT and plan.cut_rule == "trio",
                      external_data=writer is not None)
         record = writer.rewrite(path) if writer is not None else {"format": dtype}
         size = sum(p.stat().st_size for p in directory.glob(f"{name}.onnx*"))

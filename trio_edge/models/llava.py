@@ -71,6 +71,45 @@ class VisionFeatures(nn.Module):
         return features[0] if isinstance(features, (list, tuple)) else features.reshape(-1, features.shape[-1])
 
 
+class PackKeptInPlace(nn.Module):
+    """LLaVA-NeXT's packing of tiles pruned by an index mask, as the released TRIO code does it (ocy1/TRIO
+    prepare_inputs_labels_for_multimodal, spatial_unpad; nothing is unpadded on the fixed grid): the base tile's
+    kept tokens in token order, then the packed tiles' grid in raster order, kept tokens only, every grid row
+    ending with the image newline (always kept). features (T, K, D), kept (T, K) (index in the tile, 0 = [CLS])
+    -> (T * K + rows * side, D)."""
+
+    def __init__(self, rows: int, cols: int, side: int, newline: nn.Parameter):
+        super().__init__()
+        self.rows, self.cols, self.side, self.newline = rows, cols, side, newline
+
+    def forward(self, features, kept):
+        return pack_kept_tiles(features, kept - 1, self.newline, self.side, self.cols, self.rows)
+
+
+def _divmod_nonnegative(x: torch.Tensor, divisor: int):
+    """(x // divisor, x % divisor) for x >= 0 with truncating division: floor division exports an Equal on BOOL,
+    which TensorRT's parser does not list (a trio-check warning)."""
+    quotient = torch.div(x, divisor, rounding_mode="trunc")
+    return quotient, x - quotient * divisor
+
+
+def pack_kept_tiles(merged, kept, newline, side: int, across: int, down: int) -> torch.Tensor:
+    """merged (P, K, D) and kept patch indices (P, K) of the base tile and the across x down packed tiles ->
+    (K + (P-1) K + down * side, D). Every packed token and newline gets its raster position on the
+    (down*side) x (across*side + 1) grid; sorting those distinct keys orders them (fixed count)."""
+    tiles, k, dim = merged.shape
+    width = across * side + 1
+    tile = torch.arange(1, tiles, device=kept.device)[:, None]  # (P-1, 1)
+    ty, tx = _divmod_nonnegative(tile - 1, across)
+    y, x = _divmod_nonnegative(kept[1:], side)  # (P-1, K)
+    token_keys = ((ty * side + y) * width + tx * side + x).reshape(-1)
+    newline_keys = torch.arange(down * side, device=kept.device) * width + width - 1
+    keys = torch.cat([token_keys, newline_keys]).float()  # exact below 2**24
+    rows = torch.cat([merged[1:].reshape(-1, dim), newline.to(merged.dtype)[None].expand(down * side, dim)])
+    order = torch.topk(-keys, keys.shape[0]).indices  # ascending raster order; keys are distinct
+    return torch.cat([merged[0], rows.index_select(0, order)])
+
+
 class LlavaAdapter:
     """LLaVA-1.5 (LlavaForConditionalGeneration): one square tile, no anyres packing."""
 
@@ -129,10 +168,14 @@ class LlavaAdapter:
             return None
         return (self.tile_size // int(self.config.vision_config.patch_size)) ** 2 + 1
 
-    def pruned_image_token_count(self, grid: tuple[int, int], keep: int) -> int:
-        """Image tokens the decoder sees when every tile keeps `keep` tokens: the tiles' kept tokens only (the
-        authors' LLaVA and LLaVA-NeXT code add no image_newline tokens to pruned tiles)."""
+    def pruned_image_token_count(self, grid: tuple[int, int], keep: int, method: str = "visionzip") -> int:
+        """Image tokens the decoder sees when every tile keeps `keep` tokens: the tiles' kept tokens only (VisionZip's
+        LLaVA and LLaVA-NeXT code add no image_newline tokens to pruned tiles; TRIO-VE's LLaVA-NeXT code keeps them:
+        LlavaNextAdapter adds them)."""
         return self.tile_count(grid) * keep
+
+    def vision_layer_count(self) -> int:
+        return int(self.config.vision_config.num_hidden_layers)
 
     def _pruned_vision_module(self, grid, rule) -> nn.Module:
         return PrunedVisionFeatures(self.model, rule, lambda features, kept: features[0])
@@ -267,7 +310,8 @@ class LlavaAdapter:
         return resolve_schedule(default_cut_layers=self.default_cut_layers(),
                                 default_keep_weights=self.default_keep_weights(), num_layers=self.num_layers,
                                 num_image_tokens=self.image_token_count(grid), tile_tokens=self.tile_tokens(),
-                                vision_tokens_for=lambda keep: self.pruned_image_token_count(grid, keep), **options)
+                                vision_tokens_for=lambda keep, method: self.pruned_image_token_count(grid, keep, method),
+                                **options)
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -305,7 +349,16 @@ class LlavaNextAdapter(LlavaAdapter):
     def _pruned_vision_module(self, grid, rule) -> nn.Module:
         side = self.tile_size // int(self.config.vision_config.patch_size)
         rows, cols = grid[1] // self.tile_size, grid[0] // self.tile_size
+        if getattr(rule, "packing", None) == "in-place":
+            return PrunedVisionFeatures(self.model, rule, PackKeptInPlace(rows, cols, side, self.model.model.image_newline))
         return PrunedVisionFeatures(self.model, rule, PackPrunedTiles(rows, cols, side, rule.dominant))
+
+    def pruned_image_token_count(self, grid: tuple[int, int], keep: int, method: str = "visionzip") -> int:
+        """+ one newline per packed grid row after a rule that keeps tokens in place (TRIO-VE), as its code does."""
+        from ..trio.vision_stage import keeps_newlines
+
+        rows = grid[1] // self.tile_size * (self.tile_size // int(self.config.vision_config.patch_size))
+        return self.tile_count(grid) * keep + (rows if keeps_newlines(method) else 0)
 
 
 class PackPrunedTiles(nn.Module):

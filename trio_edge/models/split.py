@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from ..graph_ops import clamp_index, running_count
+from ..trio.methods import RATERS_GRAPH
 from ..trio.select_module import LayerOwningSelectStage, SelectStage
-from ..trio.sparsevlm import RATERS_GRAPH, SparseVLMRaters, SparseVLMSelectStage
+from ..trio.sparsevlm import SparseVLMRaters, SparseVLMSelectStage
 from ..trio.vision_stage import vision_rule
 
 
@@ -40,7 +41,8 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
     Cluster-NMS to its fixed point); export traces the default, graph-friendly forms, with attention as one
     fused op per layer when `fused_attention_op` (the onnxruntime export target: ONNX Runtime's GQA)."""
     decoder = adapter.decoder
-    rule = vision_rule(plan.method, plan.schedule.vision) if plan.schedule.vision is not None else None
+    rule = (vision_rule(plan.method, plan.schedule.vision, adapter.vision_layer_count())
+            if plan.schedule.vision is not None else None)
     modules = {
         "vision": adapter.vision_module(plan.grid, rule),
         "embed": EmbedAndMerge(decoder.embed_tokens, adapter.image_token_id),
@@ -52,14 +54,14 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
         modules[RATERS_GRAPH] = SparseVLMRaters(plan.num_image_tokens, plan.max_text_tokens)
     for sel in plan.selects:
         owned = plan.owned_segment_of(sel)
-        if plan.method == "sparsevlm":
+        if plan.cut_rule == "sparsevlm":
             modules[sel.name] = SparseVLMSelectStage(decoder, owned.start, sel.tokens_in, sel.keep,
                                                      runtime_form=runtime_form, max_text_tokens=plan.max_text_tokens)
         elif owned is not None:
             modules[sel.name] = LayerOwningSelectStage(decoder, owned.start, sel.tokens_in, sel.keep, plan.schedule,
-                                                       plan.method, runtime_form=runtime_form)
+                                                       plan.cut_rule, runtime_form=runtime_form)
         else:
             modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
-                                            plan.nms_iterations, method=plan.method, seed=seed,
+                                            plan.nms_iterations, method=plan.cut_rule, seed=seed,
                                             runtime_form=runtime_form)
     return {name: module.eval() for name, module in modules.items()}

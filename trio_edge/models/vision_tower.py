@@ -75,5 +75,8 @@ class PrunedVisionFeatures(nn.Module):
     def forward(self, pixel_values):
         features, attentions, keys = tower_signals(self.vision_model, pixel_values, self.feature_layer,
                                                    self.rule.attention_layers, self.rule.key_layers)
+        if getattr(self.rule, "merges_projected", False):  # TRIO-VE merges projector outputs: (T, keep, D)
+            tokens, kept = self.rule(self.projector(features), attentions, keys)
+            return self.pack(tokens, kept), kept
         tokens, kept = self.rule(features, attentions, keys)  # (T, keep, Dv), (T, keep)
         return self.pack(self.projector(tokens), kept), kept

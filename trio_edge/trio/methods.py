@@ -30,6 +30,13 @@ class Method:
     default_cut_layers: tuple[int, ...] | None  # the authors' cut layers (32-layer LLaMA); None: TRIO's, scaled
     source: str  # where the rule comes from
     min_keep: int = 1  # fewest kept image tokens the rule can produce (DART always keeps its 4 image pivots)
+    # a vision-tower rule whose authors also cut in the decoder: the rule of those cuts (TRIO-VE: TRIO's)
+    decoder_cuts: str | None = None
+
+    @property
+    def cut_rule(self) -> str:
+        """The rule the decoder cuts apply: the method's own, or a vision-tower method's `decoder_cuts`."""
+        return self.decoder_cuts or self.name
 
     @property
     def owns_layer(self) -> bool:
@@ -46,6 +53,9 @@ REGISTRY = {m.name: m for m in (
     Method("pdrop", PROXY, "renumber", True, (8, 16, 24), "Cooperx521/PyramidDrop: layer N's last-token attention"),
     Method("visionzip", VISION_TOWER, "renumber", True, None,
            "dvlab-research/VisionZip: [CLS]-attention dominant tokens + key-similarity contextual merges, per tile"),
+    Method("trio-ve", VISION_TOWER, "renumber", True, None,
+           "ocy1/TRIO encode_images: windowed shallow + deep [CLS] attention, merged after the projector; then TRIO "
+           "cuts", decoder_cuts="trio"),
     Method("random", ANY_CUT, "renumber", False, None, "uniformly random subset (seeded)"),
     Method("uniform", ANY_CUT, "renumber", False, None, "evenly strided subset"),
 )}
@@ -66,9 +76,11 @@ def check_cuts(method: str, cuts) -> None:
     before it), and no cut may keep fewer tokens than the rule always keeps."""
     info = method_info(method)
     layers = [layer for layer, _ in cuts]
-    if info.acts == VISION_TOWER and cuts:
+    if info.acts == VISION_TOWER and cuts and info.decoder_cuts is None:
         raise ScheduleError(f"--method {method} prunes inside the vision tower and has no decoder cuts; got cut layers "
                             f"{layers}")
+    if info.decoder_cuts is not None:
+        return check_cuts(info.decoder_cuts, cuts)
     if info.owns_layer and any(layer < 1 for layer in layers):
         raise ScheduleError(f"--method {method} scores a cut N:K with decoder layer N-1, so N must be at least 1; "
                             f"got cut layers {layers} (e.g. use --cuts 2:KEEP)")

@@ -88,6 +88,14 @@ PRESETS = {p.name: p for p in (
     Preset("pdrop", "pdrop", (8, 16, 24), (288, 144, 72), "Cooperx521/PyramidDrop: layers 8/16/24, ratio 0.5"),
     # dvlab-research/VisionZip README: visionzip(model, dominant=54, contextual=10) for 64 tokens; 108+20 and
     # 162+30 for 128 and 192; per tile (sub-image) on LLaVA-NeXT. [CLS] is one of the dominant tokens.
+    # ocy1/TRIO README (TRIO-VE, its default): --visual_token_num 96 --layer_list [16] --image_token_list [32], 64
+    # layer-averaged of 576; no 128 / 192 settings are released: the same shape (1.5x after the tower, a third of
+    # that from layer 16). Per tile on LLaVA-NeXT. vision = (T per tile of 576 patches, 0).
+    Preset("trio-ve-64", "trio-ve", (16,), (32,), "ocy1/TRIO README: visual_token_num 96, layer 16 keeps 32", (96, 0)),
+    Preset("trio-ve-128", "trio-ve", (16,), (64,), "ocy1/TRIO README shape, scaled to 128: 192, layer 16 keeps 64",
+           (192, 0)),
+    Preset("trio-ve-192", "trio-ve", (16,), (96,), "ocy1/TRIO README shape, scaled to 192: 288, layer 16 keeps 96",
+           (288, 0)),
     Preset("visionzip-64", "visionzip", (), (), "dvlab-research/VisionZip: dominant 54 + contextual 10", (54, 10)),
     Preset("visionzip-128", "visionzip", (), (), "dvlab-research/VisionZip: dominant 108 + contextual 20", (108, 20)),
     Preset("visionzip-192", "visionzip", (), (), "dvlab-research/VisionZip: dominant 162 + contextual 30", (162, 30)),

@@ -242,7 +242,8 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
     if is_vision_method(method):
         return vision_schedule(method, cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file, preset=preset,
                                overrides=overrides, tile_tokens=tile_tokens, vision_tokens_for=vision_tokens_for,
-                               num_image_tokens=num_image_tokens).validate(num_layers, num_image_tokens)
+                               num_image_tokens=num_image_tokens, num_layers=num_layers
+                               ).validate(num_layers, num_image_tokens)
     if method == "sparsevlm" and any(value is not None for value in (budget, keep_ratio, cuts)):
         if positions == "original":
             raise ScheduleError("--method sparsevlm renumbers positions after each cut, as its authors' code does; "

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import ScheduleError
-from .methods import VISION_TOWER, method_info
-from .schedule import Schedule, VisionStage
+from .methods import VISION_TOWER, check_cuts, method_info
+from .schedule import Cut, Schedule, VisionStage
 
 # VisionZip's released split: 54 dominant + 10 contextual of 64, 108 + 20 of 128, 162 + 30 of 192 (one ratio)
 VISIONZIP_CONTEXTUAL_SHARE = 10 / 64
@@ -21,16 +21,23 @@ def visionzip_split(keep: int) -> int:
     return max(1, keep - round(keep * VISIONZIP_CONTEXTUAL_SHARE))
 
 
+def keeps_newlines(method: str | None) -> bool:
+    """Whether a vision-tower rule's kept tokens stay in place in LLaVA-NeXT's packed grid, its image_newline
+    tokens kept (TRIO-VE, by index mask), rather than being laid out without them (VisionZip)."""
+    return method == "trio-ve"
+
+
 def is_vision_method(method: str | None) -> bool:
     return method is not None and method_info(method).acts == VISION_TOWER
 
 
 def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=None, preset=None, overrides: dict,
-                    tile_tokens: int | None, vision_tokens_for, num_image_tokens: int) -> Schedule:
+                    tile_tokens: int | None, vision_tokens_for, num_image_tokens: int, num_layers: int) -> Schedule:
     """The schedule of a vision-tower method from the user's options: --preset (the authors' per-tile numbers,
     scaled to the tile's patches), --keep-ratio (KEEP per tile so the decoder sees ratio * M image tokens) or
     --cuts vision:KEEP / --schedule-file. `tile_tokens`: tokens of one tile ([CLS] + patches), None when the
-    tower has no [CLS]; `vision_tokens_for(keep)`: image tokens the decoder sees when every tile keeps `keep`."""
+    tower has no [CLS]; `vision_tokens_for(keep, method)`: image tokens the decoder sees when every tile keeps
+    `keep`. TRIO-VE (trio_ve_schedule) also takes decoder cuts (TRIO's), as its authors' default does."""
     from pathlib import Path
 
     from .presets import REFERENCE_TOKENS, preset_info
@@ -38,6 +45,11 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
     if tile_tokens is None:
         raise ScheduleError(f"--method {method} ranks a tile's tokens by its [CLS] attention, and this model's vision "
                             "tower has no [CLS] token; use a decoder method (e.g. --method trio)")
+    if method == "trio-ve":
+        return trio_ve_schedule(cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file, preset=preset,
+                                overrides=overrides, patches=tile_tokens - 1, num_layers=num_layers,
+                                vision_tokens_for=lambda keep: vision_tokens_for(keep, method),
+                                num_image_tokens=num_image_tokens)
     if preset is not None:
         dominant, contextual = preset_info(preset).vision_for(tile_tokens - 1)
         patches = tile_tokens - 1
@@ -47,7 +59,7 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
     elif keep_ratio is not None:
         if not 0.0 < keep_ratio <= 1.0:
             raise ScheduleError(f"--keep-ratio must be within (0, 1], got {keep_ratio}")
-        keep = max(1, round(keep_ratio * num_image_tokens / vision_tokens_for(1)))
+        keep = max(1, round(keep_ratio * num_image_tokens / vision_tokens_for(1, method)))
         schedule = Schedule((), vision=VisionStage(keep), **overrides)
     elif schedule_file is not None:
         path = Path(schedule_file)
@@ -62,7 +74,7 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
     if schedule.cuts:
         raise ScheduleError(f"--method {method} has no decoder cuts; drop {schedule.text().split(',', 1)[1]} "
                             "from --cuts")
-    return resolve_vision_stage(schedule, method, tile_tokens, vision_tokens_for)
+    return resolve_vision_stage(schedule, method, tile_tokens, lambda keep: vision_tokens_for(keep, method))
 
 
 def resolve_vision_stage(schedule: Schedule, method: str, tile_tokens: int, vision_tokens_for) -> Schedule:
@@ -72,6 +84,19 @@ def resolve_vision_stage(schedule: Schedule, method: str, tile_tokens: int, visi
         raise ScheduleError(f"vision keep {stage.keep} per tile is outside 1..{tile_tokens} (the tokens of one tile: "
                             f"its [CLS] + {tile_tokens - 1} patches); lower the keep")
     dominant = stage.dominant
+    if method == "trio-ve":
+        from .trio_ve import check_ve_keep, ve_kept_count, windows_per_side
+
+        side = round((tile_tokens - 1) ** 0.5)
+        keep = check_ve_keep(stage.keep, side)
+        if ve_kept_count(side, keep) != keep:
+            fits = [t for t in range(1, side * side + 1) if ve_kept_count(side, t) == t]
+            below, above = max([t for t in fits if t < keep], default=None), min([t for t in fits if t > keep])
+            windows = windows_per_side(side) ** 2
+            kept = ve_kept_count(side, keep)
+            raise ScheduleError(f"TRIO-VE vision:{keep}: the released rule keeps {kept} tokens per tile for {keep} "
+                                f"({windows} windows x int(T/2)//{windows} + T - int(T/2)); pass vision:"
+                                + (f"{below} or vision:{above}" if below else f"{above}"))
     if method == "visionzip":
         dominant = dominant or visionzip_split(stage.keep)
     elif dominant:
@@ -79,7 +104,7 @@ def resolve_vision_stage(schedule: Schedule, method: str, tile_tokens: int, visi
     return replace(schedule, vision=VisionStage(stage.keep, dominant, vision_tokens_for(stage.keep)))
 
 
-def vision_rule(method: str, stage: VisionStage):
+def vision_rule(method: str, stage: VisionStage, num_vision_layers: int | None = None):
     """The torch rule (an nn.Module) of a vision-tower method for a resolved stage. A rule declares
     `attention_layers` and `key_layers` (encoder layer indices, negative from the end, as the authors index the
     tower's outputs) and maps (feature-layer hidden states (T, S, Dv), those attentions ((T, H, S, S), ...), those
@@ -89,4 +114,69 @@ def vision_rule(method: str, stage: VisionStage):
         from .visionzip import VisionZipRule
 
         return VisionZipRule(stage.keep, stage.dominant)
+    if method == "trio-ve":
+        from .trio_ve import TrioVERule
+
+        if num_vision_layers is None:
+            raise ValueError("TRIO-VE's rule needs the vision tower's depth (num_vision_layers)")
+        return TrioVERule(stage.keep, num_vision_layers)
     raise ScheduleError(f"--method {method} has no vision-tower rule")
+
+
+# The authors' README default: --visual_token_num 96 after the vision tower, --layer_list [16] --image_token_list
+# [32] on the 32-layer LLaMA (64 layer-averaged). 128 and 192 are not released: the same shape, scaled.
+TRIO_VE_CUT_LAYER = 16  # of 32
+TRIO_VE_SHARES = (1.5, 0.5)  # vision-stage tokens and cut KEEP per layer-averaged token (96 / 64, 32 / 64)
+
+
+def trio_ve_schedule(*, cuts, keep_ratio, schedule_file, preset, overrides: dict, patches: int, num_layers: int,
+                     vision_tokens_for, num_image_tokens: int) -> Schedule:
+    """TRIO-VE's schedule: a vision stage (T per tile) and TRIO's cuts after it. --preset trio-ve-64/128/192: T =
+    96/192/288 of 576 patches scaled to the tile's patches, one cut at layer 16 of 32 (scaled by depth) keeping a
+    third of the vision stage's tokens; --keep-ratio r: the same shape (1.5 r M after the vision stage, the cut's
+    KEEP so that the layer average is r M); --cuts vision:T[,LAYER:KEEP...] / --schedule-file as given."""
+    from pathlib import Path
+
+    from .presets import preset_info, scaled_cut_layer
+    from .trio_ve import ve_kept_count
+
+    side = round(patches ** 0.5)
+    valid = [t for t in range(1, patches + 1) if ve_kept_count(side, t) == t]
+    cut_layer = scaled_cut_layer(TRIO_VE_CUT_LAYER, num_layers, "trio")
+    provenance = {}
+    if preset is not None or keep_ratio is not None:
+        if preset is not None:
+            info = preset_info(preset)
+            wanted = info.vision[0] * patches / 576
+            keep = min(valid, key=lambda t: (abs(t - wanted), t))
+            stage_tokens = vision_tokens_for(keep)
+            cut_keep = round(info.keeps[0] / info.vision[0] * stage_tokens)
+            provenance = {"preset": preset, "source": info.source,
+                          "scaled": None if (patches, num_layers) == (576, 32) else
+                          f"vision {info.vision[0]} of 576 -> {keep} of {patches} per tile; cut {info.layers[0]}:"
+                          f"{info.keeps[0]} of 32 layers -> {cut_layer}:{cut_keep} (a third of the vision tokens)"}
+        else:
+            if not 0.0 < keep_ratio <= 1.0:
+                raise ScheduleError(f"--keep-ratio must be within (0, 1], got {keep_ratio}")
+            average = keep_ratio * num_image_tokens
+            keep = min(valid, key=lambda t: (abs(vision_tokens_for(t) - TRIO_VE_SHARES[0] * average), t))
+            stage_tokens = vision_tokens_for(keep)
+            after = num_layers - cut_layer
+            cut_keep = round((average * num_layers - stage_tokens * cut_layer) / after) if after else stage_tokens
+            if not 1 <= cut_keep <= stage_tokens:
+                raise ScheduleError(f"--keep-ratio {keep_ratio} is out of TRIO-VE's reach on this model (the cut at "
+                                    f"layer {cut_layer} would keep {cut_keep} of {stage_tokens}); pass --cuts "
+                                    "vision:T,LAYER:KEEP")
+        schedule = Schedule((Cut(cut_layer, cut_keep),), vision=VisionStage(keep), provenance=provenance, **overrides)
+    elif schedule_file is not None:
+        path = Path(schedule_file)
+        if not path.is_file():
+            raise ScheduleError(f"schedule file not found: {path}")
+        schedule = replace(Schedule.from_json(path.read_text()), **overrides)
+    else:
+        schedule = Schedule.parse(cuts or "", **overrides)
+    if schedule.vision is None:
+        raise ScheduleError("--method trio-ve prunes inside the vision tower first: pass --preset trio-ve-64, "
+                            "--keep-ratio or --cuts vision:T[,LAYER:KEEP] (T tokens kept per tile)")
+    check_cuts("trio-ve", [(c.layer, c.keep) for c in schedule.cuts])
+    return resolve_vision_stage(schedule, "trio-ve", patches + 1, vision_tokens_for)
