@@ -20,16 +20,15 @@ def load_script():
 def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path):
     out = tmp_path / "result.json"
     load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2", "--iters", "1",
-                        "--warmup", "0", "--backends", "torch,onnxruntime", "--device", "cpu", "--dtype", "fp32", "--select-precision", "both",
+                        "--warmup", "0", "--backends", "torch,onnxruntime", "--device", "cpu", "--dtype", "fp32",
                         "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["architecture"]["image_tokens"] == 2928  # the real 672x672 anyres token count
     assert set(result["runs"]) == {"transformers_generate"} | {
-        f"{backend}_{run}" for backend in ("torch", "onnxruntime") for run in ("full", "trio", "trio_model_precision")}
+        f"{backend}_{run}" for backend in ("torch", "onnxruntime") for run in ("full", "trio")}
     runs = result["runs"]
     assert runs["torch_trio"]["kept"] == runs["onnxruntime_trio"]["kept"]
-    assert runs["torch_trio_model_precision"]["kept"] == runs["torch_trio"]["kept"]  # fp32 model: same computation
-    assert set(result["ratios"]) == {"torch", "onnxruntime", "torch_model_precision", "onnxruntime_model_precision"}
+    assert set(result["ratios"]) == {"torch", "onnxruntime"}
     full, trio = result["runs"]["onnxruntime_full"], result["runs"]["onnxruntime_trio"]
     assert trio["kept"] and not full["kept"]
     assert trio["flops"]["prefill_total"] < full["flops"]["prefill_total"]
