@@ -211,6 +211,16 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
     return Schedule(tuple(Cut(c, k) for c, k in zip(cut_layers, keeps)), **kwargs).validate(layers, m)
 
 
+def schedule_from_file(schedule_file, overrides: dict) -> Schedule:
+    """The schedule a --schedule-file holds, with the command line's positions / threshold / precision."""
+    from pathlib import Path
+
+    path = Path(schedule_file)
+    if not path.is_file():
+        raise ScheduleError(f"schedule file not found: {path}")
+    return replace(Schedule.from_json(path.read_text()), **overrides)
+
+
 def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None, schedule_file=None,
                      preset: str | None = None,
                      positions: str | None = None, threshold: float | None = None, precision: str | None = None,
@@ -254,13 +264,7 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
                                       keep_ratio=keep_ratio, cuts=cuts, **overrides)
         return schedule.validate(num_layers, num_image_tokens)
     if schedule_file is not None:
-        from pathlib import Path
-
-        path = Path(schedule_file)
-        if not path.is_file():
-            raise ScheduleError(f"schedule file not found: {path}")
-        base = Schedule.from_json(path.read_text())
-        schedule = replace(base, **overrides)
+        schedule = schedule_from_file(schedule_file, overrides)
     elif preset is not None:
         text, scaled = preset_info(preset).cuts_for(num_layers, num_image_tokens)
         provenance = {"preset": preset, "source": preset_info(preset).source,

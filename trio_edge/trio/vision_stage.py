@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from ..errors import ScheduleError
 from .methods import VISION_TOWER, check_cuts, method_info
-from .schedule import Cut, Schedule, VisionStage
+from .schedule import Cut, Schedule, VisionStage, schedule_from_file
 
 # VisionZip's released split: 54 dominant + 10 contextual of 64, 108 + 20 of 128, 162 + 30 of 192 (one ratio)
 VISIONZIP_CONTEXTUAL_SHARE = 10 / 64
@@ -38,8 +38,6 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
     --cuts vision:KEEP / --schedule-file. `tile_tokens`: tokens of one tile ([CLS] + patches), None when the
     tower has no [CLS]; `vision_tokens_for(keep, method)`: image tokens the decoder sees when every tile keeps
     `keep`. TRIO-VE (trio_ve_schedule) also takes decoder cuts (TRIO's), as its authors' default does."""
-    from pathlib import Path
-
     from .presets import REFERENCE_TOKENS, preset_info
 
     if tile_tokens is None:
@@ -62,10 +60,7 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
         keep = max(1, round(keep_ratio * num_image_tokens / vision_tokens_for(1, method)))
         schedule = Schedule((), vision=VisionStage(keep), **overrides)
     elif schedule_file is not None:
-        path = Path(schedule_file)
-        if not path.is_file():
-            raise ScheduleError(f"schedule file not found: {path}")
-        schedule = replace(Schedule.from_json(path.read_text()), **overrides)
+        schedule = schedule_from_file(schedule_file, overrides)
     else:
         schedule = Schedule.parse(cuts or "", **overrides)
     if schedule.vision is None:
@@ -135,8 +130,6 @@ def trio_ve_schedule(*, cuts, keep_ratio, schedule_file, preset, overrides: dict
     96/192/288 of 576 patches scaled to the tile's patches, one cut at layer 16 of 32 (scaled by depth) keeping a
     third of the vision stage's tokens; --keep-ratio r: the same shape (1.5 r M after the vision stage, the cut's
     KEEP so that the layer average is r M); --cuts vision:T[,LAYER:KEEP...] / --schedule-file as given."""
-    from pathlib import Path
-
     from .presets import preset_info, scaled_cut_layer
     from .trio_ve import ve_kept_count
 
@@ -169,10 +162,7 @@ def trio_ve_schedule(*, cuts, keep_ratio, schedule_file, preset, overrides: dict
                                     "vision:T,LAYER:KEEP")
         schedule = Schedule((Cut(cut_layer, cut_keep),), vision=VisionStage(keep), provenance=provenance, **overrides)
     elif schedule_file is not None:
-        path = Path(schedule_file)
-        if not path.is_file():
-            raise ScheduleError(f"schedule file not found: {path}")
-        schedule = replace(Schedule.from_json(path.read_text()), **overrides)
+        schedule = schedule_from_file(schedule_file, overrides)
     else:
         schedule = Schedule.parse(cuts or "", **overrides)
     if schedule.vision is None:
