@@ -105,3 +105,30 @@ def assert_ready_for_tensorrt(directory) -> None:
 
     reports = check_directory(directory)
     assert reports and all(r.ok for r in reports), [f.message for r in reports for f in r.errors]
+
+
+def _op_types(graph):
+    for node in graph.node:
+        yield node.op_type
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs]:
+                yield from _op_types(sub)
+
+
+def assert_fixed_shape_ops(model) -> set[str]:
+    """An ONNX model's op types (graph, subgraphs, functions): no control flow, no NonZero, no Scatter*."""
+    ops = set(_op_types(model.graph)) | {node.op_type for function in model.functions for node in function.node}
+    assert not ops & {"Loop", "If", "NonZero", "Scan"}, ops
+    assert not [op for op in ops if op.startswith("Scatter")], ops
+    return ops
+
+
+def assert_export_refused(source, tmp_path, capsys, argv, message: str) -> None:
+    """trio-export SOURCE with `argv` exits 2 with one stderr line containing `message` and writes nothing."""
+    from trio_edge.cli.export import main as export_main
+
+    out = tmp_path / "never"
+    assert export_main([str(source), "-o", str(out), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -4,7 +4,7 @@ shapes (no scatter in the rule), trio-check clean; bad budgets, shallow models a
 
 import onnx
 import pytest
-from helpers import assert_ready_for_tensorrt, assert_same_generations
+from helpers import assert_export_refused, assert_ready_for_tensorrt, assert_same_generations
 from test_export import random_requests
 
 from trio_edge import load
@@ -73,11 +73,7 @@ def test_prompt_without_text_after_the_image_is_refused(sparsevlm_export, images
     (["--method", "sparsevlm", "--budget", "64", "--keep-ratio", "0.2"], "mutually exclusive"),
 ])
 def test_bad_sparsevlm_export_is_one_line_and_writes_nothing(export_model, tmp_path, capsys, argv, message):
-    out = tmp_path / "never"
-    assert export_main([str(export_model.source), "-o", str(out), "--quiet", *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not out.exists()
+    assert_export_refused(export_model.source, tmp_path, capsys, argv, message)
 
 
 def test_trio_run_on_a_model_takes_a_budget(export_model, images, tmp_path, capsys):
