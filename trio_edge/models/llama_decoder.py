@@ -90,6 +90,26 @@ def scatter_new_slots(cache: torch.Tensor, new: torch.Tensor, past_length: torch
     return cache.index_put(index, new)
 
 
+def filled_slots(kv: torch.Tensor, layer: int, past: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer `layer`'s keys and values (KVH, past, hd) in slots [0, past) of the cache kv (L, 2, KVH, N, hd).
+
+    One Gather each over the cache's rows (viewed as (L*2*KVH*N, hd), a free Reshape), so exactly the filled
+    slots of this layer are copied. Slicing the slot axis and then picking the layer (Slice, then Gather/Split in
+    ONNX Runtime) copied every layer's filled slots and then this layer's again: on the wide shape that was 60%
+    of an ONNX Runtime decode step."""
+    layers, two, heads, capacity, head_dim = kv.shape
+    rows = kv.reshape(layers * two * heads * capacity, head_dim)
+    slots = torch.arange(past, device=kv.device)
+    head_rows = torch.arange(heads, device=kv.device) * capacity
+
+    def read(which: int) -> torch.Tensor:
+        first = (layer * two + which) * heads * capacity
+        index = (head_rows[:, None] + slots[None, :] + first).reshape(-1)  # (KVH * past,)
+        return rows.index_select(0, index).reshape(heads, past, head_dim)
+
+    return read(0), read(1)
+
+
 def write_kv_in_place(buffer: torch.Tensor, new: torch.Tensor, past_length: torch.Tensor) -> torch.Tensor:
     """Write `new` (KVH, T, hd) into `buffer` (KVH, N, hd) at [past_length, past_length+T), in place."""
     slots = past_length + torch.arange(new.shape[1], device=buffer.device)
@@ -145,7 +165,7 @@ def attention_with_probs(q, k, v, bias, scale):
 
 def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False, filled: int | None = None,
                fused_op: bool = False):
-    """One decoder layer on h (T, D) with the layer's cache kv (2, KVH, N, hd); returns (h, kv_or_new).
+    """One decoder layer on h (T, D) with the layer's cache kv (2, KVH, N, hd) or its past (keys, values); returns (h, kv_or_new).
 
     In place (`in_place`): writes the new keys/values into kv and returns kv; `mask` is the bool causal
     mask over the buffer, and `filled` (CPU) the slots to read, past_length + T. Export form: kv holds only
@@ -170,7 +190,7 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
     elif fused_op:
         attn = _fused_op_attention(q, k, v, kv, scale)
         kv_out = torch.stack((k, v))
-    else:  # kv holds exactly the past slots here (the segment sliced them once for every layer)
+    else:  # kv holds exactly the past slots here (filled_slots)
         keys = torch.cat((kv[0], k), dim=1)  # (KVH, past + T, hd)
         values = torch.cat((kv[1], v), dim=1)
         attn = grouped_attention(q, keys, values, mask, scale)
@@ -182,12 +202,12 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
 
 def _fused_op_attention(q, k, v, past_kv, scale: float):
     """layer_step's export attention as the group_query_attention op (models.attention_op) over the past slots
-    past_kv (2, KVH, P, hd) and the new keys/values: (T, H*hd)."""
+    past_kv (keys, values), each (KVH, P, hd), and the new keys/values: (T, H*hd)."""
     from . import attention_op  # noqa: F401  (registers the op)
 
     num_heads, t, head_dim = q.shape
     num_kv = k.shape[0]
-    filled = past_kv.shape[2] + t
+    filled = past_kv[0].shape[1] + t
     total = torch.full((), filled, dtype=torch.int32, device=q.device)
 
     def flat(x):  # (heads, T, hd) -> (1, T, heads*hd)
@@ -231,13 +251,10 @@ class DecoderSegment(nn.Module):
         torch._check(past + t <= capacity)
         # one mask for every layer (the fused op builds its own)
         mask = None if self.fused_op else mask_bias(causal_over_buffer(past_length, t, past + t))
-        # the filled slots of every layer, sliced once before any layer: slicing a layer out of the whole cache
-        # first would copy all of its capacity on every step
-        past_kv = kv[:, :, :, :past]  # (L, 2, KVH, past, hd)
         new = []
         for index, layer in enumerate(self.layers):
-            h, layer_new = layer_step(layer, h, cos, sin, past_kv[index], past_length, mask,
-                                      fused_op=self.fused_op)
+            past_kv = filled_slots(kv, index, past)  # only this layer's filled slots (never its whole capacity)
+            h, layer_new = layer_step(layer, h, cos, sin, past_kv, past_length, mask, fused_op=self.fused_op)
             new.append(layer_new)
         kv_out = scatter_new_slots(kv, torch.stack(new), past_length) if new else kv
         return self._head(h), kv_out

@@ -1,0 +1,193 @@
+"""Where one decode step's time goes: ONNX Runtime (both export targets) vs the torch runtime form, one run.
+
+Builds the llava-next-7b architecture at the wide shape (hidden 1024, 4 layers, the real 2928 image tokens;
+--scale/--layers), exports it unpruned for `--target tensorrt` and `--target onnxruntime`, fills every KV buffer
+as a prefill of the prompt would (random values: a step's cost does not depend on them) and times
+`Pipeline.decode_step` at the prompt's length, with no prefill per request. For ONNX Runtime it splits each
+step into the graphs' own run time (`run_with_iobinding`) and the host work around it (inputs, IO binding,
+output allocation, the step's small position/length tensors), and profiles each graph with ONNX Runtime's
+profiler (`SessionOptions.enable_profiling`): time per operator type.
+
+CPU:  python benchmarks/decode_step.py --out benchmarks/results/decode_step_cpu_wide.json
+Prints a table and one final JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+class TimedSession:
+    """An InferenceSession whose run_with_iobinding is timed (the graph's own run); everything else delegates."""
+
+    def __init__(self, session, times: list):
+        self._session, self._times = session, times
+
+    def run_with_iobinding(self, binding):
+        start = time.perf_counter()
+        self._session.run_with_iobinding(binding)
+        self._times.append((time.perf_counter() - start) * 1e3)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+def fill_kv(pipeline, seed: int = 0) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    for name, buffer in pipeline.kv.items():
+        buffer.copy_(torch.randn(buffer.shape, generator=generator, dtype=torch.float32).to(buffer.dtype))
+
+
+def time_steps(pipeline, prompt_length: int, steps: int, warmup: int, graph_times: dict | None = None) -> dict:
+    """Median ms of `steps` decode steps after `warmup`, every KV group at the prompt's length (unpruned)."""
+    import torch
+
+    lengths = {seg.name: prompt_length for seg in pipeline.plan.segments}
+    features = torch.zeros(pipeline.plan.num_image_tokens, pipeline.plan.hidden_size, dtype=pipeline.dtype)
+    token, totals = 1, []
+    with torch.inference_mode():
+        for step in range(warmup + steps):
+            if graph_times is not None and step == warmup:
+                for times in graph_times.values():
+                    times.clear()
+            start = time.perf_counter()
+            logits = pipeline.decode_step(token, features, step, prompt_length, lengths)
+            token = int(logits[0].argmax())
+            if step >= warmup:
+                totals.append((time.perf_counter() - start) * 1e3)
+    report = {"step_ms": statistics.median(totals), "steps": len(totals)}
+    if graph_times is not None:
+        graphs = {name: statistics.median(times) for name, times in graph_times.items() if times}
+        report["graph_run_ms"] = graphs
+        report["host_ms"] = report["step_ms"] - sum(graphs.values())
+    return report
+
+
+def ort_profile(pipeline, graph: str, path: Path, inputs: dict, runs: int) -> dict:
+    """ms per operator type of one graph run (median run of `runs`), from ONNX Runtime's profiler, on a session
+    opened with the backend's own settings plus profiling."""
+    import onnxruntime as ort
+
+    from trio_edge.runtime.backends.ort_sessions import session_options
+
+    backend = pipeline.backend
+    options = session_options(ort, None)
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
+        options.profile_file_prefix = str(Path(tmp) / graph)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        original = backend.sessions[graph]
+        backend.sessions[graph] = session
+        try:
+            for _ in range(runs):
+                backend.run(graph, inputs)
+        finally:
+            backend.sessions[graph] = original
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_run = []
+    for event in events:
+        if event.get("cat") == "Session" and event["name"] == "model_run":
+            per_run.append(event["dur"] / 1e3)
+    by_op = collections.defaultdict(list)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]].append(event["dur"] / 1e3)
+    return {"model_run_ms": statistics.median(per_run[1:] or per_run),
+            "ms_per_run_by_op": dict(sorted(((op, sum(t) / runs) for op, t in by_op.items()),
+                                            key=lambda item: -item[1]))}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=0.25)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--profile-runs", type=int, default=5)
+    parser.add_argument("--targets", default="tensorrt,onnxruntime")
+    parser.add_argument("--export-dir", help="keep the exports here (reused when present) instead of a temp dir")
+    parser.add_argument("--baseline-dir", help="a directory of exports made by an earlier version of this script "
+                        "(--export-dir there): they are timed too, as before_<target>, for a before/after in one run")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from trio_edge import Schedule, load
+    from trio_edge.artifact.manifest import read_manifest
+    from trio_edge.cli.bench import DEFAULT_PROMPT
+    from trio_edge.exporters.export import export
+    from trio_edge.models.random_weights import build_random
+    from trio_edge.models.registry import load as load_model
+    from trio_edge.runtime import bench
+
+    results = {"command": "python benchmarks/decode_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "environment": bench.environment("torch,onnxruntime", "cpu"), "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="decode-step-") as tmp:
+        root = Path(args.export_dir or tmp)
+        model_dir = root / "model"
+        if not (model_dir / "config.json").exists():
+            build_random("llava-next-7b", model_dir, dtype=torch.float32, scale=args.scale, layers=args.layers,
+                         vision_layers=1)
+        loaded = load_model(str(model_dir), dtype=torch.float32)
+        grid = loaded.adapter.default_grid()
+        prompt_length = loaded.adapter.prompt_ids(DEFAULT_PROMPT, loaded.adapter.image_token_count(grid)).shape[1]
+        torch_pipeline = load(loaded, schedule=Schedule(), max_new_tokens=64)
+        fill_kv(torch_pipeline)
+        results["runs"]["torch"] = time_steps(torch_pipeline, prompt_length, args.steps, args.warmup)
+        print("torch", results["runs"]["torch"], flush=True)
+        torch_pipeline.close()
+        exports = [(f"onnxruntime_{target}", root / f"export-{target}", target) for target in args.targets.split(",")]
+        if args.baseline_dir:
+            exports = [(f"before_{target}", Path(args.baseline_dir) / f"export-{target}", None)
+                       for target in args.targets.split(",")] + exports
+        for label, out, target in exports:
+            if not (out / "manifest.json").exists():
+                if target is None:
+                    parser.error(f"--baseline-dir: {out} holds no export")
+                export(loaded.source, out, max_new_tokens=64, validate=False, progress=False, loaded=loaded,
+                       target=target)
+            pipeline = load(out, backend="onnxruntime")
+            fill_kv(pipeline)
+            graph_times = {}
+            for name, session in list(pipeline.backend.sessions.items()):
+                graph_times[name] = []
+                pipeline.backend.sessions[name] = TimedSession(session, graph_times[name])
+            run = time_steps(pipeline, prompt_length, args.steps, args.warmup, graph_times)
+            for name, session in list(pipeline.backend.sessions.items()):
+                pipeline.backend.sessions[name] = session._session
+            segment = pipeline.plan.segments[0]
+            inputs = {"hidden": torch.zeros(1, 1, pipeline.plan.hidden_size),
+                      "position_ids": torch.full((1, 1), prompt_length), "past_length": torch.tensor(prompt_length),
+                      "kv": pipeline.kv[segment.name]}
+            path = out / read_manifest(out, verify_hashes=False).graphs[segment.name].file
+            run["profile"] = {segment.name: ort_profile(pipeline, segment.name, path, inputs, args.profile_runs)}
+            results["runs"][label] = run
+            print(label, json.dumps(run, indent=1), flush=True)
+            pipeline.close()
+    results["prompt_length"] = prompt_length
+    torch_ms = results["runs"]["torch"]["step_ms"]
+    results["ratio_torch_over_ort"] = {name: torch_ms / run["step_ms"] for name, run in results["runs"].items()
+                                       if name != "torch"}
+    print(f"{'run':<26}{'step ms':>10}{'graphs ms':>11}{'host ms':>9}")
+    for name, run in results["runs"].items():
+        graphs = sum(run.get("graph_run_ms", {}).values())
+        print(f"{name:<26}{run['step_ms']:>10.2f}{graphs:>11.2f}{run.get('host_ms', 0.0):>9.2f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps({"ratio_torch_over_ort": results["ratio_torch_over_ort"]}))
+    return results
+
+
+if __name__ == "__main__":
+    main()
