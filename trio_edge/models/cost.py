@@ -6,7 +6,10 @@ the benchmark's per-stage FLOPs and its roofline (compute floor for prefill, ban
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from ..trio.selection import NMS_BLOCK
 
 
 @dataclass(frozen=True)
@@ -50,15 +53,46 @@ def vision_flops(vision_config, tiles: int, projector_out: int) -> float:
     return tiles * (layers * per_layer + patch_embed + projector)
 
 
-def select_flops_parts(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int) -> dict[str, float]:
-    """A select stage in two parts: `proxy` = proxy forward (K/V for all tokens, 4 queries) + backward to the
-    input only (no weight gradients: about the forward again), in the select precision; `nms` = cosine
-    similarities + Cluster-NMS steps, always fp32."""
-    kv = 2.0 * seq * shape.hidden * 2 * shape.kv_heads * shape.head_dim
-    queries = shape.layer_flops(4, seq) - 2.0 * 4 * shape.hidden * 2 * shape.kv_heads * shape.head_dim
-    forward = kv + queries + shape.head_flops(4)
-    return {"proxy": 2.0 * forward,
-            "nms": 2.0 * image_tokens * image_tokens * shape.hidden + nms_iterations * image_tokens ** 2}
+def nms_flops(image_tokens: int, hidden: int, nms_iterations: int, block: int) -> float:
+    """The blocked Cluster-NMS of trio/selection.py (`_cluster_nms`), in visiting order: blocks of at most `block`
+    tokens; each block's rows against itself and every later block for the cosine similarities (2 * B * (M - lo)
+    * D), `nms_iterations` 0/1 matvecs on the block's own (B, B) matrix, and one matvec of its kept tokens
+    against the later blocks (what they suppress there). At M = 2928 the similarities are 0.56 of M x M x D."""
+    blocks = math.ceil(image_tokens / block)
+    bounds = [image_tokens * b // blocks for b in range(blocks + 1)]
+    total = 0.0
+    for lo, hi in zip(bounds, bounds[1:]):
+        rows, columns = hi - lo, image_tokens - lo
+        total += 2.0 * rows * columns * hidden + nms_iterations * 2.0 * rows * rows
+        if hi < image_tokens:
+            total += 2.0 * rows * columns
+    return total
+
+
+def select_flops_parts(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int,
+                       block: int = NMS_BLOCK) -> dict[str, float]:
+    """A select stage in two parts: `proxy` = the proxy layer (keys for all S tokens, the 4 supervised queries,
+    `v_proj` applied after the attention mix: models/llama_decoder.values_after_mixing) forward plus its
+    backward to the input only (no weight gradients), in the select precision; `nms` = cosine similarities +
+    Cluster-NMS steps (nms_flops), always fp32.
+
+    Backward: a product with a weight costs its forward again (the input's gradient only); a product of two
+    activations (scores, the mix) twice (both operands' gradients). tests/runtime/test_roofline.py checks the
+    count against PyTorch's own count of the stage's products."""
+    d, q = shape.hidden, 4  # the 4 supervised queries
+    kv_width, q_width = shape.kv_heads * shape.head_dim, shape.heads * shape.head_dim
+    with_weights = (2.0 * seq * d * kv_width  # k_proj over all S rows
+                    + 2.0 * q * d * q_width  # q_proj of the 4 queries
+                    + 2.0 * shape.heads * q * d * kv_width  # v_proj after the mix: every head's row, all KV heads
+                    + 2.0 * q * q_width * d  # o_proj
+                    + 2.0 * q * 3 * d * shape.ffn  # MLP
+                    + shape.head_flops(q))  # lm_head
+    activations = (2.0 * shape.heads * q * seq * shape.head_dim  # scores q k^T
+                   + 2.0 * shape.heads * q * seq * d)  # probs x normalised input (the mix)
+    # one-hot row picks (4, S) of h, x, cos and sin; the backward reaches h and x only
+    picks = 2.0 * q * seq * (2 * d + 2 * shape.head_dim) + 2.0 * q * seq * 2 * d
+    return {"proxy": 2.0 * with_weights + 3.0 * activations + picks,
+            "nms": nms_flops(image_tokens, d, nms_iterations, block)}
 
 
 def select_flops(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int) -> float:
