@@ -8,6 +8,11 @@ fp16 tensor peak + fp32 FLOPs / fp32 peak (select stages: all in fp32 by default
 floor = bytes per token / memory bandwidth. Floors ignore launch overhead and kernel efficiency: a real
 pipeline is slower, and how much slower is what benchmarks/llava_next_7b.py measures on a GPU.
 
+Also the select stages' projected share of TRIO's TTFT floor (their FLOPs at their precision's peak over the
+whole floor) at the real size, and, for comparison with the measured CPU benchmark, their share of the prefill
+FLOPs at the scaled-down wide CPU shape (hidden 1024, 4 layers, 2 vision layers; fp32 everywhere on a CPU, so
+the FLOP share is the floor's share).
+
 python benchmarks/roofline_projection.py --out benchmarks/results/roofline_projection_llava_next_7b.json
 """
 
@@ -19,13 +24,13 @@ import sys
 from pathlib import Path
 
 
-def plans(alias: str, keep_ratio: float, text_tokens: int, new_tokens: int):
+def plans(alias: str, keep_ratio: float, text_tokens: int, new_tokens: int, **scaled):
     from trio_edge.artifact.plan import make_plan
     from trio_edge.models.llava import adapter_for
     from trio_edge.models.random_weights import architecture
     from trio_edge.trio.schedule import Schedule
 
-    config, _, processor = architecture(alias)
+    config, _, processor = architecture(alias, **scaled)
     adapter = adapter_for(config, processor)
     grid = adapter.default_grid()
     text = config.text_config
@@ -39,6 +44,29 @@ def plans(alias: str, keep_ratio: float, text_tokens: int, new_tokens: int):
                               hidden_size=text.hidden_size, num_kv_heads=text.num_key_value_heads,
                               head_dim=head_dim, vocab_size=text.vocab_size, grid=grid, nms_iterations=32)
     return config, adapter.tile_count(grid), out
+
+
+def select_share(prefill_flops: float, select_flops: float, fp32_flops: float, peaks: dict) -> float:
+    """The select stages' part of the TTFT floor: their fp32 FLOPs (all of them with fp32 selection, the NMS only
+    with model precision) at the fp32 peak, the rest at the fp16 tensor peak."""
+    fp32_ms = fp32_flops / peaks["fp32_tflops"]
+    select_ms = fp32_ms + (select_flops - fp32_flops) / peaks["fp16_tflops"]
+    return select_ms / ((prefill_flops - fp32_flops) / peaks["fp16_tflops"] + fp32_ms)
+
+
+def cpu_wide_share(alias: str, keep_ratio: float, text_tokens: int, new_tokens: int) -> dict:
+    """The select stages' share of TRIO's prefill FLOPs at the wide CPU benchmark's shape (README)."""
+    from trio_edge.models.cost import stage_flops
+
+    shape = {"scale": 0.25, "layers": 4, "vision_layers": 2}
+    config, tiles, by_name = plans(alias, keep_ratio, text_tokens, new_tokens, **shape)
+    plan = by_name["trio"]
+    flops = stage_flops(config, plan, plan.num_image_tokens + text_tokens, tiles)
+    select = sum(flops[s.name] for s in plan.selects)
+    return {**shape, "hidden": config.text_config.hidden_size,
+            "schedule": ",".join(f"{c.layer}:{c.keep}" for c in plan.schedule.cuts),
+            "prefill_tflop": flops["prefill_total"] / 1e12, "select_tflop": select / 1e12,
+            "select_share_of_prefill_flops": select / flops["prefill_total"]}
 
 
 def main(argv=None) -> dict:
@@ -62,23 +90,33 @@ def main(argv=None) -> dict:
         flops = stage_flops(config, plan, prompt, tiles)
         per_token = decode_bytes_per_token(config, plan, 2, prompt)  # fp16 weights and KV
         fp32 = fp32_prefill_flops(config, plan, args.text_tokens)
+        select_flops = sum(flops[s.name] for s in plan.selects)
         result["runs"][name] = {
             "schedule": ",".join(f"{c.layer}:{c.keep}" for c in plan.schedule.cuts) or "none",
             "prefill_tflop": flops["prefill_total"] / 1e12,
-            "select_tflop": sum(flops[s.name] for s in plan.selects) / 1e12, "fp32_tflop": fp32 / 1e12,
+            "select_tflop": select_flops / 1e12, "fp32_tflop": fp32 / 1e12,
             "decode_gb_per_token": per_token / 1e9,
-            "devices": {dev: floors(flops["prefill_total"], fp32, per_token, peaks, args.new_tokens)
+            "select_share_of_prefill_flops": select_flops / flops["prefill_total"],
+            "devices": {dev: {**floors(flops["prefill_total"], fp32, per_token, peaks, args.new_tokens),
+                              "select_share_of_ttft_floor": select_share(flops["prefill_total"], select_flops, fp32,
+                                                                         peaks)}
                         for dev, peaks in DATASHEETS.items()}}
     full = result["runs"]["full"]["devices"]
     result["ratios"] = {name: {dev: {"ttft_floor": full[dev]["ttft_floor_ms"] / run["devices"][dev]["ttft_floor_ms"],
                                      "end_to_end_floor": full[dev]["end_to_end_floor_ms"]
                                      / run["devices"][dev]["end_to_end_floor_ms"]} for dev in DATASHEETS}
                         for name, run in result["runs"].items() if name != "full"}
+    result["cpu_wide_shape"] = cpu_wide_share(args.alias, args.keep_ratio, args.text_tokens, args.new_tokens)
     for name, run in result["runs"].items():
         for dev, floors in run["devices"].items():
             print(f"{name:<21} {dev:<21} TTFT floor {floors['ttft_floor_ms']:7.1f} ms "
-                  f"(fp32 {100 * floors['fp32_share_of_ttft_floor']:4.1f}%)  decode floor {floors['decode_floor_ms']:6.2f} "
+                  f"(fp32 {100 * floors['fp32_share_of_ttft_floor']:4.1f}%, select stages "
+                  f"{100 * floors['select_share_of_ttft_floor']:4.1f}%)  decode floor {floors['decode_floor_ms']:6.2f} "
                   f"ms/token  64-token floor {floors['end_to_end_floor_ms']:7.1f} ms")
+    wide = result["cpu_wide_shape"]
+    print(f"select stages' share of TRIO's prefill FLOPs: {100 * result['runs']['trio']['select_share_of_prefill_flops']:.1f}% "
+          f"at the real size, {100 * wide['select_share_of_prefill_flops']:.1f}% at the CPU wide shape "
+          f"(hidden {wide['hidden']}, {wide['layers']} layers, cuts {wide['schedule']})")
     print(json.dumps(result["ratios"]))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
