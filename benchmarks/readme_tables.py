@@ -42,6 +42,22 @@ def kv_capacity_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def decode_step_table(path: Path) -> str:
+    """The table of benchmarks/decode_step.py: one decode step, graph run vs host work, and the top ONNX Runtime
+    operator types of the segment graph (ONNX Runtime's profiler)."""
+    body = json.loads(path.read_text())
+    lines = [f"`{body['command']}` (prompt {body['prompt_length']} tokens, every KV group filled to it)", "",
+             "| run | step ms (median) | graphs ms | host ms | top operators, ms per run (profiler) |",
+             "|---|---:|---:|---:|---|"]
+    for name, run in body["runs"].items():
+        graphs = sum(run.get("graph_run_ms", {}).values())
+        profile = next(iter(run.get("profile", {}).values()), {})
+        top = ", ".join(f"{op} {ms:.1f}" for op, ms in list(profile.get("ms_per_run_by_op", {}).items())[:4])
+        lines.append(f"| {name} | {run['step_ms']:.2f} | {_cell(graphs or None, '.2f')} | "
+                     f"{_cell(run.get('host_ms'), '.2f')} | {top} |")
+    return "\n".join(lines)
+
+
 def _row_values(run: dict):
     roof = run.get("roofline") or {}
     flops = run.get("flops", {}).get("prefill_total")
@@ -59,7 +75,14 @@ def main() -> None:
     names = sys.argv[1:] or sorted(p.name for p in RESULTS.glob("*.json") if "runs" in json.loads(p.read_text()))
     for name in names:
         body = json.loads((RESULTS / name).read_text())
-        print(bench_table(RESULTS / name) if "peaks" in body else kv_capacity_table(RESULTS / name))
+        if "peaks" in body:
+            print(bench_table(RESULTS / name))
+        elif "ratio_torch_over_ort" in body:
+            print(decode_step_table(RESULTS / name))
+        elif "ratios" in body and all("kv_slots" in run for run in body["runs"].values()):
+            print(kv_capacity_table(RESULTS / name))
+        else:
+            continue
         print()
 
 
