@@ -3,7 +3,8 @@
 Builds the llava-next-7b architecture at the wide shape (hidden 1024, 4 layers, the real 2928 image tokens;
 --scale/--layers), exports it unpruned for `--target tensorrt` and `--target onnxruntime`, fills every KV buffer
 as a prefill of the prompt would (random values: a step's cost does not depend on them) and times
-`Pipeline.decode_step` at the prompt's length, with no prefill per request. For ONNX Runtime it splits each
+`Pipeline.decode_step` at the prompt's length, with no prefill per request; transformers' own step (greedy
+`generate`, every step timestamped inside it, unpruned) is measured beside it. For ONNX Runtime it splits each
 step into the graphs' own run time (`run_with_iobinding`) and the host work around it (inputs, IO binding,
 output allocation, the step's small position/length tensors), and profiles each graph with ONNX Runtime's
 profiler (`SessionOptions.enable_profiling`): time per operator type.
@@ -73,8 +74,8 @@ def time_steps(pipeline, prompt_length: int, steps: int, warmup: int, graph_time
 
 
 def ort_profile(pipeline, graph: str, path: Path, inputs: dict, runs: int) -> dict:
-    """ms per operator type of one graph run (median run of `runs`), from ONNX Runtime's profiler, on a session
-    opened with the backend's own settings plus profiling."""
+    """ms per operator type of one graph run (mean of `runs` - 1, the first dropped), from ONNX Runtime's
+    profiler, on a session opened with the backend's own settings plus profiling."""
     import onnxruntime as ort
 
     from trio_edge.runtime.backends.ort_sessions import session_options
@@ -93,17 +94,16 @@ def ort_profile(pipeline, graph: str, path: Path, inputs: dict, runs: int) -> di
         finally:
             backend.sessions[graph] = original
         events = json.loads(Path(session.end_profiling()).read_text())
-    per_run = []
+    runs_at = sorted((event["ts"], event["ts"] + event["dur"]) for event in events
+                     if event.get("cat") == "Session" and event["name"] == "model_run")
+    measured = runs_at[1:]  # the first run of a fresh session grows its memory arena: not a step's cost
+    by_op = collections.defaultdict(float)
     for event in events:
-        if event.get("cat") == "Session" and event["name"] == "model_run":
-            per_run.append(event["dur"] / 1e3)
-    by_op = collections.defaultdict(list)
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            by_op[event["args"]["op_name"]].append(event["dur"] / 1e3)
-    return {"model_run_ms": statistics.median(per_run[1:] or per_run),
-            "ms_per_run_by_op": dict(sorted(((op, sum(t) / runs) for op, t in by_op.items()),
-                                            key=lambda item: -item[1]))}
+        if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+                and any(start <= event["ts"] <= end for start, end in measured)):
+            by_op[event["args"]["op_name"]] += event["dur"] / 1e3 / len(measured)
+    return {"model_run_ms": statistics.median((end - start) / 1e3 for start, end in measured),
+            "ms_per_run_by_op": dict(sorted(by_op.items(), key=lambda item: -item[1]))}
 
 
 def main(argv=None) -> dict:
@@ -114,6 +114,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile-runs", type=int, default=5)
     parser.add_argument("--targets", default="tensorrt,onnxruntime")
+    parser.add_argument("--transformers-requests", type=int, default=2,
+                        help="requests of transformers generate (16 new tokens, every step timed; 0: skip)")
     parser.add_argument("--export-dir", help="keep the exports here (reused when present) instead of a temp dir")
     parser.add_argument("--baseline-dir", help="a directory of exports made by an earlier version of this script "
                         "(--export-dir there): they are timed too, as before_<target>, for a before/after in one run")
@@ -124,7 +126,7 @@ def main(argv=None) -> dict:
 
     from trio_edge import Schedule, load
     from trio_edge.artifact.manifest import read_manifest
-    from trio_edge.cli.bench import DEFAULT_PROMPT
+    from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
     from trio_edge.exporters.export import export
     from trio_edge.models.random_weights import build_random
     from trio_edge.models.registry import load as load_model
@@ -141,6 +143,13 @@ def main(argv=None) -> dict:
         loaded = load_model(str(model_dir), dtype=torch.float32)
         grid = loaded.adapter.default_grid()
         prompt_length = loaded.adapter.prompt_ids(DEFAULT_PROMPT, loaded.adapter.image_token_count(grid)).shape[1]
+        if args.transformers_requests:  # transformers' own per-step decode, timestamped inside generate
+            from llava_next_7b import hf_generate
+
+            hf = hf_generate(loaded, synthetic_image(), DEFAULT_PROMPT, 16, "cpu", iters=args.transformers_requests)
+            results["runs"]["transformers_generate"] = {"step_ms": hf["decode_ms_per_token"],
+                                                        "steps": hf["decode_step_ms"]["steps"]}
+            print("transformers", results["runs"]["transformers_generate"], flush=True)
         torch_pipeline = load(loaded, schedule=Schedule(), max_new_tokens=64)
         fill_kv(torch_pipeline)
         results["runs"]["torch"] = time_steps(torch_pipeline, prompt_length, args.steps, args.warmup)
@@ -177,7 +186,11 @@ def main(argv=None) -> dict:
     results["prompt_length"] = prompt_length
     torch_ms = results["runs"]["torch"]["step_ms"]
     results["ratio_torch_over_ort"] = {name: torch_ms / run["step_ms"] for name, run in results["runs"].items()
-                                       if name != "torch"}
+                                       if name not in ("torch", "transformers_generate")}
+    if "transformers_generate" in results["runs"]:  # above 1: faster than transformers' own step
+        hf_ms = results["runs"]["transformers_generate"]["step_ms"]
+        results["ratio_transformers_over"] = {name: hf_ms / run["step_ms"] for name, run in results["runs"].items()
+                                              if name != "transformers_generate"}
     print(f"{'run':<26}{'step ms':>10}{'graphs ms':>11}{'host ms':>9}")
     for name, run in results["runs"].items():
         graphs = sum(run.get("graph_run_ms", {}).values())
@@ -185,7 +198,7 @@ def main(argv=None) -> dict:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps({"ratio_torch_over_ort": results["ratio_torch_over_ort"]}))
+    print(json.dumps({key: results[key] for key in ("ratio_torch_over_ort", "ratio_transformers_over") if key in results}))
     return results
 
 
