@@ -34,14 +34,23 @@ def test_low_memory_turns_the_arena_off_and_answers_the_same(one_cut_dir, image)
     answers = []
     for low_memory in (False, True):
         with open_export(one_cut_dir, ort_cache=False, low_memory=low_memory) as pipeline:
+            opened_at_load = set(pipeline.backend.sessions)
+            for _ in range(1 + low_memory):  # a second request reopens the graphs closed after the first
+                result = pipeline.generate(image, "what color is the circle", max_new_tokens=6)
+                answers.append((result.token_ids, result.kept, result.first_logits))
             options = [s.get_session_options() for s in pipeline.backend.sessions.values()]
             assert {o.enable_cpu_mem_arena for o in options} == {not low_memory}
             assert {o.enable_mem_pattern for o in options} == {not low_memory}
+            assert {o.get_session_config_entry("session.disable_prepacking") for o in options} == {str(int(low_memory))}
             assert pipeline.backend.settings["enable_cpu_mem_arena"] is (not low_memory)
-            result = pipeline.generate(image, "what color is the circle", max_new_tokens=6)
-            answers.append((result.token_ids, result.kept, result.first_logits))
-    assert answers[1][:2] == answers[0][:2]
-    assert (answers[1][2] - answers[0][2]).abs().max() < 1e-5
+            kinds = {pipeline.backend.specs[name].kind.value for name in pipeline.backend.sessions}
+            if low_memory:  # graphs open at first use; vision and select stages close after their run
+                assert not opened_at_load and kinds == {"embed", "segment"}
+            else:
+                assert opened_at_load == set(pipeline.backend.specs) and "select" in kinds
+    for answer in answers[1:]:
+        assert answer[:2] == answers[0][:2]
+        assert (answer[2] - answers[0][2]).abs().max() < 1e-5
 
 
 def test_low_memory_on_a_model_or_another_backend_is_refused(one_cut_dir, tiny_model_dir):

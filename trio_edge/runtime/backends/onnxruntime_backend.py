@@ -4,6 +4,11 @@ Inputs and outputs are torch tensors bound by pointer (on CUDA no host round tri
 token); outputs are allocated by torch with the shapes the graph signature implies, except an output the
 signature marks as its input updated in place (a segment's kv_out): that one is bound to the input's own
 buffer, and the graph's scatter of the new KV slots then writes there without copying the cache.
+
+Sessions open when the backend is built, except in low-memory mode: there each graph opens at its first run,
+and the graphs a request runs once during prefill (vision tower, select stages) close again after their run,
+so their weights are never resident beside the decoder's (see ort_sessions). The cost: those graphs open again
+for every request (from the optimized-graph cache, so without the optimizer passes).
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ from pathlib import Path
 import torch
 
 from ...artifact.dtypes import ORT_TYPES, TORCH_DTYPES, dtype_name
+from ...artifact.graphs import GraphKind
 from ...errors import BackendUnavailableError
 from .base import Backend
-from .ort_sessions import SESSION_SETTINGS, cache_key, cache_root, open_session, session_options
+from .ort_sessions import (LOW_MEMORY_SETTINGS, SESSION_SETTINGS, cache_key, cache_root, open_session,
+                           session_options)
+
+PREFILL_ONLY = (GraphKind.VISION, GraphKind.SELECT)  # run once per request, before the first token
 
 
 def _import_ort():
@@ -33,7 +42,8 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, specs, graph_files: dict[str, Path], device: str = "cpu", threads: int | None = None,
                  disabled_optimizers: dict[str, tuple[str, ...]] | None = None, export_key: str | None = None,
                  low_memory: bool = False):
-        """`low_memory`: no CPU arena, no memory pattern (see ort_sessions). `disabled_optimizers`: per graph, the ONNX Runtime graph optimizers to skip (see
+        """`low_memory`: no CPU arena, no memory pattern, no weight prepacking (see ort_sessions), sessions opened
+        at first use and prefill-only graphs closed after their run. `disabled_optimizers`: per graph, the ONNX Runtime graph optimizers to skip (see
         artifact.weights.ort_disabled_optimizers). `export_key` (the export's file hashes) turns on the
         optimized-graph cache (see ort_sessions); None loads without it."""
         super().__init__(specs, device)
@@ -44,18 +54,29 @@ class OnnxRuntimeBackend(Backend):
                     f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (providers: "
                     f"{', '.join(ort.get_available_providers())}); pip install 'trio-edge[gpu]' (onnxruntime-gpu) "
                     "or use --device cpu")
-        disabled_optimizers = disabled_optimizers or {}
+        self._ort, self._files, self._threads, self._low_memory = ort, dict(graph_files), threads, low_memory
+        self._disabled, self._export_key = disabled_optimizers or {}, export_key
         self.settings = {**SESSION_SETTINGS, "intra_op_num_threads": threads or "physical cores",
-                         "disabled_optimizers": {name: sorted(skip) for name, skip in disabled_optimizers.items()},
+                         "disabled_optimizers": {name: sorted(skip) for name, skip in self._disabled.items()},
                          "device": str(self.device)}
         if low_memory:
-            self.settings.update(enable_mem_pattern=False, enable_cpu_mem_arena=False)
-        self.sessions, self.cache = {}, {}
-        for name, path in graph_files.items():
-            key = None if export_key is None else cache_key(export_key, name, ort.__version__, self.settings)
+            self.settings.update(LOW_MEMORY_SETTINGS)
+        self.sessions, self.cache = {}, {}  # open sessions; graph -> 'hit' | 'miss' | 'off' of its last open
+        if not low_memory:
+            for name in graph_files:
+                self._session(name)
+
+    def _session(self, name: str):
+        """The open session of graph `name`, opened now if it is not."""
+        if name not in self.sessions:
+            ort, key = self._ort, None
+            if self._export_key is not None:
+                key = cache_key(self._export_key, name, ort.__version__, self.settings)
             self.sessions[name], self.cache[name] = open_session(
-                ort, path, session_options(ort, threads, low_memory), self._providers(specs[name].kind),
-                disabled_optimizers.get(name, ()), None if key is None else cache_root() / "ort" / key)
+                ort, self._files[name], session_options(ort, self._threads, self._low_memory),
+                self._providers(self.specs[name].kind), self._disabled.get(name, ()),
+                None if key is None else cache_root() / "ort" / key)
+        return self.sessions[name]
 
     def _providers(self, kind: str) -> list:
         if self.device.type != "cuda":
@@ -68,7 +89,7 @@ class OnnxRuntimeBackend(Backend):
         return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
     def run_impl(self, graph, inputs):
-        spec, session = self.specs[graph], self.sessions[graph]
+        spec, session = self.specs[graph], self._session(graph)
         binding = session.io_binding()
         kind, index = self.device.type, self.device.index or 0
         bound = {t.name: inputs[t.name].contiguous() for t in spec.inputs}  # alive until the run ends
@@ -85,6 +106,9 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(t.name, kind, index, ORT_TYPES[t.dtype], tuple(out.shape), out.data_ptr())
             outputs[t.name] = out
         session.run_with_iobinding(binding)
+        if self._low_memory and spec.kind in PREFILL_ONLY:
+            del binding, session
+            self.sessions.pop(graph)  # its weights go back now; the next request opens it again
         return outputs
 
     def close(self):

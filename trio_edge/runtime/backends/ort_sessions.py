@@ -12,7 +12,10 @@ Settings (SESSION_SETTINGS, also printed by the benchmarks):
   pattern off, so every activation goes back to the system allocator as soon as it is dead. The arena keeps
   each chunk it ever grew (doubling on demand), which at 2,988 prefill positions costs about as much as the
   activations themselves: on the 7B architecture at hidden 1024 (benchmarks/runtime_memory.py) one request's
-  peak RSS falls from 1.79 to 0.98 GiB with the same kept tokens. Meant for memory-bound devices (Jetson).
+  peak RSS falls from 1.79 to 0.98 GiB with the same kept tokens. Weight prepacking off as well: a prepacked
+  MatMulNBits weight is a second copy beside the original (2.3x the int4 bytes of a 7B segment resident,
+  benchmarks/graph_resident_memory.py). The backend then also opens each graph at first use and closes the
+  prefill-only ones after their run (onnxruntime_backend). Meant for memory-bound devices (Jetson).
 
 Optimized-graph cache: the first load of a graph saves ONNX Runtime's optimized model under the user cache
 directory ($TRIO_EDGE_CACHE, else $XDG_CACHE_HOME/trio-edge, else ~/.cache/trio-edge), keyed by the export's
@@ -34,6 +37,7 @@ from pathlib import Path
 SESSION_SETTINGS = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
                     "inter_op_num_threads": 1, "enable_mem_pattern": True, "enable_cpu_mem_arena": True,
                     "session.disable_prepacking": "0"}
+LOW_MEMORY_SETTINGS = {"enable_mem_pattern": False, "enable_cpu_mem_arena": False, "session.disable_prepacking": "1"}
 CACHED_MODEL = "model.onnx"
 CACHED_WEIGHTS = "model.onnx.data"  # initializers above 1 KiB go here (the 2 GiB protobuf limit)
 
@@ -51,9 +55,10 @@ def session_options(ort, threads: int | None, low_memory: bool = False):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    options.enable_mem_pattern = not low_memory
-    options.enable_cpu_mem_arena = not low_memory
-    options.add_session_config_entry("session.disable_prepacking", "0")
+    settings = {**SESSION_SETTINGS, **(LOW_MEMORY_SETTINGS if low_memory else {})}
+    options.enable_mem_pattern = settings["enable_mem_pattern"]
+    options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
+    options.add_session_config_entry("session.disable_prepacking", settings["session.disable_prepacking"])
     if threads:
         options.intra_op_num_threads = threads
     return options
