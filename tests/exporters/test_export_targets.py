@@ -67,6 +67,25 @@ def test_onnxruntime_writes_the_kv_cache_in_place(one_cut_dir, image):
         assert len(result.token_ids) >= 1
 
 
+def test_segments_read_the_cache_only_through_per_layer_gathers(one_cut_dir):
+    """The decode cost guard: a segment graph's cache input feeds one Reshape (a free view as rows), read by one
+    Gather per layer for keys and one for values, and the ScatterND of the new slots; no Slice or Split of the
+    cache (slicing all layers' filled slots and then picking each layer copied the past twice per step)."""
+    import onnx
+
+    manifest = read_manifest(one_cut_dir)
+    segments = [name for name, graph in manifest.graphs.items() if graph.kind == "segment"]
+    assert segments
+    for name in segments:
+        graph = onnx.load(one_cut_dir / manifest.graphs[name].file, load_external_data=False).graph
+        readers = [node for node in graph.node if "kv" in node.input]
+        assert sorted(node.op_type for node in readers) == ["Reshape", "ScatterND"], name
+        (rows,) = [node.output[0] for node in readers if node.op_type == "Reshape"]
+        gathers = [node for node in graph.node if rows in node.input]
+        layers = manifest.plan.kv_shape(next(s for s in manifest.plan.segments if s.name == name))[0]
+        assert [node.op_type for node in gathers] == ["Gather"] * (2 * layers), name
+
+
 @pytest.fixture(scope="session")
 def ort_target_dir(export_tiny):
     return export_tiny("one_cut", target="onnxruntime")[1]

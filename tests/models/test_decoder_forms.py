@@ -72,3 +72,13 @@ def test_export_form_writes_only_the_new_slots(tiny):
         _, kv = segment(hidden, torch.arange(5, 8)[None], torch.tensor(5), stale)
     changed = (kv != stale).any(dim=(0, 1, 2, 4))  # per slot
     assert changed.tolist() == [False] * 5 + [True] * 3 + [False] * 8
+
+
+def test_filled_slots_reads_exactly_one_layers_past():
+    from trio_edge.models.llama_decoder import filled_slots
+
+    kv = torch.randn(3, 2, 4, 11, 8, generator=torch.Generator().manual_seed(0))
+    for layer in range(3):
+        for past in (0, 1, 7, 11):
+            keys, values = filled_slots(kv, layer, past)
+            assert torch.equal(keys, kv[layer, 0, :, :past]) and torch.equal(values, kv[layer, 1, :, :past])
