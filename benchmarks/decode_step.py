@@ -198,7 +198,8 @@ def main(argv=None) -> dict:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps({key: results[key] for key in ("ratio_torch_over_ort", "ratio_transformers_over") if key in results}))
+    ratios = ("ratio_torch_over_ort", "ratio_transformers_over")
+    print(json.dumps({key: results[key] for key in ratios if key in results}))
     return results
 
 

@@ -114,7 +114,8 @@ def main(argv=None) -> dict:
                   f"{100 * floors['select_share_of_ttft_floor']:4.1f}%)  decode floor {floors['decode_floor_ms']:6.2f} "
                   f"ms/token  64-token floor {floors['end_to_end_floor_ms']:7.1f} ms")
     wide = result["cpu_wide_shape"]
-    print(f"select stages' share of TRIO's prefill FLOPs: {100 * result['runs']['trio']['select_share_of_prefill_flops']:.1f}% "
+    share = result["runs"]["trio"]["select_share_of_prefill_flops"]
+    print(f"select stages' share of TRIO's prefill FLOPs: {100 * share:.1f}% "
           f"at the real size, {100 * wide['select_share_of_prefill_flops']:.1f}% at the CPU wide shape "
           f"(hidden {wide['hidden']}, {wide['layers']} layers, cuts {wide['schedule']})")
     print(json.dumps(result["ratios"]))

@@ -165,7 +165,8 @@ def attention_with_probs(q, k, v, bias, scale):
 
 def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False, filled: int | None = None,
                fused_op: bool = False):
-    """One decoder layer on h (T, D) with the layer's cache kv (2, KVH, N, hd) or its past (keys, values); returns (h, kv_or_new).
+    """One decoder layer on h (T, D) with the layer's cache kv (2, KVH, N, hd), or in the export form its past
+    (keys, values); returns (h, kv_or_new).
 
     In place (`in_place`): writes the new keys/values into kv and returns kv; `mask` is the bool causal
     mask over the buffer, and `filled` (CPU) the slots to read, past_length + T. Export form: kv holds only
