@@ -49,10 +49,11 @@ def fill_kv(pipeline, seed: int = 0) -> None:
 
 
 def time_steps(pipeline, prompt_length: int, steps: int, warmup: int, graph_times: dict | None = None) -> dict:
-    """Median ms of `steps` decode steps after `warmup`, every KV group at the prompt's length (unpruned)."""
+    """Median ms of `steps` decode steps after `warmup`, every KV group filled as the prompt's prefill fills it."""
     import torch
 
-    lengths = {seg.name: prompt_length for seg in pipeline.plan.segments}
+    text = prompt_length - pipeline.plan.num_image_tokens  # each layer group holds text + its image tokens
+    lengths = {seg.name: text + seg.image_tokens for seg in pipeline.plan.segments}
     features = torch.zeros(pipeline.plan.num_image_tokens, pipeline.plan.hidden_size, dtype=pipeline.dtype)
     token, totals = 1, []
     with torch.inference_mode():
@@ -114,6 +115,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile-runs", type=int, default=5)
     parser.add_argument("--targets", default="tensorrt,onnxruntime")
+    parser.add_argument("--keep-ratio", type=float, help="TRIO at this layer-averaged ratio (default: unpruned)")
     parser.add_argument("--transformers-requests", type=int, default=2,
                         help="requests of transformers generate (16 new tokens, every step timed; 0: skip)")
     parser.add_argument("--export-dir", help="keep the exports here (reused when present) instead of a temp dir")
@@ -150,21 +152,24 @@ def main(argv=None) -> dict:
             results["runs"]["transformers_generate"] = {"step_ms": hf["decode_ms_per_token"],
                                                         "steps": hf["decode_step_ms"]["steps"]}
             print("transformers", results["runs"]["transformers_generate"], flush=True)
-        torch_pipeline = load(loaded, schedule=Schedule(), max_new_tokens=64)
+        schedule = loaded.adapter.schedule(grid, keep_ratio=args.keep_ratio) if args.keep_ratio else Schedule()
+        torch_pipeline = load(loaded, schedule=schedule, max_new_tokens=64)
         fill_kv(torch_pipeline)
         results["runs"]["torch"] = time_steps(torch_pipeline, prompt_length, args.steps, args.warmup)
         print("torch", results["runs"]["torch"], flush=True)
         torch_pipeline.close()
-        exports = [(f"onnxruntime_{target}", root / f"export-{target}", target) for target in args.targets.split(",")]
+        variant = f"-trio{args.keep_ratio}" if args.keep_ratio else ""
+        exports = [(f"onnxruntime_{target}", root / f"export-{target}{variant}", target)
+                   for target in args.targets.split(",")]
         if args.baseline_dir:
-            exports = [(f"before_{target}", Path(args.baseline_dir) / f"export-{target}", None)
+            exports = [(f"before_{target}", Path(args.baseline_dir) / f"export-{target}{variant}", None)
                        for target in args.targets.split(",")] + exports
         for label, out, target in exports:
             if not (out / "manifest.json").exists():
                 if target is None:
                     parser.error(f"--baseline-dir: {out} holds no export")
                 export(loaded.source, out, max_new_tokens=64, validate=False, progress=False, loaded=loaded,
-                       target=target)
+                       target=target, keep_ratio=args.keep_ratio)
             pipeline = load(out, backend="onnxruntime")
             fill_kv(pipeline)
             graph_times = {}
@@ -175,8 +180,9 @@ def main(argv=None) -> dict:
             for name, session in list(pipeline.backend.sessions.items()):
                 pipeline.backend.sessions[name] = session._session
             segment = pipeline.plan.segments[0]
+            past = prompt_length - pipeline.plan.num_image_tokens + segment.image_tokens
             inputs = {"hidden": torch.zeros(1, 1, pipeline.plan.hidden_size),
-                      "position_ids": torch.full((1, 1), prompt_length), "past_length": torch.tensor(prompt_length),
+                      "position_ids": torch.full((1, 1), past), "past_length": torch.tensor(past),
                       "kv": pipeline.kv[segment.name]}
             path = out / read_manifest(out, verify_hashes=False).graphs[segment.name].file
             run["profile"] = {segment.name: ort_profile(pipeline, segment.name, path, inputs, args.profile_runs)}
