@@ -22,8 +22,11 @@ FORMATS = {  # label -> export options
     "int8": {"weights": "int8"},
     "int4": {"weights": "int4"},
     "int4-gptq": {"weights": "int4", "quant_method": "gptq", "calibration_data": "synthetic"},
+    "int4-b16": {"weights": "int4", "block_size": 16},
+    "int4-gptq-b16": {"weights": "int4", "block_size": 16, "quant_method": "gptq", "calibration_data": "synthetic"},
 }
-TARGETS = {"int8": 0.99, "int4": 0.95, "int4-gptq": 0.95}  # identical greedy answers vs the fp32 export
+DEFAULT_FORMATS = "fp32,int8,int4,int4-gptq"
+TARGETS = {"int8": 0.99, "int4": 0.95, "int4-gptq": 0.95, "int4-b16": 0.95, "int4-gptq-b16": 0.95}  # identical greedy answers vs the fp32 export
 
 
 def answers(directory: Path, records) -> list[tuple[list[int], list[list[int]], str]]:
@@ -38,7 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--out", default="benchmarks/results/quant_accuracy_trio_tiny.json")
+    parser.add_argument("--formats", default=DEFAULT_FORMATS, help=f"comma list of {', '.join(FORMATS)}; fp32 "
+                        "(the reference) is always run")
     args = parser.parse_args()
+    labels = ["fp32"] + [f for f in args.formats.split(",") if f != "fp32"]
+    unknown = [f for f in labels if f not in FORMATS]
+    if unknown:
+        parser.error(f"unknown format(s) {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
 
     from trio_edge.calibration.data import load_records, normalize_answer
     from trio_edge.exporters.export import export
@@ -49,7 +58,8 @@ def main() -> None:
     truth = [normalize_answer(r["answer"]) for r in records]
     runs, started = {}, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="quant-accuracy-") as tmp:
-        for label, options in FORMATS.items():
+        for label in labels:
+            options = FORMATS[label]
             for schedule, cuts in (("full", {}), ("trio", {"keep_ratio": 0.111})):
                 out = Path(tmp) / f"{label}-{schedule}"
                 info = export("trio-tiny", out, loaded=loaded, max_new_tokens=8, progress=False, **options, **cuts)
@@ -57,7 +67,7 @@ def main() -> None:
                                            "ratio": info.weight_ratio}
                 print(f"{label:>10} {schedule:>4}: exported and answered", flush=True)
     rows = []
-    for label in FORMATS:
+    for label in labels:
         row = {"format": label, "weights": runs[(label, "trio")]["weights"]}
         for schedule in ("full", "trio"):
             got = runs[(label, schedule)]["answers"]
@@ -75,7 +85,9 @@ def main() -> None:
         print(f"{r['format']:>10} {100 * r['full_accuracy']:>8.1f}% {100 * r['trio_accuracy']:>8.1f}% "
               f"{100 * r['trio_retention']:>9.1f}% {100 * r['full_identical_to_fp32']:>13.1f}% / "
               f"{100 * r['trio_identical_to_fp32']:>5.1f}% {100 * r['kept_identical_to_fp32']:>9.1f}%")
-    body = {"command": f"python benchmarks/quant_accuracy.py --n {args.n}", "n": args.n, "model": "trio-tiny",
+    command = f"python benchmarks/quant_accuracy.py --n {args.n}" + (
+        f" --formats {args.formats} --out {args.out}" if args.formats != DEFAULT_FORMATS else "")
+    body = {"command": command, "n": args.n, "model": "trio-tiny",
             "schedule": "keep_ratio 0.111 (cuts 0:56,1:33,2:13) and unpruned", "backend": "onnxruntime cpu",
             "seconds": time.perf_counter() - started, "rows": rows}
     Path(args.out).write_text(json.dumps(body, indent=2))
