@@ -108,11 +108,11 @@ def main(argv=None) -> dict:
                         for name, run in result["runs"].items() if name != "full"}
     result["cpu_wide_shape"] = cpu_wide_share(args.alias, args.keep_ratio, args.text_tokens, args.new_tokens)
     for name, run in result["runs"].items():
-        for dev, floors in run["devices"].items():
-            print(f"{name:<21} {dev:<21} TTFT floor {floors['ttft_floor_ms']:7.1f} ms "
-                  f"(fp32 {100 * floors['fp32_share_of_ttft_floor']:4.1f}%, select stages "
-                  f"{100 * floors['select_share_of_ttft_floor']:4.1f}%)  decode floor {floors['decode_floor_ms']:6.2f} "
-                  f"ms/token  64-token floor {floors['end_to_end_floor_ms']:7.1f} ms")
+        for dev, f in run["devices"].items():
+            print(f"{name:<21} {dev:<21} TTFT floor {f['ttft_floor_ms']:7.1f} ms "
+                  f"(fp32 {100 * f['fp32_share_of_ttft_floor']:4.1f}%, select stages "
+                  f"{100 * f['select_share_of_ttft_floor']:4.1f}%)  decode floor {f['decode_floor_ms']:6.2f} "
+                  f"ms/token  64-token floor {f['end_to_end_floor_ms']:7.1f} ms")
     wide = result["cpu_wide_shape"]
     share = result["runs"]["trio"]["select_share_of_prefill_flops"]
     print(f"select stages' share of TRIO's prefill FLOPs: {100 * share:.1f}% "
