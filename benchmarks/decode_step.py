@@ -16,7 +16,6 @@ Prints a table and one final JSON line.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import statistics
 import sys
@@ -79,6 +78,7 @@ def ort_profile(pipeline, graph: str, path: Path, inputs: dict, runs: int) -> di
     profiler, on a session opened with the backend's own settings plus profiling."""
     import onnxruntime as ort
 
+    from trio_edge.runtime.backends.ort_profile import op_times
     from trio_edge.runtime.backends.ort_sessions import session_options
 
     backend = pipeline.backend
@@ -94,17 +94,7 @@ def ort_profile(pipeline, graph: str, path: Path, inputs: dict, runs: int) -> di
                 backend.run(graph, inputs)
         finally:
             backend.sessions[graph] = original
-        events = json.loads(Path(session.end_profiling()).read_text())
-    runs_at = sorted((event["ts"], event["ts"] + event["dur"]) for event in events
-                     if event.get("cat") == "Session" and event["name"] == "model_run")
-    measured = runs_at[1:]  # the first run of a fresh session grows its memory arena: not a step's cost
-    by_op = collections.defaultdict(float)
-    for event in events:
-        if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
-                and any(start <= event["ts"] <= end for start, end in measured)):
-            by_op[event["args"]["op_name"]] += event["dur"] / 1e3 / len(measured)
-    return {"model_run_ms": statistics.median((end - start) / 1e3 for start, end in measured),
-            "ms_per_run_by_op": dict(sorted(by_op.items(), key=lambda item: -item[1]))}
+        return op_times(Path(session.end_profiling()))
 
 
 def main(argv=None) -> dict:

@@ -17,7 +17,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 
@@ -25,6 +24,7 @@ def graph_alone(path: Path, inputs: dict, iters: int, profile: bool) -> dict:
     """Median ms of one select graph on `inputs` in its own session, and its ops by total time (profile)."""
     import onnxruntime as ort
 
+    from trio_edge.runtime.backends.ort_profile import op_times
     from trio_edge.runtime.backends.ort_sessions import session_options
 
     options = session_options(ort, None)  # the pipeline's own settings
@@ -40,14 +40,8 @@ def graph_alone(path: Path, inputs: dict, iters: int, profile: bool) -> dict:
         times.append((time.perf_counter() - start) * 1e3)
     result = {"median_ms": statistics.median(times)}
     if profile:
-        trace = Path(session.end_profiling())
-        events = json.loads(trace.read_text())
-        trace.unlink()
-        by_op = defaultdict(float)
-        for event in events:
-            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-                by_op[event["args"]["op_name"]] += event["dur"] / 1e3 / (iters + 1)
-        result["ops_ms"] = dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:12])
+        profile_ms = op_times(Path(session.end_profiling()))
+        result["ops_ms"] = dict(list(profile_ms["ms_per_run_by_op"].items())[:12])
     return result
 
 
