@@ -222,7 +222,12 @@ class GraphWeightWriter:
             if quantized:
                 _set_opset(model, QDQ_OPSET)
             del graph.initializer[:]
-            graph.initializer.extend(_in_memory(t, base, own=path.name + ".data") for t in initializers.values())
+            made_here = {id(t) for tensors in first_here.values() for t in tensors}
+            for tensor in initializers.values():
+                loaded = _in_memory(tensor, base, own=path.name + ".data")
+                graph.initializer.add().CopyFrom(loaded)  # protobuf copies: free the temporary source's bytes
+                if loaded is not tensor or id(tensor) in made_here:
+                    loaded.ClearField("raw_data")
             nodes = [n for node in graph.node for n in (*inserted.get(id(node), []), node)]
             del graph.node[:]
             graph.node.extend(nodes)
