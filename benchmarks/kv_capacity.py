@@ -4,7 +4,8 @@ A decode step must cost the same whatever the export's KV capacity (its --max-ne
 the filled slots and scatter only the new one into a cache bound in place. Builds the llava-next-7b
 architecture at text hidden 512 (scale 0.125) with 2 decoder layers and random weights, one cut before layer 0
 keeping 320 image tokens (one layer group: KV capacity = 128 text + 320 image + max new tokens), and times every
-decode step (median over all steps of several requests) on ONNX Runtime (the export) and torch (the runtime form).
+decode step (median over all steps of several requests) on ONNX Runtime (the export) and torch (the runtime
+form). Both capacities are open at once and their requests alternate, so the machine's drift hits both.
 
 CPU:  python benchmarks/kv_capacity.py --out benchmarks/results/kv_capacity_cpu.json
 Prints a table and one final JSON line.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +26,7 @@ CAPACITIES = {"small": 16, "large": 4000}  # --max-new-tokens of the two exports
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=6, help="requests per capacity, alternating")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--backends", default="onnxruntime,torch")
     parser.add_argument("--out", help="JSON file to write (e.g. benchmarks/results/kv_capacity_cpu.json)")
@@ -47,21 +49,34 @@ def main(argv=None) -> dict:
                               vision_layers=1)
         loaded = load_model(str(source), dtype=torch.float32)
         for backend in args.backends.split(","):
+            pipelines = {}
             for size, max_new in CAPACITIES.items():
                 if backend == "torch":
-                    pipeline = load(loaded, cuts="0:320", max_new_tokens=max_new)
+                    pipelines[size] = load(loaded, cuts="0:320", max_new_tokens=max_new)
                 else:
                     out = Path(tmp) / f"export-{size}"
                     if not out.exists():
                         export(loaded.source, out, cuts="0:320", max_new_tokens=max_new, validate=False,
                                progress=False, loaded=loaded)
-                    pipeline = load(out, backend=backend)
-                report = bench.measure(pipeline, image, prompt, warmup=args.warmup, iters=args.iters,
-                                       new_tokens=args.new_tokens, label=f"{backend} {size}", progress=False)
+                    pipelines[size] = load(out, backend=backend)
+                for _ in range(args.warmup):
+                    pipelines[size].generate(image, prompt, max_new_tokens=args.new_tokens)
+            # requests alternate between the two capacities (ABBA...), so a drift of the machine's speed during
+            # the run lands on both sides instead of deciding the ratio
+            steps, ttft = {size: [] for size in CAPACITIES}, {size: [] for size in CAPACITIES}
+            for request in range(args.iters):
+                for size in (list(CAPACITIES) if request % 2 == 0 else list(CAPACITIES)[::-1]):
+                    report = bench.measure(pipelines[size], image, prompt, warmup=0, iters=1,
+                                           new_tokens=args.new_tokens, progress=False)
+                    steps[size] += [ms for name, _, ms in report["timeline"] if name == "decode"]
+                    ttft[size].append(report["ttft_ms"])
+            for size, pipeline in pipelines.items():
                 slots = max(pipeline.plan.kv_shape(s)[3] for s in pipeline.plan.segments)
-                results["runs"][f"{backend}_{size}"] = {"kv_slots": slots, "prompt_tokens": report["prompt_tokens"],
-                                                        "decode_step_ms": report["decode_step_ms"],
-                                                        "ttft_ms": report["ttft_ms"]}
+                results["runs"][f"{backend}_{size}"] = {
+                    "kv_slots": slots, "prompt_tokens": report["prompt_tokens"],
+                    "decode_step_ms": {"median": statistics.median(steps[size]),
+                                       "p90": bench.percentile(steps[size], 0.9), "steps": len(steps[size])},
+                    "ttft_ms": statistics.median(ttft[size])}
                 pipeline.close()
     results["ratios"] = {backend: results["runs"][f"{backend}_large"]["decode_step_ms"]["median"]
                          / results["runs"][f"{backend}_small"]["decode_step_ms"]["median"]
