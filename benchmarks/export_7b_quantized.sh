@@ -4,6 +4,7 @@
 # weight bytes and peak host RSS of each export (JSON per format via export_summary.py), trio-check, then the
 # Orin Nano proof on the int4 export (orin_nano_proof.py). One multi-GB job at a time; ~40 GB free disk.
 # Usage: bash benchmarks/export_7b_quantized.sh [WORKDIR] [FORMATS (default "int4 int8 fp16")]
+# (ORIN_PROOF=0 skips the proof; KEEP_EXPORTS=1 keeps each export)
 set -euo pipefail
 work=${1:-/tmp/llava-next-7b-shaped}
 formats=${2:-int4 int8 fp16}
@@ -26,7 +27,7 @@ for weights in $formats; do
   tail -1 "$run/check.txt"
   python "$here/export_summary.py" "$run" "$here/results/export_llava_next_7b_shaped_$weights.json" \
     "bash benchmarks/export_7b_quantized.sh (trio-export MODEL -o DIR --keep-ratio 0.111 --dtype fp16 --weights $weights --select-precision model --no-validate)"
-  if [ "$weights" = int4 ]; then
+  if [ "$weights" = int4 ] && [ "${ORIN_PROOF:-1}" = 1 ]; then
     python "$here/orin_nano_proof.py" "$run/export" "$here/results/orin_nano_proof_int4.json"
   fi
   [ "${KEEP_EXPORTS:-0}" = 1 ] || rm -rf "$run/export"

@@ -37,6 +37,7 @@ from ..errors import ExportError
 ONNX_INT = {4: TensorProto.INT4, 8: TensorProto.INT8}
 SAMPLE_ROWS = 8  # rows sampled into a weight's content key (then the whole tensor is compared)
 SAMPLE_COLUMNS = 64
+CODE_BAND_VALUES = 1 << 22  # weight values per band when codes are recovered (16 MB of float32 temporaries)
 
 
 # ---- step 1: quantize the model's weights in place ------------------------------------------------------
@@ -187,6 +188,7 @@ class GraphWeightWriter:
         manifest weight record."""
         model = onnx.load(str(path), load_external_data=False)
         graph, base = model.graph, path.parent
+        staged = StagedData(path.with_name(path.name + ".data.tmp"), final_name=path.name + ".data")
         consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
             for name in set(node.input):
@@ -209,7 +211,7 @@ class GraphWeightWriter:
             if weight.scales is None:
                 source, source_transposed = weight.name, self.stored_transposed[weight.name]
             else:
-                self._codes_once(weight, array, transposed, first_here)
+                self._codes_once(weight, array, transposed, first_here, staged)
                 source, source_transposed = None, True
                 quantized += 1
             shared += weight.name in self.stored
@@ -222,16 +224,14 @@ class GraphWeightWriter:
             if quantized:
                 _set_opset(model, QDQ_OPSET)
             del graph.initializer[:]
-            made_here = {id(t) for tensors in first_here.values() for t in tensors}
-            for tensor in initializers.values():
-                loaded = _in_memory(tensor, base, own=path.name + ".data")
-                graph.initializer.add().CopyFrom(loaded)  # protobuf copies: free the temporary source's bytes
-                if loaded is not tensor or id(tensor) in made_here:
-                    loaded.ClearField("raw_data")
+            for tensor in initializers.values():  # one tensor's bytes in memory at a time
+                graph.initializer.add().CopyFrom(staged.own(tensor, base))
             nodes = [n for node in graph.node for n in (*inserted.get(id(node), []), node)]
             del graph.node[:]
             graph.node.extend(nodes)
-            _save_with_own_data(model, path)
+            staged.commit(model, path)
+        else:
+            staged.discard()
         if first_here or floats_here:  # where this graph stored them (after any rewrite): later graphs point there
             saved = {t.name: t for t in onnx.load(str(path), load_external_data=False).graph.initializer}
             for name, tensors in first_here.items():
@@ -245,18 +245,22 @@ class GraphWeightWriter:
                       "method": q.method, "quantized_tensors": quantized, "shared_tensors": shared}
         return record
 
-    def _codes_once(self, weight: QuantizedWeight, array: np.ndarray, transposed: bool, first_here: dict) -> None:
-        """Codes and scales of a quantized weight, made from the graph's own values the first time it is met."""
+    def _codes_once(self, weight: QuantizedWeight, array: np.ndarray, transposed: bool, first_here: dict,
+                    staged: "StagedData") -> None:
+        """Codes and scales of a quantized weight, made from the graph's own values the first time it is met and
+        written straight to the graph's new data file (a graph's codes are never all in memory)."""
         if weight.name in self.stored or weight.name in first_here:
             return
-        values_kn = (array if transposed else array.T).astype(np.float32)
-        codes = recover_codes(values_kn, weight.scales, weight.block_size, weight.bits)
+        codes = recover_codes(array if transposed else array.T, weight.scales, weight.block_size, weight.bits)
         if weight.bits == 4:
-            codes_tensor = helper.make_tensor(f"{weight.name}.int4", TensorProto.INT4, list(codes.shape),
-                                              pack_int4(codes), raw=True)
+            codes_tensor = staged.tensor(f"{weight.name}.int4", TensorProto.INT4, codes.shape, pack_int4(codes))
         else:
-            codes_tensor = numpy_helper.from_array(codes, f"{weight.name}.int8")
-        first_here[weight.name] = (codes_tensor, numpy_helper.from_array(weight.scales, f"{weight.name}.scale"))
+            codes_tensor = staged.tensor(f"{weight.name}.int8", TensorProto.INT8, codes.shape, codes.tobytes())
+        del codes
+        scales = np.ascontiguousarray(weight.scales)
+        scale_tensor = staged.tensor(f"{weight.name}.scale", helper.np_dtype_to_tensor_dtype(scales.dtype),
+                                     scales.shape, scales.tobytes())
+        first_here[weight.name] = (codes_tensor, scale_tensor)
 
     def _adapt(self, node, tensor, source, source_transposed, wanted_transposed, weight, serial) -> list:
         """Nodes that turn the stored form into what `node` read before (W or W^T, in the tensor's dtype).
@@ -284,53 +288,89 @@ class GraphWeightWriter:
         return nodes
 
 
-def _save_with_own_data(model, path: Path) -> None:
-    """Write `model` to `path` with every tensor over 1 KiB in `path`.data; tensors that already live in another
-    graph's data file (references, no raw data) keep pointing there."""
-    data = path.with_name(path.name + ".data")
-    tmp = path.with_name(path.name + ".tmp")
-    staged = path.with_name(path.name + ".data.tmp")
-    onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=staged.name, size_threshold=1024)
-    written = onnx.load(str(tmp), load_external_data=False)
-    for tensor in written.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == staged.name:
-                entry.value = data.name
-    onnx.save_model(written, str(tmp))
-    if staged.exists():
-        staged.replace(data)
-    else:
-        data.unlink(missing_ok=True)
-    tmp.replace(path)
+class StagedData:
+    """A rewritten graph's new data file, written one tensor at a time: `tensor` appends bytes and returns an
+    external reference under the file's final name; `commit` saves the graph and swaps both files in. Tensors of
+    1 KiB or less stay inline (as onnx.save_model's size_threshold leaves them)."""
+
+    INLINE_BYTES = 1024
+
+    def __init__(self, path: Path, final_name: str):
+        self.path, self.final_name, self.file = path, final_name, None
+        self.written: list[TensorProto] = []  # references into the new file (kept alive: matched by identity)
+
+    def tensor(self, name: str, data_type: int, dims, raw: bytes) -> TensorProto:
+        tensor = TensorProto()
+        tensor.name, tensor.data_type = name, data_type
+        tensor.dims.extend(int(d) for d in dims)
+        if len(raw) <= self.INLINE_BYTES:
+            tensor.raw_data = raw
+            return tensor
+        if self.file is None:
+            self.file = open(self.path, "wb")
+        offset = self.file.tell()
+        self.file.write(raw)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.final_name), ("offset", offset), ("length", len(raw))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.written.append(tensor)
+        return tensor
+
+    def own(self, tensor: TensorProto, base: Path) -> TensorProto:
+        """`tensor` as the rewritten graph stores it: its bytes moved to the new file when they live in the
+        graph's current data file (about to be replaced); references into other graphs' files and tensors
+        already written here stay as they are."""
+        if not external_data_helper.uses_external_data(tensor):
+            return tensor
+        location = next(e.value for e in tensor.external_data if e.key == "location")
+        if location != self.final_name or any(tensor is written for written in self.written):
+            return tensor
+        loaded = _copy(tensor)
+        external_data_helper.load_external_data_for_tensor(loaded, str(base))
+        return self.tensor(tensor.name, tensor.data_type, tensor.dims, loaded.raw_data)
+
+    def commit(self, model, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        onnx.save_model(model, str(tmp))
+        data = path.with_name(self.final_name)
+        if self.file is not None:
+            self.file.close()
+            self.path.replace(data)
+        else:
+            data.unlink(missing_ok=True)
+        tmp.replace(path)
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.path.unlink(missing_ok=True)
 
 
 def recover_codes(values_kn: np.ndarray, scales: np.ndarray, block_size: int, bits: int) -> np.ndarray:
-    """The integer codes of dequantized values (K, N): exact, because each value is code x scale rounded once
-    to the export dtype (relative error <= 2^-11 in fp16, far below half a code step for |code| <= 128)."""
-    expanded = np.repeat(scales.astype(np.float32), block_size, axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        codes = np.where(expanded == 0, 0.0, np.rint(values_kn / expanded))
+    """The integer codes of dequantized values (K, N) (any float dtype, any layout): exact, because each value
+    is code x scale rounded once to the export dtype (relative error <= 2^-11 in fp16, far below half a code
+    step for |code| <= 128). Worked out a band of blocks at a time, so the float temporaries stay small next to
+    a 7B layer's weight."""
+    k, n = values_kn.shape
+    codes = np.empty((k, n), np.int8)
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if codes.size and (codes.min() < low or codes.max() > high):
-        raise ExportError("a quantized weight's values are not codes x scale (was the model changed during the "
-                          "export?); re-run trio-export")
-    return codes.astype(np.int8)
+    band = block_size * max(1, CODE_BAND_VALUES // (block_size * n))
+    for start in range(0, k, band):
+        values = values_kn[start:start + band].astype(np.float32)
+        expanded = np.repeat(scales[start // block_size:(start + band) // block_size].astype(np.float32),
+                             block_size, axis=0)[:values.shape[0]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            part = np.where(expanded == 0, np.float32(0), np.rint(values / expanded))
+        if part.size and (part.min() < low or part.max() > high):
+            raise ExportError("a quantized weight's values are not codes x scale (was the model changed during "
+                              "the export?); re-run trio-export")
+        codes[start:start + band] = part
+    return codes
 
 
 def _is_candidate(tensor: TensorProto) -> bool:
     return len(tensor.dims) == 2 and tensor.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16) and min(tensor.dims) > 1
-
-
-def _in_memory(tensor: TensorProto, base: Path, own: str) -> TensorProto:
-    """An initializer of the graph being rewritten, its data read into memory when it lives in the graph's own
-    data file (about to be replaced); references into other graphs' files stay references."""
-    if not external_data_helper.uses_external_data(tensor):
-        return tensor
-    location = next(e.value for e in tensor.external_data if e.key == "location")
-    if location != own:
-        return tensor
-    return numpy_helper.from_array(numpy_helper.to_array(tensor, str(base)), tensor.name)
 
 
 def _external_reference(tensor: TensorProto, name: str) -> TensorProto:
