@@ -16,8 +16,9 @@ Two steps around the ordinary export:
    stored once on disk. Unquantized exports with `--select-precision model` share their select graphs'
    weights the same way.
 
-Memory stays near one copy of the model: codes are never held for the whole model (they are recovered from
-each graph's own initializers), only the per-block scales are.
+Memory stays near one copy of the model: codes are never held for the whole model, nor for a whole graph: each
+weight's codes are recovered from the graph's own initializer (a band of blocks at a time) and written straight
+to the graph's new data file (`StagedData`); only the per-block scales are kept for the whole model.
 """
 
 from __future__ import annotations
