@@ -82,6 +82,18 @@ def test_int4_export_holds_shared_blocked_dq_weights(int4_export):
             assert locations & segment_files and entry.weights["shared_tensors"] > 0
             assert not any(t.data_type == TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) > 8
                            and t.name.startswith(("permute", "layers")) for t in inits.values())
+    # each rewritten graph's data file holds exactly the bytes graphs point at (streamed codes, no stale weights)
+    spans = collections.defaultdict(list)
+    for entry in manifest.graphs.values():
+        for tensor in onnx.load(str(directory / entry.file), load_external_data=False).graph.initializer:
+            info = {e.key: e.value for e in tensor.external_data}
+            if "location" in info:
+                spans[info["location"]].append((int(info.get("offset", 0)), int(info["length"])))
+    for data_file in segment_files:
+        unique = sorted(set(spans[data_file]))
+        assert sum(length for _, length in unique) == (directory / data_file).stat().st_size
+        assert all(a + n <= b for (a, n), (b, _) in zip(unique, unique[1:]))  # no overlaps
+    assert not list(directory.glob("*.tmp"))
     # (the artifact / weight ratio is measured on the 7B shape: a tiny model's graph structure outweighs it)
 
 
