@@ -1,10 +1,14 @@
 """ONNX Runtime session settings and the optimized-graph cache: a second load opens the cached optimized graphs
 and generates exactly what an uncached load does."""
 
+import os
+import shutil
+import time
+
 import pytest
 
 from trio_edge.errors import InputError
-from trio_edge.runtime.backends.ort_sessions import SESSION_SETTINGS
+from trio_edge.runtime.backends.ort_sessions import CACHE_LIMIT_ENV, SESSION_SETTINGS, evict
 from trio_edge.runtime.open import open_export, open_pipeline
 
 
@@ -58,3 +62,53 @@ def test_low_memory_on_a_model_or_another_backend_is_refused(one_cut_dir, tiny_m
         open_pipeline(tiny_model_dir, low_memory=True)
     with pytest.raises(InputError, match="onnxruntime backend only"):
         open_export(one_cut_dir, backend="torch", low_memory=True)
+
+
+def _fake_entry(root, name, size, age_s):
+    entry = root / name
+    entry.mkdir(parents=True)
+    (entry / "model.onnx.data").write_bytes(b"\0" * size)
+    when = time.time() - age_s
+    os.utime(entry, (when, when))
+    return entry
+
+
+def test_new_entries_evict_the_least_recently_used_beyond_the_limit(one_cut_dir, image, monkeypatch, tmp_path):
+    monkeypatch.setenv("TRIO_EDGE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "ort"
+    oldest = _fake_entry(root, "oldest", 3 << 20, age_s=7200)
+    older = _fake_entry(root, "older", 3 << 20, age_s=3600)
+    recent = _fake_entry(root, "recent", 3 << 20, age_s=10)  # maybe in use by another process: kept
+    with open_export(one_cut_dir, ort_cache=True) as pipeline:  # fills the cache: every graph a miss
+        assert set(pipeline.backend.cache.values()) == {"miss"}
+        new = {p for p in root.iterdir()} - {oldest, older, recent}
+    new_bytes = sum(f.stat().st_size for entry in new for f in entry.iterdir())
+    limit = new_bytes + (7 << 20)  # room for the new entries and two old ones: the oldest goes
+    assert evict(root, limit, keep=next(iter(new))) == [oldest]
+    assert older.exists() and recent.exists() and all(entry.exists() for entry in new)
+    monkeypatch.setenv(CACHE_LIMIT_ENV, "0")  # the next miss trims the cache to what was used in the last minute
+    rebuilt = next(iter(new))
+    shutil.rmtree(rebuilt)
+    with open_export(one_cut_dir, ort_cache=True) as pipeline:
+        assert sorted(pipeline.backend.cache.values()).count("miss") == 1
+        assert pipeline.generate(image, "what color is the circle", max_new_tokens=4).token_ids
+    assert not older.exists() and recent.exists() and all(entry.exists() for entry in new)
+
+
+def test_a_damaged_cache_entry_is_rebuilt_and_answers_the_same(one_cut_dir, image, monkeypatch, tmp_path):
+    monkeypatch.setenv("TRIO_EDGE_CACHE", str(tmp_path / "cache"))
+    with open_export(one_cut_dir, ort_cache=True) as pipeline:
+        expected = pipeline.generate(image, "what color is the circle", max_new_tokens=6).token_ids
+    damaged = next((tmp_path / "cache" / "ort").iterdir()) / "model.onnx"
+    damaged.write_bytes(b"not an onnx model")
+    with open_export(one_cut_dir, ort_cache=True) as pipeline:
+        assert sorted(pipeline.backend.cache.values()).count("miss") == 1
+        assert pipeline.generate(image, "what color is the circle", max_new_tokens=6).token_ids == expected
+    assert damaged.read_bytes() != b"not an onnx model"
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "nan"])
+def test_a_bad_cache_limit_is_refused_before_loading(one_cut_dir, monkeypatch, value):
+    monkeypatch.setenv(CACHE_LIMIT_ENV, value)
+    with pytest.raises(InputError, match=CACHE_LIMIT_ENV):
+        open_export(one_cut_dir, ort_cache=True)

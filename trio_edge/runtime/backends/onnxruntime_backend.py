@@ -21,8 +21,8 @@ from ...artifact.dtypes import ORT_TYPES, TORCH_DTYPES, dtype_name
 from ...artifact.graphs import GraphKind
 from ...errors import BackendUnavailableError
 from .base import Backend
-from .ort_sessions import (LOW_MEMORY_SETTINGS, SESSION_SETTINGS, cache_key, cache_root, open_session,
-                           session_options)
+from .ort_sessions import (LOW_MEMORY_SETTINGS, SESSION_SETTINGS, cache_key, cache_limit_bytes, cache_root,
+                           open_session, session_options)
 
 PREFILL_ONLY = (GraphKind.VISION, GraphKind.SELECT)  # run once per request, before the first token
 
@@ -56,6 +56,8 @@ class OnnxRuntimeBackend(Backend):
                     "or use --device cpu")
         self._ort, self._files, self._threads, self._low_memory = ort, dict(graph_files), threads, low_memory
         self._disabled, self._export_key = disabled_optimizers or {}, export_key
+        if export_key is not None:
+            cache_limit_bytes()  # a bad $TRIO_EDGE_ORT_CACHE_GB fails here, before any graph is opened
         self.settings = {**SESSION_SETTINGS, "intra_op_num_threads": threads or "physical cores",
                          "disabled_optimizers": {name: sorted(skip) for name, skip in self._disabled.items()},
                          "device": str(self.device)}

@@ -21,7 +21,10 @@ Optimized-graph cache: the first load of a graph saves ONNX Runtime's optimized 
 directory ($TRIO_EDGE_CACHE, else $XDG_CACHE_HOME/trio-edge, else ~/.cache/trio-edge), keyed by the export's
 file hashes, the ONNX Runtime version, the settings, the device and the machine; later loads open that file
 with optimizations off, skipping the fusion passes. The cache is written to a temporary directory and renamed,
-so concurrent loads never see half a file; an unwritable cache directory only costs the speed-up.
+so concurrent loads never see half a file; an unwritable cache directory, or a cached graph that no longer
+opens, only costs the speed-up. The cache is bounded: after each new entry, the least recently used entries
+are removed until the cache holds at most $TRIO_EDGE_ORT_CACHE_GB GiB (default 20; a 7B export's optimized
+graphs take about 6 GB), never an entry used in the last minute.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+from ...errors import InputError
 
 SESSION_SETTINGS = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
                     "inter_op_num_threads": 1, "enable_mem_pattern": True, "enable_cpu_mem_arena": True,
@@ -40,6 +46,9 @@ SESSION_SETTINGS = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mod
 LOW_MEMORY_SETTINGS = {"enable_mem_pattern": False, "enable_cpu_mem_arena": False, "session.disable_prepacking": "1"}
 CACHED_MODEL = "model.onnx"
 CACHED_WEIGHTS = "model.onnx.data"  # initializers above 1 KiB go here (the 2 GiB protobuf limit)
+CACHE_LIMIT_ENV = "TRIO_EDGE_ORT_CACHE_GB"
+DEFAULT_CACHE_LIMIT_GB = 20.0
+EVICTION_GRACE_S = 60.0  # an entry used this recently may be in use by another process: never removed
 
 
 def cache_root() -> Path:
@@ -71,6 +80,37 @@ def cache_key(export_key: str, graph: str, ort_version: str, settings: dict) -> 
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
+def cache_limit_bytes() -> int:
+    raw = os.environ.get(CACHE_LIMIT_ENV)
+    try:
+        limit = DEFAULT_CACHE_LIMIT_GB if raw is None else float(raw)
+    except ValueError:
+        limit = -1.0
+    if not limit >= 0:
+        raise InputError(f"{CACHE_LIMIT_ENV}={raw!r}: give the optimized-graph cache's size limit in GiB, e.g. 20")
+    return int(limit * 2**30)
+
+
+def evict(root: Path, limit_bytes: int, keep: Path) -> list[Path]:
+    """Remove the least recently used cache entries under `root` (never `keep`, nor one used within
+    EVICTION_GRACE_S) until the cache holds at most `limit_bytes`; returns the removed entries."""
+    entries = []
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.name.startswith(".partial-"):
+            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+            entries.append((entry.stat().st_mtime, size, entry))
+    total, removed, now = sum(size for _, size, _ in entries), [], time.time()
+    for used, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= limit_bytes:
+            break
+        if entry == keep or now - used < EVICTION_GRACE_S:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        total -= size
+        removed.append(entry)
+    return removed
+
+
 def open_session(ort, path: Path, options, providers, disabled_optimizers, cache_dir: Path | None):
     """An InferenceSession of `path`, through the optimized-graph cache at `cache_dir` when given.
     Returns (session, 'hit' | 'miss' | 'off')."""
@@ -79,8 +119,19 @@ def open_session(ort, path: Path, options, providers, disabled_optimizers, cache
         return ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled), "off"
     cached = cache_dir / CACHED_MODEL
     if cached.is_file():
+        level = options.graph_optimization_level
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimized
-        return ort.InferenceSession(str(cached), options, providers=providers), "hit"
+        try:
+            session = ort.InferenceSession(str(cached), options, providers=providers)
+        except Exception:  # removed or damaged meanwhile: drop the entry and optimize again
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            options.graph_optimization_level = level
+        else:
+            try:
+                os.utime(cache_dir)  # recently used: evicted last
+            except OSError:  # a read-only cache still serves
+                pass
+            return session, "hit"
     try:
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache_dir.parent))
@@ -94,4 +145,8 @@ def open_session(ort, path: Path, options, providers, disabled_optimizers, cache
         staging.rename(cache_dir)
     except OSError:  # another process got there first, or the directory cannot be written: keep theirs
         shutil.rmtree(staging, ignore_errors=True)
+    try:
+        evict(cache_dir.parent, cache_limit_bytes(), keep=cache_dir)
+    except OSError:  # another process is evicting too: the next miss tries again
+        pass
     return session, "miss"
