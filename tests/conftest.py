@@ -1,21 +1,30 @@
-"""Session fixtures: one tiny LLaVA-NeXT checkpoint built per test session, and test images."""
+"""Session fixtures: tiny LLaVA-NeXT checkpoints, their exports and test images.
+
+The exports (and the checkpoint they come from) are built once per test run, not once per xdist worker: the
+first worker to need one builds it into a directory both workers share, under a file lock, and writes a
+`<name>.json` record last; every worker reads the export only once that record exists."""
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import json
 import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 sys.path.insert(0, os.path.dirname(__file__))  # `from helpers import ...`, `from reference import ...`
 
 from helpers import random_image  # noqa: E402
 
-from trio_edge.exporters.export import export  # noqa: E402
+from trio_edge.artifact.manifest import GraphEntry  # noqa: E402
+from trio_edge.exporters.export import ExportInfo, export  # noqa: E402
 from trio_edge.models.registry import load  # noqa: E402
 from trio_edge.models.tiny import make_tiny_llava_next  # noqa: E402
 
@@ -62,25 +71,62 @@ METHODS = {"fastv_one_cut": ("2:40", "fastv"), "dart_one_cut": ("2:36", "dart"),
            "visionzip": ("vision:5+2", "visionzip")}
 
 
+def built_once(root: Path, name: str, build) -> tuple[Path, dict]:
+    """`root / name` built by `build(path) -> JSON-able record` once for every worker of this run; returns
+    (path, record). The record file is written last, so its presence means the build is complete; a build
+    left half-done by a worker that died is removed and redone."""
+    path, record = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not record.exists():
+            if path.exists():
+                shutil.rmtree(path)
+            written = record.with_suffix(".json.tmp")
+            written.write_text(json.dumps(build(path)))
+            os.replace(written, record)
+    return path, json.loads(record.read_text())
+
+
 @pytest.fixture(scope="session")
-def export_model(tmp_path_factory):
-    path = make_tiny_llava_next(tmp_path_factory.mktemp("tiny-export-model"), seed=3)
+def shared_root(tmp_path_factory) -> Path:
+    """A directory every xdist worker of this run sees (the workers' common base temp), else this session's."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-builds"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def _info_record(info: ExportInfo) -> dict:
+    return {**{f.name: getattr(info, f.name) for f in dataclasses.fields(ExportInfo)},
+            "directory": str(info.directory), "graphs": {k: g.to_dict() for k, g in info.graphs.items()}}
+
+
+def _info_from_record(record: dict) -> ExportInfo:
+    return ExportInfo(**{**record, "directory": Path(record["directory"]),
+                         "graphs": {k: GraphEntry.from_dict(g) for k, g in record["graphs"].items()}})
+
+
+@pytest.fixture(scope="session")
+def export_model(shared_root):
+    path, _ = built_once(shared_root, "tiny-export-model", lambda p: str(make_tiny_llava_next(p, seed=3)))
     return load(str(path))
 
 
 @pytest.fixture(scope="session")
-def export_tiny(export_model, tmp_path_factory):
-    """Export the tiny model at a named schedule once per session (fp32, validated)."""
+def export_tiny(export_model, shared_root):
+    """Export the tiny model at a named schedule once per test run (fp32, validated); tests must not write into
+    the export (copy it first): other tests, on either worker, read the same directory."""
     done = {}
+
+    def build(name, target, out):
+        cuts, method = METHODS.get(name, (SCHEDULES.get(name), "trio"))
+        return _info_record(export(export_model.source, out, cuts=cuts, method=method, loaded=export_model,
+                                   max_text_tokens=48, max_new_tokens=12, progress=False, target=target))
 
     def get(name, target="tensorrt"):
         key = name if target == "tensorrt" else f"{name}-{target}"
         if key not in done:
-            out = tmp_path_factory.mktemp("exports") / key
-            cuts, method = METHODS.get(name, (SCHEDULES.get(name), "trio"))
-            summary = export(export_model.source, out, cuts=cuts, method=method, loaded=export_model,
-                             max_text_tokens=48, max_new_tokens=12, progress=False, target=target)
-            done[key] = (name, out, summary)
+            out, record = built_once(shared_root, f"export-{key}", lambda out: build(name, target, out))
+            done[key] = (name, out, _info_from_record(record))
         return done[key]
 
     return get
@@ -98,12 +144,15 @@ def one_cut_dir(export_tiny):
 
 
 @pytest.fixture(scope="session")
-def hardening_export(tmp_path_factory):
+def hardening_export(shared_root):
     """A tiny export (cuts 1:40, at most 48 text and 8 new tokens) shared by the hardening tests; its
     model directory is its sibling `model`."""
-    root = tmp_path_factory.mktemp("hardening-shared")
-    model = make_tiny_llava_next(root / "model", seed=0)
-    directory = root / "export"
-    export(str(model), directory, cuts="1:40", max_text_tokens=48, max_new_tokens=8, progress=False,
-           validate=False)
-    return directory
+
+    def build(root):
+        model = make_tiny_llava_next(root / "model", seed=0)
+        export(str(model), root / "export", cuts="1:40", max_text_tokens=48, max_new_tokens=8, progress=False,
+               validate=False)
+        return {}
+
+    root, _ = built_once(shared_root, "hardening-shared", build)
+    return root / "export"
