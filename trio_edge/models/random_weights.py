@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from ..errors import InputError, ModelNotFoundError
 
 CLIP_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                   image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
@@ -29,8 +29,14 @@ ARCHITECTURES = {
 IMAGE_TOKEN_ID = 32000
 
 
-def scaled(text: dict, vision: dict, scale: float, layers: int | None, vision_layers: int | None):
-    """The same structure scaled down in width (for CPU runs of the benchmark)."""
+def scaled(text: dict, vision: dict, scale: float, layers: int | None, vision_layers: int | None,
+           patch_size: int | None = None):
+    """The same structure scaled down in width (for CPU runs of the benchmark); `patch_size` cuts the real tiles
+    into fewer, larger patches (fewer image tokens, same preprocessing and tiling)."""
+    if patch_size is not None:
+        if patch_size < 1 or vision["image_size"] % patch_size:
+            raise InputError(f"patch_size must divide the tile size {vision['image_size']}, got {patch_size}")
+        vision = {**vision, "patch_size": patch_size}
     if scale == 1.0 and layers is None and vision_layers is None:
         return text, vision
 
@@ -50,7 +56,8 @@ def scaled(text: dict, vision: dict, scale: float, layers: int | None, vision_la
     return text, vision
 
 
-def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, vision_layers: int | None = None):
+def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, vision_layers: int | None = None,
+                 patch_size: int | None = None):
     """`alias`'s real config (optionally scaled down) and processor, no weights: (config, model class, processor)."""
     from transformers import (
         CLIPVisionConfig,
@@ -67,7 +74,7 @@ def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, v
     if alias not in ARCHITECTURES:
         raise ModelNotFoundError(f"--random-weights knows {', '.join(ARCHITECTURES)}; got {alias!r}")
     family, decoder, vision, text = ARCHITECTURES[alias]
-    text, vision = scaled(text, vision, scale, layers, vision_layers)
+    text, vision = scaled(text, vision, scale, layers, vision_layers, patch_size)
     text_config = (MistralConfig if decoder == "mistral" else LlamaConfig)(
         **text, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
     vision_config = CLIPVisionConfig(**vision)
@@ -83,11 +90,12 @@ def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, v
 
 
 def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, scale: float = 1.0,
-                 layers: int | None = None, vision_layers: int | None = None) -> Path:
+                 layers: int | None = None, vision_layers: int | None = None, patch_size: int | None = None) -> Path:
     """Write `alias`'s architecture with random weights as a save_pretrained directory."""
     import torch
 
-    config, model_class, processor = architecture(alias, scale=scale, layers=layers, vision_layers=vision_layers)
+    config, model_class, processor = architecture(alias, scale=scale, layers=layers, vision_layers=vision_layers,
+                                                  patch_size=patch_size)
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = model_class(config)
