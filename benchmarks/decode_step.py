@@ -191,9 +191,7 @@ def main(argv=None) -> dict:
     for name, run in results["runs"].items():
         graphs = sum(run.get("graph_run_ms", {}).values())
         print(f"{name:<26}{run['step_ms']:>10.2f}{graphs:>11.2f}{run.get('host_ms', 0.0):>9.2f}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    bench.write_results(args.out, results)
     ratios = ("ratio_torch_over_ort", "ratio_transformers_over")
     print(json.dumps({key: results[key] for key in ratios if key in results}))
     return results

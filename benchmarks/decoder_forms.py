@@ -17,10 +17,10 @@ from pathlib import Path
 
 
 def main(argv=None) -> dict:
+    from trio_edge.runtime import bench
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=0.0625)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vision-layers", type=int, default=2)
+    bench.add_shape_arguments(parser, scale=0.0625, layers=4, vision_layers=2)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--device", default="cpu")
@@ -33,7 +33,6 @@ def main(argv=None) -> dict:
     from trio_edge.models.random_weights import build_random
     from trio_edge.models.registry import load
     from trio_edge.models.split import build_modules
-    from trio_edge.runtime import bench
     from trio_edge.runtime.backends.torch_backend import TorchBackend
     from trio_edge.runtime.pipeline import Pipeline
     from trio_edge.trio.schedule import Schedule

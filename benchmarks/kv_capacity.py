@@ -87,9 +87,7 @@ def main(argv=None) -> dict:
         print(f"{name:<20}{run['kv_slots']:>10}{step['median']:>26.2f}{step['p90']:>8.2f}")
     for backend, ratio in results["ratios"].items():
         print(f"{backend}: decode at {CAPACITIES['large']}-token vs {CAPACITIES['small']}-token capacity: {ratio:.2f}x")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    bench.write_results(args.out, results)
     print(json.dumps({"ratios": results["ratios"]}))
     return results
 

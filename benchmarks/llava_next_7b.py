@@ -139,15 +139,15 @@ def roofline(report: dict, prefill_flops: float, fp32_flops: float, peaks: dict,
 
 
 def main(argv=None) -> dict:
+    from trio_edge.runtime import bench
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16" if torch.cuda.is_available() else "fp32")
     parser.add_argument("--backends", default="torch,onnxruntime",
                         help="comma-separated: torch (CUDA graphs on CUDA), torch-eager, onnxruntime (the tensorrt "
                              "export target run by ONNX Runtime), onnxruntime-gqa (the onnxruntime target), tensorrt")
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--layers", type=int)
-    parser.add_argument("--vision-layers", type=int)
+    bench.add_shape_arguments(parser, scale=1.0, layers=None, vision_layers=None)
     parser.add_argument("--new-tokens", default="64",
                         help="answer lengths, comma-separated (e.g. 8,64): one export, one result per length")
     parser.add_argument("--iters", type=int, default=5)
@@ -165,7 +165,6 @@ def main(argv=None) -> dict:
     from trio_edge.models.cost import decode_bytes_per_token, fp32_prefill_flops
     from trio_edge.models.random_weights import build_random
     from trio_edge.models.registry import load
-    from trio_edge.runtime import bench
     from trio_edge.runtime.roofline import DATASHEETS, floors
 
     dtype = getattr(torch, {"fp16": "float16", "fp32": "float32"}[args.dtype])

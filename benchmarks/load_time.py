@@ -55,9 +55,9 @@ def main(argv=None) -> dict:
     print(f"{'load':<10}{'open ms (median)':>18}")
     for name, value in medians.items():
         print(f"{name:<10}{value:>18.0f}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    from trio_edge.runtime import bench
+
+    bench.write_results(args.out, result)
     print(json.dumps({"open_ms_median": medians}))
     return result
 

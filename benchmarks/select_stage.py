@@ -12,7 +12,6 @@ python benchmarks/select_stage.py --scale 0.25 --layers 4 --vision-layers 2 --it
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -46,10 +45,10 @@ def graph_alone(path: Path, inputs: dict, iters: int, profile: bool) -> dict:
 
 
 def main(argv=None) -> dict:
+    from trio_edge.runtime import bench
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=0.25)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vision-layers", type=int, default=2)
+    bench.add_shape_arguments(parser, scale=0.25, layers=4, vision_layers=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="also list each select graph's costliest ops")
@@ -64,7 +63,6 @@ def main(argv=None) -> dict:
     from trio_edge.exporters.export import export
     from trio_edge.models.random_weights import build_random
     from trio_edge.models.registry import load
-    from trio_edge.runtime import bench
 
     command = "python benchmarks/select_stage.py " + " ".join(sys.argv[1:] if argv is None else argv)
     image, prompt = synthetic_image(), DEFAULT_PROMPT
@@ -104,9 +102,7 @@ def main(argv=None) -> dict:
         print(f"  {name}: {ms:.1f} ms in the pipeline, {alone_ms:.1f} ms alone")
         for op, op_ms in alone.get(name, {}).get("ops_ms", {}).items():
             print(f"      {op:<24}{op_ms:>8.1f} ms")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    bench.write_results(args.out, result)
     return result
 
 

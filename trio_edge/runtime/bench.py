@@ -120,6 +120,22 @@ def format_report(report: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def add_shape_arguments(parser, *, scale: float | None, layers: int | None, vision_layers: int | None) -> None:
+    """--scale / --layers / --vision-layers: the random-weights architecture a benchmark builds
+    (models.random_weights.build_random: widths times scale, decoder and vision layer counts; None = the alias's)."""
+    parser.add_argument("--scale", type=float, default=scale, help=f"width scale of the architecture (default {scale})")
+    parser.add_argument("--layers", type=int, default=layers, help=f"decoder layers (default {layers or 'all'})")
+    parser.add_argument("--vision-layers", type=int, default=vision_layers,
+                        help=f"vision tower layers (default {vision_layers or 'all'})")
+
+
+def write_results(path: str | Path | None, results: dict) -> None:
+    """A benchmark's JSON (indented, folders made); nothing when `path` is None (no --out given)."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
 def write_chrome_trace(report: dict, path: str | Path) -> None:
     """The last measured request as a Chrome/Perfetto trace (one track)."""
     events = [{"name": name, "ph": "X", "ts": start * 1e3, "dur": dur * 1e3, "pid": 1, "tid": 1}
