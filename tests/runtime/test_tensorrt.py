@@ -19,7 +19,6 @@ from trio_edge.artifact.manifest import GraphEntry, read_manifest
 from trio_edge.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
 from trio_edge.exporters import engine_build
 from trio_edge.exporters.engine_build import build_engines, optimization_profiles
-from trio_edge.exporters.export import export
 from trio_edge.runtime.backends.tensorrt_backend import (
     TRT_TORCH_DTYPES,
     TensorRTBackend,
@@ -46,15 +45,10 @@ JETSON = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "engi
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tiny_model_dir, tmp_path_factory):
-    """A real tiny export (one cut, fp32) without engines."""
-    from trio_edge.models.registry import load
-
-    loaded = load(str(tiny_model_dir))
-    out = tmp_path_factory.mktemp("trt") / "export"
-    export(loaded.source, out, cuts="1:40", loaded=loaded, max_text_tokens=48, max_new_tokens=12, progress=False,
-           validate=False)
-    return out
+def tiny_export(one_cut_dir):
+    """A real tiny export (one cut, fp32) without engines: the session's, shared with other tests (copy it to
+    write into it: `export_copy`)."""
+    return one_cut_dir
 
 
 @pytest.fixture
