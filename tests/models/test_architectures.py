@@ -3,7 +3,7 @@ a Vicuna (Llama) decoder, with a Mistral decoder (grouped-query), and LLaVA-1.5 
 unpruned equal to transformers' generate, and pruned through validated ONNX graphs equal to PyTorch.
 
 The real 336-pixel tiles and anyres grid, cut into 24-pixel patches instead of 14: 1,008 image tokens on
-LLaVA-NeXT's 672x672 grid instead of 2,928, still over two NMS blocks, so the select graphs unroll 3 blocks of
+LLaVA-NeXT's 672x672 grid instead of 2,928, still over two NMS blocks, so the first select graph unrolls 3 blocks of
 Cluster-NMS instead of 8 (their export was most of this test's time). The real token count runs in
 tests/benchmarks/test_llava_next_7b_bench.py."""
 
