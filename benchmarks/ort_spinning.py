@@ -3,7 +3,8 @@
 Each graph's session has its own intra-op thread pool; with spinning on (ORT's default) its workers keep
 polling for work after each run, while the next graph's workers and the host thread (preprocessing, sampling)
 need the same cores. Builds the llava-next-7b architecture with random weights (--scale 0.0625: text hidden
-256, the narrow shape of the README; 2,928 image tokens), exports it with TRIO at 11.1% (fp32, tensorrt target),
+256, the narrow shape of the README; 2,928 image tokens), exports it with TRIO at 11.1% (fp32; --target,
+--keep-ratio 0 for unpruned),
 opens it twice on ONNX Runtime CPU (spinning on, spinning off) and alternates requests between the two, so the
 machine's drift falls on both. Reports median TTFT, decode step (every step of every request) and end-to-end,
 and each prefill stage's median.
@@ -49,6 +50,8 @@ def main(argv=None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_shape_arguments(parser, scale=0.0625, layers=4, vision_layers=2)
+    parser.add_argument("--target", default="tensorrt", choices=("tensorrt", "onnxruntime"), help="export target")
+    parser.add_argument("--keep-ratio", type=float, default=0.111, help="TRIO's layer-averaged budget; 0: unpruned")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--iters", type=int, default=6, help="requests per setting, alternating")
     parser.add_argument("--warmup", type=int, default=1)
@@ -70,8 +73,8 @@ def main(argv=None) -> dict:
                               layers=args.layers, vision_layers=args.vision_layers)
         loaded = load_model(str(source), dtype=torch.float32)
         out = Path(tmp) / "export"
-        export(loaded.source, out, keep_ratio=0.111, max_new_tokens=args.new_tokens, validate=False,
-               progress=False, loaded=loaded)
+        export(loaded.source, out, keep_ratio=args.keep_ratio or None, target=args.target,
+               max_new_tokens=args.new_tokens, validate=False, progress=False, loaded=loaded)
         pipelines = {name: open_with_spinning(out, allow) for name, allow in SPINNING.items()}
         for pipeline in pipelines.values():
             for _ in range(args.warmup):
