@@ -45,7 +45,7 @@ def test_low_memory_turns_the_arena_off_and_answers_the_same(one_cut_dir, image)
             assert {o.enable_cpu_mem_arena for o in options} == {not low_memory}
             assert {o.enable_mem_pattern for o in options} == {not low_memory}
             assert {o.get_session_config_entry("session.disable_prepacking") for o in options} == {str(int(low_memory))}
-            assert {o.get_session_config_entry("session.intra_op.allow_spinning") for o in options} == {"0"}
+            assert {o.get_session_config_entry("session.intra_op.spin_duration_us") for o in options} == {"200"}
             assert pipeline.backend.settings["enable_cpu_mem_arena"] is (not low_memory)
             kinds = {pipeline.backend.specs[name].kind.value for name in pipeline.backend.sessions}
             if low_memory:  # graphs open at first use; vision and select stages close after their run

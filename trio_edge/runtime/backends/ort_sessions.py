@@ -5,11 +5,14 @@ Settings (SESSION_SETTINGS, also printed by the benchmarks):
   ...), and on CPU the layout optimizations; the graphs are inference-only, so nothing is lost.
 - intra-op threads: one per physical core (ORT's default) unless the caller says otherwise; inter-op 1 and
   sequential execution (a decoder is a chain of dependent ops: parallel execution only adds scheduling).
-- intra-op threads do not spin: each graph's session has its own thread pool, and a pipeline runs a chain of
-  graphs with host work (preprocessing, sampling, torch ops) between them. Spinning workers (ORT's default)
-  keep burning the cores after each run, so the next graph's workers and the host thread wait for a core.
-  Measured on 2 cores (benchmarks/ort_spinning.py, same process, alternating requests), spinning off vs on:
-  TTFT 1.22x and decode step 1.13x faster at the narrow shape, 1.34x and 1.81x at the wide one.
+- intra-op threads spin briefly (at most 200 us after their last task, then sleep): each graph's session has
+  its own thread pool, and a pipeline runs a chain of graphs with host work (preprocessing, sampling, torch
+  ops) between them. With ORT's default spinning, workers keep burning the cores after each run, so the next
+  graph's workers and the host thread wait for a core; with no spinning at all, every parallel op pays a
+  thread wake-up. Measured on 2 cores (benchmarks/ort_spinning.py: one process, requests alternating between
+  the settings, same answers), against ORT's default: short spinning 1.84x / 1.25x faster to first token and
+  1.25x / 1.89x per decode step with TRIO (narrow / wide shape), no spinning 1.52x / 1.16x and 1.08x / 1.66x;
+  an unpruned one-graph decode step (wide, onnxruntime target) 0.96x short, 0.92x none.
 - memory pattern and the CPU arena on: the decode step repeats the same shapes, so its allocations are planned
   once and served from the arena.
 - weight prepacking on (ORT's default): MatMul weights are re-laid out for the CPU's GEMM kernels at load.
@@ -47,7 +50,8 @@ from ...errors import InputError
 
 SESSION_SETTINGS = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
                     "inter_op_num_threads": 1, "enable_mem_pattern": True, "enable_cpu_mem_arena": True,
-                    "session.disable_prepacking": "0", "session.intra_op.allow_spinning": "0"}
+                    "session.disable_prepacking": "0", "session.intra_op.allow_spinning": "1",
+                    "session.intra_op.spin_duration_us": "200"}
 LOW_MEMORY_SETTINGS = {"enable_mem_pattern": False, "enable_cpu_mem_arena": False, "session.disable_prepacking": "1"}
 CACHED_MODEL = "model.onnx"
 CACHED_WEIGHTS = "model.onnx.data"  # initializers above 1 KiB go here (the 2 GiB protobuf limit)
@@ -72,8 +76,9 @@ def session_options(ort, threads: int | None, low_memory: bool = False):
     settings = {**SESSION_SETTINGS, **(LOW_MEMORY_SETTINGS if low_memory else {})}
     options.enable_mem_pattern = settings["enable_mem_pattern"]
     options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
-    for entry in ("session.disable_prepacking", "session.intra_op.allow_spinning"):
-        options.add_session_config_entry(entry, settings[entry])
+    for key, value in settings.items():
+        if key.startswith("session."):  # session config entries
+            options.add_session_config_entry(key, value)
     if threads:
         options.intra_op_num_threads = threads
     return options
