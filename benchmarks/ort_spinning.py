@@ -29,20 +29,30 @@ SPINNING = {"spinning_on": {"session.intra_op.allow_spinning": "1"},
             "spinning_short": {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": "200"}}
 
 
+def spinning_options(ort, threads, low_memory, entries: dict):
+    """The backend's session options with its own spinning settings replaced by `entries` (without them, the
+    shipped ones would stay under every setting)."""
+    from trio_edge.runtime.backends import ort_sessions
+
+    shipped = ort_sessions.SESSION_SETTINGS
+    ort_sessions.SESSION_SETTINGS = {k: v for k, v in shipped.items() if not k.startswith("session.intra_op.")}
+    try:
+        options = ort_sessions.session_options(ort, threads, low_memory)
+    finally:
+        ort_sessions.SESSION_SETTINGS = shipped
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
 def open_with_spinning(export_dir: Path, entries: dict):
     """The export on ONNX Runtime CPU with the session config `entries` in every session."""
     from trio_edge.runtime.backends import onnxruntime_backend
     from trio_edge.runtime.open import open_export
 
     chosen = onnxruntime_backend.session_options
-
-    def options(ort, threads, low_memory=False):
-        opts = chosen(ort, threads, low_memory)
-        for key, value in entries.items():
-            opts.add_session_config_entry(key, value)
-        return opts
-
-    onnxruntime_backend.session_options = options  # read while the backend opens its sessions, at load
+    onnxruntime_backend.session_options = lambda ort, threads, low_memory=False: spinning_options(
+        ort, threads, low_memory, entries)  # read while the backend opens its sessions, at load
     try:
         return open_export(export_dir, backend="onnxruntime", device="cpu", ort_cache=False)
     finally:
