@@ -1,13 +1,13 @@
-"""ONNX Runtime's intra-op spinning, on vs off, in the TRIO pipeline (the setting in ort_sessions.SESSION_SETTINGS).
+"""ONNX Runtime's intra-op spinning in the TRIO pipeline: ORT's default, none, and short (the shipped setting,
+ort_sessions.SESSION_SETTINGS: at most 200 us after the last task).
 
-Each graph's session has its own intra-op thread pool; with spinning on (ORT's default) its workers keep
-polling for work after each run, while the next graph's workers and the host thread (preprocessing, sampling)
-need the same cores. Builds the llava-next-7b architecture with random weights (--scale 0.0625: text hidden
-256, the narrow shape of the README; 2,928 image tokens), exports it with TRIO at 11.1% (fp32; --target,
---keep-ratio 0 for unpruned),
-opens it once per setting on ONNX Runtime CPU (spinning on, off, and short: at most 200 us after the last task)
-and alternates requests between them, so the machine's drift falls on all. Reports median TTFT, decode step (every step of every request) and end-to-end,
-and each prefill stage's median.
+Each graph's session has its own intra-op thread pool; with ORT's default spinning its workers keep polling for
+work after each run, while the next graph's workers and the host thread (preprocessing, sampling) need the same
+cores. Builds the llava-next-7b architecture with random weights (--scale 0.0625: text hidden 256, the narrow
+shape of the README; 2,928 image tokens), exports it with TRIO at 11.1% (fp32; --target, --keep-ratio 0 for
+unpruned), opens it once per setting on ONNX Runtime CPU and alternates requests between them, so the machine's
+drift falls on all. Reports median TTFT, decode step (every step of every request) and end-to-end, and each
+prefill stage's median.
 
 python benchmarks/ort_spinning.py --out benchmarks/results/ort_spinning_cpu.json
 Prints a table and one final JSON line.
@@ -34,15 +34,8 @@ def spinning_options(ort, threads, low_memory, entries: dict):
     shipped ones would stay under every setting)."""
     from trio_edge.runtime.backends import ort_sessions
 
-    shipped = ort_sessions.SESSION_SETTINGS
-    ort_sessions.SESSION_SETTINGS = {k: v for k, v in shipped.items() if not k.startswith("session.intra_op.")}
-    try:
-        options = ort_sessions.session_options(ort, threads, low_memory)
-    finally:
-        ort_sessions.SESSION_SETTINGS = shipped
-    for key, value in entries.items():
-        options.add_session_config_entry(key, value)
-    return options
+    settings = {k: v for k, v in ort_sessions.SESSION_SETTINGS.items() if not k.startswith("session.intra_op.")}
+    return ort_sessions.session_options(ort, threads, low_memory, settings={**settings, **entries})
 
 
 def open_with_spinning(export_dir: Path, entries: dict):
@@ -95,7 +88,7 @@ def main(argv=None) -> dict:
                 pipeline.generate(image, prompt, max_new_tokens=args.new_tokens)
         samples = {name: {"ttft": [], "decode_step": [], "end_to_end": [], "stages": {}} for name in pipelines}
         answers = {}
-        for request in range(args.iters):  # ABBA...: a drift of the machine's speed lands on both settings
+        for request in range(args.iters):  # ABC CBA ...: the machine's drift lands on every setting
             for name in (list(SPINNING) if request % 2 == 0 else list(SPINNING)[::-1]):
                 start = time.perf_counter()
                 result = pipelines[name].generate(image, prompt, max_new_tokens=args.new_tokens)

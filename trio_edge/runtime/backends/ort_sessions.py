@@ -67,13 +67,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trio-edge"
 
 
-def session_options(ort, threads: int | None, low_memory: bool = False):
+def session_options(ort, threads: int | None, low_memory: bool = False, settings: dict | None = None):
+    """ONNX Runtime SessionOptions from `settings` (default SESSION_SETTINGS; low memory: LOW_MEMORY_SETTINGS
+    over them) and the intra-op thread count (None: one per physical core)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    settings = {**SESSION_SETTINGS, **(LOW_MEMORY_SETTINGS if low_memory else {})}
+    settings = {**(SESSION_SETTINGS if settings is None else settings), **(LOW_MEMORY_SETTINGS if low_memory else {})}
     options.enable_mem_pattern = settings["enable_mem_pattern"]
     options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
     for key, value in settings.items():
