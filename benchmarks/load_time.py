@@ -37,6 +37,8 @@ def load_once(export: str, cache_dir: str | None) -> dict:
 
 
 def main(argv=None) -> dict:
+    from trio_edge.runtime import bench
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", required=True, help="export directory")
     parser.add_argument("--repeats", type=int, default=3)
@@ -55,8 +57,6 @@ def main(argv=None) -> dict:
     print(f"{'load':<10}{'open ms (median)':>18}")
     for name, value in medians.items():
         print(f"{name:<10}{value:>18.0f}")
-    from trio_edge.runtime import bench
-
     bench.write_results(args.out, result)
     print(json.dumps({"open_ms_median": medians}))
     return result
