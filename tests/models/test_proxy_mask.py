@@ -22,3 +22,21 @@ def test_proxy_query_never_sees_a_later_position_beyond_2048_in_fp16(tiny):
         after = decoder.proxy_logits(0, changed, positions, rows)
     assert torch.equal(before[0], after[0])  # query 2051: causal, untouched
     assert not torch.equal(before[1], after[1])  # query 2052 sees its own position
+
+
+def test_few_rows_head_equals_lm_head_and_its_gradient():
+    """The torch runtime's lm_head form: same logits and input gradient as the Linear it replaces."""
+    from trio_edge.models.llama_decoder import FewRowsHead
+
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(64, 1000, bias=False)
+    x = torch.randn(4, 64, generator=generator, requires_grad=True)
+    weights = torch.randn(4, 1000, generator=generator)
+    ours = FewRowsHead.apply(x, head.weight)
+    (ours_grad,) = torch.autograd.grad((ours * weights).sum(), x)
+    theirs = head(x)
+    (theirs_grad,) = torch.autograd.grad((theirs * weights).sum(), x)
+    assert ours.shape == theirs.shape == (4, 1000)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours_grad, torch.zeros_like(ours_grad))

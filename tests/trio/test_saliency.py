@@ -38,8 +38,8 @@ def pruned_sequence(embeds, image_start, m, positions_mode):
     return embeds[rows], positions
 
 
-def stage_saliency(tiny, layer, hidden, positions, m):
-    stage = SelectStage(tiny.adapter.decoder, layer, m, 1, Schedule(), 4)
+def stage_saliency(tiny, layer, hidden, positions, m, runtime_form=False):
+    stage = SelectStage(tiny.adapter.decoder, layer, m, 1, Schedule(), 4, runtime_form=runtime_form)
     with torch.no_grad():  # the select stage must re-enable grad itself, as in the backends
         return stage.saliency(hidden[None], positions[None])
 
@@ -53,7 +53,9 @@ def assert_close_relative(actual, expected):
 
 @pytest.mark.parametrize("layer", [0, 2])
 @pytest.mark.parametrize("positions_mode", ["renumber", "original", "full"])
-def test_stage_saliency_matches_full_sequence_autograd(tiny, prompt_state, layer, positions_mode):
+@pytest.mark.parametrize("runtime_form", [False, True], ids=["export-form", "runtime-form"])
+def test_stage_saliency_matches_full_sequence_autograd(tiny, prompt_state, layer, positions_mode, runtime_form):
+    """Both forms: the exported one and the torch runtime's (lm_head through FewRowsHead)."""
     embeds, image_start, m = prompt_state
     if positions_mode == "full":
         hidden, positions = embeds, torch.arange(embeds.shape[0])
@@ -62,7 +64,7 @@ def test_stage_saliency_matches_full_sequence_autograd(tiny, prompt_state, layer
         if positions_mode == "original":
             assert not torch.equal(positions, torch.arange(positions.shape[0]))  # really has gaps
     hidden = hidden_entering(tiny, hidden, positions, layer)
-    ours = stage_saliency(tiny, layer, hidden, positions, m)
+    ours = stage_saliency(tiny, layer, hidden, positions, m, runtime_form)
     expected = reference_saliency(tiny.model, layer, hidden, positions)
     assert ours.shape == expected.shape == (hidden.shape[0],)
     assert ours.dtype == torch.float32

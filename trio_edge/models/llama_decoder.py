@@ -150,6 +150,29 @@ def values_after_mixing(v_proj, q, k, x, bias, scale):
     return out.transpose(0, 1).reshape(t, num_heads * head_dim)
 
 
+class FewRowsHead(torch.autograd.Function):
+    """x (Q, D) @ weight.T for a few rows Q and a wide weight (V, D) (lm_head on TRIO's 4 supervised rows),
+    computed as (weight @ x.T).T, with the input's gradient grad @ weight and none for the weight.
+
+    On CPU torch's GEMM runs x @ weight.T with Q of 2-16 rows ~4x slower than the matrix-vector shaped
+    weight @ x.T (26 vs 6 ms at 4 x 1024 x 32064, reading the weight once either way), and autograd's own
+    backward of the latter (weight.T @ grad.T) is slower still, hence a Function. Eager torch only: exported
+    graphs keep the plain MatMul that ONNX Runtime and TensorRT take and weight sharing expects."""
+
+    @staticmethod
+    def forward(x, weight):
+        return (weight @ x.t()).t()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return grad @ weight, None
+
+
 def attention_with_probs(q, k, v, bias, scale):
     """grouped_attention that also returns the softmax attention: (T, H*hd) and probs (H, T, N) float32.
 
@@ -312,11 +335,12 @@ class LlamaFamilyDecoder:
                 fused_op: bool = False) -> DecoderSegment:
         return DecoderSegment(self, start, end, with_head, in_place, fused_op)
 
-    def proxy_logits(self, layer_index, h, position_ids, query_rows):
+    def proxy_logits(self, layer_index, h, position_ids, query_rows, eager: bool = False):
         """TRIO proxy: layer `layer_index` on h (S, D) for the queries picked by `query_rows` (Q, S)
         one-hot (keys/values for all S), then final norm and lm_head -> logits (Q, V).
 
-        The one-hot contraction (instead of slicing) keeps the traced backward free of Scatter ops.
+        The one-hot contraction (instead of slicing) keeps the traced backward free of Scatter ops. `eager`
+        (the torch runtime, never export) runs lm_head through FewRowsHead, the faster CPU form for Q rows.
         """
         layer = self.layers[layer_index]
         cos, sin = self.rotary(h[None], position_ids)
@@ -334,6 +358,8 @@ class LlamaFamilyDecoder:
         allowed = torch.arange(s, device=h.device)[None, :] <= query_slot[:, None]
         hq = query_rows @ h + attn.o_proj(values_after_mixing(attn.v_proj, q, k, x, mask_bias(allowed), attn.scaling))
         hq = hq + layer.mlp(layer.post_attention_layernorm(hq))
+        if eager and self.lm_head.bias is None:
+            return FewRowsHead.apply(self.norm(hq), self.lm_head.weight)
         return self.lm_head(self.norm(hq))
 
     def last_token_attention(self, layer_index, h, position_ids):

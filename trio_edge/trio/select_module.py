@@ -65,7 +65,8 @@ class SelectStage(nn.Module):
         self.runtime_form = runtime_form
 
     def saliency(self, hidden, position_ids):
-        proxy = lambda h, pos, rows: self._decoder.proxy_logits(self.proxy_layer, h, pos, rows)  # noqa: E731
+        proxy = lambda h, pos, rows: self._decoder.proxy_logits(self.proxy_layer, h, pos, rows,  # noqa: E731
+                                                                eager=self.runtime_form)
         return proxy_saliency(proxy, hidden[0], position_ids)  # (S,)
 
     def peer_kept(self, hidden, position_ids, span):
