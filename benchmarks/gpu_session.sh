@@ -16,4 +16,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 python3 -m pytest -q -p no:cacheprovider tests/runtime/test_cuda_graphs.py tests/runtime/test_onnxruntime_cuda.py \
   tests/runtime/test_tensorrt.py -k "cuda or tensorrt_engines" 2>&1 | tee "$out/gpu_tests.log" || true
 python3 benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends "${BACKENDS:-torch,torch-eager}" \
-  --select-precision both --new-tokens 64 ${EXTRA:-} --out "$out/${NAME:-h100}.json" 2>&1 | tee "$out/${NAME:-h100}.log"
+  --select-precision both --new-tokens 64 --sequential ${EXTRA:-} --out "$out/${NAME:-h100}.json" 2>&1 | tee "$out/${NAME:-h100}.log"

@@ -6,7 +6,11 @@ in one run on one device: (a) transformers `generate` (sdpa, unpruned), (b) our 
 (analytic FLOPs / measured matmul peak) and decode against the bandwidth floor (bytes per token /
 measured copy bandwidth), and a Jetson AGX Orin projection from the same analytic model.
 
-GPU:  python benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends torch,torch-eager,onnxruntime
+Requests are interleaved: every pipeline (and transformers) stays open and each round runs one request of each,
+so a machine whose speed drifts during the run weighs on every row alike; medians over the rounds after
+--warmup. --sequential opens one backend's pipelines at a time (for a 7B model on one GPU), transformers first.
+
+GPU:  python benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends torch,torch-eager,onnxruntime --sequential
 CPU:  python benchmarks/llava_next_7b.py --scale 0.0625 --layers 4 --vision-layers 2 --new-tokens 8
 Prints a table and one final JSON line; --out writes the JSON under benchmarks/results/.
 """
@@ -67,28 +71,32 @@ class StepClock:
         return scores
 
 
-def hf_generate(loaded, image, prompt: str, new_tokens: int, device: str, iters: int, warmup: int = 1) -> dict:
-    """transformers generate, greedy, unpruned, `iters` requests: every step timed inside generate (StepClock);
-    medians of TTFT, of every decode step and of end to end."""
-    from transformers import LogitsProcessorList
-
+def hf_inputs(loaded, image, prompt: str, device: str) -> dict:
     inputs = {k: v.to(device) for k, v in loaded.adapter.hf_inputs(image, prompt, loaded.adapter.default_grid()).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
-    ttfts, steps, totals = [], [], []
-    for index in range(warmup + iters):
-        clock = StepClock(device)
-        sync(device)
-        start = time.perf_counter()
-        loaded.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                              logits_processor=LogitsProcessorList([clock]))
-        sync(device)
-        end = time.perf_counter()
-        if index >= warmup:
-            ttfts.append((clock.stamps[0] - start) * 1e3)
-            steps += [(b - a) * 1e3 for a, b in zip(clock.stamps, clock.stamps[1:])]
-            totals.append((end - start) * 1e3)
+    return inputs
+
+
+def hf_request(loaded, inputs: dict, new_tokens: int, device: str) -> dict:
+    """One transformers `generate` request, greedy, unpruned, every step timed inside generate (StepClock)."""
+    from transformers import LogitsProcessorList
+
+    clock = StepClock(device)
+    sync(device)
+    start = time.perf_counter()
+    loaded.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                          logits_processor=LogitsProcessorList([clock]))
+    sync(device)
+    end = time.perf_counter()
+    return {"ttft": (clock.stamps[0] - start) * 1e3, "total": (end - start) * 1e3,
+            "steps": [(b - a) * 1e3 for a, b in zip(clock.stamps, clock.stamps[1:])]}
+
+
+def hf_summary(requests: list[dict]) -> dict:
+    """Medians of TTFT, of every decode step of every request and of end to end."""
     median = statistics.median
-    return {"ttft_ms": median(ttfts), "end_to_end_ms": median(totals),
+    steps = [step for r in requests for step in r["steps"]]
+    return {"ttft_ms": median(r["ttft"] for r in requests), "end_to_end_ms": median(r["total"] for r in requests),
             "decode_ms_per_token": median(steps) if steps else 0.0,
             "decode_step_ms": {"median": median(steps) if steps else 0.0, "steps": len(steps)}}
 
@@ -156,6 +164,9 @@ def main(argv=None) -> dict:
                         help="precision of TRIO's select stages (see trio-export --help); both: one TRIO run each")
     parser.add_argument("--sparsevlm-budgets", default="",
                         help="also SparseVLM at these authors' table budgets, e.g. 64,192 (same run as TRIO)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="one backend's pipelines open at a time (less memory: a 7B model on one GPU) instead of "
+                             "every pipeline open and requests interleaved across all of them")
     parser.add_argument("--out", help="JSON file to write (e.g. benchmarks/results/h100.json); with several "
                         "--new-tokens, one file per length (NAME_8.json, NAME_64.json)")
     args = parser.parse_args(argv)
@@ -180,20 +191,37 @@ def main(argv=None) -> dict:
         loaded = load(str(source), dtype=dtype, device=args.device)
         architecture = {"hidden": loaded.adapter.decoder.hidden_size, "layers": loaded.adapter.num_layers,
                         "image_tokens": loaded.adapter.image_token_count(loaded.adapter.default_grid())}
-        for n, results in by_length.items():
+        for results in by_length.values():
             results["architecture"] = architecture
-            results["runs"]["transformers_generate"] = hf_generate(loaded, image, prompt, n, args.device, args.iters,
-                                                                   args.warmup)
         element = torch.tensor([], dtype=dtype).element_size()
-        for backend in args.backends.split(","):
-            precisions = ("fp32", "model") if args.select_precision == "both" else (args.select_precision,)
-            budgets = tuple(int(b) for b in args.sparsevlm_budgets.split(",") if b.strip())
-            pipelines = our_pipelines(loaded, backend, args.device, args.dtype, max(lengths), Path(tmp), precisions,
-                                      budgets)
-            for name, pipeline in pipelines.items():
+        precisions = ("fp32", "model") if args.select_precision == "both" else (args.select_precision,)
+        budgets = tuple(int(b) for b in args.sparsevlm_budgets.split(",") if b.strip())
+        inputs = hf_inputs(loaded, image, prompt, args.device)
+        backends = args.backends.split(",")
+        # Interleaved (default): every pipeline of every backend open at once, one request of each per round.
+        # --sequential (memory-bound devices): transformers alone first, then one backend's pipelines at a time,
+        # interleaved among themselves.
+        groups = [[b] for b in backends] if args.sequential else [backends]
+        rounds = args.warmup + args.iters
+        hf_runners = {("transformers_generate", n): (lambda n=n: hf_request(loaded, inputs, n, args.device))
+                      for n in lengths}
+        measured = bench.interleaved_rounds(hf_runners, rounds, label="transformers") if args.sequential else {}
+        for index, group in enumerate(groups):
+            pipelines = {f"{backend}_{name}": pipeline for backend in group
+                         for name, pipeline in our_pipelines(loaded, backend, args.device, args.dtype, max(lengths),
+                                                             Path(tmp), precisions, budgets).items()}
+            runners = {(run, n): (lambda p=pipeline, n=n: bench.request(p, image, prompt, n))
+                       for run, pipeline in pipelines.items() for n in lengths}
+            if index == 0 and not args.sequential:
+                runners = {**hf_runners, **runners}
+            measured.update(bench.interleaved_rounds(runners, rounds, label=" + ".join(group)))
+            if index == 0:
                 for n, results in by_length.items():
-                    report = bench.measure(pipeline, image, prompt, warmup=args.warmup, iters=args.iters,
-                                           new_tokens=n, label=f"{backend} {name} {n}")
+                    results["runs"]["transformers_generate"] = hf_summary(
+                        measured[("transformers_generate", n)][args.warmup:])
+            for run, pipeline in pipelines.items():
+                for n, results in by_length.items():
+                    report = bench.summarize(pipeline, measured[(run, n)][args.warmup:], n)
                     bench.add_flops(report, loaded.model.config, pipeline.plan,
                                     loaded.adapter.tile_count(loaded.adapter.default_grid()))
                     per_token = decode_bytes_per_token(loaded.model.config, pipeline.plan, element,
@@ -208,7 +236,7 @@ def main(argv=None) -> dict:
                     report["select_share_of_ttft"] = sum(
                         v["median_ms"] for k, v in report["stages"].items() if k.startswith("select")) / report["ttft_ms"]
                     report.pop("timeline")
-                    results["runs"][f"{backend}_{name}"] = report
+                    results["runs"][run] = report
                 pipeline.close()
     for n, results in by_length.items():
         results["ratios"] = ratios(results["runs"], args.backends.split(","))

@@ -17,12 +17,16 @@ def load_script():
 
 
 @pytest.mark.slow
-def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path):
+@pytest.mark.parametrize("order", [[], ["--sequential"]], ids=["interleaved", "sequential"])
+def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path, order):
     out = tmp_path / "result.json"
-    load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2", "--iters", "1",
+    load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2,3", "--iters", "2",
                         "--warmup", "0", "--backends", "torch,onnxruntime", "--device", "cpu", "--dtype", "fp32",
-                        "--out", str(out)])
-    result = json.loads(out.read_text())
+                        "--out", str(out), *order])
+    result = json.loads((tmp_path / "result_2.json").read_text())
+    longer = json.loads((tmp_path / "result_3.json").read_text())
+    assert longer["runs"]["onnxruntime_trio"]["decode_step_ms"]["steps"] == 2 * 2  # 2 measured requests x 2 steps
+    assert result["runs"]["transformers_generate"]["decode_step_ms"]["steps"] == 2 * 1
     assert result["architecture"]["image_tokens"] == 2928  # the real 672x672 anyres token count
     assert set(result["runs"]) == {"transformers_generate"} | {
         f"{backend}_{run}" for backend in ("torch", "onnxruntime") for run in ("full", "trio")}

@@ -22,23 +22,53 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(pipeline, image, prompt: str, *, warmup: int, iters: int, new_tokens: int, progress: bool = True,
             label: str = "") -> dict:
-    stops, pipeline.stop_token_ids = pipeline.stop_token_ids, set()
-    runs, steps, last = [], [], None
-    try:
-        loop = range(warmup + iters)
-        if progress:
-            from tqdm.auto import tqdm
+    """`warmup` + `iters` requests one after the other; the report summarises the last `iters` (summarize)."""
+    loop = range(warmup + iters)
+    if progress:
+        from tqdm.auto import tqdm
 
-            loop = tqdm(loop, desc=f"bench {label}".strip(), unit="run", leave=False)
-        if pipeline.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(pipeline.device)
-        for index in loop:
-            last = pipeline.generate(image, prompt, max_new_tokens=new_tokens)
-            if index >= warmup:
-                runs.append(last.timings)
-                steps += [duration for name, _, duration in last.timeline if name == "decode"]
+        loop = tqdm(loop, desc=f"bench {label}".strip(), unit="run", leave=False)
+    if pipeline.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(pipeline.device)
+    results = [request(pipeline, image, prompt, new_tokens) for _ in loop]
+    return summarize(pipeline, results[warmup:], new_tokens)
+
+
+def request(pipeline, image, prompt: str, new_tokens: int):
+    """One timed request decoding exactly `new_tokens` tokens (stop tokens disabled for the call): its Result,
+    whose `timings` and `timeline` summarize() reads. Benchmarks that compare several pipelines call this in
+    interleaved rounds, so a machine whose speed drifts over minutes weighs on every pipeline alike."""
+    stops, pipeline.stop_token_ids = pipeline.stop_token_ids, set()
+    try:
+        return pipeline.generate(image, prompt, max_new_tokens=new_tokens)
     finally:
         pipeline.stop_token_ids = stops
+
+
+def interleaved_rounds(runners: dict, rounds: int, progress: bool = True, label: str = "") -> dict:
+    """Call every runner (name -> zero-argument callable) once per round, each round starting one runner later
+    than the last, and return name -> the results of its calls in order. Drift in the machine's speed over a long
+    run (other tenants, clocks) then lands on every runner alike, so ratios between them hold."""
+    names = list(runners)
+    results = {name: [] for name in names}
+    loop = range(rounds)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loop = tqdm(loop, desc=f"bench {label}".strip(), unit="round", leave=False)
+    for index in loop:
+        for offset in range(len(names)):
+            name = names[(index + offset) % len(names)]
+            results[name].append(runners[name]())
+    return results
+
+
+def summarize(pipeline, results: list, new_tokens: int) -> dict:
+    """Per-stage median and p90 over `results` (requests of `pipeline`), the median of every decode step of
+    every request, and the plan's KV bytes, peak memory and the last request's timeline."""
+    runs = [r.timings for r in results]
+    steps = [duration for r in results for name, _, duration in r.timeline if name == "decode"]
+    last = results[-1]
     stages = {key: {"median_ms": statistics.median(r[key] for r in runs), "p90_ms": percentile([r[key] for r in runs], 0.9)}
               for key in runs[0]}
     # every decode step of every measured request: the median step, not a mean per request
