@@ -6,9 +6,10 @@ in one run on one device: (a) transformers `generate` (sdpa, unpruned), (b) our 
 (analytic FLOPs / measured matmul peak) and decode against the bandwidth floor (bytes per token /
 measured copy bandwidth), and a Jetson AGX Orin projection from the same analytic model.
 
-Requests are interleaved: every pipeline (and transformers) stays open and each round runs one request of each,
-so a machine whose speed drifts during the run weighs on every row alike; medians over the rounds after
---warmup. --sequential opens one backend's pipelines at a time (for a 7B model on one GPU), transformers first.
+Requests are interleaved: every pipeline (and transformers) stays open and each round gives each one a turn
+(--turn-warmup discarded requests, then one measured request per --new-tokens length), so a machine whose speed
+drifts during the run weighs on every row alike; medians over the rounds after --warmup. --sequential opens one
+backend's pipelines at a time (for a 7B model on one GPU), transformers first.
 
 GPU:  python benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends torch,torch-eager,onnxruntime --sequential
 CPU:  python benchmarks/llava_next_7b.py --scale 0.0625 --layers 4 --vision-layers 2 --new-tokens 8
@@ -101,6 +102,16 @@ def hf_summary(requests: list[dict]) -> dict:
             "decode_step_ms": {"median": median(steps) if steps else 0.0, "steps": len(steps)}}
 
 
+def turn(one_request, lengths: list[int], warmup: int):
+    """One runner's turn in a round: `warmup` discarded requests at the shortest length (caches and allocator
+    warm again after the other runners' turns), then one measured request per length -> {length: result}."""
+    def run():
+        for _ in range(warmup):
+            one_request(min(lengths))
+        return {n: one_request(n) for n in lengths}
+    return run
+
+
 TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select precision -> run name
 
 
@@ -159,11 +170,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", default="64",
                         help="answer lengths, comma-separated (e.g. 8,64): one export, one result per length")
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=0, help="whole rounds discarded (default 0)")
     parser.add_argument("--select-precision", choices=["fp32", "model", "both"], default="fp32",
                         help="precision of TRIO's select stages (see trio-export --help); both: one TRIO run each")
     parser.add_argument("--sparsevlm-budgets", default="",
                         help="also SparseVLM at these authors' table budgets, e.g. 64,192 (same run as TRIO)")
+    parser.add_argument("--turn-warmup", type=int, default=1,
+                        help="discarded requests at the start of each runner's turn in a round (default 1)")
     parser.add_argument("--sequential", action="store_true",
                         help="one backend's pipelines open at a time (less memory: a 7B model on one GPU) instead of "
                              "every pipeline open and requests interleaved across all of them")
@@ -203,25 +216,25 @@ def main(argv=None) -> dict:
         # interleaved among themselves.
         groups = [[b] for b in backends] if args.sequential else [backends]
         rounds = args.warmup + args.iters
-        hf_runners = {("transformers_generate", n): (lambda n=n: hf_request(loaded, inputs, n, args.device))
-                      for n in lengths}
-        measured = bench.interleaved_rounds(hf_runners, rounds, label="transformers") if args.sequential else {}
+        hf_runner = {"transformers_generate": turn(lambda n: hf_request(loaded, inputs, n, args.device), lengths,
+                                                   args.turn_warmup)}
+        measured = bench.interleaved_rounds(hf_runner, rounds, label="transformers") if args.sequential else {}
         for index, group in enumerate(groups):
             pipelines = {f"{backend}_{name}": pipeline for backend in group
                          for name, pipeline in our_pipelines(loaded, backend, args.device, args.dtype, max(lengths),
                                                              Path(tmp), precisions, budgets).items()}
-            runners = {(run, n): (lambda p=pipeline, n=n: bench.request(p, image, prompt, n))
-                       for run, pipeline in pipelines.items() for n in lengths}
+            runners = {run: turn(lambda n, p=pipeline: bench.request(p, image, prompt, n), lengths, args.turn_warmup)
+                       for run, pipeline in pipelines.items()}
             if index == 0 and not args.sequential:
-                runners = {**hf_runners, **runners}
+                runners = {**hf_runner, **runners}
             measured.update(bench.interleaved_rounds(runners, rounds, label=" + ".join(group)))
             if index == 0:
                 for n, results in by_length.items():
                     results["runs"]["transformers_generate"] = hf_summary(
-                        measured[("transformers_generate", n)][args.warmup:])
+                        [turn_results[n] for turn_results in measured["transformers_generate"][args.warmup:]])
             for run, pipeline in pipelines.items():
                 for n, results in by_length.items():
-                    report = bench.summarize(pipeline, measured[(run, n)][args.warmup:], n)
+                    report = bench.summarize(pipeline, [r[n] for r in measured[run][args.warmup:]], n)
                     bench.add_flops(report, loaded.model.config, pipeline.plan,
                                     loaded.adapter.tile_count(loaded.adapter.default_grid()))
                     per_token = decode_bytes_per_token(loaded.model.config, pipeline.plan, element,

@@ -17,7 +17,7 @@ def load_script():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("order", [[], ["--sequential"]], ids=["interleaved", "sequential"])
+@pytest.mark.parametrize("order", [[], ["--sequential", "--turn-warmup", "0"]], ids=["interleaved", "sequential"])
 def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path, order):
     out = tmp_path / "result.json"
     load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2,3", "--iters", "2",
