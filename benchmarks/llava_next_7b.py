@@ -11,7 +11,8 @@ Requests are interleaved: every pipeline (and transformers) stays open and each 
 drifts during the run weighs on every row alike; medians over the rounds after --warmup. --sequential opens one
 backend's pipelines at a time (for a 7B model on one GPU), transformers first.
 
-GPU:  python benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends torch,torch-eager,onnxruntime --sequential
+GPU:  python benchmarks/llava_next_7b.py --device cuda --dtype fp16 --backends torch,torch-eager,onnxruntime \
+      --sequential
 CPU:  python benchmarks/llava_next_7b.py --scale 0.0625 --layers 4 --vision-layers 2 --new-tokens 8
 Prints a table and one final JSON line; --out writes the JSON under benchmarks/results/.
 """
@@ -73,7 +74,8 @@ class StepClock:
 
 
 def hf_inputs(loaded, image, prompt: str, device: str) -> dict:
-    inputs = {k: v.to(device) for k, v in loaded.adapter.hf_inputs(image, prompt, loaded.adapter.default_grid()).items()}
+    grid = loaded.adapter.default_grid()
+    inputs = {k: v.to(device) for k, v in loaded.adapter.hf_inputs(image, prompt, grid).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
     return inputs
 
@@ -246,8 +248,8 @@ def main(argv=None) -> dict:
                     report["orin_projection"] = {"label": "projection from datasheet peaks, not measured",
                                                  **floors(prefill, fp32, per_token, DATASHEETS["jetson_agx_orin_64gb"],
                                                           n)}
-                    report["select_share_of_ttft"] = sum(
-                        v["median_ms"] for k, v in report["stages"].items() if k.startswith("select")) / report["ttft_ms"]
+                    select_ms = sum(v["median_ms"] for k, v in report["stages"].items() if k.startswith("select"))
+                    report["select_share_of_ttft"] = select_ms / report["ttft_ms"]
                     report.pop("timeline")
                     results["runs"][run] = report
                 pipeline.close()

@@ -20,9 +20,9 @@ def load_script():
 @pytest.mark.parametrize("order", [[], ["--sequential", "--turn-warmup", "0"]], ids=["interleaved", "sequential"])
 def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path, order):
     out = tmp_path / "result.json"
-    load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2,3", "--iters", "2",
-                        "--warmup", "0", "--backends", "torch,onnxruntime", "--device", "cpu", "--dtype", "fp32",
-                        "--out", str(out), *order])
+    load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2,3",
+                        "--iters", "2", "--warmup", "0", "--backends", "torch,onnxruntime", "--device", "cpu",
+                        "--dtype", "fp32", "--out", str(out), *order])
     result = json.loads((tmp_path / "result_2.json").read_text())
     longer = json.loads((tmp_path / "result_3.json").read_text())
     assert longer["runs"]["onnxruntime_trio"]["decode_step_ms"]["steps"] == 2 * 2  # 2 measured requests x 2 steps
