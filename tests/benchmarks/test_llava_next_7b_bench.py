@@ -17,12 +17,12 @@ def load_script():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("order", [[], ["--sequential", "--turn-warmup", "0"]], ids=["interleaved", "sequential"])
-def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path, order):
+def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path):
+    """Interleaved (the default): every runner open, one turn each per round."""
     out = tmp_path / "result.json"
     load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2,3",
                         "--iters", "2", "--warmup", "0", "--backends", "torch,onnxruntime", "--device", "cpu",
-                        "--dtype", "fp32", "--out", str(out), *order])
+                        "--dtype", "fp32", "--out", str(out)])
     result = json.loads((tmp_path / "result_2.json").read_text())
     longer = json.loads((tmp_path / "result_3.json").read_text())
     assert longer["runs"]["onnxruntime_trio"]["decode_step_ms"]["steps"] == 2 * 2  # 2 measured requests x 2 steps
@@ -42,6 +42,18 @@ def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path, orde
     ratios = result["ratios"]["onnxruntime"]
     assert ratios["kv_used_reduction"] > 5  # 11.1% layer-averaged tokens
     assert result["peaks"]["matmul_tflops"] > 0 and result["peaks"]["copy_gbs"] > 0
+
+
+def test_sequential_benchmark_measures_transformers_then_each_backend(tmp_path):
+    out = tmp_path / "result.json"
+    load_script().main(["--scale", "0.03", "--layers", "2", "--vision-layers", "1", "--new-tokens", "2", "--iters", "2",
+                        "--warmup", "1", "--turn-warmup", "0", "--backends", "torch", "--device", "cpu",
+                        "--dtype", "fp32", "--sequential", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert list(result["runs"]) == ["transformers_generate", "torch_full", "torch_trio"]
+    assert result["runs"]["transformers_generate"]["decode_step_ms"]["steps"] == 2  # 2 measured requests x 1 step
+    assert result["runs"]["torch_trio"]["decode_step_ms"]["steps"] == 2
+    assert result["runs"]["torch_trio"]["kept"] and not result["runs"]["torch_full"]["kept"]
 
 
 def test_decoder_forms_benchmark_runs_and_forms_select_alike(tmp_path):
