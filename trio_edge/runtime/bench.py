@@ -10,6 +10,7 @@ import platform
 import resource
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -28,21 +29,28 @@ def measure(pipeline, image, prompt: str, *, warmup: int, iters: int, new_tokens
         from tqdm.auto import tqdm
 
         loop = tqdm(loop, desc=f"bench {label}".strip(), unit="run", leave=False)
-    if pipeline.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(pipeline.device)
     results = [request(pipeline, image, prompt, new_tokens) for _ in loop]
     return summarize(pipeline, results[warmup:], new_tokens)
 
 
-def request(pipeline, image, prompt: str, new_tokens: int):
-    """One timed request decoding exactly `new_tokens` tokens (stop tokens disabled for the call): its Result,
-    whose `timings` and `timeline` summarize() reads. Benchmarks that compare several pipelines call this in
-    interleaved rounds, so a machine whose speed drifts over minutes weighs on every pipeline alike."""
+class TimedRequest(NamedTuple):
+    result: object  # the pipeline's GenerationResult: its timings and timeline
+    peak_device_bytes: int | None  # torch's peak CUDA allocation during this request (None on CPU)
+
+
+def request(pipeline, image, prompt: str, new_tokens: int) -> TimedRequest:
+    """One timed request decoding exactly `new_tokens` tokens (stop tokens disabled for the call). Benchmarks
+    that compare several pipelines call this in interleaved rounds, so a machine whose speed drifts over minutes
+    weighs on every pipeline alike; the CUDA peak is taken per request so it stays this pipeline's own."""
+    cuda = pipeline.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(pipeline.device)
     stops, pipeline.stop_token_ids = pipeline.stop_token_ids, set()
     try:
-        return pipeline.generate(image, prompt, max_new_tokens=new_tokens)
+        result = pipeline.generate(image, prompt, max_new_tokens=new_tokens)
     finally:
         pipeline.stop_token_ids = stops
+    return TimedRequest(result, torch.cuda.max_memory_allocated(pipeline.device) if cuda else None)
 
 
 def interleaved_rounds(runners: dict, rounds: int, progress: bool = True, label: str = "") -> dict:
@@ -63,12 +71,12 @@ def interleaved_rounds(runners: dict, rounds: int, progress: bool = True, label:
     return results
 
 
-def summarize(pipeline, results: list, new_tokens: int) -> dict:
+def summarize(pipeline, results: list[TimedRequest], new_tokens: int) -> dict:
     """Per-stage median and p90 over `results` (requests of `pipeline`), the median of every decode step of
     every request, and the plan's KV bytes, peak memory and the last request's timeline."""
-    runs = [r.timings for r in results]
-    steps = [duration for r in results for name, _, duration in r.timeline if name == "decode"]
-    last = results[-1]
+    runs = [r.result.timings for r in results]
+    steps = [duration for r in results for name, _, duration in r.result.timeline if name == "decode"]
+    last = results[-1].result
     stages = {key: {"median_ms": statistics.median(r[key] for r in runs), "p90_ms": percentile([r[key] for r in runs], 0.9)}
               for key in runs[0]}
     # every decode step of every measured request: the median step, not a mean per request
@@ -92,7 +100,7 @@ def summarize(pipeline, results: list, new_tokens: int) -> dict:
         "timeline": last.timeline,
     }
     if pipeline.device.type == "cuda":
-        report["peak_device_bytes_torch"] = torch.cuda.max_memory_allocated(pipeline.device)
+        report["peak_device_bytes_torch"] = max(r.peak_device_bytes for r in results)
     return report
 
 
