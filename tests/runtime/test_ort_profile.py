@@ -30,7 +30,9 @@ def test_op_times_reads_each_operator_of_the_measured_runs(tmp_path):
     times = op_times(trace)
     assert set(times["ms_per_run_by_op"]) == {"MatMul", "Relu"}
     assert all(ms > 0 for ms in times["ms_per_run_by_op"].values())
-    assert sum(times["ms_per_run_by_op"].values()) <= times["model_run_ms"] * 3  # kernels fit inside the runs
+    # kernels run inside the runs, one after another: per run they add up to at most the mean run (the median
+    # run is no bound: one preempted kernel on a shared machine lifts the mean alone)
+    assert sum(times["ms_per_run_by_op"].values()) <= times["model_run_mean_ms"] + 0.002  # + 2 us of rounding
     assert not (tmp_path / trace).exists() and not list(tmp_path.glob("trace*"))
 
 
