@@ -21,14 +21,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def counted(count: int, progress: bool, label: str, unit: str):
+    """range(count), behind a transient progress bar labelled "bench LABEL" when `progress`."""
+    if not progress:
+        return range(count)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(count), desc=f"bench {label}".strip(), unit=unit, leave=False)
+
+
 def measure(pipeline, image, prompt: str, *, warmup: int, iters: int, new_tokens: int, progress: bool = True,
             label: str = "") -> dict:
     """`warmup` + `iters` requests one after the other; the report summarises the last `iters` (summarize)."""
-    loop = range(warmup + iters)
-    if progress:
-        from tqdm.auto import tqdm
-
-        loop = tqdm(loop, desc=f"bench {label}".strip(), unit="run", leave=False)
+    loop = counted(warmup + iters, progress, label, "run")
     results = [request(pipeline, image, prompt, new_tokens) for _ in loop]
     return summarize(pipeline, results[warmup:], new_tokens)
 
@@ -59,12 +64,7 @@ def interleaved_rounds(runners: dict, rounds: int, progress: bool = True, label:
     run (other tenants, clocks) then lands on every runner alike, so ratios between them hold."""
     names = list(runners)
     results = {name: [] for name in names}
-    loop = range(rounds)
-    if progress:
-        from tqdm.auto import tqdm
-
-        loop = tqdm(loop, desc=f"bench {label}".strip(), unit="round", leave=False)
-    for index in loop:
+    for index in counted(rounds, progress, label, "round"):
         for offset in range(len(names)):
             name = names[(index + offset) % len(names)]
             results[name].append(runners[name]())
