@@ -117,6 +117,7 @@ def main(argv=None) -> dict:
     import torch
 
     from trio_edge import Schedule, load
+    from trio_edge.artifact.graphs import cache_inputs
     from trio_edge.artifact.manifest import read_manifest
     from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
     from trio_edge.exporters.export import export
@@ -136,9 +137,10 @@ def main(argv=None) -> dict:
         grid = loaded.adapter.default_grid()
         prompt_length = loaded.adapter.prompt_ids(DEFAULT_PROMPT, loaded.adapter.image_token_count(grid)).shape[1]
         if args.transformers_requests:  # transformers' own per-step decode, timestamped inside generate
-            from llava_next_7b import hf_generate
+            from llava_next_7b import hf_inputs, hf_request, hf_summary
 
-            hf = hf_generate(loaded, synthetic_image(), DEFAULT_PROMPT, 16, "cpu", iters=args.transformers_requests)
+            inputs = hf_inputs(loaded, synthetic_image(), DEFAULT_PROMPT, "cpu")
+            hf = hf_summary([hf_request(loaded, inputs, 16, "cpu") for _ in range(args.transformers_requests)])
             results["runs"]["transformers_generate"] = {"step_ms": hf["decode_ms_per_token"],
                                                         "steps": hf["decode_step_ms"]["steps"]}
             print("transformers", results["runs"]["transformers_generate"], flush=True)
@@ -173,7 +175,7 @@ def main(argv=None) -> dict:
             past = prompt_length - pipeline.plan.num_image_tokens + segment.image_tokens
             inputs = {"hidden": torch.zeros(1, 1, pipeline.plan.hidden_size),
                       "position_ids": torch.full((1, 1), past), "past_length": torch.tensor(past),
-                      "kv": pipeline.kv[segment.name]}
+                      **cache_inputs(pipeline.backend.specs[segment.name], pipeline.kv[segment.name])}
             path = out / read_manifest(out, verify_hashes=False).graphs[segment.name].file
             run["profile"] = {segment.name: ort_profile(pipeline, segment.name, path, inputs, args.profile_runs)}
             results["runs"][label] = run

@@ -8,6 +8,8 @@ decode step (median over all steps of several requests) on ONNX Runtime (the exp
 form). Both capacities are open at once and their requests alternate, so the machine's drift hits both.
 
 CPU:  python benchmarks/kv_capacity.py --out benchmarks/results/kv_capacity_cpu.json
+      python benchmarks/kv_capacity.py --target onnxruntime --backends onnxruntime \
+          --out benchmarks/results/kv_capacity_cpu_gqa.json
 Prints a table and one final JSON line.
 """
 
@@ -29,6 +31,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--iters", type=int, default=6, help="requests per capacity, alternating")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--backends", default="onnxruntime,torch")
+    parser.add_argument("--target", default="tensorrt", help="export target of the ONNX Runtime runs (onnxruntime: "
+                        "GroupQueryAttention on a shared past/present buffer)")
     parser.add_argument("--out", help="JSON file to write (e.g. benchmarks/results/kv_capacity_cpu.json)")
     args = parser.parse_args(argv)
 
@@ -43,7 +47,7 @@ def main(argv=None) -> dict:
 
     image, prompt = synthetic_image(), DEFAULT_PROMPT
     results = {"command": "python benchmarks/kv_capacity.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "environment": bench.environment(args.backends, "cpu"), "runs": {}}
+               "environment": bench.environment(args.backends, "cpu"), "target": args.target, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="kv-capacity-") as tmp:
         source = build_random("llava-next-7b", Path(tmp) / "model", dtype=torch.float32, scale=0.125, layers=2,
                               vision_layers=1)
@@ -54,10 +58,10 @@ def main(argv=None) -> dict:
                 if backend == "torch":
                     pipelines[size] = load(loaded, cuts="0:320", max_new_tokens=max_new)
                 else:
-                    out = Path(tmp) / f"export-{size}"
+                    out = Path(tmp) / f"export-{args.target}-{size}"
                     if not out.exists():
                         export(loaded.source, out, cuts="0:320", max_new_tokens=max_new, validate=False,
-                               progress=False, loaded=loaded)
+                               progress=False, loaded=loaded, target=args.target)
                     pipelines[size] = load(out, backend=backend)
                 for _ in range(args.warmup):
                     pipelines[size].generate(image, prompt, max_new_tokens=args.new_tokens)

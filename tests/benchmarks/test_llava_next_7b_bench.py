@@ -67,3 +67,26 @@ def test_decoder_forms_benchmark_runs_and_forms_select_alike(tmp_path):
     assert set(result["runs"]) == {"full_runtime_form", "full_export_form", "trio_runtime_form", "trio_export_form"}
     assert result["runs"]["trio_runtime_form"]["kept"] and not result["runs"]["full_runtime_form"]["kept"]
     assert set(result["speedup_runtime_over_export"]) == {"full", "trio"}
+
+
+@pytest.mark.slow
+def test_decode_step_benchmark_times_both_targets_beside_torch_and_transformers(tmp_path, monkeypatch):
+    """benchmarks/decode_step.py end to end at a tiny width: each export target's step split into graph and host
+    time, the onnxruntime target's segment profiled with its fused attention, transformers' own step beside it."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it reads transformers' step through llava_next_7b's helpers
+    spec = importlib.util.spec_from_file_location("decode_step_bench", SCRIPT.parent / "decode_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "step.json"
+    module.main(["--scale", "0.03", "--layers", "2", "--steps", "2", "--warmup", "1", "--profile-runs", "2",
+                 "--transformers-requests", "1", "--export-dir", str(tmp_path / "exports"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert set(runs) == {"transformers_generate", "torch", "onnxruntime_tensorrt", "onnxruntime_onnxruntime"}
+    assert runs["transformers_generate"]["steps"] == 15 and runs["torch"]["steps"] == 2
+    for target in ("tensorrt", "onnxruntime"):
+        run = runs[f"onnxruntime_{target}"]
+        assert run["steps"] == 2 and run["graph_run_ms"] and run["step_ms"] >= sum(run["graph_run_ms"].values())
+    (profile,) = runs["onnxruntime_onnxruntime"]["profile"].values()
+    assert "GroupQueryAttention" in profile["ms_per_run_by_op"]
+    assert set(result["ratio_transformers_over"]) == {"torch", "onnxruntime_tensorrt", "onnxruntime_onnxruntime"}

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from trio_edge import load
 from trio_edge.artifact.manifest import read_manifest
@@ -38,6 +39,15 @@ def test_runtimes_refuse_a_version_2_export_and_say_to_re_export(one_cut_dir, tm
     assert read_manifest(copy).target is None  # still readable (trio-check, tables)
     with pytest.raises(ArtifactError, match="manifest version 2.*rewrite the whole KV cache.*re-export"):
         load(copy, backend="onnxruntime")
+
+
+def test_runtimes_refuse_a_version_3_onnxruntime_target_export(one_cut_dir, tmp_path):
+    """Version 3 onnxruntime-target segments take one kv per segment; this runtime binds one cache per layer."""
+    copy = edited_copy(one_cut_dir, tmp_path, manifest_version=3, target="onnxruntime")
+    with pytest.raises(ArtifactError, match="manifest version 3.*one cache per layer.*re-export"):
+        load(copy, backend="onnxruntime")
+    manifest = read_manifest(copy)
+    assert all("kv" in {t.name for t in manifest.specs()[s.name].inputs} for s in manifest.plan.segments)
 
 
 def test_tensorrt_refuses_an_onnxruntime_target_export(one_cut_dir, tmp_path):
@@ -105,6 +115,11 @@ def test_onnxruntime_target_uses_fused_gqa_and_answers_like_pytorch(ort_target_d
         fused = [n for n in graph.graph.node if (n.domain, n.op_type) == ("com.microsoft", "GroupQueryAttention")]
         assert len(fused) == segment.end - segment.start
         assert not [n for n in graph.graph.node if n.op_type == "Softmax"]
+        # past straight from the graph's inputs and present straight to its outputs: nothing between to copy
+        inputs, outputs = {i.name for i in graph.graph.input}, {o.name for o in graph.graph.output}
+        assert all(set(n.input[3:5]) <= inputs and set(n.output[1:3]) <= outputs for n in fused)
+        assert not [n for n in graph.graph.node if n.op_type in ("ScatterND", "Gather", "Slice", "Concat")
+                    and set(n.input) & {name for name in inputs if name.startswith("past_")}]
     assert all(row["ok"] for row in manifest.validation)
     requests = [(image, "what color is the circle"), (image, "how many objects are there")]
     assert_same_generations(load(ort_target_dir, backend="torch"), load(ort_target_dir), requests, tol=1e-4)
@@ -119,3 +134,31 @@ def test_an_onnxruntime_target_export_is_refused_for_tensorrt(ort_target_dir, ca
     assert build_main([str(ort_target_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("re-export with --target tensorrt" in line for line in err)
+
+
+@pytest.mark.slow
+def test_onnxruntime_target_attention_shares_one_buffer_per_layer(ort_target_dir, image):
+    """Each segment takes its layers' caches as views of the segment's one buffer and ONNX Runtime's GQA writes the
+    new slot there itself (past and present bound to the same memory): a sentinel in an unfilled slot survives a
+    decode step, which an unshared GQA (it zeroes its fresh present) or a copy back into the buffer would erase."""
+    from trio_edge.artifact.graphs import cache_inputs, layer_cache_names
+
+    with load(ort_target_dir) as pipeline:
+        pipeline.generate(image, "what color is the circle", max_new_tokens=2)
+        seg = pipeline.plan.segments[-1]
+        spec, kv = pipeline.backend.specs[seg.name], pipeline.kv[seg.name]
+        assert "kv" not in {t.name for t in spec.inputs}
+        filled = int((kv != 0).any(dim=(0, 1, 2, 4)).nonzero().max()) + 1
+        kv[:, :, :, -1] = 7.0  # an unfilled slot
+        before = kv.clone()
+        hidden = torch.randn(1, 1, pipeline.plan.hidden_size)
+        inputs = {"hidden": hidden, "position_ids": torch.tensor([[filled]]), "past_length": torch.tensor(filled),
+                  **cache_inputs(spec, kv)}
+        out = pipeline.backend.run(seg.name, inputs)
+        for layer in range(kv.shape[0]):
+            past_key, past_value, present_key, present_value = layer_cache_names(layer)
+            assert out[present_key].data_ptr() == inputs[past_key].data_ptr() == kv[layer, 0].data_ptr()
+            assert out[present_value].data_ptr() == inputs[past_value].data_ptr()
+        assert (kv[:, :, :, -1] == 7.0).all()
+        assert torch.equal(kv[:, :, :, :filled], before[:, :, :, :filled])
+        assert (kv[:, :, :, filled] != before[:, :, :, filled]).any()  # the new slot, written by the graph

@@ -62,7 +62,56 @@ class GraphSpec:
         return {t.name: tuple(dims[d] if isinstance(d, str) else d for d in t.shape) for t in self.outputs}
 
 
-def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: str) -> dict[str, GraphSpec]:
+def layer_cache_names(layer: int) -> tuple[str, str, str, str]:
+    """Inputs and outputs of layer `layer`'s caches in a segment with per-layer caches:
+    past_key, past_value, present_key, present_value."""
+    return f"past_key_{layer}", f"past_value_{layer}", f"present_key_{layer}", f"present_value_{layer}"
+
+
+def cache_inputs(spec: GraphSpec, kv):
+    """A segment's cache inputs from its one buffer kv (L, 2, KVH, N, hd): {"kv": kv}, or for graphs with
+    per-layer caches each layer's keys and values as a (1, KVH, N, hd) view of that buffer."""
+    if any(t.name == "kv" for t in spec.inputs):
+        return {"kv": kv}
+    views = {}
+    for layer in range(kv.shape[0]):
+        past_key, past_value, _, _ = layer_cache_names(layer)
+        views[past_key], views[past_value] = kv[layer, 0][None], kv[layer, 1][None]
+    return views
+
+
+def updated_cache(spec: GraphSpec, kv, outputs: dict):
+    """The segment's buffer after a run: its kv_out, or (per-layer caches) kv itself with every layer's
+    present written into it; a no-op when the backend bound the presents to kv's own views (ONNX Runtime)."""
+    if "kv_out" in outputs:
+        return outputs["kv_out"]
+    written = dict(spec.in_place)  # present -> past
+    for name, view in cache_inputs(spec, kv).items():
+        present = outputs[next(out for out, past in written.items() if past == name)]
+        if present.data_ptr() != view.data_ptr():
+            view.copy_(present)
+    return kv
+
+
+def _segment_caches(plan: PipelinePlan, seg, dtype: str, layer_caches: bool):
+    """(cache inputs, cache outputs, in-place pairs) of a segment graph."""
+    if not layer_caches:
+        return ((TensorSpec("kv", dtype, plan.kv_shape(seg)),), (TensorSpec("kv_out", dtype, plan.kv_shape(seg)),),
+                (("kv_out", "kv"),))
+    _, _, heads, slots, head_dim = plan.kv_shape(seg)
+    inputs, outputs, pairs = [], [], []
+    for layer in range(seg.end - seg.start):
+        past_key, past_value, present_key, present_value = layer_cache_names(layer)
+        inputs += [TensorSpec(name, dtype, (1, heads, slots, head_dim)) for name in (past_key, past_value)]
+        outputs += [TensorSpec(name, dtype, (1, heads, slots, head_dim)) for name in (present_key, present_value)]
+        pairs += [(present_key, past_key), (present_value, past_value)]
+    return tuple(inputs), tuple(outputs), tuple(pairs)
+
+
+def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: str,
+                layer_caches: bool = False) -> dict[str, GraphSpec]:
+    """Every graph's signature. `layer_caches`: segments take one cache per layer's keys and values (the
+    onnxruntime target: GQA's shared past/present buffers) instead of one kv per segment."""
     d, m, v = plan.hidden_size, plan.num_image_tokens, plan.vocab_size
     q = QUERY_AXIS
     specs = [
@@ -77,14 +126,14 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
                   (TensorSpec("hidden", dtype, (1, q, d)),)),
     ]
     for seg in plan.segments:
-        kv = TensorSpec("kv", dtype, plan.kv_shape(seg))
+        caches_in, caches_out, in_place = _segment_caches(plan, seg, dtype, layer_caches)
         head = TensorSpec("logits", dtype, (1, v)) if seg.with_head else TensorSpec("hidden_out", dtype, (1, q, d))
         specs.append(GraphSpec(
             seg.name, GraphKind.SEGMENT,
             (TensorSpec("hidden", dtype, (1, q, d)), TensorSpec("position_ids", "int64", (1, q)),
-             TensorSpec("past_length", "int64", ()), kv),
-            (head, TensorSpec("kv_out", dtype, plan.kv_shape(seg))),
-            in_place=(("kv_out", "kv"),),
+             TensorSpec("past_length", "int64", ()), *caches_in),
+            (head, *caches_out),
+            in_place=in_place,
         ))
     # SparseVLM's text raters, chosen once on the language model's input and carried through every cut
     carries_raters = plan.method == "sparsevlm" and bool(plan.selects)

@@ -25,8 +25,11 @@ MANIFEST_NAME = "manifest.json"
 # 3: the export target (tensorrt / onnxruntime), and segment graphs that scatter only the new KV slots into their
 # cache input (kv_out is kv updated in place, bound to one buffer). Versions 1-2 still read (trio-check, the
 # tables), but their segments rewrite the whole cache into a new buffer, so runtimes refuse them (re-export).
-FORMAT_VERSION = 3
+# 4: onnxruntime-target segments take one cache per layer's keys and values (GroupQueryAttention's past and
+# present on one shared buffer) instead of one kv per segment; version-3 exports of that target are refused.
+FORMAT_VERSION = 4
 FIRST_IN_PLACE_KV_VERSION = 3
+FIRST_SHARED_GQA_VERSION = 4
 EXPORT_TARGETS = ("tensorrt", "onnxruntime")  # --target: standard ONNX for TensorRT 10.3+, or ORT contrib ops
 REEXPORT = "re-export with trio-export"
 
@@ -126,6 +129,10 @@ class Manifest:
             raise ArtifactError(f"{directory} was exported by an older trio-edge (manifest version "
                                 f"{self.format_version}): its segment graphs rewrite the whole KV cache each step, "
                                 f"which this runtime no longer runs; {REEXPORT}")
+        if self.target == "onnxruntime" and self.format_version < FIRST_SHARED_GQA_VERSION:
+            raise ArtifactError(f"{directory} is an onnxruntime-target export of an older trio-edge (manifest version "
+                                f"{self.format_version}): its attention copies the KV cache each step, and this "
+                                f"runtime binds one cache per layer instead; {REEXPORT}")
 
     def check_tensorrt_target(self, directory) -> None:
         """Refuse an export made for ONNX Runtime (contrib ops TensorRT has no importer for) on TensorRT."""
@@ -133,10 +140,13 @@ class Manifest:
             raise ArtifactError(f"{directory} was exported with --target onnxruntime (ONNX Runtime contrib ops, which "
                                 "TensorRT cannot parse); re-export with --target tensorrt")
 
-    def specs(self) -> dict[str, GraphSpec]:
-        """Every graph's signature, derived from the plan (the runtime checks inputs against these)."""
+    def specs(self, runtime_form: bool = False) -> dict[str, GraphSpec]:
+        """Every graph file's signature, derived from the plan (the runtime checks inputs against these);
+        `runtime_form`: those of the torch runtime's modules instead (one kv per segment whatever the target)."""
+        layer_caches = (not runtime_form and self.target == "onnxruntime"
+                        and self.format_version >= FIRST_SHARED_GQA_VERSION)
         return graph_specs(self.plan, tile_count=self.io.tile_count, tile_size=self.io.tile_size,
-                           dtype=self.model.dtype)
+                           dtype=self.model.dtype, layer_caches=layer_caches)
 
     def to_dict(self) -> dict:
         body = {"manifest_version": self.format_version, "tool": self.tool, "created": self.created,

@@ -138,7 +138,8 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
                     max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method)
     io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size)
-    specs = graph_specs(plan, tile_count=io.tile_count, tile_size=io.tile_size, dtype=tensor_dtype)
+    specs = graph_specs(plan, tile_count=io.tile_count, tile_size=io.tile_size, dtype=tensor_dtype,
+                        layer_caches=target == "onnxruntime")
     if quantization is not None:
         opset = max(opset, QDQ_OPSET)
         quantization, table = _quantize(loaded, plan, specs, quantization, calibration_samples, progress)

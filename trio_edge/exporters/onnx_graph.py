@@ -105,14 +105,17 @@ def _contrib_translations() -> dict:
 
     def group_query_attention(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
                               num_heads: int, kv_num_heads: int, scale: float):
-        output, _, _ = gqa(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
-                           num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale, _outputs=3)
-        return output
+        return gqa(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
+                   num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale, _outputs=3)
 
     return {torch.ops.trio_edge.group_query_attention.default: group_query_attention}
 
 
-def dynamic_shapes(spec: GraphSpec, ranges: dict[str, tuple[int, int]]):
+def dynamic_shapes(spec: GraphSpec, ranges: dict[str, tuple[int, int]], module=None):
+    """torch.export's dynamic_shapes for the spec's inputs, in the structure of `module`'s forward: inputs past
+    its named parameters form one tuple when it takes *args (a segment's per-layer caches)."""
+    import inspect
+
     from torch.export import Dim
 
     dims = {name: Dim(name, min=lo, max=hi) for name, (lo, hi) in ranges.items()}
@@ -120,6 +123,12 @@ def dynamic_shapes(spec: GraphSpec, ranges: dict[str, tuple[int, int]]):
     for tensor in spec.inputs:
         axes = {axis: dims[tensor.shape[axis]] for axis in tensor.dynamic_axes()}
         shapes.append(axes or None)
+    if module is not None:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+        if parameters and parameters[-1].kind == inspect.Parameter.VAR_POSITIONAL:
+            named = len(parameters) - 1
+            # {} rather than None inside the group: torch.onnx reads a tuple of Nones as one tensor's axes
+            shapes = shapes[:named] + [tuple(axes or {} for axes in shapes[named:])]
     return tuple(shapes)
 
 
@@ -134,7 +143,7 @@ def export_graph(module, spec: GraphSpec, example: dict, ranges: dict, path: Pat
             program = torch.onnx.export(
                 target, args, dynamo=True, opset_version=opset,
                 input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-                dynamic_shapes=dynamic_shapes(spec, ranges) if ranges else None,
+                dynamic_shapes=dynamic_shapes(spec, ranges, module) if ranges else None,
                 custom_translation_table=_contrib_translations(),
             )
             cheap_powers(program.model)

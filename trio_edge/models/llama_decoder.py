@@ -196,8 +196,10 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
     the layer's past slots (2, KVH, past_length, hd). A call with T > 1 is a
     prefill from slot 0 (the runtime's only multi-token call): it attends causally within its own T
     positions (SDPA's flash path). Export form: attends over those past slots plus the new keys/values
-    under `mask`, an additive bias (T, filled) (see mask_bias), and returns the new (2, KVH, T, hd);
-    `fused_op` writes that attention as one group_query_attention op (ONNX Runtime's fused GQA on export)."""
+    under `mask`, an additive bias (T, filled) (see mask_bias), and returns the new (2, KVH, T, hd).
+    `fused_op` (export form of the onnxruntime target): kv is the layer's whole (keys, values) caches, each
+    (1, KVH, N, hd), attention is one group_query_attention op (ONNX Runtime's GQA) that also writes the new
+    slots, and the layer returns the op's (present_key, present_value)."""
     x = layer.input_layernorm(h)
     q, k, v = project_qkv(layer, x, cos, sin)
     scale = layer.self_attn.scaling
@@ -212,8 +214,7 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
             attn = fused_attention(q, kv[0], kv[1], mask, scale)
         kv_out = kv
     elif fused_op:
-        attn = _fused_op_attention(q, k, v, kv, scale)
-        kv_out = torch.stack((k, v))
+        attn, *kv_out = _fused_op_attention(q, k, v, kv, past_length, scale)
     else:  # kv holds exactly the past slots here (filled_slots)
         keys = torch.cat((kv[0], k), dim=1)  # (KVH, past + T, hd)
         values = torch.cat((kv[1], v), dim=1)
@@ -224,22 +225,22 @@ def layer_step(layer, h, cos, sin, kv, past_length, mask, in_place: bool = False
     return h, kv_out
 
 
-def _fused_op_attention(q, k, v, past_kv, scale: float):
-    """layer_step's export attention as the group_query_attention op (models.attention_op) over the past slots
-    past_kv (keys, values), each (KVH, P, hd), and the new keys/values: (T, H*hd)."""
+def _fused_op_attention(q, k, v, caches, past_length, scale: float):
+    """layer_step's export attention as the group_query_attention op (models.attention_op) over the layer's
+    whole caches (keys, values), each (1, KVH, N, hd), with the new keys/values written at slot past_length:
+    (T, H*hd), present_key, present_value."""
     from . import attention_op  # noqa: F401  (registers the op)
 
     num_heads, t, head_dim = q.shape
-    num_kv = k.shape[0]
-    filled = past_kv[0].shape[1] + t
-    total = torch.full((), filled, dtype=torch.int32, device=q.device)
+    total = (past_length + t).to(torch.int32)
 
     def flat(x):  # (heads, T, hd) -> (1, T, heads*hd)
         return x.transpose(0, 1).reshape(1, t, -1)
 
-    out = torch.ops.trio_edge.group_query_attention(flat(q), flat(k), flat(v), past_kv[0][None], past_kv[1][None],
-                                                    (total - 1).reshape(1), total, num_heads, num_kv, float(scale))
-    return out[0]  # (T, H*hd)
+    out, present_key, present_value = torch.ops.trio_edge.group_query_attention(
+        flat(q), flat(k), flat(v), caches[0], caches[1], (total - 1).reshape(1), total, num_heads, k.shape[0],
+        float(scale))
+    return out[0], present_key, present_value
 
 
 class DecoderSegment(nn.Module):
@@ -248,6 +249,10 @@ class DecoderSegment(nn.Module):
     Inputs:  hidden (1, T, D), position_ids (1, T) int64, past_length () int64, kv (L, 2, KVH, N, hd)
     Outputs: hidden (1, T, D) -- or logits (1, V) of the last position when `with_head` -- and kv: the
     cache with the T new slots written (a scatter into the input; in place with `in_place`).
+    With `fused_op` (the onnxruntime target's export form) the cache comes as one (1, KVH, N, hd) tensor per
+    layer's keys and values instead (past_key_0, past_value_0, ...: views of the one buffer at run time) and
+    goes out as each layer's present keys and values (bound to the same buffers: ONNX Runtime's GQA then
+    writes only the new slots and copies nothing).
     """
 
     cuda_graph_safe = True  # fixed shapes per call, no host synchronisation, no data-dependent control flow
@@ -263,25 +268,35 @@ class DecoderSegment(nn.Module):
         self.norm = decoder.norm if with_head else None
         self.lm_head = decoder.lm_head if with_head else None
 
-    def forward(self, hidden, position_ids, past_length, kv):
+    def forward(self, hidden, position_ids, past_length, *caches):
         h = hidden[0]  # (T, D)
-        t, capacity = h.shape[0], kv.shape[3]
         cos, sin = self.rotary(h, position_ids)
         cos, sin = cos[0], sin[0]  # (T, hd)
+        if self.fused_op:
+            return self._forward_fused(h, cos, sin, past_length, caches)
+        (kv,) = caches
+        t, capacity = h.shape[0], kv.shape[3]
         if self.in_place:
             return self._forward_in_place(h, cos, sin, past_length, kv)
         past = past_length.item()  # the export's one data-dependent size: the slots read
         torch._check(past >= 0)
         torch._check(past + t <= capacity)
-        # one mask for every layer (the fused op builds its own)
-        mask = None if self.fused_op else mask_bias(causal_over_buffer(past_length, t, past + t))
+        mask = mask_bias(causal_over_buffer(past_length, t, past + t))  # one mask for every layer
         new = []
         for index, layer in enumerate(self.layers):
             past_kv = filled_slots(kv, index, past)  # only this layer's filled slots (never its whole capacity)
-            h, layer_new = layer_step(layer, h, cos, sin, past_kv, past_length, mask, fused_op=self.fused_op)
+            h, layer_new = layer_step(layer, h, cos, sin, past_kv, past_length, mask)
             new.append(layer_new)
         kv_out = scatter_new_slots(kv, torch.stack(new), past_length) if new else kv
         return self._head(h), kv_out
+
+    def _forward_fused(self, h, cos, sin, past_length, caches):
+        presents = []
+        for index, layer in enumerate(self.layers):
+            h, present = layer_step(layer, h, cos, sin, caches[2 * index:2 * index + 2], past_length, None,
+                                    fused_op=True)
+            presents.extend(present)
+        return (self._head(h), *presents)
 
     def _forward_in_place(self, h, cos, sin, past_length, kv):
         t = h.shape[0]

@@ -103,7 +103,7 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
         engine = OnnxRuntimeBackend(specs, files, device=device, threads=threads, disabled_optimizers=disabled,
                                     export_key=manifest.content_key() if ort_cache else None, low_memory=low_memory)
     elif backend == "torch":
-        engine = _torch_backend_for(manifest, specs, device, cuda_graphs)
+        engine = _torch_backend_for(manifest, manifest.specs(runtime_form=True), device, cuda_graphs)
     else:
         from .backends.tensorrt_backend import TensorRTBackend
 

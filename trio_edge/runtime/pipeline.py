@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..artifact.dtypes import TORCH_DTYPES
-from ..artifact.graphs import VISION_KEPT
+from ..artifact.graphs import VISION_KEPT, cache_inputs, updated_cache
 from ..artifact.plan import PipelinePlan, SegmentPlan, SelectPlan
 from ..errors import InputError
 from ..models.preprocess import load_image
@@ -90,9 +90,10 @@ class Pipeline:
 
     # ---- stages -----------------------------------------------------------------------------------
     def _run_segment(self, seg: SegmentPlan, hidden, position_ids, past_length: torch.Tensor):
+        spec, kv = self.backend.specs[seg.name], self.kv[seg.name]
         out = self.backend.run(seg.name, {"hidden": hidden, "position_ids": position_ids,
-                                          "past_length": past_length, "kv": self.kv[seg.name]})
-        self.kv[seg.name] = out["kv_out"]
+                                          "past_length": past_length, **cache_inputs(spec, kv)})
+        self.kv[seg.name] = updated_cache(spec, kv, out)
         return out["logits" if seg.with_head else "hidden_out"]
 
     def _choose_raters(self, hidden, image_start: int):
