@@ -82,3 +82,32 @@ def test_filled_slots_reads_exactly_one_layers_past():
         for past in (0, 1, 7, 11):
             keys, values = filled_slots(kv, layer, past)
             assert torch.equal(keys, kv[layer, 0, :, :past]) and torch.equal(values, kv[layer, 1, :, :past])
+
+
+def test_fused_gqa_form_on_per_layer_views_equals_export_form(tiny):
+    """The onnxruntime target's form: each layer's cache a view of the one buffer (cache_inputs), attention as the
+    group_query_attention op, its presents written back into the buffer (updated_cache, the path a backend that
+    does not bind them in place takes). Same outputs as the export form; the buffer keeps its identity and holds
+    the prompt and decode slots."""
+    from trio_edge.artifact.graphs import GraphKind, GraphSpec, cache_inputs, layer_cache_names, updated_cache
+
+    decoder = tiny.adapter.decoder
+    layers = decoder.num_layers
+    export_form = decoder.segment(0, layers, True).eval()
+    fused = decoder.segment(0, layers, True, fused_op=True).eval()
+    spec = GraphSpec("segment", GraphKind.SEGMENT, (), ())  # no "kv" input: per-layer caches
+    presents = [name for layer in range(layers) for name in layer_cache_names(layer)[2:]]
+
+    def fused_call(hidden, position_ids, past_length, kv):
+        out, *written = fused(hidden, position_ids, past_length, *cache_inputs(spec, kv).values())
+        return out, updated_cache(kv, dict(zip(presents, written)))
+
+    hidden = torch.randn(1, 9, decoder.hidden_size, generator=torch.Generator().manual_seed(0))
+    kv_shape = (layers, 2, decoder.num_kv_heads, 16, decoder.head_dim)
+    expected, kv_expected = run_steps(export_form, torch.zeros(kv_shape), hidden, steps=4)
+    buffer = torch.full(kv_shape, SENTINEL)
+    got, kv_got = run_steps(fused_call, buffer, hidden, steps=4)
+    assert kv_got is buffer
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kv_got[:, :, :, :13], kv_expected[:, :, :, :13], atol=1e-5, rtol=1e-5)

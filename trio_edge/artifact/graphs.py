@@ -80,16 +80,16 @@ def cache_inputs(spec: GraphSpec, kv):
     return views
 
 
-def updated_cache(spec: GraphSpec, kv, outputs: dict):
+def updated_cache(kv, outputs: dict):
     """The segment's buffer after a run: its kv_out, or (per-layer caches) kv itself with every layer's
     present written into it; a no-op when the backend bound the presents to kv's own views (ONNX Runtime)."""
     if "kv_out" in outputs:
         return outputs["kv_out"]
-    written = dict(spec.in_place)  # present -> past
-    for name, view in cache_inputs(spec, kv).items():
-        present = outputs[next(out for out, past in written.items() if past == name)]
-        if present.data_ptr() != view.data_ptr():
-            view.copy_(present)
+    for layer in range(kv.shape[0]):
+        _, _, present_key, present_value = layer_cache_names(layer)
+        for part, present in enumerate((outputs[present_key], outputs[present_value])):
+            if present.data_ptr() != kv[layer, part].data_ptr():
+                kv[layer, part].copy_(present[0])
     return kv
 
 

@@ -93,7 +93,7 @@ class Pipeline:
         spec, kv = self.backend.specs[seg.name], self.kv[seg.name]
         out = self.backend.run(seg.name, {"hidden": hidden, "position_ids": position_ids,
                                           "past_length": past_length, **cache_inputs(spec, kv)})
-        self.kv[seg.name] = updated_cache(spec, kv, out)
+        self.kv[seg.name] = updated_cache(kv, out)
         return out["logits" if seg.with_head else "hidden_out"]
 
     def _choose_raters(self, hidden, image_start: int):
