@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -65,22 +64,17 @@ def main(argv=None) -> dict:
                     pipelines[size] = load(out, backend=backend)
                 for _ in range(args.warmup):
                     pipelines[size].generate(image, prompt, max_new_tokens=args.new_tokens)
-            # requests alternate between the two capacities (ABBA...), so a drift of the machine's speed during
-            # the run lands on both sides instead of deciding the ratio
-            steps, ttft = {size: [] for size in CAPACITIES}, {size: [] for size in CAPACITIES}
-            for request in range(args.iters):
-                for size in (list(CAPACITIES) if request % 2 == 0 else list(CAPACITIES)[::-1]):
-                    report = bench.measure(pipelines[size], image, prompt, warmup=0, iters=1,
-                                           new_tokens=args.new_tokens, progress=False)
-                    steps[size] += [ms for name, _, ms in report["timeline"] if name == "decode"]
-                    ttft[size].append(report["ttft_ms"])
+            # requests alternate between the two capacities (each round starts with the other one), so a drift of
+            # the machine's speed during the run lands on both sides instead of deciding the ratio
+            runners = {size: (lambda pipeline=pipeline: bench.request(pipeline, image, prompt, args.new_tokens))
+                       for size, pipeline in pipelines.items()}
+            measured = bench.interleaved_rounds(runners, args.iters, progress=False)
             for size, pipeline in pipelines.items():
+                report = bench.summarize(pipeline, measured[size], args.new_tokens)
                 slots = max(pipeline.plan.kv_shape(s)[3] for s in pipeline.plan.segments)
                 results["runs"][f"{backend}_{size}"] = {
                     "kv_slots": slots, "prompt_tokens": report["prompt_tokens"],
-                    "decode_step_ms": {"median": statistics.median(steps[size]),
-                                       "p90": bench.percentile(steps[size], 0.9), "steps": len(steps[size])},
-                    "ttft_ms": statistics.median(ttft[size])}
+                    "decode_step_ms": report["decode_step_ms"], "ttft_ms": report["ttft_ms"]}
                 pipeline.close()
     results["ratios"] = {backend: results["runs"][f"{backend}_large"]["decode_step_ms"]["median"]
                          / results["runs"][f"{backend}_small"]["decode_step_ms"]["median"]
