@@ -5,7 +5,8 @@
 #      and with model-precision selection
 # Results land in $OUT (device tool) or benchmarks/results/. Uses the machine's own torch/transformers
 # (no install: the package runs from the checkout via PYTHONPATH). For onnxruntime-gpu, carry it first
-# (../shared/tools/ortgpu-chunks.sh) so it sits in /tmp/site, and add onnxruntime to BACKENDS.
+# (../shared/tools/ortgpu-chunks.sh) so it sits in /tmp/site, and add onnxruntime (the tensorrt-target export) and
+# onnxruntime-gqa (the onnxruntime target: GroupQueryAttention on shared past/present buffers, fp16) to BACKENDS.
 # Full-size ONNX exports take minutes each on the host: for ORT within one 10-minute call, pass
 # EXTRA="--layers 8" (the figures then say so).
 set -euo pipefail
