@@ -66,8 +66,7 @@ def main(argv=None) -> dict:
                           / runs[f"{name}_runtime_form"]["decode_ms_per_token"]} for name in ("full", "trio")}}
     assert runs["trio_runtime_form"]["kept"] == runs["trio_export_form"]["kept"], "the two forms selected differently"
     print(json.dumps(results["speedup_runtime_over_export"]))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    bench.write_results(args.out, results)
     return results
 
 

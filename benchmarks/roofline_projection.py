@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def plans(alias: str, keep_ratio: float, text_tokens: int, new_tokens: int, **scaled):
@@ -79,6 +78,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from trio_edge.models.cost import decode_bytes_per_token, fp32_prefill_flops, stage_flops
+    from trio_edge.runtime import bench
     from trio_edge.runtime.roofline import DATASHEETS, floors
 
     config, tiles, by_name = plans(args.alias, args.keep_ratio, args.text_tokens, args.new_tokens)
@@ -119,8 +119,7 @@ def main(argv=None) -> dict:
           f"at the real size, {100 * wide['select_share_of_prefill_flops']:.1f}% at the CPU wide shape "
           f"(hidden {wide['hidden']}, {wide['layers']} layers, cuts {wide['schedule']})")
     print(json.dumps(result["ratios"]))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    bench.write_results(args.out, result)
     return result
 
 
