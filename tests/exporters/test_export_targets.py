@@ -162,3 +162,17 @@ def test_onnxruntime_target_attention_shares_one_buffer_per_layer(ort_target_dir
         assert (kv[:, :, :, -1] == 7.0).all()
         assert torch.equal(kv[:, :, :, :filled], before[:, :, :, :filled])
         assert (kv[:, :, :, filled] != before[:, :, :, filled]).any()  # the new slot, written by the graph
+
+
+@pytest.mark.slow
+def test_onnxruntime_target_with_a_layer_owning_select_answers_like_pytorch(export_tiny, image):
+    """FastV's select graph runs decoder layer N-1 and writes that layer's KV into the one-layer buffer (its own
+    kv / kv_out); the layer's decode steps then read it through the GQA segment's per-layer views of that buffer."""
+    from helpers import assert_same_generations
+
+    _, directory, _ = export_tiny("fastv_one_cut", target="onnxruntime")
+    manifest = read_manifest(directory)
+    owned = [sel.owned_segment for sel in manifest.plan.selects if sel.owned_segment]
+    assert owned and all("kv" not in {t.name for t in manifest.specs()[name].inputs} for name in owned)
+    requests = [(image, "what color is the circle"), (image, "how many objects are there")]
+    assert_same_generations(load(directory, backend="torch"), load(directory), requests, tol=1e-4)
