@@ -73,11 +73,10 @@ def cache_inputs(spec: GraphSpec, kv):
     per-layer caches each layer's keys and values as a (1, KVH, N, hd) view of that buffer."""
     if any(t.name == "kv" for t in spec.inputs):
         return {"kv": kv}
-    views = {}
-    for layer in range(kv.shape[0]):
-        past_key, past_value, _, _ = layer_cache_names(layer)
-        views[past_key], views[past_value] = kv[layer, 0][None], kv[layer, 1][None]
-    return views
+    # built on every decode step: all 2L views from one unbind (layer-major: keys, values, keys, ...)
+    views = kv.flatten(0, 1)[:, None].unbind(0)
+    names = [name for layer in range(kv.shape[0]) for name in layer_cache_names(layer)[:2]]
+    return dict(zip(names, views))
 
 
 def updated_cache(kv, outputs: dict):
@@ -85,10 +84,11 @@ def updated_cache(kv, outputs: dict):
     present written into it; a no-op when the backend bound the presents to kv's own views (ONNX Runtime)."""
     if "kv_out" in outputs:
         return outputs["kv_out"]
+    start, step = kv.data_ptr(), kv.stride(1) * kv.element_size()  # address of kv[layer, part]: start + (2*layer+part)*step
     for layer in range(kv.shape[0]):
         _, _, present_key, present_value = layer_cache_names(layer)
         for part, present in enumerate((outputs[present_key], outputs[present_value])):
-            if present.data_ptr() != kv[layer, part].data_ptr():
+            if present.data_ptr() != start + (2 * layer + part) * step:
                 kv[layer, part].copy_(present[0])
     return kv
 
