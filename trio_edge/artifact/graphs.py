@@ -69,8 +69,8 @@ def layer_cache_names(layer: int) -> tuple[str, str, str, str]:
 
 
 def cache_inputs(spec: GraphSpec, kv):
-    """A segment's cache inputs from its one buffer kv (L, 2, KVH, N, hd): {"kv": kv}, or for graphs with
-    per-layer caches each layer's keys and values as a (1, KVH, N, hd) view of that buffer."""
+    """A segment's cache inputs from its one contiguous buffer kv (L, 2, KVH, N, hd): {"kv": kv}, or for graphs
+    with per-layer caches each layer's keys and values as a (1, KVH, N, hd) view of that buffer."""
     if any(t.name == "kv" for t in spec.inputs):
         return {"kv": kv}
     # built on every decode step: all 2L views from one unbind (layer-major: keys, values, keys, ...)
@@ -84,7 +84,8 @@ def updated_cache(kv, outputs: dict):
     present written into it; a no-op when the backend bound the presents to kv's own views (ONNX Runtime)."""
     if "kv_out" in outputs:
         return outputs["kv_out"]
-    start, step = kv.data_ptr(), kv.stride(1) * kv.element_size()  # address of kv[layer, part]: start + (2*layer+part)*step
+    # kv is contiguous (the pipeline allocates it so): kv[layer, part] starts at start + (2 * layer + part) * step
+    start, step = kv.data_ptr(), kv.stride(1) * kv.element_size()
     for layer in range(kv.shape[0]):
         _, _, present_key, present_value = layer_cache_names(layer)
         for part, present in enumerate((outputs[present_key], outputs[present_value])):
