@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from helpers import assert_fixed_shape_ops
 from trio_edge.errors import InputError
 from trio_edge.trio.peers import random_select, uniform_select
-from trio_edge.trio.selection import cluster_iterations_needed, nms_select_fixed, select_tokens, visiting_order
+from trio_edge.trio.selection import (
+    _cluster_nms,
+    cluster_iterations_needed,
+    nms_select_fixed,
+    select_tokens,
+    visiting_order,
+)
 
 THRESHOLDS = [0.0, 0.5, 0.8, 1.0]
 
@@ -96,6 +102,20 @@ def test_blocks_settle_in_order_to_the_reference(block):
         assert bool(converged) and torch.equal(kept, select_tokens(scores, features, keep, threshold)), n
         if needed > 1:
             assert not bool(nms_select_fixed(scores, features, keep, threshold, needed - 1, block=block)[1]), n
+        # the eager form, which also skips the blocks after the keep-th survivor's
+        kept, converged = nms_select_fixed(scores, features, keep, threshold, scores.shape[0] + 1,
+                                           stop_at_fixed_point=True, block=block)
+        assert bool(converged) and torch.equal(kept, select_tokens(scores, features, keep, threshold)), n
+
+
+def test_eager_form_skips_the_blocks_after_the_keep_th_survivor():
+    """Nothing similar: the first `keep` tokens survive, so only their blocks run; the rest are marked unkept."""
+    scores = torch.arange(40, 0, -1, dtype=torch.float32)  # visiting order 0, 1, 2, ...
+    features = torch.eye(40)
+    _, keep_vec, converged, _ = _cluster_nms(scores, features, 6, 0.8, 41, stop_at_fixed_point=True, block=4)
+    assert bool(converged) and keep_vec.tolist() == [1.0] * 8 + [0.0] * 32  # blocks 0-1 run, 2-9 skipped
+    _, keep_vec, _, _ = _cluster_nms(scores, features, 6, 0.8, 41, block=4)  # the graph's form runs them all
+    assert keep_vec.tolist() == [1.0] * 40
 
 
 @pytest.mark.parametrize("chunk", range(8))

@@ -118,7 +118,9 @@ def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int,
     settle in order: a block starts from what the kept tokens of earlier blocks suppress (one matvec each),
     then runs up to `iterations` steps on its own (B, B) matrix. After t steps its first t
     tokens are final; the greedy result only reads the tokens up to its `keep`-th survivor, so a step that
-    changes none of those has settled them (a prefix that is a fixed point is the greedy one: it is unique)."""
+    changes none of those has settled them (a prefix that is a fixed point is the greedy one: it is unique).
+    `stop_at_fixed_point` (eager only) also skips the blocks after the one holding the `keep`-th survivor, marking
+    them unkept: the fixed-shape graph settles each of those in one step and the result never reads them."""
     num_tokens = scores.shape[0]
     visit = visiting_order(scores)
     unit = unit_rows(features.index_select(0, visit))
@@ -147,6 +149,10 @@ def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int,
         steps, converged = max(steps, block_steps), converged & settled
         keeps.append(keep_vec)
         survivors_before = survivors_before + keep_vec.sum()
+        if stop_at_fixed_point and hi < num_tokens and bool(survivors_before >= keep):
+            # the keep-th survivor is settled: later blocks only ever change tokens the result never reads
+            keeps.append(torch.zeros(num_tokens - hi, dtype=keep_vec.dtype, device=keep_vec.device))
+            break
         if hi < num_tokens:
             suppressors = suppressors + nnf.pad((keep_vec[None, :] @ may_suppress)[0], (lo, 0))
     return visit, torch.cat(keeps), converged, steps
