@@ -131,9 +131,10 @@ def compare(pruned: dict, full: dict) -> dict:
 
 def environment(backend: str, device: str) -> dict:
     from ..artifact.manifest import library_versions
+    from .host_memory import host_memory_kept
 
     env = {"backend": backend, "device": device, "platform": platform.platform(), "python": platform.python_version(),
-           **library_versions()}
+           **library_versions(), "freed_host_memory": "kept" if host_memory_kept() else "returned to the system"}
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     else:

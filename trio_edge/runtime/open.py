@@ -17,6 +17,7 @@ from ..artifact.weights import check_backend, ort_disabled_optimizers
 from ..errors import ArtifactError, BackendUnavailableError, InputError
 from ..trio.schedule import Schedule
 from .backends import BACKENDS, check_device
+from .host_memory import keep_freed_host_memory
 from .pipeline import Pipeline
 
 # options that only make sense for a model: an export fixed them when it was written
@@ -33,13 +34,16 @@ def open_pipeline(source, *, backend: str | None = None, device: str = defaults.
     `cuda_graphs`: replay captured CUDA graphs (torch backend on CUDA, TensorRT decode; default on there).
     `max_new_tokens`: a model pipeline's longest answer (an export fixed its own).
     `low_memory`: ONNX Runtime without its CPU arena and memory pattern: about half the peak host memory of a
-    request, for memory-bound devices (onnxruntime backend only).
+    request, for memory-bound devices (onnxruntime backend only). Otherwise a CPU pipeline makes the process
+    keep freed host memory for reuse (runtime.host_memory: process-wide, no page faults per request).
     `model_options` (models only): schedule (a Schedule) or cuts / keep_ratio / schedule_file with
     positions / threshold / precision; method, seed, grid, max_text_tokens, nms_iterations.
     """
     if backend is not None and backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     check_device(device)
+    if device == "cpu" and not low_memory:
+        keep_freed_host_memory()
     if not _is_loaded_model(source) and _is_export(source):
         given = sorted(k for k in MODEL_ONLY_OPTIONS if model_options.get(k) is not None)
         if given or max_new_tokens is not None:

@@ -1,0 +1,50 @@
+"""A CPU pipeline keeps freed host memory (runtime.host_memory): repeated requests stop page-faulting their
+activations. Each case runs in its own process, since the setting is process-wide."""
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+
+# Five "requests" of two MLP layers over 3,000 positions (activations of 12 and 33 MB, the larger one above
+# glibc's largest mmap threshold); prints each request's minor page faults.
+REQUESTS = """
+import resource, sys, torch
+from trio_edge.runtime.host_memory import host_memory_kept, keep_freed_host_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_host_memory() and host_memory_kept()
+w1, w2 = torch.randn(1024, 2752), torch.randn(2752, 1024)
+def request():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    h = torch.randn(3000, 1024)
+    for _ in range(2):
+        h = h + torch.relu(h @ w1) @ w2
+    del h
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(" ".join(str(request()) for _ in range(5)))
+"""
+
+
+def page_faults(mode: str) -> list[int]:
+    done = subprocess.run([sys.executable, "-c", REQUESTS, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [int(n) for n in done.stdout.split()]
+
+
+def test_kept_memory_stops_the_page_faults_of_repeated_requests():
+    kept, default = page_faults("keep"), page_faults("default")
+    assert max(kept[-2:]) <= 100, kept  # the blocks of earlier requests are reused
+    assert min(default[-2:]) > 4000, default  # glibc's default hands the 33 MB blocks back every time
+
+
+def test_a_cpu_pipeline_keeps_freed_memory_and_a_low_memory_one_does_not(one_cut_dir):
+    script = ("import sys; from trio_edge import load; from trio_edge.runtime.host_memory import host_memory_kept; "
+              "p = load(sys.argv[1], low_memory=sys.argv[2] == 'low'); print(host_memory_kept())")
+    for mode, expected in (("low", "False"), ("default", "True")):
+        done = subprocess.run([sys.executable, "-c", script, str(one_cut_dir), mode], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[-1] == expected, (mode, done.stdout)
