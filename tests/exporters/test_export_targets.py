@@ -125,6 +125,18 @@ def test_onnxruntime_target_uses_fused_gqa_and_answers_like_pytorch(ort_target_d
     assert_same_generations(load(ort_target_dir, backend="torch"), load(ort_target_dir), requests, tol=1e-4)
 
 
+def test_an_fp32_onnxruntime_target_export_is_refused_on_cuda(one_cut_dir, tmp_path):
+    """ORT's CUDA GroupQueryAttention has no fp32 kernel: say so before a session falls back to the CPU."""
+    copy = edited_copy(one_cut_dir, tmp_path, target="onnxruntime")
+    manifest = read_manifest(copy)
+    assert manifest.model.dtype == "float32"
+    with pytest.raises(ArtifactError, match="fp32 --target onnxruntime export.*fp16 and bf16 kernels only.*"
+                                            "re-export with --dtype fp16"):
+        manifest.check_onnxruntime_device(copy, "cuda:0")
+    manifest.check_onnxruntime_device(copy, "cpu")  # the CPU kernel runs fp32
+    read_manifest(one_cut_dir).check_onnxruntime_device(one_cut_dir, "cuda")  # a tensorrt-target export: fine
+
+
 @pytest.mark.slow
 def test_an_onnxruntime_target_export_is_refused_for_tensorrt(ort_target_dir, capsys):
     from trio_edge.cli.build import main as build_main

@@ -140,6 +140,15 @@ class Manifest:
             raise ArtifactError(f"{directory} was exported with --target onnxruntime (ONNX Runtime contrib ops, which "
                                 "TensorRT cannot parse); re-export with --target tensorrt")
 
+    def check_onnxruntime_device(self, directory, device: str) -> None:
+        """Refuse an fp32 onnxruntime-target export on CUDA: ONNX Runtime's CUDA GroupQueryAttention has fp16 and
+        bf16 kernels only, so its nodes would fall back to the CPU provider (a host copy of every layer's cache per
+        step, and no shared past/present buffer)."""
+        if self.target == "onnxruntime" and device.startswith("cuda") and self.model.dtype == "float32":
+            raise ArtifactError(f"{directory} is an fp32 --target onnxruntime export, and ONNX Runtime's CUDA "
+                                "GroupQueryAttention has fp16 and bf16 kernels only; re-export with --dtype fp16 (or --target "
+                                "tensorrt), or run it with --device cpu")
+
     def specs(self, runtime_form: bool = False) -> dict[str, GraphSpec]:
         """Every graph file's signature, derived from the plan (the runtime checks inputs against these);
         `runtime_form`: those of the torch runtime's modules instead (one kv per segment whatever the target)."""

@@ -92,6 +92,8 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
         manifest.check_runnable(directory)
     if backend == "tensorrt":
         manifest.check_tensorrt_target(directory)
+    if backend == "onnxruntime":
+        manifest.check_onnxruntime_device(directory, device)
     if low_memory and backend != "onnxruntime":
         raise InputError(f"low_memory (--low-memory) applies to the onnxruntime backend only, not {backend}; "
                          "drop it or use --backend onnxruntime")
