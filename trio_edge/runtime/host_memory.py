@@ -23,22 +23,21 @@ M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int: the largest it accepts
 
-_kept = False
+_kept: bool | None = None  # None: not tried yet in this process
 
 
 def keep_freed_host_memory() -> bool:
     """Process-wide: freed blocks stay in the heap for reuse. True when glibc took the settings (now or earlier);
-    False where the C library is not glibc (nothing changed)."""
+    False where the C library is not glibc (nothing changed). Tried once per process."""
     global _kept
-    if _kept:
-        return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    _kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    if _kept is None:
+        _kept = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
     return _kept
 
 
 def host_memory_kept() -> bool:
     """Whether this process keeps freed host memory (keep_freed_host_memory took effect)."""
-    return _kept
+    return bool(_kept)
