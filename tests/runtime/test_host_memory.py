@@ -37,7 +37,8 @@ def page_faults(mode: str) -> list[int]:
 def test_kept_memory_stops_the_page_faults_of_repeated_requests():
     kept, default = page_faults("keep"), page_faults("default")
     assert max(kept[-2:]) <= 100, kept  # the blocks of earlier requests are reused
-    assert min(default[-2:]) > 4000, default  # glibc's default hands the 33 MB blocks back every time
+    # glibc's default hands the 33 MB blocks back (how many pages a given request re-faults varies: 3k-45k seen)
+    assert sum(default[2:]) > 10_000, default
 
 
 def test_a_cpu_pipeline_keeps_freed_memory_and_a_low_memory_one_does_not(one_cut_dir):
