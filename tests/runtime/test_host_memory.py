@@ -1,11 +1,14 @@
 """A CPU pipeline keeps freed host memory (runtime.host_memory): repeated requests stop page-faulting their
 activations. Each case runs in its own process, since the setting is process-wide."""
 
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from trio_edge.runtime.host_memory import OPT_OUT_ENV
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 
@@ -29,7 +32,9 @@ print(" ".join(str(request()) for _ in range(5)))
 
 
 def page_faults(mode: str) -> list[int]:
-    done = subprocess.run([sys.executable, "-c", REQUESTS, mode], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != OPT_OUT_ENV}
+    done = subprocess.run([sys.executable, "-c", REQUESTS, mode], capture_output=True, text=True, timeout=120,
+                          env=env)
     assert done.returncode == 0, done.stderr
     return [int(n) for n in done.stdout.split()]
 
@@ -41,11 +46,14 @@ def test_kept_memory_stops_the_page_faults_of_repeated_requests():
     assert sum(default[2:]) > 10_000, default
 
 
-def test_a_cpu_pipeline_keeps_freed_memory_and_a_low_memory_one_does_not(one_cut_dir):
+def test_a_cpu_pipeline_keeps_freed_memory_unless_low_memory_or_opted_out(one_cut_dir):
     script = ("import sys; from trio_edge import load; from trio_edge.runtime.host_memory import host_memory_kept; "
               "p = load(sys.argv[1], low_memory=sys.argv[2] == 'low'); print(host_memory_kept())")
-    for mode, expected in (("low", "False"), ("default", "True")):
+    for mode, opt_out, expected in (("low", None, "False"), ("default", "0", "False"), ("default", None, "True")):
+        env = {k: v for k, v in os.environ.items() if k != OPT_OUT_ENV}
+        if opt_out is not None:
+            env[OPT_OUT_ENV] = opt_out
         done = subprocess.run([sys.executable, "-c", script, str(one_cut_dir), mode], capture_output=True, text=True,
-                              timeout=300)
+                              timeout=300, env=env)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.split()[-1] == expected, (mode, done.stdout)
+        assert done.stdout.split()[-1] == expected, (mode, opt_out, done.stdout)

@@ -6,7 +6,7 @@ positions allocates activations of tens to hundreds of MB per layer, so each req
 anew: a page fault per 4 KiB. `keep_freed_host_memory` turns both off (`mallopt`: no mmap'd chunks, no trim
 below 2 GiB), so freed blocks are reused by the next request, as ONNX Runtime's own CPU arena does for its
 activations. The cost is that the process holds its peak heap between requests, which is why `low_memory` runs
-(memory-bound devices) leave glibc's defaults alone.
+(memory-bound devices) leave glibc's defaults alone, as does any process started with TRIO_EDGE_KEEP_HOST_MEMORY=0.
 
 Measured (wide llava-next-7b shape, torch runtime, one process each, 4 requests after a load): unpruned TTFT
 3.3-3.9 s with 60-216k page faults per request before, 3.2-3.4 s with 0-10k after; TRIO's first select stage
@@ -17,22 +17,26 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int: the largest it accepts
+OPT_OUT_ENV = "TRIO_EDGE_KEEP_HOST_MEMORY"  # "0": leave glibc's defaults alone in this process
 
 _kept: bool | None = None  # None: not tried yet in this process
 
 
 def keep_freed_host_memory() -> bool:
     """Process-wide: freed blocks stay in the heap for reuse. True when glibc took the settings (now or earlier);
-    False where the C library is not glibc (nothing changed). Tried once per process."""
+    False where the C library is not glibc or $TRIO_EDGE_KEEP_HOST_MEMORY is 0 (nothing changed). Tried once per
+    process."""
     global _kept
     if _kept is None:
         _kept = False
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        wanted = os.environ.get(OPT_OUT_ENV, "1").strip() != "0"
+        if wanted and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
     return _kept
