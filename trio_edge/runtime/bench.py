@@ -131,10 +131,12 @@ def compare(pruned: dict, full: dict) -> dict:
 
 def environment(backend: str, device: str) -> dict:
     from ..artifact.manifest import library_versions
-    from .host_memory import host_memory_kept
+    from .host_memory import keeping_allowed
 
+    kept = device == "cpu" and keeping_allowed()  # what CPU pipelines do on opening (unless low-memory)
     env = {"backend": backend, "device": device, "platform": platform.platform(), "python": platform.python_version(),
-           **library_versions(), "freed_host_memory": "kept" if host_memory_kept() else "returned to the system"}
+           **library_versions(), "freed_host_memory": "kept (CPU pipelines unless low-memory)" if kept
+           else "returned to the system"}
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     else:

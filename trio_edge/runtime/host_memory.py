@@ -35,11 +35,16 @@ def keep_freed_host_memory() -> bool:
     global _kept
     if _kept is None:
         _kept = False
-        wanted = os.environ.get(OPT_OUT_ENV, "1").strip() != "0"
-        if wanted and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        if keeping_allowed():
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
     return _kept
+
+
+def keeping_allowed() -> bool:
+    """Whether keep_freed_host_memory would act here: glibc, and not opted out with $TRIO_EDGE_KEEP_HOST_MEMORY=0."""
+    wanted = os.environ.get(OPT_OUT_ENV, "1").strip() != "0"
+    return wanted and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def host_memory_kept() -> bool:
