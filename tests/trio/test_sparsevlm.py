@@ -219,12 +219,17 @@ def test_tables_and_layers():
     assert sv.SPARSEVLM_TABLES[128] == (303, 110, 36)
     assert sv.SPARSEVLM_TABLES[64] == (66, 30, 17)
     assert sv.sparsevlm_cut_layers(32) == (3, 7, 16)
+    # the authors' model code prunes at 2/6/15 whatever the depth: LLaMA-13B's 40 layers, or any 17 or more
+    assert sv.sparsevlm_cut_layers(40) == (3, 7, 16)
+    assert sv.sparsevlm_cut_layers(17) == (3, 7, 16)
+    # shallower: the same fractions of depth (pruning layer round(l * L / 32), halves up)
+    assert sv.sparsevlm_cut_layers(16) == (2, 4, 9)
     assert sv.sparsevlm_cut_layers(4) == (1, 2, 3)
     schedule = sv.sparsevlm_schedule(num_layers=32, num_image_tokens=576, budget=192)
     assert schedule.cuts == (Cut(3, 300), Cut(7, 200), Cut(16, 110))
     # merged tokens come on top: 300 + 9, then 200 + int((int(109 * .3) + 1) / 10) + 1 = 200 + 4
     assert sv.image_tokens_after(schedule.cuts, 576) == [309, 204, 113]
-    # LLaVA-NeXT: the released code applies the same absolute counts to ~2,880 tokens
+    # LLaVA-NeXT: the released keep rule min(entry, v - 1) is absolute, so ~2,880 tokens keep the same counts
     assert sv.sparsevlm_schedule(num_layers=32, num_image_tokens=2880, budget=64).cuts[0] == Cut(3, 66)
     # 40 image tokens: min(entry, tokens - 1) = 39, and 1 deleted token merges back into 1: 40 again
     assert [c.keep for c in sv.sparsevlm_schedule(num_layers=4, num_image_tokens=40, budget=128).cuts] == [39, 39, 36]

@@ -47,7 +47,8 @@ REGISTRY = {m.name: m for m in (
     Method("trio", PROXY, "renumber", True, None, "ocy1/TRIO (LLaVA code renumbers positions)"),
     Method("fastv", OWNED_LAYER, "original", True, (2,), "pkunlp-icler/FastV: layer K-1's last-token attention"),
     Method("sparsevlm", OWNED_LAYER, "renumber", True, (3, 7, 16),
-           "Gumpest/SparseVLMs v1.0: text raters' attention in layers 2/6/15, recycling by density-peak merge"),
+           "Gumpest/SparseVLMs USE_VERSION=1_0 (the v1.5 tables): text raters' attention in layers 2/6/15, "
+           "recycling by density-peak merge"),
     Method("dart", OWNED_LAYER, "original", True, (2,), "ZichenWen1/DART: key-norm pivots, least-similar picks",
            min_keep=4),
     Method("pdrop", PROXY, "renumber", True, (8, 16, 24), "Cooperx521/PyramidDrop: layer N's last-token attention"),

@@ -1,4 +1,5 @@
-"""SparseVLM (arXiv 2410.04417) as its authors' released code does it (Gumpest/SparseVLMs, v1.0), in fixed shapes.
+"""SparseVLM (arXiv 2410.04417) as its authors' released code does it (Gumpest/SparseVLMs, USE_VERSION=1_0), in
+fixed shapes.
 
 What the code does (modelling_sparse_llama.py, score.py, utils.py), and how it maps here:
 - Raters, once, on the language model's input embeddings: relevance = softmax over the text tokens after the
@@ -32,7 +33,8 @@ from .methods import RATERS_GRAPH  # noqa: F401  (the raters stage's graph name,
 from .schedule import Cut, Schedule, schedule_for_ratio
 
 # score.py, USE_VERSION 1_0: image tokens kept at layers 2/6/15 per RETAIN_TOKN budget (of 576 on LLaVA-1.5).
-# The released code applies the same absolute counts to any image-token count (LLaVA-NeXT's ~2,880 too).
+# The released code runs LLaVA-1.5 only (its llava_arch has no path for LLaVA-NeXT's anyres features); its keep
+# rule min(entry, v - 1) is absolute, so this project applies the same counts to any image-token count.
 SPARSEVLM_TABLES = {64: (66, 30, 17), 96: (238, 48, 26), 128: (303, 110, 36), 192: (300, 200, 110)}
 SPARSEVLM_LAYERS = (2, 6, 15)  # pruning layers of the 32-layer LLaMA-7B (0-based)
 SPARSEVLM_REFERENCE_DEPTH = 32
@@ -44,17 +46,19 @@ MERGE_EPSILON = 1e-6  # the authors' merged token = sum / (count + 1e-6)
 def sparsevlm_cut_layers(num_layers: int) -> tuple[int, ...]:
     """This project's cut layers N (pruning layer N-1) for a `num_layers`-deep decoder.
 
-    32 layers: the authors' 2/6/15 -> cuts 3/7/16. Other depths: pruning layer round(l * L / 32) (halves up),
-    so the cuts sit at the same fractions of depth; a model too shallow to keep them distinct is refused."""
-    if num_layers == SPARSEVLM_REFERENCE_DEPTH:
+    The authors' model code prunes at layers 2/6/15 whatever the depth, so every decoder deep enough to run all
+    three with a layer after the last (17 layers or more: LLaMA-7B's 32, LLaMA-13B's 40) gets their cuts 3/7/16.
+    A shallower decoder, where that code would skip cuts, gets them at the same fractions of depth: pruning layer
+    round(l * L / 32) (halves up); one too shallow to keep three distinct cuts is refused."""
+    if num_layers > SPARSEVLM_LAYERS[-1] + 1:
         pruning = SPARSEVLM_LAYERS
     else:
         pruning = tuple(math.floor(layer * num_layers / SPARSEVLM_REFERENCE_DEPTH + 0.5) for layer in SPARSEVLM_LAYERS)
     cuts = tuple(layer + 1 for layer in pruning)
     if len(set(cuts)) != len(cuts) or cuts[-1] > num_layers - 1:
-        raise ScheduleError(f"SparseVLM's three cuts (layers 2/6/15 of 32, scaled) do not fit a {num_layers}-layer "
-                            f"decoder (they map to {list(cuts)}); use a model with at least 4 decoder layers "
-                            "or pass explicit --cuts")
+        raise ScheduleError(f"SparseVLM's three cuts (layers 2/6/15, scaled below 17 layers) do not fit a "
+                            f"{num_layers}-layer decoder (they map to {list(cuts)}); use a model with at least 4 "
+                            "decoder layers or pass explicit --cuts")
     return cuts
 
 
