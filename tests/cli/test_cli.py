@@ -100,6 +100,10 @@ def test_export_cli_errors_are_one_line(export_model, tmp_path, capsys):
     code = export_cli.main([export_model.source, "-o", str(tmp_path / "e"), "--cuts", "1:999", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "KEEP must be within 1..88" in err and len(err.strip().splitlines()) == 1
+    code = export_cli.main([export_model.source, "-o", str(tmp_path / "e"), "--method", "sparsevlm", "--quiet"])
+    err = capsys.readouterr().err  # a named rule without a budget would otherwise export an unpruned model
+    assert code == 2 and "--method sparsevlm needs a token budget: pass --budget" in err
+    assert len(err.strip().splitlines()) == 1
     code = export_cli.main(["no-such-alias", "-o", str(tmp_path / "e")])
     assert code == 2 and "unknown model 'no-such-alias'" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()

@@ -173,3 +173,15 @@ def test_schedule_errors_are_input_errors():
         Schedule(positions="shifted")
     with pytest.raises(ScheduleError, match="threshold"):
         Schedule(threshold=1.5)
+
+
+@pytest.mark.parametrize("method, hint", [("sparsevlm", "--budget 64/96/128/192"), ("fastv", "--preset fastv"),
+                                          ("random", "--keep-ratio R or --cuts")])
+def test_a_named_rule_without_a_budget_is_refused(method, hint):
+    """Naming a rule and no budget would run unpruned without a word; only TRIO (the default) does that."""
+    from trio_edge.trio.schedule import resolve_schedule
+
+    with pytest.raises(ScheduleError, match=f"--method {method} needs a token budget: pass .*{hint}"):
+        resolve_schedule(method=method, num_layers=32, num_image_tokens=576)
+    assert resolve_schedule(method="trio", num_layers=32, num_image_tokens=576).cuts == ()
+    assert resolve_schedule(method=method, cuts="3:100", num_layers=32, num_image_tokens=576).cuts

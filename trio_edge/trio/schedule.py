@@ -232,7 +232,7 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
     one of SparseVLM's tables (--method sparsevlm only). `tile_tokens` / `vision_tokens_for`: a vision-tower
     method's tile ([CLS] + patches; None without a [CLS]) and the decoder's image tokens for a keep per tile."""
     from .methods import check_cuts, method_info
-    from .presets import method_for, preset_info
+    from .presets import PRESETS, method_for, preset_info
 
     if preset is not None:
         method = method_for(method, preset, "trio")
@@ -254,6 +254,13 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
                                overrides=overrides, tile_tokens=tile_tokens, vision_tokens_for=vision_tokens_for,
                                num_image_tokens=num_image_tokens, num_layers=num_layers
                                ).validate(num_layers, num_image_tokens)
+    if method not in (None, "trio") and not (given or cuts):
+        # naming a rule without a budget would silently run unpruned (TRIO, the default, does so on purpose)
+        presets = [name for name, info in PRESETS.items() if info.method == method]
+        how = ("--budget 64/96/128/192 (its authors' tables; their code defaults to 192), --keep-ratio R or --cuts N:K"
+               if method == "sparsevlm" else "--keep-ratio R or --cuts LAYER:KEEP"
+               + (f" (or its authors' schedule: --preset {' / '.join(presets)})" if presets else ""))
+        raise ScheduleError(f"--method {method} needs a token budget: pass {how}")
     if method == "sparsevlm" and any(value is not None for value in (budget, keep_ratio, cuts)):
         if positions == "original":
             raise ScheduleError("--method sparsevlm renumbers positions after each cut, as its authors' code does; "
