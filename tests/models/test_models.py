@@ -92,6 +92,26 @@ def test_uncached_hub_id_offline(offline_empty_cache):
     assert error.__cause__ is None and error.__suppress_context__  # no chained traceback wall
 
 
+def test_unreachable_hub_fails_in_seconds(monkeypatch, tmp_path):
+    """Not marked offline, nothing cached, and no hub answering: one clear error at once, not minutes of the
+    hub client's retries (port 9 on localhost refuses the connection)."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in registry.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    started = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as info:
+        registry.load("nobody-here/not-a-model")
+    assert time.perf_counter() - started < 20
+    first = str(info.value).splitlines()[0]
+    assert "not in the local cache, and the hub at 127.0.0.1:9 is unreachable from this machine" in first
+    assert "hf download nobody-here/not-a-model" in str(info.value)
+
+
 def test_uncached_alias_offline_names_the_hub_id(offline_empty_cache):
     with pytest.raises(ModelNotFoundError) as info:
         registry.load("llava-next-7b")
