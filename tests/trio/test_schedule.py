@@ -185,3 +185,21 @@ def test_a_named_rule_without_a_budget_is_refused(method, hint):
         resolve_schedule(method=method, num_layers=32, num_image_tokens=576)
     assert resolve_schedule(method="trio", num_layers=32, num_image_tokens=576).cuts == ()
     assert resolve_schedule(method=method, cuts="3:100", num_layers=32, num_image_tokens=576).cuts
+
+
+def test_keep_ratio_places_a_peer_at_its_authors_layers():
+    """--keep-ratio with FastV / DART cuts once at K=2, PyramidDrop at 8/16/24 (32 layers; as trio-eval does),
+    not at TRIO's three layers; the random baseline keeps TRIO's."""
+    from trio_edge.models.llava import REFERENCE_KEEP_WEIGHTS
+    from trio_edge.trio.schedule import resolve_schedule
+
+    def cut_layers(method, ratio):
+        schedule = resolve_schedule(method=method, keep_ratio=ratio, num_layers=32, num_image_tokens=576,
+                                    default_cut_layers=(1, 10, 15), default_keep_weights=REFERENCE_KEEP_WEIGHTS)
+        return [cut.layer for cut in schedule.cuts]
+
+    assert cut_layers("fastv", 0.3) == [2] and cut_layers("dart", 0.25) == [2]
+    assert cut_layers("pdrop", 0.4) == [8, 16, 24]
+    assert cut_layers("random", 0.3) == cut_layers("trio", 0.3) == [1, 10, 15]
+    with pytest.raises(ScheduleError, match="below what cuts at layers \\[8, 16, 24\\] can reach"):
+        cut_layers("pdrop", 0.2)

@@ -88,12 +88,12 @@ def method_schedule(adapter, grid, method: str, ratio: float):
     default positions. Raises ScheduleError when the method cannot reach the budget on this model."""
     from ..errors import ScheduleError
     from ..trio.methods import VISION_TOWER, method_info
-    from ..trio.presets import eval_placement, scaled_cut_layer, vision_preset
+    from ..trio.presets import eval_placement, placed_cut_layers, vision_preset
     from ..trio.schedule import schedule_for_ratio
 
     if method == "sparsevlm":  # its own layers and 192-table shape (trio.sparsevlm); merged tokens come on top
         return (adapter.schedule(grid, keep_ratio=ratio, method=method),
-                "Gumpest/SparseVLMs layers 2/6/15 of 32 (scaled), 192-table shape; + merged tokens")
+                "Gumpest/SparseVLMs layers 2/6/15 (scaled below 17 layers), 192-table shape; + merged tokens")
     if method == "trio-ve":  # its authors' shape: 1.5x the budget after the tower, a third of that from layer L/2
         return (adapter.schedule(grid, keep_ratio=ratio, method=method),
                 "ocy1/TRIO README shape: vision 96 / layer 16 keeps 32 of 32 layers (scaled)")
@@ -102,20 +102,18 @@ def method_schedule(adapter, grid, method: str, ratio: float):
         if preset is not None:
             return adapter.schedule(grid, preset=preset), f"{preset} per tile (scaled to the tile's patches)"
         return adapter.schedule(grid, keep_ratio=ratio, method=method), "KEEP per tile for the budget"
-    layers_ref, weights, shape = eval_placement(method, ratio)
     num_layers, m = adapter.num_layers, adapter.image_token_count(grid)
+    layers, weights, shape = placed_cut_layers(method, ratio, num_layers)
     positions = method_info(method).positions
-    placed: dict[int, float] = {}
-    for layer, weight in zip(layers_ref, weights):
-        placed[scaled_cut_layer(layer, num_layers, method)] = weight  # a shallow model merges cuts: the later wins
     try:
-        return schedule_for_ratio(ratio, tuple(placed), tuple(placed.values()), num_layers, m, positions=positions), shape
+        return schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions), shape
     except ScheduleError:
         # the authors' layers (scaled) start too deep for this budget on a shallow model: TRIO's cut layers, which
         # start earlier, with the method's own keep shape; still impossible for a rule that needs layer N-1 first
         lowest = 1 if method_info(method).owns_layer else 0
         layers = tuple(sorted({max(lowest, layer) for layer in adapter.default_cut_layers()}))
-        weights = tuple(weights[-len(layers):]) if len(weights) >= len(layers) else (1.0,) * len(layers)
+        reference = eval_placement(method, ratio)[1]  # the table's own weights, before any merging
+        weights = tuple(reference[-len(layers):]) if len(reference) >= len(layers) else (1.0,) * len(layers)
         schedule = schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions)
         return schedule, f"{shape}; at TRIO's cut layers (its own start too deep for this budget here)"
 

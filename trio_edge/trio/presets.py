@@ -65,6 +65,19 @@ def eval_placement(method: str, ratio: float) -> tuple[tuple[int, ...], tuple[fl
     return table.layers, tuple(k / REFERENCE_TOKENS for k in table.keeps), f"{table.name} table shape"
 
 
+OWN_PLACEMENT = ("fastv", "dart", "pdrop")  # decoder rules whose authors fix where they cut
+
+
+def placed_cut_layers(method: str, ratio: float, num_layers: int) -> tuple[tuple[int, ...], tuple[float, ...], str]:
+    """eval_placement's reference cut layers scaled to a `num_layers`-deep decoder (scaled_cut_layer; cuts a shallow
+    model merges keep the later weight), their keep weights, and which table."""
+    layers_ref, weights, shape = eval_placement(method, ratio)
+    placed: dict[int, float] = {}
+    for layer, weight in zip(layers_ref, weights):
+        placed[scaled_cut_layer(layer, num_layers, method)] = weight
+    return tuple(placed), tuple(placed.values()), shape
+
+
 def vision_preset(method: str, ratio: float) -> str | None:
     """The authors' preset of a vision-tower method at exactly 64, 128 or 192 of 576 (1/9, 2/9, 1/3), else None."""
     for preset in PRESETS.values():

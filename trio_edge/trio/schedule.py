@@ -232,7 +232,7 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
     one of SparseVLM's tables (--method sparsevlm only). `tile_tokens` / `vision_tokens_for`: a vision-tower
     method's tile ([CLS] + patches; None without a [CLS]) and the decoder's image tokens for a keep per tile."""
     from .methods import check_cuts, method_info
-    from .presets import PRESETS, method_for, preset_info
+    from .presets import OWN_PLACEMENT, PRESETS, method_for, placed_cut_layers, preset_info
 
     if preset is not None:
         method = method_for(method, preset, "trio")
@@ -278,8 +278,10 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
                       "scaled": f"from 32 layers / 576 tokens to {num_layers} / {num_image_tokens}" if scaled else None}
         schedule = Schedule.parse(text, provenance=provenance, **overrides)
     elif keep_ratio is not None:
-        schedule = schedule_for_ratio(keep_ratio, default_cut_layers, default_keep_weights, num_layers,
-                                      num_image_tokens, **overrides)
+        layers, weights = default_cut_layers, default_keep_weights  # TRIO's, scaled (also random / uniform)
+        if method in OWN_PLACEMENT:  # FastV / DART once at K=2, PyramidDrop at 8/16/24 (of 32, scaled)
+            layers, weights, _ = placed_cut_layers(method, keep_ratio, num_layers)
+        schedule = schedule_for_ratio(keep_ratio, layers, weights, num_layers, num_image_tokens, **overrides)
     else:
         schedule = Schedule.parse(cuts or "", **overrides)
     if schedule.vision is not None:
