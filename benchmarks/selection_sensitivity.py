@@ -6,7 +6,9 @@ only quantization changes) get Gaussian noise of `eps` times each weight's own s
 torch runtime answers the held-out synthetic questions with TRIO at 11.1% and with all tokens. Reported per
 noise level: the RMS weight change relative to the weights, the share of requests whose kept tokens and whose
 greedy answers (token ids) equal the unperturbed model's, and the same for int8 and int4 RTN (the export's own
-quantizer, `--weights int8 / int4`) for scale. Noise is seeded: the same command gives the same table.
+quantizer, `--weights int8 / int4`) for scale, also with every cut scored by the unquantized proxy layer and
+lm_head ("float proxy": what select graphs holding float copies would keep). Noise is seeded: the same command
+gives the same table.
 
 python benchmarks/selection_sensitivity.py [--n 200] [--eps 1e-4,3e-4,1e-3,3e-3] \
     [--out benchmarks/results/selection_sensitivity_trio_tiny.json]
@@ -54,14 +56,23 @@ def quantized(loaded, bits: int):
     return changed, (squared_change / squared_norm) ** 0.5
 
 
-def answers(loaded, records, keep_ratio: float | None) -> list[tuple[list[int], list[list[int]]]]:
+def answers(loaded, records, keep_ratio: float | None, proxy_decoder=None) -> list[tuple[list[int], list[list[int]]]]:
+    """(token ids, kept per cut) per record. `proxy_decoder`: score every TRIO cut with that decoder's proxy layer
+    and lm_head instead of the model's own (what select graphs holding unquantized weights would select)."""
     from trio_edge import Schedule, load
+    from trio_edge.models import split
 
     adapter = loaded.adapter
     schedule = adapter.schedule(adapter.default_grid(), keep_ratio=keep_ratio) if keep_ratio else Schedule()
-    with load(loaded, schedule=schedule, max_new_tokens=4) as pipeline:
-        return [(r.token_ids, r.kept) for r in
-                (pipeline.generate(rec["image"], rec["question"], max_new_tokens=4) for rec in records)]
+    own_stage = split.SelectStage
+    if proxy_decoder is not None:
+        split.SelectStage = lambda decoder, *args, **kwargs: own_stage(proxy_decoder, *args, **kwargs)
+    try:
+        with load(loaded, schedule=schedule, max_new_tokens=4) as pipeline:
+            return [(r.token_ids, r.kept) for r in
+                    (pipeline.generate(rec["image"], rec["question"], max_new_tokens=4) for rec in records)]
+    finally:
+        split.SelectStage = own_stage
 
 
 def main(argv=None) -> dict:
@@ -83,9 +94,12 @@ def main(argv=None) -> dict:
     reference = {"trio": answers(loaded, records, 0.111), "full": answers(loaded, records, None)}
     variants = [(f"noise {eps:g}", perturbed(loaded, eps, args.seed)) for eps in levels]
     variants += [(f"int{bits} rtn", quantized(loaded, bits)) for bits in (8, 4)]
+    # the same quantized models with every TRIO cut scored by the unquantized proxy layer and lm_head
+    variants += [(f"{label}, float proxy", (model, change, loaded.adapter.decoder))
+                 for label, (model, change) in variants[-2:]]
     rows = []
-    for label, (model, change) in variants:
-        got = {"trio": answers(model, records, 0.111), "full": answers(model, records, None)}
+    for label, (model, change, *proxy) in variants:
+        got = {"trio": answers(model, records, 0.111, *proxy), "full": answers(model, records, None)}
         same = lambda schedule, part: sum(a[part] == b[part] for a, b in  # noqa: E731
                                           zip(got[schedule], reference[schedule])) / len(records)
         rows.append({"weights": label, "relative_rms_change": change, "trio_kept_identical": same("trio", 1),
