@@ -41,3 +41,15 @@ def test_preset_conflicts_are_refused():
     with pytest.raises(ScheduleError, match="unknown preset"):
         preset_info("trio-999")
     assert method_for(None, "dart-64", "trio") == "dart" and method_for(None, None, "trio") == "trio"
+
+
+def test_deeper_models_take_the_authors_layers_and_pdrop_keeps_int_of_its_ratios():
+    """The authors' scripts pass the same layers to 13B (40 layers) as to 7B; PyramidDrop keeps int(M * ratio)."""
+    def cuts(name, layers, tokens):
+        return preset_info(name).cuts_for(layers, tokens)[0]
+
+    assert cuts("pdrop", 40, 576) == "8:288,16:144,24:72" and cuts("fastv", 40, 576) == "2:288"
+    assert cuts("trio-64", 40, 576) == "1:92,10:54,15:22"
+    assert cuts("pdrop", 32, 135) == "8:67,16:33,24:16"  # int(135 * 0.5), int(135 * 0.25), int(135 * 0.125)
+    assert cuts("pdrop", 12, 51) == "3:25,6:12,9:6"  # shallower: layers by depth
+    assert cuts("fastv", 32, 135) == "2:68"  # FastV's code rounds: round(135 * (1 - 0.5))

@@ -297,8 +297,10 @@ class LlavaAdapter:
         return int(self.config.text_config.num_hidden_layers)
 
     def default_cut_layers(self) -> tuple[int, ...]:
-        """The released LLaVA schedule's cut depths scaled to this decoder (deduplicated)."""
-        return tuple(sorted({min(self.num_layers - 1, round(d * self.num_layers)) for d in REFERENCE_CUT_DEPTHS}))
+        """The released LLaVA schedule's cut layers (1, 10, 15) on decoders of 32 layers or more, its depths scaled
+        to a shallower one (deduplicated)."""
+        depth = min(self.num_layers, 32)
+        return tuple(sorted({min(self.num_layers - 1, round(d * depth)) for d in REFERENCE_CUT_DEPTHS}))
 
     def default_keep_weights(self) -> tuple[float, ...]:
         return REFERENCE_KEEP_WEIGHTS[-len(self.default_cut_layers()):]

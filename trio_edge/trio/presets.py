@@ -1,8 +1,10 @@
 """The authors' released schedules as named presets (`--preset NAME`), light: no torch import.
 
 Each preset is the cut table its authors' scripts pass for LLaVA-1.5-7B (32 decoder layers, 576 image tokens).
-On another model it is scaled and says so: cut layers by depth (round(layer * L / 32), at least the method's
-lowest cut layer), KEEP by image tokens (round(keep * M / 576)); 32 layers and 576 tokens give the table itself.
+On another model it is scaled and says so: cut layers as the table has them on decoders of 32 layers or more
+(the authors' scripts pass the same layers to 13B's 40), by depth on shallower ones (round(layer * L / 32), at
+least the method's lowest cut layer); KEEP by image tokens (round(keep * M / 576), or int() where the authors'
+code takes int(M * ratio): PyramidDrop); 32 layers and 576 tokens give the table itself.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Preset:
     keeps: tuple[int, ...]  # image tokens kept at each cut, of 576
     source: str
     vision: tuple[int, int] | None = None  # VisionZip: (dominant, contextual) tokens kept per tile of 576 patches
+    keep_floor: bool = False  # KEEP on M tokens = int(keep * M / 576) (the code's int(M * ratio)), else round()
 
     def vision_for(self, patches: int) -> tuple[int, int]:
         """(dominant, contextual) per tile of `patches` patches: the table's, scaled by patches / 576 (dominant at
@@ -36,7 +39,8 @@ class Preset:
         cuts, previous_layer, previous_keep = [], -1, num_image_tokens
         for layer, keep in zip(self.layers, self.keeps):
             scaled_layer = scaled_cut_layer(layer, num_layers, self.method)
-            scaled_keep = max(info.min_keep, min(previous_keep, round(keep * num_image_tokens / REFERENCE_TOKENS)))
+            share = keep * num_image_tokens / REFERENCE_TOKENS
+            scaled_keep = max(info.min_keep, min(previous_keep, int(share) if self.keep_floor else round(share)))
             if scaled_layer <= previous_layer:  # two cuts on one layer of a shallow model: keep the later budget
                 cuts.pop()
             cuts.append(f"{scaled_layer}:{scaled_keep}")
@@ -46,8 +50,11 @@ class Preset:
 
 
 def scaled_cut_layer(layer: int, num_layers: int, method: str) -> int:
-    """A cut layer of the 32-layer reference model on a decoder of `num_layers`: round(layer * L / 32), at least
-    1 for rules that own layer N-1, at most L - 1."""
+    """A cut layer of the 32-layer reference model on a decoder of `num_layers`: the layer itself on 32 layers or
+    more (the authors' scripts pass the same layers to LLaVA-13B's 40), else round(layer * L / 32), at least 1 for
+    rules that own layer N-1, at most L - 1."""
+    if num_layers >= REFERENCE_LAYERS:
+        return layer
     lowest = 1 if method_info(method).owns_layer else 0
     return max(lowest, min(num_layers - 1, round(layer * num_layers / REFERENCE_LAYERS)))
 
@@ -98,7 +105,8 @@ PRESETS = {p.name: p for p in (
     Preset("dart-128", "dart", (2,), (132,), "ZichenWen1/DART: K=2, max_num_trunction 128"),
     Preset("dart-192", "dart", (2,), (196,), "ZichenWen1/DART: K=2, max_num_trunction 192"),
     # Cooperx521/PyramidDrop scripts: --layer_list [8,16,24] --image_token_ratio_list [0.5,0.25,0.125].
-    Preset("pdrop", "pdrop", (8, 16, 24), (288, 144, 72), "Cooperx521/PyramidDrop: layers 8/16/24, ratio 0.5"),
+    Preset("pdrop", "pdrop", (8, 16, 24), (288, 144, 72), "Cooperx521/PyramidDrop: layers 8/16/24, ratio 0.5",
+           keep_floor=True),
     # dvlab-research/VisionZip README: visionzip(model, dominant=54, contextual=10) for 64 tokens; 108+20 and
     # 162+30 for 128 and 192; per tile (sub-image) on LLaVA-NeXT. [CLS] is one of the dominant tokens.
     # ocy1/TRIO README (TRIO-VE, its default): --visual_token_num 96 --layer_list [16] --image_token_list [32], 64
