@@ -79,7 +79,8 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
                             "not 32 layers / 576 tokens; the method defaults to the preset's): "
                             + "; ".join(f"{p.name} = {p.method} {_preset_cuts(p)}" for p in PRESETS.values()))
     group.add_argument("--budget", type=int, help="--method sparsevlm: one of the authors' tables 64, 96, 128, 192 "
-                                                  "(image tokens kept at cuts 3/7/16, the authors' layers; scaled on decoders under 17 layers)")
+                                                  "(image tokens kept at cuts 3/7/16, the authors' layers; scaled "
+                                                  "on decoders under 17 layers)")
     group.add_argument("--method", metavar="METHOD", help=f"selection rule of every cut (default {defaults.METHOD}, "
                        "or the preset's): " + "; ".join(f"{m.name} ({m.source})" for m in REGISTRY.values()))
     group.add_argument("--positions", choices=["renumber", "original"], help="positions after a cut "
