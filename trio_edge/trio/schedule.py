@@ -281,6 +281,11 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
         layers, weights = default_cut_layers, default_keep_weights  # TRIO's, scaled (also random / uniform)
         if method in OWN_PLACEMENT:  # FastV / DART once at K=2, PyramidDrop at 8/16/24 (of 32, scaled)
             layers, weights, _ = placed_cut_layers(method, keep_ratio, num_layers)
+            lowest = layers[0] / num_layers  # every token runs through the layers before the first cut
+            if keep_ratio <= lowest:
+                raise ScheduleError(f"--method {method} cuts at layers {list(layers)} of {num_layers} here (its "
+                                    f"authors' placement), so it keeps more than {lowest:.3f} of the image tokens "
+                                    f"layer-averaged; raise --keep-ratio above that, or pass --cuts LAYER:KEEP")
         schedule = schedule_for_ratio(keep_ratio, layers, weights, num_layers, num_image_tokens, **overrides)
     else:
         schedule = Schedule.parse(cuts or "", **overrides)
