@@ -146,8 +146,8 @@ class Manifest:
         step, and no shared past/present buffer)."""
         if self.target == "onnxruntime" and device.startswith("cuda") and self.model.dtype == "float32":
             raise ArtifactError(f"{directory} is an fp32 --target onnxruntime export, and ONNX Runtime's CUDA "
-                                "GroupQueryAttention has fp16 and bf16 kernels only; re-export with --dtype fp16 (or --target "
-                                "tensorrt), or run it with --device cpu")
+                                "GroupQueryAttention has fp16 and bf16 kernels only; re-export with --dtype fp16 "
+                                "(or --target tensorrt), or run it with --device cpu")
 
     def specs(self, runtime_form: bool = False) -> dict[str, GraphSpec]:
         """Every graph file's signature, derived from the plan (the runtime checks inputs against these);

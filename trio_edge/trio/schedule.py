@@ -167,6 +167,12 @@ def _parse_vision(part: str) -> VisionStage:
     return VisionStage(sum(numbers), numbers[0] if len(numbers) == 2 else 0)
 
 
+def lowest_keep_ratio(cut_layers, num_layers: int) -> float:
+    """The layer-averaged share of image tokens that cuts at `cut_layers` always keep: every token runs through the
+    layers before the first cut. A --keep-ratio must lie above it."""
+    return cut_layers[0] / num_layers
+
+
 def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, num_image_tokens: int,
                        **kwargs) -> Schedule:
     """Scale `keep_weights` (one per cut) so the layer-averaged image tokens are ratio * M."""
@@ -178,7 +184,7 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
     weighted = sum((end - start) * w * m for start, end, w in zip(cut_layers, bounds, keep_weights))
     scale = (ratio * m * layers - full_cost) / weighted
     if scale <= 0:
-        lowest = full_cost / (m * layers)
+        lowest = lowest_keep_ratio(cut_layers, layers)
         raise ScheduleError(f"--keep-ratio {ratio} is below what cuts at layers {list(cut_layers)} can reach "
                             f"({lowest:.3f}); pass explicit --cuts with an earlier first cut")
 
@@ -281,8 +287,8 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
         layers, weights = default_cut_layers, default_keep_weights  # TRIO's, scaled (also random / uniform)
         if method in OWN_PLACEMENT:  # FastV / DART once at K=2, PyramidDrop at 8/16/24 (of 32, scaled)
             layers, weights, _ = placed_cut_layers(method, keep_ratio, num_layers)
-            lowest = layers[0] / num_layers  # every token runs through the layers before the first cut
-            if keep_ratio <= lowest:
+            lowest = lowest_keep_ratio(layers, num_layers)
+            if keep_ratio <= lowest:  # schedule_for_ratio's own refusal would advise an earlier cut, not possible here
                 raise ScheduleError(f"--method {method} cuts at layers {list(layers)} of {num_layers} here (its "
                                     f"authors' placement), so it keeps more than {lowest:.3f} of the image tokens "
                                     f"layer-averaged; raise --keep-ratio above that, or pass --cuts LAYER:KEEP")
