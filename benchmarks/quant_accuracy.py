@@ -24,9 +24,11 @@ FORMATS = {  # label -> export options
     "int4-gptq": {"weights": "int4", "quant_method": "gptq", "calibration_data": "synthetic"},
     "int4-b16": {"weights": "int4", "block_size": 16},
     "int4-gptq-b16": {"weights": "int4", "block_size": 16, "quant_method": "gptq", "calibration_data": "synthetic"},
+    "int8-b16": {"weights": "int8", "block_size": 16},
 }
 DEFAULT_FORMATS = "fp32,int8,int4,int4-gptq"
-TARGETS = {"int8": 0.99, "int4": 0.95, "int4-gptq": 0.95, "int4-b16": 0.95, "int4-gptq-b16": 0.95}  # identical greedy answers vs the fp32 export
+TARGETS = {"int8": 0.99, "int4": 0.95, "int4-gptq": 0.95, "int4-b16": 0.95, "int4-gptq-b16": 0.95,
+           "int8-b16": 0.99}  # identical greedy answers vs the fp32 export
 
 
 def answers(directory: Path, records) -> list[tuple[list[int], list[list[int]], str]]:
