@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ArtifactError
+from .errors import ArtifactError, InputError
 
 log = logging.getLogger("trio_edge")
 
@@ -85,6 +85,67 @@ def stale_notice(target: str | Path) -> str | None:
             f"{target} ({names}) from an interrupted write (e.g. a killed trio-export); never loadable; {advice}")
 
 
+def _first_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_parent(path: str | Path, what: str) -> None:
+    """Refuse `path` up front when its folder cannot be created or written (a file in the way, no permission)."""
+    path = Path(path)
+    ancestor = _first_existing(path.parent)
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write {what} {path}: {ancestor} is a file, not a directory; pick another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {what} {path}: no permission to write in {ancestor}; pick another path")
+
+
+def check_output_file(path: str | Path, what: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse an output file path before the work that produces it: a directory in its place, a folder that
+    cannot be written, or (when `suffixes` is given) an extension the writer does not know."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory; pass a file path, e.g. {path / ('out' + (suffixes or ('.json',))[0])}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise InputError(f"{what} {path} has extension {path.suffix or '(none)'!r}; use one of {', '.join(suffixes)}")
+    check_writable_parent(path, what)
+    return path
+
+
+def check_output_directory(target: str | Path, *, force: bool, marker: str) -> bool:
+    """Refuse an output directory before any work unless it is new, empty, or (with `force`) an earlier artifact
+    holding `marker`; never the current directory or a parent of it. Returns whether something is replaced."""
+    target = Path(target)
+    here = Path.cwd().resolve()
+    if target.resolve() == here or target.resolve() in here.parents:
+        raise InputError(f"output directory {target} is the current directory or a parent of it, which cannot be "
+                         f"replaced; pass a new directory, e.g. {target / 'export'}")
+    if target.is_symlink() and not target.exists():
+        raise InputError(f"output directory {target} is a broken symbolic link; remove it or pick another path")
+    if target.exists():
+        if not target.is_dir():
+            raise InputError(f"output directory {target} is a file, not a directory; pass a new directory path")
+        if not any(target.iterdir()):
+            return True  # an empty directory: nothing to lose
+        if not (target / marker).is_file():
+            raise InputError(f"output directory {target} is a directory that is not an earlier export (it has no "
+                             f"{marker}); --force only replaces exports, so pick a new path or empty it yourself")
+        if not force:
+            raise InputError(f"{target} already exists; pass --force to replace it")
+        check_writable_parent(target, "the output directory")
+        return True
+    check_writable_parent(target, "the output directory")
+    return False
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, *, overwrite: bool = False):
     """Yield a temporary sibling directory; rename it onto `target` only if the block succeeds.
@@ -94,11 +155,15 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False):
     target = Path(target)
     if target.exists() and not overwrite:
         raise ArtifactError(f"{target} already exists; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    notice = stale_notice(target)
-    if notice:
-        log.warning(notice)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target, PARTIAL_TAG), dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        notice = stale_notice(target)
+        if notice:
+            log.warning(notice)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target, PARTIAL_TAG), dir=target.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the artifact from other users
+    except OSError as error:
+        raise ArtifactError(f"cannot write {target}: {error.strerror or error}; pick a writable directory") from None
     try:
         yield tmp
         _fsync_tree(tmp)

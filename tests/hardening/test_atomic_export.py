@@ -253,3 +253,52 @@ def test_exports_and_tiny_checkpoints_hold_no_pickle_files(shared_export, model_
         names = [p.name for p in directory.rglob("*") if p.is_file()]
         assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy"))], names
     assert any(name.endswith(".safetensors") for name in map(str, model_dir.iterdir()))
+
+
+def test_force_never_replaces_what_is_not_an_export(tmp_path, monkeypatch, capsys):
+    """--force replaces an earlier export only: a plain file, a directory of other files, the current directory
+    and a path under a file are refused before any work, and left as they were."""
+    from trio_edge.cli.export import main
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "important.txt").write_text("keep me")
+    plain_file = tmp_path / "README.md"
+    plain_file.write_text("keep me too")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    cases = {other: "not an earlier export", plain_file: "is a file, not a directory",
+             Path("."): "current directory", plain_file / "sub": "README.md is a file, not a directory"}
+    for output, message in cases.items():
+        assert main(["trio-tiny", "-o", str(output), "--force", "--quiet"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and "Traceback" not in error
+    assert (other / "important.txt").read_text() == "keep me" and plain_file.read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "notes", "work"]  # no partial left behind
+
+
+def test_output_directory_rules(tmp_path):
+    from trio_edge.errors import InputError
+    from trio_edge.files import check_output_directory
+
+    (tmp_path / "empty").mkdir()
+    assert check_output_directory(tmp_path / "empty", force=False, marker="manifest.json")  # nothing to lose
+    assert not check_output_directory(tmp_path / "new" / "deeper", force=False, marker="manifest.json")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text("{}")
+    with pytest.raises(InputError, match="already exists; pass --force"):
+        check_output_directory(tmp_path / "old", force=False, marker="manifest.json")
+    assert check_output_directory(tmp_path / "old", force=True, marker="manifest.json")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="broken symbolic link"):
+        check_output_directory(tmp_path / "dangling", force=True, marker="manifest.json")
+
+
+def test_artifact_directory_gets_the_umask_mode_not_mkdtemp_0700(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "artifact") as tmp:
+            (tmp / "file").write_text("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "artifact").stat().st_mode & 0o777 == 0o755

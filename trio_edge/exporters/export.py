@@ -23,6 +23,7 @@ from ..artifact.manifest import (
     EXPORT_TARGETS,
     GraphEntry,
     IOInfo,
+    MANIFEST_NAME,
     Manifest,
     ModelInfo,
     library_versions,
@@ -37,7 +38,7 @@ from ..artifact.weights import (
     checked_quantization,
 )
 from ..errors import ExportError, InputError
-from ..files import atomic_directory
+from ..files import atomic_directory, check_output_directory
 from ..models.split import build_modules
 from ..trio.methods import EXPORTABLE_METHODS, method_info
 from ..trio.presets import method_for
@@ -122,8 +123,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     if max_text_tokens < 8 or max_new_tokens < 1:
         raise InputError("--max-text-tokens must be at least 8 and --max-new-tokens at least 1")
     output_dir = Path(output)
-    if output_dir.exists() and not force:
-        raise InputError(f"{output_dir} already exists; pass --force to replace it")
+    replacing = check_output_directory(output_dir, force=force, marker=MANIFEST_NAME)
     if loaded is not None and (quantization is not None or loaded.model.dtype != TORCH_DTYPES[tensor_dtype]):
         import copy
 
@@ -150,7 +150,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     writer = GraphWeightWriter(table, quantization, tensor_dtype) if table is not None else None
     modules = build_modules(adapter, plan, fused_attention_op=target == "onnxruntime")
 
-    with atomic_directory(output_dir, overwrite=force) as tmp:
+    with atomic_directory(output_dir, overwrite=replacing) as tmp:
         graphs = _export_all(modules, specs, plan, tmp, opset, progress, writer, tensor_dtype)
         validation = _validate_all(modules, specs, plan, adapter, tmp, tensor_dtype, progress) if validate else []
         loaded.processor.save_pretrained(tmp)
