@@ -148,8 +148,24 @@ def test_images_over_the_pixel_limit_or_in_other_formats_are_refused():
                                    {"stop": ["a", "b", "c", "d", "e"]}, {"stop": [""]}, {"temperature": 3},
                                    {"top_p": 0}, {"max_tokens": 0}])
 def test_parameters_that_cannot_be_honoured_are_refused(extra):
-    with pytest.raises(ValidationError):
+    from trio_edge.serve.app import _validation_error
+
+    with pytest.raises(ValidationError) as refused:
         ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], **extra})
+    error = _validation_error(refused.value.errors()).body()["error"]  # the 400 a client gets: it names the field
+    assert error["param"] == next(iter(extra)) and not error["message"].startswith("Value error"), error
+
+
+def test_a_body_that_is_not_a_json_object_says_to_send_one():
+    from fastapi.testclient import TestClient
+
+    from trio_edge.serve.app import create_app
+
+    never_opened = create_app(lambda: None, ServeSettings(model_name="m"))  # no lifespan: validation only
+    answer = TestClient(never_opened).post("/v1/chat/completions", content=b'{"model": "m", "messages": []}',
+                                           headers={"Content-Type": "text/plain"})  # curl -d without -H
+    assert answer.status_code == 400
+    assert "Content-Type: application/json" in answer.json()["error"]["message"]
 
 
 def test_neutral_and_unknown_parameters_are_accepted():

@@ -39,30 +39,72 @@ def open_pipeline(source, *, backend: str | None = None, device: str = defaults.
     `model_options` (models only): schedule (a Schedule) or cuts / keep_ratio / schedule_file with
     positions / threshold / precision; method, seed, grid, max_text_tokens, nms_iterations.
     """
+    is_export = check_open(source, backend=backend, device=device, max_new_tokens=max_new_tokens,
+                           low_memory=low_memory, **model_options)
+    if device == "cpu" and not low_memory:
+        keep_freed_host_memory()
+    if is_export:
+        return open_export(source, backend=backend or defaults.EXPORT_BACKEND, device=device, cuda_graphs=cuda_graphs,
+                           threads=threads, verify=verify, low_memory=low_memory)
+    given = {k: v for k, v in model_options.items() if v is not None}  # None: the default
+    return open_model(source, device=device, cuda_graphs=cuda_graphs,
+                      max_new_tokens=defaults.MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens, **given)
+
+
+def check_open(source, *, backend: str | None = None, device: str = defaults.DEVICE, max_new_tokens: int | None = None,
+               low_memory: bool = False, cuda_graphs: bool | None = None, threads: int | None = None,
+               verify: bool = True, **model_options) -> bool:
+    """What open_pipeline checks before it loads any weights or graphs (a server runs it before it binds its port):
+    the backend and device, options an export fixed, and for an export its manifest and whether the backend can
+    run it; for a model name, that it resolves. Takes open_pipeline's options (cuda_graphs, threads and verify
+    need no check). Returns whether `source` is an export directory."""
     if backend is not None and backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     check_device(device)
-    if device == "cpu" and not low_memory:
-        keep_freed_host_memory()
     if not _is_loaded_model(source) and _is_export(source):
         given = sorted(k for k in MODEL_ONLY_OPTIONS if model_options.get(k) is not None)
         if given or max_new_tokens is not None:
-            names = ", ".join(given + (["max_new_tokens"] if max_new_tokens is not None else []))
-            raise InputError(f"{names} are fixed at export; re-export {source} with trio-export to change them")
+            names = given + (["max_new_tokens"] if max_new_tokens is not None else [])
+            raise InputError(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} fixed at export; re-export "
+                             f"{source} with trio-export to change {'it' if len(names) == 1 else 'them'}")
         unknown = sorted(set(model_options) - set(MODEL_ONLY_OPTIONS) - {"seed"})
         if unknown:
             raise TypeError(f"open_pipeline got unexpected options {unknown}")
-        return open_export(source, backend=backend or defaults.EXPORT_BACKEND, device=device, cuda_graphs=cuda_graphs,
-                           threads=threads, verify=verify, low_memory=low_memory)
+        check_export(Path(source), read_manifest(source, verify_hashes=False), backend or defaults.EXPORT_BACKEND,
+                     device, low_memory)
+        return True
     if low_memory:
         raise InputError("low_memory (--low-memory) applies to ONNX Runtime, which runs export directories; "
                          f"{source} is a model: export it with trio-export and open the export")
     if backend not in (None, defaults.MODEL_BACKEND):
         raise InputError(f"{source} is not an export directory; --backend {backend} needs one "
                          f"(run trio-export {source} -o DIR first)")
-    given = {k: v for k, v in model_options.items() if v is not None}  # None: the default
-    return open_model(source, device=device, cuda_graphs=cuda_graphs,
-                      max_new_tokens=defaults.MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens, **given)
+    if model_options.get("method") is not None:
+        from ..trio.methods import method_info
+
+        method_info(model_options["method"])  # an unknown rule's name
+    if not _is_loaded_model(source):
+        from ..models.registry import resolve
+
+        resolve(str(source))  # an unknown name or a missing directory fails here, before any loading
+    return False
+
+
+def check_export(directory: Path, manifest: Manifest, backend: str, device: str, low_memory: bool) -> None:
+    """Whether `backend` on `device` can run this export (before any graph is loaded)."""
+    check_backend(manifest.quantization, backend, directory)
+    if backend != "torch":  # the torch backend rebuilds the modules; it never runs the graph files
+        manifest.check_runnable(directory)
+    if backend == "tensorrt":
+        from .backends.tensorrt_backend import TensorRTBackend
+
+        manifest.check_tensorrt_target(directory)
+        TensorRTBackend.check_export(directory, manifest, device)
+    if backend == "onnxruntime":
+        manifest.check_onnxruntime_device(directory, device)
+    if low_memory and backend != "onnxruntime":
+        raise InputError(f"low_memory (--low-memory) applies to the onnxruntime backend only, not {backend}; "
+                         "drop it or use --backend onnxruntime")
 
 
 def _is_loaded_model(source) -> bool:
@@ -87,16 +129,7 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
     `low_memory`: ONNX Runtime without its CPU arena and memory pattern (see ort_sessions)."""
     directory = Path(directory)
     manifest = read_manifest(directory, verify_hashes=verify)
-    check_backend(manifest.quantization, backend, directory)
-    if backend != "torch":  # the torch backend rebuilds the modules; it never runs the graph files
-        manifest.check_runnable(directory)
-    if backend == "tensorrt":
-        manifest.check_tensorrt_target(directory)
-    if backend == "onnxruntime":
-        manifest.check_onnxruntime_device(directory, device)
-    if low_memory and backend != "onnxruntime":
-        raise InputError(f"low_memory (--low-memory) applies to the onnxruntime backend only, not {backend}; "
-                         "drop it or use --backend onnxruntime")
+    check_export(directory, manifest, backend, device, low_memory)
     specs = manifest.specs()
     adapter = _io_adapter(directory)
     if backend == "onnxruntime":

@@ -394,7 +394,14 @@ def _validation_error(errors) -> ApiError:
         return bad_request("invalid_json", f"the request body is not valid JSON ({reason} at character "
                            f"{first['loc'][-1]})")
     where = [str(part) for part in first["loc"] if part != "body"]
-    param = ".".join(where) or None
+    param = ".".join(where) or first.get("ctx", {}).get("param")  # a whole-request check names its field in ctx
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    message = first["msg"] if first["type"] != "missing" or param else "the request body is missing"
-    return bad_request("invalid_request", f"{param + ': ' if param else ''}{message}{more}", param)
+    if first["type"] == "missing" and not param:
+        message = "the request body is missing"
+    elif first["type"] in ("model_attributes_type", "dict_type") and not where:
+        message = ("the request body is not a JSON object; send one with the header Content-Type: "
+                   "application/json")
+    else:
+        message = first["msg"]
+    prefix = ".".join(where) + ": " if where else ""  # a whole-request check's message names its field itself
+    return bad_request("invalid_request", f"{prefix}{message}{more}", param)

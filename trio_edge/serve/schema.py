@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 # ---- request -----------------------------------------------------------------------------------------------
 
@@ -47,6 +48,11 @@ class ResponseFormat(BaseModel):
     type: str
 
 
+def _refused(param: str, message: str) -> PydanticCustomError:
+    """A whole-request check's refusal that still names its field (a model validator's error has no location)."""
+    return PydanticCustomError("unsupported_parameter", message, {"param": param})
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -74,14 +80,14 @@ class ChatCompletionRequest(BaseModel):
     def _refuse_what_cannot_be_honoured(self):
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes at most 4 non-empty strings")
+            raise _refused("stop", "stop takes at most 4 non-empty strings")
         unsupported = [name for name, neutral in (("logprobs", False), ("frequency_penalty", 0),
                                                   ("presence_penalty", 0)) if getattr(self, name) not in (None, neutral)]
         unsupported += [name for name in ("logit_bias", "tools") if getattr(self, name)]
         if self.response_format is not None and self.response_format.type != "text":
             unsupported.append("response_format")
         if unsupported:
-            raise ValueError(f"{', '.join(unsupported)} is not supported by trio-serve; leave it out")
+            raise _refused(unsupported[0], f"{', '.join(unsupported)} is not supported by trio-serve; leave it out")
         return self
 
     @property

@@ -82,8 +82,9 @@ def _prepare(source, *, host, port, log_level, api_key=None, max_queue=defaults.
     except ImportError as error:
         raise BackendUnavailableError(f"trio-serve needs FastAPI, uvicorn and prometheus-client ({error}); install "
                                       "them with: pip install 'trio-edge[serve]'") from None
-    from ..runtime.open import open_pipeline
+    from ..runtime.open import check_open, open_pipeline
 
+    check_open(source, **open_options)  # bad options fail before the port is bound and the server starts
     settings = ServeSettings(model_name=model_name or _default_name(source), api_key=api_key, max_queue=max_queue,
                              timeout=timeout, allow_remote_images=allow_remote_images,
                              max_body_bytes=int(max_body_mb * MIB), max_image_bytes=int(max_image_mb * MIB),

@@ -9,6 +9,8 @@ from .. import defaults
 from ..errors import InputError
 
 MIB = 1024 * 1024
+LIMIT_OPTIONS = {"max_body_bytes": ("--max-body-mb", MIB), "max_image_bytes": ("--max-image-mb", MIB),
+                 "max_image_pixels": ("--max-image-pixels", 1)}  # field -> (the option that sets it, its unit)
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,8 @@ class ServeSettings:
             raise InputError(f"--max-queue must be a whole number >= 0, got {self.max_queue!r}")
         if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
             raise InputError(f"--timeout must be a positive number of seconds, got {self.timeout!r}")
-        for name in ("max_body_bytes", "max_image_bytes", "max_image_pixels"):
+        for name, (option, unit) in LIMIT_OPTIONS.items():
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise InputError(f"{option} must be positive, got {getattr(self, name) / unit:g}")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("the API key is empty; pass a non-empty --api-key or none")

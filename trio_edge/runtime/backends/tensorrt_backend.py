@@ -228,9 +228,9 @@ class TensorRTBackend(Backend):
         self.decode_graphs = DecodeGraphs(self.stream)
         self._reused: dict[tuple, torch.Tensor] = {}  # decode outputs and static decode inputs
 
-    @classmethod
-    def from_export(cls, directory, manifest, specs, device: str = "cuda", *, cuda_graphs: bool = True):
-        directory = Path(directory)
+    @staticmethod
+    def check_export(directory, manifest, device: str = "cuda") -> None:
+        """Whether this export's engines can run here: built (trio-build), on a GPU, by this TensorRT for this GPU."""
         section = manifest.tensorrt
         if not section:  # checked before importing tensorrt: the message holds on any machine
             check_engine_compatibility(section, {}, directory=directory)
@@ -240,6 +240,12 @@ class TensorRTBackend(Backend):
         require_cuda("the tensorrt backend")
         index = torch.device(device).index or 0
         check_engine_compatibility(section, platform_info(trt.__version__, index), directory=directory)
+
+    @classmethod
+    def from_export(cls, directory, manifest, specs, device: str = "cuda", *, cuda_graphs: bool = True):
+        directory = Path(directory)
+        cls.check_export(directory, manifest, device)
+        section = manifest.tensorrt
         files = {}
         for name in specs:
             entry = section["engines"].get(name)
