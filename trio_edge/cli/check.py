@@ -14,8 +14,10 @@ TensorRT whose operator rules apply: e.g. the ONNX Attention op parses from
 --trt-version, and exports made with --target onnxruntime (ONNX Runtime
 contrib ops), are refused with one line.
 
-Exit status: 0 no errors, 1 errors found, 2 the path cannot be checked (or the
-graphs need a newer TensorRT, or hold ONNX Runtime contrib ops).
+Exit status: 0 no errors, 1 errors found, 2 the path cannot be checked (no
+such path, an unreadable .onnx file or manifest.json, a graph the manifest
+lists but is missing; or the graphs need a newer TensorRT, or hold ONNX
+Runtime contrib ops), with one line `error: ...`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import TrioEdgeError
+from ..errors import InputError, TrioEdgeError
 from ..exporters.trt_check import (
     JETSON_ORIN_TENSORRT,
     TENSORRT_SOURCE,
@@ -32,12 +34,17 @@ from ..exporters.trt_check import (
     format_report,
     parse_trt_version,
 )
+from .common import CliParser
 
 EXIT_OK, EXIT_ERRORS, EXIT_BAD_PATH = 0, 1, 2
 
 
+# findings that mean a file could not be read at all, so nothing about it was checked
+UNCHECKABLE_RULES = ("load", "manifest")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="trio-check",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         version = parse_trt_version(args.trt_version)
         _refuse_onnxruntime_target(args.path)
         reports = check_path(args.path, version)
+        _refuse_uncheckable(reports)
         _refuse_unparseable(reports, args.trt_version)
     except TrioEdgeError as exc:
-        print(f"trio-check: error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_PATH
     if not reports:
-        print(f"trio-check: error: no .onnx files in {args.path}", file=sys.stderr)
+        print(f"error: no .onnx files in {args.path}; pass an export directory or a .onnx file", file=sys.stderr)
         return EXIT_BAD_PATH
     for report in reports:
         print(format_report(report))
@@ -77,11 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_ERRORS if failed else EXIT_OK
 
 
+def _refuse_uncheckable(reports) -> None:
+    """One line for a file that could not be read (a corrupt .onnx, a malformed or inconsistent manifest.json)."""
+    unreadable = [(r.path, f) for r in reports for f in r.errors if f.rule in UNCHECKABLE_RULES]
+    if unreadable:
+        path, finding = unreadable[0]
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise InputError(f"{path} cannot be checked: {finding.message}{more}; re-export it with trio-export")
+
+
 def _refuse_onnxruntime_target(path) -> None:
     from pathlib import Path
 
     from ..artifact.manifest import read_target
-    from ..errors import InputError
 
     directory = Path(path) if Path(path).is_dir() else Path(path).parent
     if read_target(directory) == "onnxruntime":
@@ -92,7 +108,6 @@ def _refuse_onnxruntime_target(path) -> None:
 def _refuse_unparseable(reports, trt_version: str) -> None:
     """One line for graphs no TensorRT of that version can parse at all: ONNX Runtime contrib ops (a
     --target onnxruntime export) or ops newer than --trt-version."""
-    from ..errors import InputError
 
     contrib = sorted({op for r in reports for op in r.contrib_ops})
     if contrib:

@@ -79,12 +79,12 @@ def check_model(path: str | os.PathLike, dynamic_axes: Mapping[str, Iterable[int
         finding = Finding(path.name, "-", "-", f"single protobuf of {size} bytes is over 2 GiB; "
                           "re-save it with external data (onnx.save_model("
                           "save_as_external_data=True))", "protobuf-size")
-        return CheckReport(str(path), [finding], [])
+        return CheckReport(str(path), [finding], [], trt_version=trt_version)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any parse failure is a finding
         finding = Finding(path.name, "-", "-", f"not a readable ONNX model: {exc}", "load")
-        return CheckReport(str(path), [finding], [])
+        return CheckReport(str(path), [finding], [], trt_version=trt_version)
     ctx = Context(path, model, trt_version)
     check_opset(ctx)
     infer_dtypes(ctx)
