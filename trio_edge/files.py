@@ -107,7 +107,8 @@ def check_output_file(path: str | Path, what: str, suffixes: tuple[str, ...] = (
     cannot be written, or (when `suffixes` is given) an extension the writer does not know."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{what} {path} is a directory; pass a file path, e.g. {path / ('out' + (suffixes or ('.json',))[0])}")
+        example = path / ("out" + (suffixes or (".json",))[0])
+        raise InputError(f"{what} {path} is a directory; pass a file path, e.g. {example}")
     if suffixes and path.suffix.lower() not in suffixes:
         raise InputError(f"{what} {path} has extension {path.suffix or '(none)'!r}; use one of {', '.join(suffixes)}")
     check_writable_parent(path, what)

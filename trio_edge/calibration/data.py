@@ -14,12 +14,14 @@ def load_records(data: str, *, n: int | None, seed: int = HELD_OUT_SEED) -> list
     """Records with `image` (path or PIL image), `question`, `answer`; the first `n` (all if None)."""
     from ..data.synthetic_vqa import make_split, read_records
 
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise InputError(f"the number of samples must be a whole number of at least 1 (--n), got {n!r}")
     if data == SYNTHETIC:
-        return make_split(n or 200, seed)
+        return make_split(200 if n is None else n, seed)
     records = read_records(data)
     if not records:
         raise InputError(f"{data} holds no records")
-    return records[:n] if n else records
+    return records if n is None else records[:n]
 
 
 def normalize_answer(text: str) -> str:

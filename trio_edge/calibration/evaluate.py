@@ -107,14 +107,17 @@ def method_schedule(adapter, grid, method: str, ratio: float):
     positions = method_info(method).positions
     try:
         return schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions), shape
-    except ScheduleError:
+    except ScheduleError as own_placement:
         # the authors' layers (scaled) start too deep for this budget on a shallow model: TRIO's cut layers, which
         # start earlier, with the method's own keep shape; still impossible for a rule that needs layer N-1 first
         lowest = 1 if method_info(method).owns_layer else 0
         layers = tuple(sorted({max(lowest, layer) for layer in adapter.default_cut_layers()}))
         reference = eval_placement(method, ratio)[1]  # the table's own weights, before any merging
         weights = tuple(reference[-len(layers):]) if len(reference) >= len(layers) else (1.0,) * len(layers)
-        schedule = schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions)
+        try:
+            schedule = schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions)
+        except ScheduleError:
+            raise own_placement from None  # the reason in the authors' terms, as trio-bench and trio-export say it
         return schedule, f"{shape}; at TRIO's cut layers (its own start too deep for this budget here)"
 
 

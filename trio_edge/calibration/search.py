@@ -2,9 +2,10 @@
 
 Objective: output invariance against the unpruned model on calibration prompts, scored lexicographically:
 greedy answer exact match, then first-token agreement, then (lower) mean KL(full || pruned) of the
-first next-token distribution. Candidates whose layer-averaged budget exceeds the target are never
-considered; with --latency-ms, candidates slower than it on this device are dropped. The family's
-default schedule is always a candidate, so the result is at least as good as it on the calibration set.
+first next-token distribution. Candidates whose layer-averaged image tokens exceed the target's (budget x M,
+within half a token, as --keep-ratio rounds keeps to whole tokens) are never considered; with --latency-ms,
+candidates slower than it on this device are dropped. The family's default schedule is always a candidate, so
+the result is at least as good as it on the calibration set.
 """
 
 from __future__ import annotations
@@ -162,12 +163,22 @@ def calibrate(model, *, budget: float, latency_limit_ms: float | None = None, de
     model."""
     from ..models.registry import load
 
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+        raise ScheduleError(f"--budget must be a layer-averaged image-token ratio within (0, 1], e.g. 0.111; got "
+                            f"{budget!r}")
+    for name, value in (("--n", n), ("--max-new-tokens", max_new_tokens), ("--top", top)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ScheduleError(f"{name} must be a whole number of at least 1, got {value!r}")
     loaded = load(model) if isinstance(model, str) else model
     adapter, grid = loaded.adapter, loaded.adapter.default_grid()
     layers, m = adapter.num_layers, adapter.image_token_count(grid)
+    candidates = [Candidate(s, s.budget_ratio(layers, m)) for s in candidate_schedules(adapter, grid, budget)]
+    if not candidates:
+        raise ScheduleError(f"no schedule keeps as few as {budget} of the {m} image tokens on average over "
+                            f"{layers} layers ({budget * m:.1f} tokens; at least one must survive each cut): "
+                            "raise --budget")
     records = load_records(data, n=n, seed=seed)
     reference = reference_outputs(loaded, records, max_new_tokens)
-    candidates = [Candidate(s, s.budget_ratio(layers, m)) for s in candidate_schedules(adapter, grid, budget)]
     for candidate in _bar(candidates, "candidates", progress):
         score(loaded, candidate, records, reference, max_new_tokens)
     best = sorted(candidates, key=lambda c: c.score, reverse=True)[:top]

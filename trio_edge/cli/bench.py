@@ -18,11 +18,16 @@ from pathlib import Path
 from .. import defaults
 from ..errors import InputError
 from .common import (
+    CliParser,
     add_device_options,
     add_quiet_option,
     add_schedule_options,
+    at_least,
+    check_output_paths,
     cli_entry,
     command_line,
+    make_parents,
+    positive_number,
     schedule_options,
 )
 
@@ -32,24 +37,27 @@ DEFAULT_PROMPT = ("describe this picture in detail : which objects are there , w
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trio-bench", description=__doc__,
+    parser = CliParser(prog="trio-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
-    parser.add_argument("--random-weights", action="store_true", help="build the alias's architecture with random weights")
-    parser.add_argument("--scale", type=float, default=1.0, help="with --random-weights: width scale (CPU runs)")
-    parser.add_argument("--layers", type=int, help="with --random-weights: decoder layers (default: the real count)")
-    parser.add_argument("--vision-layers", type=int, help="with --random-weights: vision layers")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the alias's architecture with random weights")
+    parser.add_argument("--scale", type=positive_number, help="with --random-weights: width scale (default 1; CPU runs)")
+    parser.add_argument("--layers", type=at_least(1),
+                        help="with --random-weights: decoder layers (default: the real count)")
+    parser.add_argument("--vision-layers", type=at_least(1), help="with --random-weights: vision layers")
     add_device_options(parser)
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default=defaults.DTYPE,
                         help="for models exported on the fly")
     add_schedule_options(parser)
     parser.add_argument("--compare-full", action="store_true", help="also measure the unpruned pipeline")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--warmup", type=at_least(0), default=2, help="unmeasured requests first (default 2)")
+    parser.add_argument("--iters", type=at_least(1), default=5, help="measured requests (default 5)")
+    parser.add_argument("--new-tokens", type=at_least(1), default=32, help="tokens per answer (default 32)")
     parser.add_argument("--image", help="image file (default: a synthetic image)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--json", dest="json_path", help="write the results as JSON here")
+    parser.add_argument("--json", dest="json_path", help="write the results as JSON here (stdout's last line is "
+                                                         "always a JSON summary)")
     parser.add_argument("--trace", help="write a Chrome/Perfetto trace of the last pruned request here")
     parser.add_argument("--plot", help="write a PNG stage timeline here")
     add_quiet_option(parser)
@@ -70,9 +78,15 @@ def pipelines_for(args, workdir: Path):
     from ..runtime.open import open_pipeline
 
     devices = dict(backend=args.backend, device=args.device, cuda_graphs=args.cuda_graphs, low_memory=args.low_memory)
+    random_only = [flag for flag, value in (("--scale", args.scale), ("--layers", args.layers),
+                                            ("--vision-layers", args.vision_layers)) if value is not None]
+    if random_only and not args.random_weights:
+        raise InputError(f"{', '.join(random_only)} shape the random-weights model: add --random-weights (with an "
+                         "alias such as llava-next-7b) or drop them")
     if is_export_dir(args.model):
         manifest = read_manifest(args.model, verify_hashes=False)
-        pruned = open_pipeline(args.model, **devices)
+        # schedule options are the export's: open_pipeline refuses them with one line
+        pruned = open_pipeline(args.model, **devices, method=args.method, **schedule_options(args))
         full = None
         if args.compare_full:
             full = open_pipeline(_export_full_like(manifest, workdir / "full", progress=not args.quiet), **devices)
@@ -81,7 +95,7 @@ def pipelines_for(args, workdir: Path):
     if args.random_weights:
         from ..models.random_weights import build_random
 
-        source = str(build_random(args.model, workdir / "model", scale=args.scale, layers=args.layers,
+        source = str(build_random(args.model, workdir / "model", scale=args.scale or 1.0, layers=args.layers,
                                   vision_layers=args.vision_layers))
     return _pipelines_for_model(args, source, workdir, devices)
 
@@ -136,6 +150,7 @@ def _export_full_like(manifest, target: Path, progress: bool) -> Path:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_output_paths(json=args.json_path, trace=args.trace, plot=args.plot)
     from ..artifact.manifest import is_export_dir
     from ..models.preprocess import load_image
     from ..runtime import bench
@@ -167,6 +182,7 @@ def main(argv=None):
 
         result["orin_fit"] = orin_fit_for_export(read_manifest(args.model, verify_hashes=False))
         print(format_orin_fit(result["orin_fit"], pruned.weight_format))
+    make_parents(args.trace, args.plot, args.json_path)
     if args.trace:
         bench.write_chrome_trace(next(iter(reports.values())), args.trace)
     if args.plot:

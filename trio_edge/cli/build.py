@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 
-from .common import cli_entry
+from .common import CliParser, cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trio-build", description=__doc__,
+    parser = CliParser(prog="trio-build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", metavar="DIR", help="export directory written by trio-export")
     parser.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
+import math
 import os
 import sys
 
@@ -47,6 +49,53 @@ def cli_entry(func):
     return wrapper
 
 
+class CliParser(argparse.ArgumentParser):
+    """argparse with the project's error form: one line `error: ...` that names --help, and exit code 2 (argparse
+    would print the whole usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(minimum: int):
+    """An argparse type: a whole number >= `minimum`, refused with one line naming the option."""
+    def whole_number(text: str) -> int:
+        value = int(text)  # ValueError: argparse says "invalid whole_number value: 'x'"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return whole_number
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def check_output_paths(**paths) -> None:
+    """Refuse output files (option name -> path or None) before the work that writes them: a directory in their
+    place, a folder that cannot be written, or an extension the writer does not know (--plot: PNG)."""
+    from ..files import check_output_file
+
+    for option, path in paths.items():
+        if path is not None:
+            flag = "--" + option.replace("_", "-")
+            check_output_file(path, flag, (".png",) if option == "plot" else ())
+
+
+def make_parents(*paths) -> None:
+    """Create the folders of output files (given or None) right before they are written."""
+    from pathlib import Path
+
+    for path in paths:
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def command_line(prog: str, argv) -> str:
     """The command as typed, for provenance records in JSON outputs."""
     return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
@@ -59,8 +108,6 @@ NO_SCHEDULE = "none given = no pruning"
 def add_schedule_options(parser, *, title: str = f"selection schedule (pick one; {NO_SCHEDULE})") -> None:
     """--cuts / --keep-ratio / --schedule-file (mutually exclusive), --method, --positions, --threshold,
     --select-precision."""
-    import argparse
-
     from .. import defaults
     from ..trio.methods import REGISTRY
     from ..trio.presets import PRESETS

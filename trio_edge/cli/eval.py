@@ -15,11 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_quiet_option, cli_entry, command_line
+from .common import CliParser, add_quiet_option, at_least, check_output_paths, cli_entry, command_line, make_parents
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trio-eval", description=__doc__,
+    parser = CliParser(prog="trio-eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="alias, Hugging Face id or model directory (default trio-tiny)", nargs="?",
                         default="trio-tiny")
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="full,trio,fastv,dart,pdrop,visionzip,random,uniform,trio-ve")
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     parser.add_argument("--data", default="synthetic", help="'synthetic' or a records folder / .jsonl file")
-    parser.add_argument("--n", type=int, default=200, help="number of samples (default 200)")
+    parser.add_argument("--n", type=at_least(1), default=200, help="number of samples (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     parser.add_argument("--json", dest="json_path", help="write results as JSON here")
     parser.add_argument("--plot", help="write an accuracy-vs-budget PNG here")
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_output_paths(json=args.json_path, plot=args.plot)
     from ..calibration.data import load_records
     from ..calibration.evaluate import evaluate, parse_budgets, write_plot
     from ..models.registry import load
@@ -52,6 +53,7 @@ def main(argv=None):
     body = {"command": command_line("trio-eval", argv), "model": args.model,
             "data": args.data, "n": result.n, "full_accuracy": result.full_accuracy,
             "full_by_kind": result.full_by_kind, "rows": result.rows}
+    make_parents(args.json_path, args.plot)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(body, indent=2))
     if args.plot:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 
 from .. import defaults
-from .common import add_quiet_option, add_schedule_options, cli_entry, schedule_options
+from .common import CliParser, add_quiet_option, add_schedule_options, at_least, cli_entry, schedule_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trio-export", description=__doc__,
+    parser = CliParser(prog="trio-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="alias, Hugging Face id or local directory")
     parser.add_argument("-o", "--output", required=True, help="export directory (written atomically)")
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"longest prompt text, in tokens (default {defaults.MAX_TEXT_TOKENS})")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS,
                         help=f"longest answer, in tokens (default {defaults.MAX_NEW_TOKENS})")
-    parser.add_argument("--opset", type=int, default=defaults.OPSET, help=f"ONNX opset (default {defaults.OPSET})")
+    parser.add_argument("--opset", type=int, default=defaults.OPSET, help=f"ONNX opset, 18..23 (default "
+                        f"{defaults.OPSET}; quantized exports use at least 21)")
     parser.add_argument("--nms-iterations", type=int, default=defaults.NMS_ITERATIONS,
                         help=f"Cluster-NMS iterations unrolled per block of 384 tokens in select graphs (default "
                              f"{defaults.NMS_ITERATIONS}; "

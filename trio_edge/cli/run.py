@@ -12,11 +12,11 @@ import json
 import sys
 
 from .. import defaults
-from .common import PROMPT_HELP, add_device_options, add_model_only_options, cli_entry, model_only_options
+from .common import PROMPT_HELP, CliParser, add_device_options, add_model_only_options, cli_entry, model_only_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trio-run", description=__doc__,
+    parser = CliParser(prog="trio-run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
     parser.add_argument("--image", required=True, help="image file (PNG, JPEG, WebP, BMP, GIF)")

@@ -13,42 +13,52 @@ import argparse
 import os
 
 from .. import defaults
-from .common import add_device_options, add_model_only_options, cli_entry, model_only_options
+from .common import (
+    CliParser,
+    add_device_options,
+    add_model_only_options,
+    at_least,
+    cli_entry,
+    model_only_options,
+    positive_number,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trio-serve", description=__doc__,
+    parser = CliParser(prog="trio-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
     add_device_options(parser)
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default=defaults.SERVE_HOST, help=f"address to bind (default {defaults.SERVE_HOST}: "
                                                                   "this machine only; 0.0.0.0 for every interface)")
-    http.add_argument("--port", type=int, default=defaults.SERVE_PORT, help=f"default {defaults.SERVE_PORT}; 0 = any "
+    http.add_argument("--port", type=at_least(0), default=defaults.SERVE_PORT, help=f"default {defaults.SERVE_PORT}; 0 = any "
                                                                             "free port")
     http.add_argument("--api-key", default=os.environ.get("TRIO_SERVE_API_KEY"),
                       help="require 'Authorization: Bearer KEY' on /v1 (default: $TRIO_SERVE_API_KEY, else none)")
     http.add_argument("--model-name", help="the model id clients send and /v1/models lists (default: the last "
                                            "component of EXPORT_DIR_OR_MODEL)")
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                      help="uvicorn's log level (warning: no access log)")
+                      help="uvicorn's log level (default info: one access-log line per request; warning and above "
+                           "print no access log)")
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-queue", type=int, default=defaults.SERVE_MAX_QUEUE,
+    limits.add_argument("--max-queue", type=at_least(0), default=defaults.SERVE_MAX_QUEUE,
                         help=f"requests that may wait while one runs (default {defaults.SERVE_MAX_QUEUE}); more get 429")
-    limits.add_argument("--timeout", type=float, default=defaults.SERVE_TIMEOUT,
+    limits.add_argument("--timeout", type=positive_number, default=defaults.SERVE_TIMEOUT,
                         help=f"seconds from arrival to the last token, queue wait included (default "
                              f"{defaults.SERVE_TIMEOUT:g}); then 504, or an error event when streaming")
-    limits.add_argument("--max-body-mb", type=float, default=defaults.SERVE_MAX_BODY_MB,
+    limits.add_argument("--max-body-mb", type=positive_number, default=defaults.SERVE_MAX_BODY_MB,
                         help=f"largest request body (default {defaults.SERVE_MAX_BODY_MB:g}); 413 above")
-    limits.add_argument("--max-image-mb", type=float, default=defaults.SERVE_MAX_IMAGE_MB,
+    limits.add_argument("--max-image-mb", type=positive_number, default=defaults.SERVE_MAX_IMAGE_MB,
                         help=f"largest encoded image (default {defaults.SERVE_MAX_IMAGE_MB:g}); 413 above")
-    limits.add_argument("--max-image-pixels", type=int, default=defaults.SERVE_MAX_IMAGE_PIXELS,
+    limits.add_argument("--max-image-pixels", type=at_least(1), default=defaults.SERVE_MAX_IMAGE_PIXELS,
                         help=f"most decoded pixels (default {defaults.SERVE_MAX_IMAGE_PIXELS}); 400 above")
     limits.add_argument("--allow-remote-images", action="store_true",
                         help="also fetch http(s) image URLs (off by default: the server would fetch any URL a "
                              "client names)")
     model_only = add_model_only_options(parser, "EXPORT_DIR_OR_MODEL")
-    model_only.add_argument("--max-new-tokens", type=int, help=f"longest answer (default {defaults.MAX_NEW_TOKENS})")
+    model_only.add_argument("--max-new-tokens", type=at_least(1), help=f"longest answer (default "
+                            f"{defaults.MAX_NEW_TOKENS}; an export fixed its own: clients pass max_tokens)")
     return parser
 
 

@@ -46,6 +46,7 @@ from .onnx_graph import compare_outputs, export_graph, run_onnx
 from .probe_inputs import example_inputs, random_inputs, recorded_request_inputs
 from .quantize import GraphWeightWriter, WeightTable, quantize_model, shared_weights
 
+OPSETS = range(18, 24)  # what --opset takes: exported and validated on ONNX Runtime here
 
 
 @dataclass
@@ -118,6 +119,9 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
                                         calibration_data=calibration_data)
     if not method_info(method).exportable:
         raise InputError(f"--method {method} cannot be exported; exportable: {', '.join(EXPORTABLE_METHODS)}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OPSETS[0] <= opset <= OPSETS[-1]:
+        raise InputError(f"--opset must be within {OPSETS[0]}..{OPSETS[-1]} (torch's ONNX exporter writes opset "
+                         f"{OPSETS[0]} or newer; {OPSETS[-1]} is the newest tested), got {opset!r}")
     if calibration_samples < 1:
         raise InputError(f"--calibration-samples must be at least 1, got {calibration_samples}")
     if max_text_tokens < 8 or max_new_tokens < 1:

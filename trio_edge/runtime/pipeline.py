@@ -190,9 +190,14 @@ class Pipeline:
         Returns a GenerationResult (`text`, `token_ids`, `kept`, `timings`); with `stream=True` a TokenStream
         that yields each new token as it is generated. Bad inputs raise InputError here, before any work.
         """
+        if self.backend is None:
+            raise InputError("this pipeline is closed (its `with` block ended or close() was called); open it again "
+                             "with trio_edge.load(...)")
         max_new = self._checked_max_new_tokens(max_new_tokens)
-        if not temperature >= 0 or not 0 < top_p <= 1:
-            raise InputError(f"temperature must be >= 0 and top_p within (0, 1], got {temperature} and {top_p}")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (temperature, top_p))
+        if not numbers or not temperature >= 0 or not 0 < top_p <= 1:
+            raise InputError(f"temperature must be a number >= 0 and top_p a number within (0, 1], got "
+                             f"{temperature!r} and {top_p!r}")
         if seed is None:  # greedy needs none; sampling draws one (never from torch's global generator)
             seed = 0 if temperature == 0 else int.from_bytes(os.urandom(8), "little") % 2**62
         result = GenerationResult("", [], [], {})

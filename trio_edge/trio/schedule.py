@@ -185,7 +185,7 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
     scale = (ratio * m * layers - full_cost) / weighted
     if scale <= 0:
         lowest = lowest_keep_ratio(cut_layers, layers)
-        raise ScheduleError(f"--keep-ratio {ratio} is below what cuts at layers {list(cut_layers)} can reach "
+        raise ScheduleError(f"--keep-ratio {ratio:.4g} is below what cuts at layers {list(cut_layers)} can reach "
                             f"({lowest:.3f}); pass explicit --cuts with an earlier first cut")
 
     def keeps_at(scale_: float) -> list[int]:
@@ -212,7 +212,7 @@ def schedule_for_ratio(ratio: float, cut_layers, keep_weights, num_layers: int, 
             low, high = (mid, high) if average(keeps_at(mid)) < target else (low, mid)
         keeps = min((keeps_at(low), keeps_at(high)), key=lambda k: abs(average(k) - target))
         if abs(average(keeps) - target) > 1.0:
-            raise ScheduleError(f"--keep-ratio {ratio} cannot be reached with cuts at layers {list(cut_layers)} "
+            raise ScheduleError(f"--keep-ratio {ratio:.4g} cannot be reached with cuts at layers {list(cut_layers)} "
                                 f"(closest: {average(keeps) / m:.3f}); pass explicit --cuts")
     return Schedule(tuple(Cut(c, k) for c, k in zip(cut_layers, keeps)), **kwargs).validate(layers, m)
 
