@@ -134,3 +134,18 @@ def test_eval_n_is_the_number_of_samples():
     with pytest.raises(InputError, match="at least 1"):
         load_records("synthetic", n=0)
     assert json.dumps(len(load_records("synthetic", n=None))) == "200"
+
+
+def test_an_error_after_a_progress_bar_starts_its_own_line(capsys):
+    from tqdm import tqdm
+
+    from trio_edge.cli.common import cli_entry
+
+    @cli_entry
+    def command(argv=None):
+        bar = tqdm(total=10, desc="work")
+        bar.update(3)
+        raise InputError("the third step failed")
+
+    assert command() == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "error: the third step failed"

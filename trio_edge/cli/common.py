@@ -30,6 +30,12 @@ def _one_line(error) -> str:
     return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
 
 
+def _close_progress_bars() -> None:
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def cli_entry(func):
     @functools.wraps(func)
     def wrapper(argv=None):
@@ -40,6 +46,7 @@ def cli_entry(func):
         try:
             return func(argv) or 0
         except TrioEdgeError as error:
+            _close_progress_bars()  # the error starts its own line, not the end of a bar's
             print(f"error: {_one_line(error)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
