@@ -149,3 +149,53 @@ def test_an_error_after_a_progress_bar_starts_its_own_line(capsys):
 
     assert command() == 2
     assert capsys.readouterr().err.splitlines()[-1] == "error: the third step failed"
+
+
+@pytest.mark.slow
+def test_bench_compare_full_matches_the_export_and_refuses_an_unpruned_one(export_tiny, tmp_path, capsys):
+    from trio_edge.artifact.manifest import read_manifest
+    from trio_edge.cli.bench import _export_full_like
+
+    gqa = read_manifest(export_tiny("one_cut", target="onnxruntime")[1], verify_hashes=False)
+    full = read_manifest(_export_full_like(gqa, tmp_path / "full", progress=False), verify_hashes=False)
+    assert full.target == "onnxruntime" and not full.plan.schedule.pruning  # same attention form, unpruned
+    assert bench_cli.main([str(tmp_path / "full"), "--compare-full", "--quiet"]) == 2
+    one_error_line(capsys.readouterr().err, "is unpruned already")
+
+
+def test_paths_spelled_as_paths_are_missing_directories(tmp_path):
+    from trio_edge.models.registry import resolve
+
+    for name in (str(tmp_path / "nope"), "./nope", "a/b/c"):
+        with pytest.raises(ModelNotFoundError, match=f"{name} does not exist: pass an export directory"):
+            resolve(name)
+
+
+def test_stream_prints_the_same_summary_line(one_cut_dir, tmp_path, capsys):
+    from helpers import random_image
+
+    from trio_edge.cli import run as run_cli
+
+    image = tmp_path / "in.png"
+    random_image(90, 140, seed=4).save(image)
+    argv = [str(one_cut_dir), "--image", str(image), "--prompt", "what color is the circle?"]
+    assert run_cli.main(argv) == 0
+    plain = capsys.readouterr()
+    assert run_cli.main([*argv, "--stream"]) == 0
+    streamed = capsys.readouterr()
+    assert streamed.out == plain.out
+    summary = [line.split("; TTFT")[0] for line in (plain.err, streamed.err)]
+    assert summary[0] == summary[1] and summary[0].startswith("[40 kept")
+
+
+def test_timeline_plot_gives_every_stage_its_own_colour(tmp_path):
+    from PIL import Image
+
+    from trio_edge.runtime.bench import write_timeline_png
+
+    names = [f"stage_{i}" for i in range(11)]
+    report = {"timeline": [(name, 10.0 * i, 10.0) for i, name in enumerate(names)]}
+    write_timeline_png({"pruned": report}, tmp_path / "t.png")
+    image = Image.open(tmp_path / "t.png").convert("RGB")
+    row = {image.getpixel((x, 40)) for x in range(170, 1180)}  # the bars of the one row
+    assert len(row - {(255, 255, 255)}) == len(names)

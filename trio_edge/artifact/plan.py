@@ -6,12 +6,15 @@ reads it back and needs nothing else to orchestrate the graphs.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 from .. import defaults
-from ..errors import ScheduleError
+from ..errors import InputError, ScheduleError
 from ..trio.methods import VISION_TOWER, check_cuts, method_info
 from ..trio.schedule import Cut, Schedule, VisionStage
+
+POSITIONS_OVER_TRAINED = 4  # the most a plan may reach past max_position_embeddings (RoPE extrapolates)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,18 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
              nms_iterations: int = defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
     """The plan of a model adapter (models.llava) for a schedule, fixed grid and maxima."""
     decoder = adapter.decoder
+    for name, value in (("--max-text-tokens", max_text_tokens), ("--max-new-tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+    positions, limit = adapter.image_token_count(grid) + max_text_tokens + max_new_tokens, adapter.max_positions
+    if limit is not None and positions > limit:
+        told = (f"{positions} positions ({adapter.image_token_count(grid)} image tokens + --max-text-tokens "
+                f"{max_text_tokens} + --max-new-tokens {max_new_tokens}), over the {limit} the model was trained on "
+                "(max_position_embeddings)")
+        if positions > POSITIONS_OVER_TRAINED * limit:  # a typo, and buffers no machine holds
+            raise InputError(f"{told}, more than {POSITIONS_OVER_TRAINED} times that; lower --max-new-tokens or "
+                             "--max-text-tokens")
+        logging.getLogger("trio_edge").warning(f"notice: {told}; past them its answers degrade")
     return make_plan(
         num_layers=decoder.num_layers, num_image_tokens=adapter.image_token_count(grid), schedule=schedule,
         max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,

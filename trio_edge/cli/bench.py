@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
     parser.add_argument("--random-weights", action="store_true",
                         help="build the alias's architecture with random weights")
-    parser.add_argument("--scale", type=positive_number, help="with --random-weights: width scale (default 1; CPU runs)")
+    parser.add_argument("--scale", type=positive_number,
+                        help="with --random-weights: width scale (default 1; CPU runs)")
     parser.add_argument("--layers", type=at_least(1),
                         help="with --random-weights: decoder layers (default: the real count)")
     parser.add_argument("--vision-layers", type=at_least(1), help="with --random-weights: vision layers")
@@ -88,6 +89,10 @@ def pipelines_for(args, workdir: Path):
         # schedule options are the export's: open_pipeline refuses them with one line
         pruned = open_pipeline(args.model, **devices, method=args.method, **schedule_options(args))
         full = None
+        if args.compare_full and not manifest.plan.schedule.pruning:
+            pruned.close()
+            raise InputError(f"{args.model} is unpruned already: --compare-full measures an export against the "
+                             "unpruned one; drop it, or pass a pruned export")
         if args.compare_full:
             full = open_pipeline(_export_full_like(manifest, workdir / "full", progress=not args.quiet), **devices)
         return pruned, full, pruned.io.config, manifest.io.tile_count
@@ -129,8 +134,8 @@ def _pipelines_for_model(args, source: str, workdir: Path, devices: dict):
     return pruned, full, loaded.model.config, tiles
 
 
-def _export_full_like(manifest, target: Path, progress: bool) -> Path:
-    """The unpruned export of the same model, grid, dtype and maxima as `manifest`'s."""
+def _export_full_like(manifest, directory: Path, progress: bool) -> Path:
+    """The unpruned export of the same model, grid, dtype, maxima, target and weights as `manifest`'s."""
     from ..exporters.export import export
 
     plan, quantization = manifest.plan, manifest.quantization
@@ -140,11 +145,11 @@ def _export_full_like(manifest, target: Path, progress: bool) -> Path:
                             quant_method=quantization.method, quantize_lm_head=quantization.lm_head,
                             quantize_vision=quantization.vision,
                             calibration_data=(quantization.calibration or {}).get("data"))
-    export(manifest.model.source, target, grid=f"{plan.grid[0]}x{plan.grid[1]}",
-           dtype="fp16" if manifest.model.dtype == "float16" else "fp32",
+    export(manifest.model.source, directory, grid=f"{plan.grid[0]}x{plan.grid[1]}",
+           target=manifest.target or "tensorrt", dtype="fp16" if manifest.model.dtype == "float16" else "fp32",
            max_text_tokens=plan.max_text_tokens, max_new_tokens=plan.max_new_tokens, validate=False,
            progress=progress, **same_weights)
-    return target
+    return directory
 
 
 @cli_entry

@@ -34,7 +34,7 @@ from ..exporters.trt_check import (
     format_report,
     parse_trt_version,
 )
-from .common import CliParser
+from .common import CliParser, silence_stdout
 
 EXIT_OK, EXIT_ERRORS, EXIT_BAD_PATH = 0, 1, 2
 
@@ -74,14 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     if not reports:
         print(f"error: no .onnx files in {args.path}; pass an export directory or a .onnx file", file=sys.stderr)
         return EXIT_BAD_PATH
-    for report in reports:
-        print(format_report(report))
-        print()
     errors = sum(len(r.errors) for r in reports)
     warnings = sum(len(r.warnings) for r in reports)
     failed = errors > 0 or (args.strict and warnings > 0)
     verdict = "NOT ready for TensorRT" if failed else "ready for TensorRT"
-    print(f"{len(reports)} file(s) checked: {errors} error(s), {warnings} warning(s) - {verdict}")
+    try:
+        for report in reports:
+            print(format_report(report))
+            print()
+        print(f"{len(reports)} file(s) checked: {errors} error(s), {warnings} warning(s) - {verdict}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `trio-check DIR | head`: the verdict is still the exit status
+        silence_stdout()
     return EXIT_ERRORS if failed else EXIT_OK
 
 

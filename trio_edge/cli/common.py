@@ -30,6 +30,13 @@ def _one_line(error) -> str:
     return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
 
 
+def silence_stdout() -> None:
+    """After the reader of stdout went away: send what is left to /dev/null, so the flush at exit raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _close_progress_bars() -> None:
     tqdm = sys.modules.get("tqdm")
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
@@ -52,6 +59,9 @@ def cli_entry(func):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as SIGPIPE would
+            silence_stdout()
+            return 141
 
     return wrapper
 

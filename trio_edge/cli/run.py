@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, kept, timings)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, kept, timings, "
+                        "prompt_tokens, weights; seed when sampling; vision_kept after a vision-tower method")
     add_model_only_options(parser)
     return parser
 
@@ -52,6 +53,7 @@ def main(argv=None):
                 sys.stdout.write(token.text)
                 sys.stdout.flush()
             print()
+            print(_summary(stream.result, pipeline.weight_format), file=sys.stderr)
             return
         result = pipeline.generate(args.image, args.prompt, **options)
         weight_format = pipeline.weight_format
@@ -59,7 +61,12 @@ def main(argv=None):
         print(json.dumps({**result.to_json(), "weights": weight_format}))
     else:
         print(result.text)
-        vision = [f"{len(result.vision_kept[0])} kept per tile in the vision tower"] if result.vision_kept else []
-        cuts = ", ".join(vision + [f"{len(k)} kept" for k in result.kept]) or "no pruning"
-        print(f"[{cuts}; TTFT {result.timings['ttft']:.1f} ms, {result.timings['decode_ms_per_token']:.1f} ms/token; "
-              f"weights {weight_format}]", file=sys.stderr)
+        print(_summary(result, weight_format), file=sys.stderr)
+
+
+def _summary(result, weight_format: str) -> str:
+    """The stderr line after an answer: what was kept, TTFT, decode speed, weight format."""
+    vision = [f"{len(result.vision_kept[0])} kept per tile in the vision tower"] if result.vision_kept else []
+    cuts = ", ".join(vision + [f"{len(k)} kept" for k in result.kept]) or "no pruning"
+    return (f"[{cuts}; TTFT {result.timings['ttft']:.1f} ms, {result.timings['decode_ms_per_token']:.1f} ms/token; "
+            f"weights {weight_format}]")

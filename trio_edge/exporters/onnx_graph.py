@@ -25,7 +25,8 @@ EXTERNAL_DATA_BYTES = 1 << 30
 @contextlib.contextmanager
 def quiet_export():
     """torch.onnx prints progress lines and warnings per graph; keep the CLI's own output readable."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript")]
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript",
+                                                    "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

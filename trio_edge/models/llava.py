@@ -26,7 +26,7 @@ def checked_prompt(prompt) -> str:
     UTF-8), non-text and empty prompts raise InputError."""
     prompt = checked_text(prompt)
     if not prompt.strip():
-        raise InputError("the prompt is empty; pass a question or instruction with --prompt")
+        raise InputError("the prompt is empty; pass a question or instruction (trio-run: --prompt)")
     return prompt
 
 
@@ -295,6 +295,12 @@ class LlavaAdapter:
     @property
     def num_layers(self) -> int:
         return int(self.config.text_config.num_hidden_layers)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the language model takes (its config's max_position_embeddings), if it says."""
+        value = getattr(self.config.text_config, "max_position_embeddings", None)
+        return int(value) if value else None
 
     def default_cut_layers(self) -> tuple[int, ...]:
         """The released LLaVA schedule's cut layers (1, 10, 15) on decoders of 32 layers or more, its depths scaled

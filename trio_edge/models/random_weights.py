@@ -110,6 +110,9 @@ def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, sca
                 param.normal_(0.0, 0.02)
     model.eval()
     path = Path(path)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its "Writing model shards" bar is noise in a benchmark's output
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

@@ -63,6 +63,9 @@ def resolve(name: str) -> str:
             raise ModelNotFoundError(f"{name} does not exist (the folder {name.split('/')[0]}/ does): pass an export "
                                      f"directory (trio-export MODEL -o {name} writes one) or a model directory")
         return name  # looks like a hub id
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # spelled as a path
+        raise ModelNotFoundError(f"{name} does not exist: pass an export directory (trio-export MODEL -o {name} "
+                                 "writes one) or a model directory")
     raise ModelNotFoundError(
         f"unknown model {name!r}: not a directory, not an alias ({', '.join(ALIASES)}), not a hub id (owner/name)"
     )

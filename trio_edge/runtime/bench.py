@@ -144,6 +144,10 @@ def environment(backend: str, device: str) -> dict:
     return env
 
 
+# table labels of stages whose JSON key reads ambiguously beside the summary's median decode step
+STAGE_LABELS = {"decode_ms_per_token": "decode/token (req mean)"}
+
+
 def format_report(report: dict, title: str) -> str:
     kept = report["kept"] or (f"all {report['image_tokens']} image tokens" if "image_tokens" in report else "all")
     lines = [f"== {title}: prompt {report['prompt_tokens']} tokens, kept {kept}",
@@ -151,13 +155,15 @@ def format_report(report: dict, title: str) -> str:
     flops = report.get("flops", {})
     for name, stats in report["stages"].items():
         gflop = flops.get(name)
-        lines.append(f"{name:<24}{stats['median_ms']:>11.2f}{stats['p90_ms']:>10.2f}"
+        label = STAGE_LABELS.get(name, name)
+        lines.append(f"{label:<24}{stats['median_ms']:>11.2f}{stats['p90_ms']:>10.2f}"
                      f"{'' if gflop is None else f'{gflop / 1e9:>10.2f}'}")
-    lines.append(f"TTFT {report['ttft_ms']:.2f} ms, decode {report['decode_ms_per_token']:.2f} ms/token "
+    lines.append(f"TTFT {report['ttft_ms']:.2f} ms, decode {report['decode_ms_per_token']:.2f} ms/token (median step) "
                  f"({report['tokens_per_s']:.1f} tok/s), end-to-end {report['end_to_end_ms']:.1f} ms for "
                  f"{report['new_tokens']} tokens")
-    lines.append(f"KV buffers {report['kv_buffer_bytes'] / 2**20:.1f} MiB allocated, {report['kv_used_bytes'] / 2**20:.1f} MiB "
-                 f"used; peak host RSS {report['peak_host_rss_bytes'] / 2**30:.2f} GiB")
+    lines.append(f"KV buffers {report['kv_buffer_bytes'] / 2**20:.1f} MiB allocated, "
+                 f"{report['kv_used_bytes'] / 2**20:.1f} MiB used; peak host RSS of the process so far "
+                 f"{report['peak_host_rss_bytes'] / 2**30:.2f} GiB")
     return "\n".join(lines)
 
 
@@ -185,23 +191,31 @@ def write_chrome_trace(report: dict, path: str | Path) -> None:
 
 
 def write_timeline_png(reports: dict[str, dict], path: str | Path) -> None:
-    """A stage timeline per pipeline (one row each), drawn with PIL so no plotting library is needed."""
+    """A stage timeline per pipeline (one row each) and a legend of colour swatches, drawn with PIL so no
+    plotting library is needed. Every stage gets its own colour (hues spread by the golden ratio)."""
+    import colorsys
+
     from PIL import Image, ImageDraw
 
-    width, row, left = 1200, 60, 160
+    width, row, left, swatch = 1200, 60, 160, 14
     span = max(max(s + d for _, s, d in r["timeline"]) for r in reports.values())
-    image = Image.new("RGB", (width, row * len(reports) + 40), "white")
+    names = list(dict.fromkeys(name for r in reports.values() for name, _, _ in r["timeline"]))
+    colours = {name: tuple(int(255 * c) for c in colorsys.hsv_to_rgb((0.13 + i * 0.618034) % 1.0, 0.65, 0.9))
+               for i, name in enumerate(names)}
+    per_line = (width - 10) // 200
+    legend_top = 20 + row * len(reports)
+    image = Image.new("RGB", (width, legend_top + 20 * -(-len(names) // per_line) + 10), "white")
     draw = ImageDraw.Draw(image)
-    palette = [(66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193)]
-    colours: dict[str, tuple] = {}
     for index, (label, report) in enumerate(reports.items()):
         top = 20 + index * row
         draw.text((5, top + 20), label, fill="black")
         for name, start, dur in report["timeline"]:
-            key = "decode" if name == "decode" else name
-            colour = colours.setdefault(key, palette[len(colours) % len(palette)])
             x0 = left + start / span * (width - left - 10)
             x1 = max(x0 + 1, left + (start + dur) / span * (width - left - 10))
-            draw.rectangle([x0, top + 5, x1, top + row - 15], fill=colour)
-    draw.text((left, 2), f"0 .. {span:.1f} ms; colours: " + ", ".join(colours), fill="black")
+            draw.rectangle([x0, top + 5, x1, top + row - 15], fill=colours[name])
+    draw.text((left, 2), f"0 .. {span:.1f} ms", fill="black")
+    for index, name in enumerate(names):
+        x, y = 5 + (index % per_line) * 200, legend_top + (index // per_line) * 20
+        draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colours[name])
+        draw.text((x + swatch + 6, y + 3), name, fill="black")
     image.save(path)

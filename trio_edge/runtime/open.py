@@ -150,7 +150,7 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
                                              cuda_graphs=cuda_graphs is not False)
     pipeline = Pipeline(manifest.plan, engine, adapter, stop_token_ids=manifest.io.stop_token_ids,
                         dtype=manifest.model.dtype)
-    pipeline.weight_format = manifest.weight_format()
+    pipeline.weight_format, pipeline.from_export = manifest.weight_format(), True
     return pipeline
 
 

@@ -7,6 +7,7 @@ group is allocated once per pipeline and reused by every request.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,12 +36,15 @@ class GenerationResult:
     # a vision stage's kept tokens, per tile: index in the tile (0 = [CLS]), -1 for merged ones; cuts after it
     # number the image tokens the decoder sees (0..M'-1)
     vision_kept: list[list[int]] | None = None
+    seed: int | None = None  # the sampling seed (drawn when none was given), so a sampled answer can be replayed
 
     def to_json(self) -> dict:
         body = {"text": self.text, "token_ids": self.token_ids, "kept": self.kept, "timings": self.timings,
                 "prompt_tokens": self.prompt_tokens}
         if self.vision_kept is not None:
             body["vision_kept"] = self.vision_kept
+        if self.seed is not None:
+            body["seed"] = self.seed
         return body
 
 
@@ -67,6 +71,10 @@ class Pipeline:
         self.device = backend.device
         self.dtype = TORCH_DTYPES[dtype]
         self.vision_kept = None  # the last request's vision-stage kept tokens (a vision-tower method's)
+        self.from_export = False  # open_export sets it: error messages then name trio-export's options
+        # one request at a time owns the KV buffers: threads take turns (the lock), and a stream that another
+        # request overtook between two of its tokens stops with an error instead of reading that request's cache
+        self._lock, self._owner = threading.Lock(), None
         self.weight_format = dtype  # what the weights are; an export's opener sets e.g. "int4 (rtn, block 32)"
         with torch.inference_mode(False):  # the torch backend writes these in place, outside inference mode
             self.kv = {seg.name: torch.zeros(plan.kv_shape(seg), dtype=self.dtype, device=self.device)
@@ -198,9 +206,11 @@ class Pipeline:
         if not numbers or not temperature >= 0 or not 0 < top_p <= 1:
             raise InputError(f"temperature must be a number >= 0 and top_p a number within (0, 1], got "
                              f"{temperature!r} and {top_p!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise InputError(f"seed must be a whole number within 0..2**63-1 (or None for a fresh one), got {seed!r}")
         if seed is None:  # greedy needs none; sampling draws one (never from torch's global generator)
             seed = 0 if temperature == 0 else int.from_bytes(os.urandom(8), "little") % 2**62
-        result = GenerationResult("", [], [], {})
+        result = GenerationResult("", [], [], {}, seed=seed if temperature > 0 else None)
         clock = _Clock(self.device)
         result.timeline = clock.events
         pixels, input_ids = self.prepare(image, prompt)
@@ -208,8 +218,9 @@ class Pipeline:
         tokens = self._tokens(pixels, input_ids, max_new, temperature, top_p, seed, result, clock)
         if stream:
             return TokenStream(self, tokens, result)
-        for _ in tokens:
-            pass
+        with self._lock:
+            for _ in tokens:
+                pass
         result.text = self.decode_text(result.token_ids)
         return result
 
@@ -218,13 +229,25 @@ class Pipeline:
         if isinstance(max_new, bool) or not isinstance(max_new, int):
             raise InputError(f"max_new_tokens must be a whole number, got {max_new!r}")
         if not 0 <= max_new <= self.plan.max_new_tokens:
+            if self.from_export:
+                raise InputError(f"max_new_tokens={max_new} is outside 0..{self.plan.max_new_tokens}, the maximum this "
+                                 "export was built for (re-export with a larger --max-new-tokens)")
             raise InputError(f"max_new_tokens={max_new} is outside 0..{self.plan.max_new_tokens}, the maximum this "
-                             "export was built for (re-export with a larger --max-new-tokens)")
+                             "pipeline was opened with (open the model again with a larger max_new_tokens)")
         return max_new
 
     def _tokens(self, pixels, input_ids, max_new: int, temperature: float, top_p: float, seed: int,
                 result: GenerationResult, clock: "_Clock"):
         """Prefill, then yield generated token ids one by one, filling `result` as it goes."""
+        request = self._owner = object()  # this request now owns the KV buffers
+        try:
+            yield from self._owned_tokens(request, pixels, input_ids, max_new, temperature, top_p, seed, result, clock)
+        finally:
+            if self._owner is request:
+                self._owner = None
+
+    def _owned_tokens(self, request, pixels, input_ids, max_new: int, temperature: float, top_p: float, seed: int,
+                      result: GenerationResult, clock: "_Clock"):
         start = clock.origin
         features, logits, result.kept, lengths = self.prefill(pixels, input_ids, clock)
         if self.vision_kept is not None:
@@ -240,6 +263,10 @@ class Pipeline:
             yield token
             if token in self.stop_token_ids or step == max_new - 1:
                 break
+            if self._owner is not request:
+                raise InputError("another request ran on this pipeline between two tokens of this stream and "
+                                 "rewrote its KV cache; finish or close() a stream before the next request, or "
+                                 "use one pipeline per concurrent request")
             t = time.perf_counter()
             logits = self.decode_step(token, features, step, input_ids.shape[1], lengths)
             clock.lap("decode", t)
@@ -282,7 +309,8 @@ class TokenStream:
         return self
 
     def __next__(self) -> StreamedToken:
-        token = next(self._tokens)  # StopIteration ends the stream
+        with self.pipeline._lock:  # threads take turns step by step
+            token = next(self._tokens)  # StopIteration ends the stream
         text = self.pipeline.decode_text(self.result.token_ids)
         delta, self._printed = text[len(self._printed):], text
         self.result.text = text

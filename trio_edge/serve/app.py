@@ -199,7 +199,8 @@ def _generation_options(body: ChatCompletionRequest, limit: int) -> dict:
                           "tokens (re-export with a larger --max-new-tokens)", param)
     return {"max_new_tokens": limit if asked is None else asked,
             "temperature": 0.0 if body.temperature is None else body.temperature,
-            "top_p": 1.0 if body.top_p is None else body.top_p, "seed": body.seed}
+            "top_p": 1.0 if body.top_p is None else body.top_p,
+            "seed": None if body.seed is None else body.seed % 2**63}  # any 64-bit seed, as OpenAI takes it
 
 
 async def _image_bytes(url: str, state: ServerState) -> bytes:
