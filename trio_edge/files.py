@@ -128,17 +128,15 @@ def check_output_directory(target: str | Path, *, force: bool, marker: str) -> b
     if target.exists():
         if not target.is_dir():
             raise InputError(f"output directory {target} is a file, not a directory; pass a new directory path")
-        if not any(target.iterdir()):
-            return True  # an empty directory: nothing to lose
-        if not (target / marker).is_file():
-            raise InputError(f"output directory {target} is a directory that is not an earlier export (it has no "
-                             f"{marker}); --force only replaces exports, so pick a new path or empty it yourself")
-        if not force:
-            raise InputError(f"{target} already exists; pass --force to replace it")
-        check_writable_parent(target, "the output directory")
-        return True
+        if any(target.iterdir()):  # an empty directory has nothing to lose
+            if not (target / marker).is_file():
+                raise InputError(f"output directory {target} is a directory that is not an earlier export (it has "
+                                 f"no {marker}); --force only replaces exports, so pick a new path or empty it "
+                                 "yourself")
+            if not force:
+                raise InputError(f"{target} already exists; pass --force to replace it")
     check_writable_parent(target, "the output directory")
-    return False
+    return target.exists()
 
 
 def _umask() -> int:

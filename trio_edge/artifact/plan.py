@@ -148,9 +148,10 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
     for name, value in (("--max-text-tokens", max_text_tokens), ("--max-new-tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
-    positions, limit = adapter.image_token_count(grid) + max_text_tokens + max_new_tokens, adapter.max_positions
+    image_tokens, limit = adapter.image_token_count(grid), adapter.max_positions
+    positions = image_tokens + max_text_tokens + max_new_tokens
     if limit is not None and positions > limit:
-        told = (f"{positions} positions ({adapter.image_token_count(grid)} image tokens + --max-text-tokens "
+        told = (f"{positions} positions ({image_tokens} image tokens + --max-text-tokens "
                 f"{max_text_tokens} + --max-new-tokens {max_new_tokens}), over the {limit} the model was trained on "
                 "(max_position_embeddings)")
         if positions > POSITIONS_OVER_TRAINED * limit:  # a typo, and buffers no machine holds
@@ -158,7 +159,7 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
                              "--max-text-tokens")
         logging.getLogger("trio_edge").warning(f"notice: {told}; past them its answers degrade")
     return make_plan(
-        num_layers=decoder.num_layers, num_image_tokens=adapter.image_token_count(grid), schedule=schedule,
+        num_layers=decoder.num_layers, num_image_tokens=image_tokens, schedule=schedule,
         max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,
         num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
         nms_iterations=nms_iterations, method=method,

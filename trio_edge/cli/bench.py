@@ -38,7 +38,7 @@ DEFAULT_PROMPT = ("describe this picture in detail : which objects are there , w
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="trio-bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
     parser.add_argument("--random-weights", action="store_true",
                         help="build the alias's architecture with random weights")
@@ -86,13 +86,12 @@ def pipelines_for(args, workdir: Path):
                          "alias such as llava-next-7b) or drop them")
     if is_export_dir(args.model):
         manifest = read_manifest(args.model, verify_hashes=False)
+        if args.compare_full and not manifest.plan.schedule.pruning:
+            raise InputError(f"{args.model} is unpruned already: --compare-full measures an export against the "
+                             "unpruned one; drop it, or pass a pruned export")
         # schedule options are the export's: open_pipeline refuses them with one line
         pruned = open_pipeline(args.model, **devices, method=args.method, **schedule_options(args))
         full = None
-        if args.compare_full and not manifest.plan.schedule.pruning:
-            pruned.close()
-            raise InputError(f"{args.model} is unpruned already: --compare-full measures an export against the "
-                             "unpruned one; drop it, or pass a pruned export")
         if args.compare_full:
             full = open_pipeline(_export_full_like(manifest, workdir / "full", progress=not args.quiet), **devices)
         return pruned, full, pruned.io.config, manifest.io.tile_count

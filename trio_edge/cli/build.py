@@ -19,7 +19,7 @@ from .common import CliParser, cli_entry
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="trio-build", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", metavar="DIR", help="export directory written by trio-export")
     parser.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16",
                         help="kernels TensorRT may use besides fp32 (default fp16; bf16 needs sm_80 or newer)")

@@ -18,7 +18,7 @@ from .common import CliParser, add_device_options, at_least, check_output_paths,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="trio-calibrate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="alias, Hugging Face id or model directory")
     parser.add_argument("--budget", type=float, required=True, help="layer-averaged image-token ratio, e.g. 0.111")
     parser.add_argument("--latency-ms", type=float, help="time-to-first-token limit on this device (PyTorch backend)")

@@ -112,7 +112,6 @@ def _refuse_onnxruntime_target(path) -> None:
 def _refuse_unparseable(reports, trt_version: str) -> None:
     """One line for graphs no TensorRT of that version can parse at all: ONNX Runtime contrib ops (a
     --target onnxruntime export) or ops newer than --trt-version."""
-
     contrib = sorted({op for r in reports for op in r.contrib_ops})
     if contrib:
         raise InputError(f"the graphs use ONNX Runtime contrib ops ({', '.join(contrib)}; a --target onnxruntime "

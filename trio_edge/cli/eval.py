@@ -20,7 +20,7 @@ from .common import CliParser, add_quiet_option, at_least, check_output_paths, c
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="trio-eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="alias, Hugging Face id or model directory (default trio-tiny)", nargs="?",
                         default="trio-tiny")
     parser.add_argument("--budgets", default="1/3,2/9,1/9", help="layer-averaged image-token ratios, fractions or "

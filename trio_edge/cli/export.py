@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 
 from .. import defaults
-from .common import CliParser, add_quiet_option, add_schedule_options, at_least, cli_entry, schedule_options
+from .common import CliParser, add_quiet_option, add_schedule_options, cli_entry, schedule_options
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="trio-export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="alias, Hugging Face id or local directory")
     parser.add_argument("-o", "--output", required=True, help="export directory (written atomically)")
     add_schedule_options(parser)

@@ -17,7 +17,7 @@ from .common import PROMPT_HELP, CliParser, add_device_options, add_model_only_o
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="trio-run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
     parser.add_argument("--image", required=True, help="image file (PNG, JPEG, WebP, BMP, GIF)")
     parser.add_argument("--prompt", required=True, help=PROMPT_HELP)

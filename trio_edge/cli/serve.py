@@ -26,7 +26,7 @@ from .common import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="trio-serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="export directory, or alias / Hugging Face id / model directory")
     add_device_options(parser)
     http = parser.add_argument_group("HTTP")

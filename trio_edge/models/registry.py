@@ -44,7 +44,7 @@ class LoadedModel:
 def resolve(name: str) -> str:
     """Alias -> hub id or directory; local directories win over aliases of the same name."""
     if Path(name).is_dir():
-        if (Path(name) / "manifest.json").is_file():
+        if (Path(name) / "manifest.json").is_file():  # artifact.manifest.is_export_dir, which models may not import
             raise ModelNotFoundError(f"{name} is an export directory (it has manifest.json), not a model: this command "
                                      "runs the PyTorch model, so pass the model it was exported from (trio-run, "
                                      "trio-bench and trio-serve take export directories)")
@@ -59,16 +59,20 @@ def resolve(name: str) -> str:
             return str(_built_in(name))
         return ALIASES[name]
     if "/" in name and not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/")):
-        if Path(name.split("/")[0]).is_dir():  # e.g. exports/llava-next-7b with an exports/ folder here
-            raise ModelNotFoundError(f"{name} does not exist (the folder {name.split('/')[0]}/ does): pass an export "
-                                     f"directory (trio-export MODEL -o {name} writes one) or a model directory")
+        folder = name.split("/")[0]
+        if Path(folder).is_dir():  # e.g. exports/llava-next-7b with an exports/ folder here
+            raise _missing_directory(name, f" (the folder {folder}/ does)")
         return name  # looks like a hub id
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # spelled as a path
-        raise ModelNotFoundError(f"{name} does not exist: pass an export directory (trio-export MODEL -o {name} "
-                                 "writes one) or a model directory")
+        raise _missing_directory(name)
     raise ModelNotFoundError(
         f"unknown model {name!r}: not a directory, not an alias ({', '.join(ALIASES)}), not a hub id (owner/name)"
     )
+
+
+def _missing_directory(name: str, where: str = "") -> ModelNotFoundError:
+    return ModelNotFoundError(f"{name} does not exist{where}: pass an export directory (trio-export MODEL -o {name} "
+                              "writes one) or a model directory")
 
 
 def _built_in(name: str) -> Path:

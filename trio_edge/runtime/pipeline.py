@@ -229,11 +229,10 @@ class Pipeline:
         if isinstance(max_new, bool) or not isinstance(max_new, int):
             raise InputError(f"max_new_tokens must be a whole number, got {max_new!r}")
         if not 0 <= max_new <= self.plan.max_new_tokens:
-            if self.from_export:
-                raise InputError(f"max_new_tokens={max_new} is outside 0..{self.plan.max_new_tokens}, the maximum this "
-                                 "export was built for (re-export with a larger --max-new-tokens)")
+            how = ("export was built for (re-export with a larger --max-new-tokens)" if self.from_export else
+                   "pipeline was opened with (open the model again with a larger max_new_tokens)")
             raise InputError(f"max_new_tokens={max_new} is outside 0..{self.plan.max_new_tokens}, the maximum this "
-                             "pipeline was opened with (open the model again with a larger max_new_tokens)")
+                             f"{how}")
         return max_new
 
     def _tokens(self, pixels, input_ids, max_new: int, temperature: float, top_p: float, seed: int,
