@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,11 +41,21 @@ def page_faults(mode: str) -> list[int]:
     return [int(n) for n in done.stdout.split()]
 
 
+def huge_pages_always() -> bool:
+    """Transparent huge pages for every mapping: a fault then brings in 2 MiB, so page-fault counts say little."""
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
 def test_kept_memory_stops_the_page_faults_of_repeated_requests():
     kept, default = page_faults("keep"), page_faults("default")
     # the blocks of earlier requests are reused: once the heap has settled a request faults nothing (on a loaded
     # machine torch's threads can take a few requests to settle: [28456, 8063, 8062, 8063, 0] seen)
     assert min(kept[1:]) <= 100, kept
+    if huge_pages_always():
+        pytest.skip("transparent huge pages are 'always' here: the default's faults are 2 MiB each, too few to count")
     # glibc's default maps every 37 MB block afresh and hands it back on free: each request faults its ~9k pages
     assert min(default[2:]) > 5_000, default
 
