@@ -34,3 +34,11 @@ class ArtifactError(TrioEdgeError):
 
 class BackendUnavailableError(TrioEdgeError):
     """A runtime backend (onnxruntime-gpu, tensorrt, CUDA) is not installed or usable here."""
+
+
+def require_whole_numbers(named: dict[str, object], *, minimum: int = 1, error: type[InputError] = InputError) -> None:
+    """Raise `error` naming the first value (name -> value) that is not a whole number of at least `minimum`
+    (True and False are ints to Python, not counts)."""
+    for name, value in named.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise error(f"{name} must be a whole number of at least {minimum}, got {value!r}")

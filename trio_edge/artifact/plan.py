@@ -10,7 +10,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 from .. import defaults
-from ..errors import InputError, ScheduleError
+from ..errors import InputError, ScheduleError, require_whole_numbers
 from ..trio.methods import VISION_TOWER, check_cuts, method_info
 from ..trio.schedule import Cut, Schedule, VisionStage
 
@@ -145,9 +145,7 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
              nms_iterations: int = defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
     """The plan of a model adapter (models.llava) for a schedule, fixed grid and maxima."""
     decoder = adapter.decoder
-    for name, value in (("--max-text-tokens", max_text_tokens), ("--max-new-tokens", max_new_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+    require_whole_numbers({"--max-text-tokens": max_text_tokens, "--max-new-tokens": max_new_tokens})
     image_tokens, limit = adapter.image_token_count(grid), adapter.max_positions
     positions = image_tokens + max_text_tokens + max_new_tokens
     if limit is not None and positions > limit:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import InputError
+from ..errors import InputError, require_whole_numbers
 
 SYNTHETIC = "synthetic"
 HELD_OUT_SEED = 90_001  # far from the training script's seeds
@@ -14,8 +14,8 @@ def load_records(data: str, *, n: int | None, seed: int = HELD_OUT_SEED) -> list
     """Records with `image` (path or PIL image), `question`, `answer`; the first `n` (all if None)."""
     from ..data.synthetic_vqa import make_split, read_records
 
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise InputError(f"the number of samples must be a whole number of at least 1 (--n), got {n!r}")
+    if n is not None:
+        require_whole_numbers({"the number of samples (--n)": n})
     if data == SYNTHETIC:
         return make_split(200 if n is None else n, seed)
     records = read_records(data)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..errors import ScheduleError
+from ..errors import ScheduleError, require_whole_numbers
 from ..runtime.open import open_pipeline
 from ..trio.schedule import Schedule, schedule_for_ratio
 from .data import load_records
@@ -166,9 +166,7 @@ def calibrate(model, *, budget: float, latency_limit_ms: float | None = None, de
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
         raise ScheduleError(f"--budget must be a layer-averaged image-token ratio within (0, 1], e.g. 0.111; got "
                             f"{budget!r}")
-    for name, value in (("--n", n), ("--max-new-tokens", max_new_tokens), ("--top", top)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ScheduleError(f"{name} must be a whole number of at least 1, got {value!r}")
+    require_whole_numbers({"--n": n, "--max-new-tokens": max_new_tokens, "--top": top}, error=ScheduleError)
     loaded = load(model) if isinstance(model, str) else model
     adapter, grid = loaded.adapter, loaded.adapter.default_grid()
     layers, m = adapter.num_layers, adapter.image_token_count(grid)
