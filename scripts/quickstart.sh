@@ -7,4 +7,4 @@ bash scripts/setup.sh
 . .venv/bin/activate
 trio-export trio-tiny -o exports/trio-tiny --keep-ratio 0.111 --force
 trio-check exports/trio-tiny
-trio-run exports/trio-tiny --image trio_edge/assets/samples/color.png --prompt "what color is the triangle?" --json
+trio-run exports/trio-tiny --image "$(python -m trio_edge.samples color)" --prompt "what color is the triangle?" --json

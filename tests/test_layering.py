@@ -1,6 +1,6 @@
 """Imports flow one way: each layer of trio_edge uses only the layers below it (DESIGN.md section 4).
 
-    base (errors, defaults, files, graph_ops, data) < trio < models < artifact < runtime < exporters
+    base (errors, defaults, files, graph_ops, data, samples) < trio < models < artifact < runtime < exporters
     < calibration < serve, cli
 
 The exporter may run graphs through the runtime to validate them; the runtime never imports the exporter;
@@ -15,7 +15,7 @@ from pathlib import Path
 import trio_edge
 
 LAYERS = (
-    {"errors", "defaults", "files", "graph_ops", "data"},
+    {"errors", "defaults", "files", "graph_ops", "data", "samples"},
     {"trio"},
     {"models"},
     {"artifact"},

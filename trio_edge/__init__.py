@@ -45,11 +45,12 @@ _LAZY = {
     "StreamedToken": ("trio_edge.runtime.pipeline", "StreamedToken"),
     "select_tokens": ("trio_edge.trio.selection", "select_tokens"),
     "serve": ("trio_edge.serve", None),  # the module: trio_edge.serve.run(...) is what trio-serve does
+    "samples": ("trio_edge.samples", None),  # the sample images shipped in the package: samples.path("color")
 }
 
 __all__ = [
     "export", "ExportInfo", "load", "Pipeline", "GenerationResult", "TokenStream", "StreamedToken",
-    "select_tokens", "serve", "Schedule", "Cut", "schedule_for_ratio", "resolve_schedule",
+    "select_tokens", "serve", "samples", "Schedule", "Cut", "schedule_for_ratio", "resolve_schedule",
     "TrioEdgeError", "InputError", "ScheduleError", "ModelNotFoundError", "UnsupportedModelError", "ExportError",
     "ArtifactError", "BackendUnavailableError", "__version__",
 ]

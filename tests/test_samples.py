@@ -1,0 +1,38 @@
+"""The sample images ship in the package and are reachable from any directory; the public API lists them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import trio_edge
+from trio_edge import samples
+
+
+def test_every_sample_is_an_image_with_its_question():
+    assert samples.names() == ["color", "count", "shape"]
+    for record in samples.records():
+        assert Image.open(record["image"]).size[0] > 0 and record["question"] and record["answer"]
+    assert samples.path("color.png") == samples.path("color")
+
+
+def test_an_unknown_sample_says_which_exist():
+    with pytest.raises(trio_edge.InputError, match="no sample image named 'cat'; the samples are color, count, shape"):
+        samples.path("cat")
+
+
+def test_the_module_prints_paths_from_any_directory(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "trio_edge.samples", "color", "shape"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == [str(samples.path("color")), str(samples.path("shape"))]
+    bad = subprocess.run([sys.executable, "-m", "trio_edge.samples", "cat"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no sample image named 'cat'")
+
+
+def test_public_api_is_listed():
+    for name in ("export", "load", "Pipeline", "GenerationResult", "select_tokens", "Schedule", "InputError",
+                 "ArtifactError", "ExportInfo", "samples"):
+        assert name in trio_edge.__all__ and getattr(trio_edge, name) is not None
