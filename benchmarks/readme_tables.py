@@ -1,4 +1,4 @@
-"""Markdown tables for the README from benchmarks/results/*.json (python benchmarks/readme_tables.py)."""
+"""Markdown tables for docs/results.md from benchmarks/results/*.json (python benchmarks/readme_tables.py)."""
 
 from __future__ import annotations
 

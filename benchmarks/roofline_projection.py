@@ -4,7 +4,7 @@ From the alias's real config alone (no weights): prefill FLOPs per stage and dec
 `trio_edge.models.cost`, turned into floors (`trio_edge.runtime.roofline`) with each device's datasheet
 peaks: TTFT floor = fp16 FLOPs /
 fp16 tensor peak + fp32 FLOPs / fp32 peak (select stages: all in fp32 by default, only the NMS part with
---select-precision model; see README design notes); decode
+--select-precision model; see docs/design.md); decode
 floor = bytes per token / memory bandwidth. Floors ignore launch overhead and kernel efficiency: a real
 pipeline is slower, and how much slower is what benchmarks/llava_next_7b.py measures on a GPU.
 
@@ -54,7 +54,7 @@ def select_share(prefill_flops: float, select_flops: float, fp32_flops: float, p
 
 
 def cpu_wide_share(alias: str, keep_ratio: float, text_tokens: int, new_tokens: int) -> dict:
-    """The select stages' share of TRIO's prefill FLOPs at the wide CPU benchmark's shape (README)."""
+    """The select stages' share of TRIO's prefill FLOPs at the wide CPU benchmark's shape (docs/results.md)."""
     from trio_edge.models.cost import stage_flops
 
     shape = {"scale": 0.25, "layers": 4, "vision_layers": 2}

@@ -8,7 +8,7 @@ below 2 GiB), so freed blocks are reused by the next request, as ONNX Runtime's 
 activations. The cost is that the process holds its peak heap between requests, which is why `low_memory` runs
 (memory-bound devices) leave glibc's defaults alone, as does any process started with TRIO_EDGE_KEEP_HOST_MEMORY=0.
 
-Measured (wide llava-next-7b shape, torch runtime, one process each, 4 requests after a load; README, "Host
+Measured (wide llava-next-7b shape, torch runtime, one process each, 4 requests after a load; docs/design.md, "Host
 memory on CPU"): unpruned TTFT 3.3-3.9 s with 60-216k page faults per request before, 2.7-2.8 s with 0-3.5k
 after; TRIO's first select stage 275-334 ms before, 179-220 ms after.
 """
