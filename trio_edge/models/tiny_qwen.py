@@ -1,0 +1,106 @@
+"""A tiny Qwen2.5-VL built in code, so the Qwen family is exercised offline.
+
+`make_tiny_qwen2_5_vl` writes a standard `save_pretrained` directory (safetensors weights, a word-level
+tokenizer with Qwen's chat and vision special tokens, Qwen's PIL image processor and its chat template) that
+transformers' Auto classes load like a hub checkpoint. Its geometry is the real one scaled down: patch 14,
+temporal patch 2, 2x2 merger, 112-pixel attention windows with one full-attention block, M-RoPE sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .tiny import tiny_vocab
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+# Qwen2.5-VL's chat template for text and images (the Instruct checkpoints' own, without tools and video)
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tiny_qwen_tokenizer():
+    """A word-level fast tokenizer with the tiny vocabulary and Qwen's special tokens (no BOS, as Qwen)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [token for token in tiny_vocab() if token not in ("<s>", "</s>", "<image>")] + ["you", "helpful"]
+    vocab = {token: index for index, token in enumerate(words + QWEN_SPECIALS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    specials = [pre_tokenizers.Split(token.lower(), behavior="isolated") for token in QWEN_SPECIALS]
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*specials, pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(QWEN_SPECIALS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                              "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"},
+        model_max_length=4096,
+    )
+
+
+def tiny_qwen2_5_vl_config(tokenizer, *, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
+                           vision_hidden: int = 32, vision_layers: int = 2, vision_heads: int = 2):
+    """Config of a Qwen2.5-VL with the real vision geometry (patch 14, merger 2, window 112 px) at small width."""
+    from transformers import Qwen2_5_VLConfig
+
+    head_dim = hidden // heads
+    quarter = head_dim // 2 // 4  # M-RoPE sections (t, h, w) over head_dim / 2 frequencies, as 16/24/24 of 64
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
+                                 "mrope_section": [head_dim // 2 - 3 * quarter, quarter * 3 // 2, quarter * 3 // 2]},
+                bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"), tie_word_embeddings=False)
+    vision = dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                  num_heads=vision_heads, out_hidden_size=hidden, patch_size=14, temporal_patch_size=2,
+                  spatial_merge_size=2, window_size=112, fullatt_block_indexes=[vision_layers - 1])
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+
+
+def make_tiny_qwen_image_processor(*, pixels: int = 224 * 224):
+    """Qwen's PIL image processor with min = max pixels. transformers' Qwen2_5_VLProcessor cannot be built without
+    torchvision (its video processor needs it), so the checkpoint carries its tokenizer (with the chat template)
+    and image processor as separate files, which is also all a Qwen checkpoint's processor holds for images."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=14, temporal_patch_size=2,
+                                    merge_size=2)
+
+
+def make_tiny_qwen2_5_vl(path: str | Path, seed: int = 0, **config_overrides) -> Path:
+    """Write a tiny random Qwen2_5_VLForConditionalGeneration checkpoint (+ tokenizer, processor) to `path`."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    path = Path(path)
+    tokenizer = make_tiny_qwen_tokenizer()
+    config = tiny_qwen2_5_vl_config(tokenizer, **config_overrides)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    with torch.no_grad():  # random init is near-zero in places; a visible spread makes parity checks meaningful
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.08)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    make_tiny_qwen_image_processor().save_pretrained(path)
+    return path
