@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     def pipeline(schedule, runtime_form: bool) -> Pipeline:
         plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=128, max_new_tokens=args.new_tokens,
                         nms_iterations=32)
-        specs = graph_specs(plan, tile_count=adapter.tile_count(grid), tile_size=adapter.tile_size, dtype="float32")
+        specs = graph_specs(plan, tile_count=adapter.tile_count(grid), pixel_shape=adapter.pixel_shape(grid), dtype="float32")
         backend = TorchBackend(specs, build_modules(adapter, plan, runtime_form=runtime_form), device=args.device,
                                cuda_graphs=False)
         return Pipeline(plan, backend, adapter, stop_token_ids=adapter.stop_token_ids(), dtype="float32")

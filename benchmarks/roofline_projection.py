@@ -25,7 +25,7 @@ import sys
 
 def plans(alias: str, keep_ratio: float, text_tokens: int, new_tokens: int, **scaled):
     from trio_edge.artifact.plan import make_plan
-    from trio_edge.models.llava import adapter_for
+    from trio_edge.models.families import adapter_for
     from trio_edge.models.random_weights import architecture
     from trio_edge.trio.schedule import Schedule
 

@@ -25,7 +25,7 @@ def authors_flops(hidden: int, ffn: int, tokens_per_layer) -> float:
 
 def model_rows(alias: str, text_tokens: int) -> dict:
     from trio_edge.models.cost import DecoderShape, kv_bytes_by_layer_tokens, prefill_flops_by_layer_tokens
-    from trio_edge.models.llava import adapter_for
+    from trio_edge.models.families import adapter_for
     from trio_edge.models.random_weights import architecture
     from trio_edge.trio import sparsevlm as sv
     from trio_edge.trio.schedule import Schedule

@@ -36,15 +36,6 @@ def random_image(width: int, height: int, seed: int, mode: str = "RGB") -> Image
     return Image.fromarray(array, "RGB").convert(mode) if mode != "RGB" else Image.fromarray(array, "RGB")
 
 
-def tile_count(adapter, grid) -> int:
-    if hasattr(adapter, "tile_count"):
-        return adapter.tile_count(grid)
-    tile = adapter.tile_size
-    if adapter.family == "llava-1.5":
-        return 1
-    return (grid[0] // tile) * (grid[1] // tile) + 1
-
-
 class RecordingTorchBackend(TorchBackend):
     """Torch backend that also records every logits output of the last segment (prefill + decode steps)."""
 
@@ -72,7 +63,7 @@ def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_token
     plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
                     nms_iterations=nms_iterations, method=method)
     modules = build_modules(adapter, plan, runtime_form=runtime_form)
-    specs = graph_specs(plan, tile_count=tile_count(adapter, grid), tile_size=adapter.tile_size, dtype="float32")
+    specs = graph_specs(plan, tile_count=adapter.tile_count(grid), pixel_shape=adapter.pixel_shape(grid), dtype="float32")
     head = next(seg.name for seg in plan.segments if seg.with_head)
     backend = RecordingTorchBackend(specs, modules, head)
     stops = adapter.stop_token_ids() if stop_token_ids is None else stop_token_ids

@@ -41,7 +41,7 @@ def test_vision_stage_reduces_the_image_tokens_everywhere(tiny):
     assert (plan.num_image_tokens, plan.full_image_tokens) == (7 * tiles, adapter.image_token_count(grid))
     assert PipelinePlan.from_dict(plan.to_dict()) == plan
     assert plan.segments[0].image_tokens == 7 * tiles and "35 image tokens" in plan.describe()
-    vision = graph_specs(plan, tile_count=tiles, tile_size=adapter.tile_size, dtype="float32")["vision"]
+    vision = graph_specs(plan, tile_count=tiles, pixel_shape=adapter.pixel_shape(grid), dtype="float32")["vision"]
     assert [(t.name, t.shape) for t in vision.outputs] == [("image_features", (7 * tiles, plan.hidden_size)),
                                                            (VISION_KEPT, (tiles, 7))]
     ids = adapter.prompt_ids("what colour?", plan.num_image_tokens)

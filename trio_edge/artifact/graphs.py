@@ -109,15 +109,27 @@ def _segment_caches(plan: PipelinePlan, seg, dtype: str, layer_caches: bool):
     return tuple(inputs), tuple(outputs), tuple(pairs)
 
 
-def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: str,
+def position_shape(plan: PipelinePlan, axis: str) -> tuple:
+    """Shape of a position_ids tensor over `axis`: (1, T), or (rows, 1, T) for multi-row positions (M-RoPE)."""
+    return (1, axis) if plan.position_rows == 1 else (plan.position_rows, 1, axis)
+
+
+def position_tensor(positions, rows: int):
+    """(T,) int64 positions as a graph's position_ids: (1, T), or every row equal (rows, 1, T) (a text token's
+    M-RoPE position is the same on all three rows)."""
+    return positions[None] if rows == 1 else positions.expand(rows, 1, positions.shape[-1])
+
+
+def graph_specs(plan: PipelinePlan, *, tile_count: int, pixel_shape: tuple[int, ...], dtype: str,
                 layer_caches: bool = False) -> dict[str, GraphSpec]:
-    """Every graph's signature. `layer_caches`: segments take one cache per layer's keys and values (the
-    onnxruntime target: GQA's shared past/present buffers) instead of one kv per segment."""
+    """Every graph's signature. `pixel_shape`: the vision graph's input (the model adapter's pixel_shape);
+    `tile_count`: the tiles a vision-stage rule prunes. `layer_caches`: segments take one cache per layer's keys
+    and values (the onnxruntime target: GQA's shared past/present buffers) instead of one kv per segment."""
     d, m, v = plan.hidden_size, plan.num_image_tokens, plan.vocab_size
     q = QUERY_AXIS
     specs = [
         GraphSpec("vision", GraphKind.VISION,
-                  (TensorSpec("pixel_values", dtype, (tile_count, 3, tile_size, tile_size)),),
+                  (TensorSpec("pixel_values", dtype, tuple(pixel_shape)),),
                   (TensorSpec("image_features", dtype, (m, d)),
                    # a vision stage's kept tokens per tile (index in the tile, 0 = [CLS]; -1: merged)
                    *([TensorSpec(VISION_KEPT, "int64", (tile_count, plan.schedule.vision.keep))]
@@ -131,7 +143,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
         head = TensorSpec("logits", dtype, (1, v)) if seg.with_head else TensorSpec("hidden_out", dtype, (1, q, d))
         specs.append(GraphSpec(
             seg.name, GraphKind.SEGMENT,
-            (TensorSpec("hidden", dtype, (1, q, d)), TensorSpec("position_ids", "int64", (1, q)),
+            (TensorSpec("hidden", dtype, (1, q, d)), TensorSpec("position_ids", "int64", position_shape(plan, q)),
              TensorSpec("past_length", "int64", ()), *caches_in),
             (head, *caches_out),
             in_place=in_place,
@@ -152,11 +164,12 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, tile_size: int, dtype: s
             kv_out += (TensorSpec("raters_out", "float32", (1, PRUNED_AXIS)),)
         specs.append(GraphSpec(
             sel.name, GraphKind.SELECT,
-            (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)), TensorSpec("position_ids", "int64", (1, SEQ_AXIS)),
+            (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)),
+             TensorSpec("position_ids", "int64", position_shape(plan, SEQ_AXIS)),
              TensorSpec("image_start", "int64", ()), *kv),
             (TensorSpec("kept", "int64", (sel.keep,)), TensorSpec("converged", "bool", ()),
              TensorSpec("hidden_out", dtype, (1, PRUNED_AXIS, d)),
-             TensorSpec("position_ids_out", "int64", (1, PRUNED_AXIS)),
+             TensorSpec("position_ids_out", "int64", position_shape(plan, PRUNED_AXIS)),
              TensorSpec("saliency", "float32", (sel.tokens_in,)), *kv_out),
             derived_axes=((PRUNED_AXIS, SEQ_AXIS, sel.keep + sel.merged - sel.tokens_in),),
             in_place=(("kv_out", "kv"),) if owned else (),

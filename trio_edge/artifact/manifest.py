@@ -64,6 +64,11 @@ class IOInfo:
     stop_token_ids: tuple[int, ...]
     tile_count: int
     tile_size: int
+    # the vision graph's input shape (the adapter's pixel_shape); older manifests: () = LLaVA's square tiles
+    pixel_shape: tuple[int, ...] = ()
+
+    def vision_input_shape(self) -> tuple[int, ...]:
+        return self.pixel_shape or (self.tile_count, 3, self.tile_size, self.tile_size)
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class Manifest:
         `runtime_form`: those of the torch runtime's modules instead (one kv per segment whatever the target)."""
         layer_caches = (not runtime_form and self.target == "onnxruntime"
                         and self.format_version >= FIRST_SHARED_GQA_VERSION)
-        return graph_specs(self.plan, tile_count=self.io.tile_count, tile_size=self.io.tile_size,
+        return graph_specs(self.plan, tile_count=self.io.tile_count, pixel_shape=self.io.vision_input_shape(),
                            dtype=self.model.dtype, layer_caches=layer_caches)
 
     def to_dict(self) -> dict:
@@ -177,7 +182,7 @@ class Manifest:
             tool=dict(body.get("tool", {})), created=str(body.get("created", "")),
             model=ModelInfo(**{k: body["model"].get(k) for k in ModelInfo.__dataclass_fields__}),
             io=IOInfo(int(io["image_token_id"]), tuple(int(t) for t in io["stop_token_ids"]), int(io["tile_count"]),
-                      int(io["tile_size"])),
+                      int(io["tile_size"]), tuple(int(d) for d in io.get("pixel_shape", ()))),
             plan=PipelinePlan.from_dict(body["plan"]), opset=int(body["opset"]),
             graphs={str(name): GraphEntry.from_dict(entry) for name, entry in body["graphs"].items()},
             weights=dict(body.get("weights", {})), validation=list(body.get("validation", [])),

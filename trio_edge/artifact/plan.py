@@ -59,6 +59,8 @@ class PipelinePlan:
     # image tokens of the unpruned model; num_image_tokens is what the decoder sees, fewer after a vision stage
     # (schedule.vision: a rule inside the vision graph keeps a fixed count per tile). Older manifests: 0 = equal
     unpruned_image_tokens: int = 0
+    # rows of a position: 1 (LLaVA: position_ids (1, T)) or 3 (Qwen's M-RoPE: (3, 1, T) temporal/height/width)
+    position_rows: int = 1
 
     @property
     def cut_rule(self) -> str:
@@ -160,7 +162,7 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
         num_layers=decoder.num_layers, num_image_tokens=image_tokens, schedule=schedule,
         max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,
         num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
-        nms_iterations=nms_iterations, method=method,
+        nms_iterations=nms_iterations, method=method, position_rows=adapter.position_rows,
     )
 
 
@@ -175,7 +177,8 @@ def image_tokens_leaving(method: str, cuts, num_image_tokens: int) -> list[int]:
 
 def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
               hidden_size, num_kv_heads, head_dim, vocab_size, grid,
-              nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
+              nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD,
+              position_rows: int = 1) -> PipelinePlan:
     """`num_image_tokens`: the unpruned model's; a vision stage (schedule.vision) leaves the decoder fewer."""
     schedule.validate(num_layers, num_image_tokens)
     if schedule.vision is not None and (method_info(method).acts != VISION_TOWER or not schedule.vision.tokens):
@@ -207,4 +210,4 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
     )
     return PipelinePlan(num_layers, num_image_tokens, max_text_tokens, max_new_tokens, hidden_size, num_kv_heads,
                         head_dim, vocab_size, tuple(grid), schedule, segments, selects, nms_iterations, method,
-                        unpruned if schedule.vision is not None else 0)
+                        unpruned if schedule.vision is not None else 0, position_rows)

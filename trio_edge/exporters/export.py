@@ -141,8 +141,9 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
                                 method=method)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
                     max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method)
-    io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size)
-    specs = graph_specs(plan, tile_count=io.tile_count, tile_size=io.tile_size, dtype=tensor_dtype,
+    io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size,
+                adapter.pixel_shape(grid_wh))
+    specs = graph_specs(plan, tile_count=io.tile_count, pixel_shape=io.vision_input_shape(), dtype=tensor_dtype,
                         layer_caches=target == "onnxruntime")
     if quantization is not None:
         opset = max(opset, QDQ_OPSET)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..artifact.dtypes import TORCH_DTYPES
-from ..artifact.graphs import GraphSpec
+from ..artifact.graphs import GraphSpec, position_tensor
 from ..artifact.plan import PipelinePlan
 
 EXAMPLE_TEXT_TOKENS = 12  # text tokens around the image in example prompts
@@ -27,7 +27,7 @@ def random_inputs(spec: GraphSpec, plan: PipelinePlan, *, seed: int, text_tokens
             shape = [length if isinstance(d, str) else d for d in tensor.shape]
             dtype = TORCH_DTYPES[tensor.dtype]
             if tensor.name == "position_ids":
-                inputs[tensor.name] = torch.arange(past, past + length)[None]
+                inputs[tensor.name] = position_tensor(torch.arange(past, past + length), plan.position_rows)
             elif tensor.name == "past_length":
                 inputs[tensor.name] = torch.tensor(past)
             elif tensor.name == "image_start":

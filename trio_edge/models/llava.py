@@ -114,9 +114,17 @@ class LlavaAdapter:
     """LLaVA-1.5 (LlavaForConditionalGeneration): one square tile, no anyres packing."""
 
     family = "llava-1.5"
+    position_rows = 1  # position_ids (1, T): one rotary position per token
     # Without a chat template: LLaVA's released vicuna_v1 conversation (its system line only when one is
     # given), 'USER: <image>\n{prompt} ASSISTANT:' for one question; see format_conversation.
     conversation_roles = {"user": "USER", "assistant": "ASSISTANT"}
+
+    @staticmethod
+    def load_processor(from_pretrained):
+        """The checkpoint's processor; `from_pretrained(auto_class)` is the registry's local-first loader."""
+        from transformers import AutoProcessor
+
+        return from_pretrained(AutoProcessor)
 
     def __init__(self, config, processor, model=None):
         """`model` may be None where only pre/post-processing is needed (the runtime)."""
@@ -182,6 +190,10 @@ class LlavaAdapter:
 
     def tile_count(self, grid: tuple[int, int]) -> int:
         return 1
+
+    def pixel_shape(self, grid: tuple[int, int]) -> tuple[int, ...]:
+        """The vision graph's input: (tiles, 3, tile, tile)."""
+        return (self.tile_count(grid), 3, self.tile_size, self.tile_size)
 
     def grid_for(self, text: str | None) -> tuple[int, int]:
         """--grid WIDTHxHEIGHT (or the default when None), checked against this model."""
@@ -267,6 +279,14 @@ class LlavaAdapter:
                              f"write the image slot as {self.image_token!r} separated from other text")
         return ids
 
+    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """position_ids (1, S) of a prompt: 0..S-1."""
+        return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+
+    def first_decode_position(self, prompt_positions: torch.Tensor) -> int:
+        """The first generated token's position with original positions: the prompt's length."""
+        return int(prompt_positions.shape[-1])
+
     def stop_token_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id if self.model is not None else None
         if eos is None:
@@ -287,9 +307,11 @@ class LlavaAdapter:
         if lm_head:
             wanted.add(id(self.decoder.lm_head))
         if vision:
-            image_side = (self.model.model.vision_tower, self.model.model.multi_modal_projector)
-            wanted |= {id(m) for part in image_side for m in part.modules() if isinstance(m, nn.Linear)}
+            wanted |= {id(m) for part in self._vision_parts() for m in part.modules() if isinstance(m, nn.Linear)}
         return {name: m for name, m in self.model.named_modules() if id(m) in wanted}
+
+    def _vision_parts(self):
+        return (self.model.model.vision_tower, self.model.model.multi_modal_projector)
 
     # ---- TRIO defaults ----------------------------------------------------------------------------
     @property
@@ -395,17 +417,3 @@ class PackPrunedTiles(nn.Module):
 
 def _texts(message: dict, separator: str = " ") -> str:
     return separator.join(part["text"] for part in message["content"] if part["type"] == "text")
-
-
-ADAPTERS = {
-    "LlavaNextForConditionalGeneration": LlavaNextAdapter,
-    "LlavaForConditionalGeneration": LlavaAdapter,
-}
-
-
-def adapter_for(config, processor, model=None) -> LlavaAdapter:
-    """The adapter of a model family, chosen by the checkpoint's declared architecture."""
-    arch = type(model).__name__ if model is not None else (config.architectures or ["?"])[0]
-    if arch not in ADAPTERS:
-        raise UnsupportedModelError(f"no adapter for {arch}; supported: {', '.join(ADAPTERS)}")
-    return ADAPTERS[arch](config, processor, model)

@@ -19,7 +19,10 @@ ALIASES = {
     "llava-next-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",
     "llava-next-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
     "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
     "tiny-random": None,  # built in code on first use
+    "tiny-random-qwen": None,  # a tiny random Qwen2.5-VL, built in code on first use
     "trio-tiny": str(SHIPPED["trio-tiny"]),  # trained on the synthetic VQA task, shipped in the package
 }
 
@@ -77,29 +80,33 @@ def _missing_directory(name: str, where: str = "") -> ModelNotFoundError:
 
 def _built_in(name: str) -> Path:
     from .tiny import make_tiny_llava_next
+    from .tiny_qwen import make_tiny_qwen2_5_vl
 
+    builders = {"tiny-random": make_tiny_llava_next, "tiny-random-qwen": make_tiny_qwen2_5_vl}
     target = cache_dir() / name
     if not (target / "config.json").is_file():
         from ..files import atomic_directory
 
         with atomic_directory(target) as tmp:
-            make_tiny_llava_next(tmp, seed=0)
+            builders[name](tmp, seed=0)
     return target
 
 
 def load(name: str, *, dtype=None, device: str = "cpu") -> LoadedModel:
     """Load model + processor + adapter; offline without weights, a clear ModelNotFoundError."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
-    from .llava import adapter_for
+    from .families import adapter_class_for, adapter_for
 
     source = resolve(name)
     hf_logging.disable_progress_bar()
     kwargs = {"dtype": dtype or torch.float32}
     try:
-        processor = _from_pretrained(AutoProcessor, source)
+        # the family first: an unsupported checkpoint is refused before its weights load
+        adapter_class = adapter_class_for(_from_pretrained(AutoConfig, source))
+        processor = adapter_class.load_processor(lambda auto_class: _from_pretrained(auto_class, source))
         model = _from_pretrained(AutoModelForImageTextToText, source, **kwargs)
     except (OSError, ValueError) as error:  # ValueError: a directory without a checkpoint
         where = f"directory {source}" if Path(source).exists() else (

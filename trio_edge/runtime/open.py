@@ -156,17 +156,19 @@ def open_export(directory, *, backend: str = defaults.EXPORT_BACKEND, device: st
 
 def _io_adapter(directory: Path):
     """Pre/post-processing (tokenizer, image processor, prompt rules) from the export's own files."""
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
-    from ..models.llava import adapter_for
+    from ..models.families import adapter_class_for
 
     try:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
-        processor = AutoProcessor.from_pretrained(directory, local_files_only=True)
+        adapter_class = adapter_class_for(config)
+        processor = adapter_class.load_processor(lambda auto_class: auto_class.from_pretrained(directory,
+                                                                                              local_files_only=True))
     except (OSError, ValueError) as error:
         raise ArtifactError(f"{directory}: the model config or processor files cannot be read "
                             f"({str(error).splitlines()[0]}); re-export with trio-export") from None
-    return adapter_for(config, processor)
+    return adapter_class(config, processor)
 
 
 def _torch_backend_for(manifest: Manifest, specs, device, cuda_graphs):
@@ -208,7 +210,7 @@ def open_model(model, schedule: Schedule | None = None, *, grid=None, max_text_t
     plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
                     nms_iterations=nms_iterations, method=method)
     dtype = dtype_name(next(loaded.model.parameters()).dtype)
-    specs = graph_specs(plan, tile_count=adapter.tile_count(grid), tile_size=adapter.tile_size, dtype=dtype)
+    specs = graph_specs(plan, tile_count=adapter.tile_count(grid), pixel_shape=adapter.pixel_shape(grid), dtype=dtype)
     modules = build_modules(adapter, plan, seed=seed, runtime_form=runtime_form)
     backend = TorchBackend(specs, modules, device=device, cuda_graphs=cuda_graphs)
     return Pipeline(plan, backend, adapter, stop_token_ids=adapter.stop_token_ids(), dtype=dtype)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..artifact.dtypes import TORCH_DTYPES
-from ..artifact.graphs import VISION_KEPT, cache_inputs, updated_cache
+from ..artifact.graphs import VISION_KEPT, cache_inputs, position_tensor, updated_cache
 from ..artifact.plan import PipelinePlan, SegmentPlan, SelectPlan
 from ..errors import InputError
 from ..models.preprocess import load_image
@@ -149,7 +149,7 @@ class Pipeline:
         hidden = self.backend.run("embed", {"input_ids": input_ids, "image_features": features})["hidden"]
         t = clock.lap("embed", t)
         image_start = int((input_ids[0] == self.io.image_token_id).to(torch.int64).argmax())
-        position_ids = torch.arange(input_ids.shape[1], device=self.device)[None]
+        position_ids = self.io.prompt_positions(input_ids, self.plan.grid)  # (1, S), or M-RoPE's (3, 1, S)
         image_ids = torch.arange(self.plan.num_image_tokens, device=self.device)  # merged tokens: -1
         raters = None
         if self.plan.method == "sparsevlm" and self.plan.selects:
@@ -173,18 +173,22 @@ class Pipeline:
             t = clock.lap(stage.name, t)
         return features, hidden, kept, lengths
 
-    def decode_step(self, token: int, features, step: int, prompt_length: int, lengths: dict):
+    def decode_step(self, token: int, features, step: int, first_position: int, lengths: dict):
+        """One generated token through every segment. `first_position`: the first generated token's position
+        with original positions (the model adapter's first_decode_position); renumbered positions follow each
+        segment's own cache length."""
         # Every small input of the step goes to the device in one copy before anything is launched: a copy
         # from host memory waits for the device, and one per segment would stall it between segments.
         renumber = self.plan.schedule.positions == "renumber"
         values = [token]
         for seg in self.plan.segments:
             past = lengths[seg.name] + step
-            values += [past, past if renumber else prompt_length + step]
+            values += [past, past if renumber else first_position + step]
         scalars = torch.tensor(values, dtype=torch.int64).to(self.device)
         hidden = self.backend.run("embed", {"input_ids": scalars[:1].view(1, 1), "image_features": features})["hidden"]
         for index, seg in enumerate(self.plan.segments):
-            past, position = scalars[1 + 2 * index], scalars[2 + 2 * index].view(1, 1)
+            past = scalars[1 + 2 * index]
+            position = position_tensor(scalars[2 + 2 * index].view(1), self.plan.position_rows)
             hidden = self._run_segment(seg, hidden, position, past)
         return hidden  # logits (1, V)
 
@@ -249,6 +253,7 @@ class Pipeline:
                       result: GenerationResult, clock: "_Clock"):
         start = clock.origin
         features, logits, result.kept, lengths = self.prefill(pixels, input_ids, clock)
+        first_position = self.io.first_decode_position(self.io.prompt_positions(input_ids, self.plan.grid))
         if self.vision_kept is not None:
             result.vision_kept = self.vision_kept.tolist()
         result.prompt_tokens, result.first_logits = input_ids.shape[1], logits
@@ -267,7 +272,7 @@ class Pipeline:
                                  "rewrote its KV cache; finish or close() a stream before the next request, or "
                                  "use one pipeline per concurrent request")
             t = time.perf_counter()
-            logits = self.decode_step(token, features, step, input_ids.shape[1], lengths)
+            logits = self.decode_step(token, features, step, first_position, lengths)
             clock.lap("decode", t)
         steps = max(len(result.token_ids) - 1, 1)
         clock.timings["decode_ms_per_token"] = clock.timings["decode"] / steps

@@ -34,9 +34,9 @@ def apply_selection(hidden, position_ids, image_start, num_image: int, kept, ren
     """Gather [text before | kept image | text after] rows and their positions (renumbered or original)."""
     rows = pruned_index_map(hidden.shape[1], image_start, num_image, kept)  # (S',)
     hidden_out = hidden.index_select(1, rows)
-    if renumber:
-        return hidden_out, torch.arange(rows.shape[0], device=hidden.device)[None]
-    return hidden_out, position_ids.index_select(1, rows)
+    if renumber:  # (1, S') or, for multi-row positions (M-RoPE), every row 0..S'-1
+        return hidden_out, torch.arange(rows.shape[0], device=hidden.device).expand(*position_ids.shape[:-1], -1)
+    return hidden_out, position_ids.index_select(-1, rows)
 
 
 class SelectStage(nn.Module):

@@ -1,0 +1,186 @@
+"""Adapter for Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration): all knowledge of this family lives here.
+
+What differs from LLaVA, and how generic code sees it:
+- the image is one picture at a fixed size chosen at export (`--grid WxH`, sides in multiples of the 112-px
+  attention window), fed as Qwen's flattened patches (pixel_shape); the vision graph is QwenVisionFeatures;
+- positions are M-RoPE rows (position_rows = 3, position_ids (3, 1, T)) computed from the text lengths and the
+  fixed grid (models.mrope); after a cut the kept tokens keep their original rows, and decoding continues at
+  the prompt's largest position + 1 (first_decode_position), as TRIO's Qwen code does;
+- the prompt is Qwen's chat format (<|im_start|> ... with <|vision_start|><|image_pad|><|vision_end|>);
+- transformers' Qwen2_5_VLProcessor cannot be built without torchvision (its video processor needs it), so the
+  processor here is the tokenizer and Qwen's PIL image processor (QwenProcessor).
+The decoder layers are Qwen2's (biased q/k/v projections), run by the Llama-family segments unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError, ScheduleError
+from .llama_decoder import LlamaFamilyDecoder
+from .llava import LlavaAdapter
+from .mrope import image_prompt_positions
+from .qwen_vision import QwenVisionFeatures, check_image_size, grid_thw, window_pixels
+
+DEFAULT_IMAGE_SIDE = 672  # 48 x 48 patches -> 576 image tokens, the count TRIO's published budgets are set on
+# Qwen2.5-VL-Instruct's chat format for text and one image, used when a checkpoint's tokenizer carries no template
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class QwenProcessor:
+    """Qwen2.5-VL's pre-processing without torchvision: the tokenizer (with its chat template) and the PIL image
+    processor. Saves and loads as the same files a checkpoint holds."""
+
+    tokenizer: object
+    image_processor: object
+
+    @classmethod
+    def load(cls, from_pretrained) -> "QwenProcessor":
+        """`from_pretrained(auto_class)` loads one part from the checkpoint (the registry's local-first loader)."""
+        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+        return cls(from_pretrained(AutoTokenizer), from_pretrained(Qwen2VLImageProcessorPil))
+
+    @property
+    def chat_template(self) -> str:
+        return getattr(self.tokenizer, "chat_template", None) or CHAT_TEMPLATE
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def save_pretrained(self, path) -> None:
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+
+
+class Qwen2_5_VLAdapter(LlavaAdapter):
+    """Qwen2.5-VL: one image at a fixed size, window-attention vision tower, M-RoPE positions."""
+
+    family = "qwen2.5-vl"
+    position_rows = 3
+
+    @staticmethod
+    def load_processor(from_pretrained) -> QwenProcessor:
+        return QwenProcessor.load(from_pretrained)
+
+    def __init__(self, config, processor, model=None):
+        self.model, self.processor, self.config = model, processor, config
+        self.decoder = None
+        if model is not None:
+            text = model.model.language_model
+            self.decoder = LlamaFamilyDecoder(text.embed_tokens, text.layers, text.rotary_emb, text.norm, model.lm_head)
+        self.image_token_id = int(config.image_token_id)
+        self.image_token = processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        self.vision_config = config.vision_config
+
+    # ---- image side -------------------------------------------------------------------------------
+    tile_size = 0  # no square tiles: the vision input is pixel_shape's patches
+
+    def default_grid(self) -> tuple[int, int]:
+        """The square size the checkpoint's image processor is pinned to (min = max pixels, as the tiny models
+        ship), else 672x672."""
+        size = self.processor.image_processor.size
+        low, high = getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None)
+        side = math.isqrt(high) if high and low == high else 0
+        if side and side * side == high and side % window_pixels(self.vision_config) == 0:
+            return (side, side)
+        return (DEFAULT_IMAGE_SIDE, DEFAULT_IMAGE_SIDE)
+
+    def validate_grid(self, grid: tuple[int, int]) -> None:
+        check_image_size(self.vision_config, *grid)
+
+    def _thw(self, grid) -> tuple[int, int, int]:
+        return grid_thw(self.vision_config, *grid)
+
+    def merged_grid(self, grid) -> tuple[int, int, int]:
+        """(t, h, w) of the image tokens the decoder sees: patches / spatial merge."""
+        t, h, w = self._thw(grid)
+        merge = int(self.vision_config.spatial_merge_size)
+        return (t, h // merge, w // merge)
+
+    def image_token_count(self, grid: tuple[int, int]) -> int:
+        t, h, w = self.merged_grid(grid)
+        return t * h * w
+
+    def pixel_shape(self, grid: tuple[int, int]) -> tuple[int, ...]:
+        """(patches, channels x temporal patch x patch x patch): Qwen's image processor's flattened patches."""
+        t, h, w = self._thw(grid)
+        patch = int(self.vision_config.patch_size)
+        return (t * h * w, int(self.vision_config.in_channels) * int(self.vision_config.temporal_patch_size) * patch * patch)
+
+    def vision_module(self, grid: tuple[int, int], rule=None):
+        if rule is not None:
+            raise ScheduleError(f"{self.family}: pruning inside the vision tower is not available for this family yet; "
+                                "use a decoder method (--method trio, fastv, dart, pdrop, random, uniform)")
+        return QwenVisionFeatures(self.model.model.visual, self._thw(grid))
+
+    def tile_tokens(self) -> int | None:
+        return None  # no [CLS] token: the vision-tower rules that rank by it (VisionZip, TRIO-VE) do not apply
+
+    def vision_layer_count(self) -> int:
+        return int(self.vision_config.depth)
+
+    def pixel_values(self, image, grid: tuple[int, int]) -> torch.Tensor:
+        """RGB PIL image -> (patches, C*T*P*P), letterboxed to exactly width x height (min = max pixels, so Qwen's
+        smart_resize keeps the size)."""
+        pixels = grid[0] * grid[1]
+        out = self.processor.image_processor(images=[self.letterboxed(image, grid)], return_tensors="pt",
+                                             size={"shortest_edge": pixels, "longest_edge": pixels})
+        if tuple(out["image_grid_thw"][0].tolist()) != self._thw(grid):
+            raise InputError(f"the image processor resized to {out['image_grid_thw'][0].tolist()} patches, not the "
+                             f"export's {list(self._thw(grid))}")
+        return out["pixel_values"]
+
+    # ---- text side --------------------------------------------------------------------------------
+    def format_conversation(self, messages: list[dict]) -> str:
+        """A chat as Qwen's chat format (the checkpoint's template, else Qwen2.5-VL-Instruct's), one image slot
+        <|vision_start|><|image_pad|><|vision_end|>, ending where the assistant's answer starts."""
+        self._check_conversation(messages)
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """M-RoPE position_ids (3, 1, S) of a prompt with the image span at the fixed grid (== get_rope_index)."""
+        is_image = input_ids[0] == self.image_token_id
+        before = int(is_image.to(torch.int64).argmax())
+        after = input_ids.shape[1] - before - int(is_image.sum())
+        return image_prompt_positions(before, self.merged_grid(grid), after, device=input_ids.device)
+
+    def first_decode_position(self, prompt_positions: torch.Tensor) -> int:
+        """Decoding continues after the largest prompt position (transformers' rope_deltas), not at the length."""
+        return int(prompt_positions.max()) + 1
+
+    def hf_inputs(self, image, prompt: str, grid: tuple[int, int]) -> dict:
+        """Inputs for transformers' own `generate` at the same fixed size (parity tests)."""
+        ids = self.prompt_ids(prompt, self.image_token_count(grid))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": self.pixel_values(image, grid),
+                "image_grid_thw": torch.tensor([self._thw(grid)]),
+                "mm_token_type_ids": (ids == self.image_token_id).to(torch.int32)}
+
+    # ---- weight-only quantization ----------------------------------------------------------------------
+    def _vision_parts(self):
+        return (self.model.model.visual,)  # the tower and its merger (the projector)
+
+    # ---- TRIO defaults ----------------------------------------------------------------------------
+    def schedule(self, grid, **options):
+        """As LLaVA's, with positions kept original (TRIO's Qwen code keeps each kept token's M-RoPE rows);
+        renumbering M-RoPE rows is refused (no authors' code defines it)."""
+        if options.get("positions") == "renumber":
+            raise ScheduleError(f"{self.family} keeps original M-RoPE positions after a cut, as TRIO's Qwen code does; "
+                                "drop --positions renumber")
+        return super().schedule(grid, **{**options, "positions": "original"})
