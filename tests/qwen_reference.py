@@ -440,6 +440,44 @@ def run_to_cut(model, prefill: Prefill, layer: int) -> torch.Tensor:
     return h
 
 
+@dataclass
+class PrefillResult:
+    ve_kept: list[int]
+    cuts: list[DecoderCut]  # per cut in layer_list order (that ran)
+    kept_original: list[list[int]]  # per cut, in the vision stage's kept numbering (0 .. ve count - 1)
+    last_logits: torch.Tensor  # (V,) lm_head(norm(h))[-1]
+
+
+@torch.no_grad()
+def prefill_reference(model, input_ids, pixel_values, image_grid_thw, ve_ratio: float, layer_list: list[int],
+                      ratio_list: list[float], head: str = "embed_tokens") -> PrefillResult:
+    """The whole pruned prefill (Qwen2_5_VLModel_X.forward:741-837): every decoder layer in turn; after 1-based layer
+    r in layer_list (stage = layer_list.index(r)) a cut with ratio_list[stage] of the current image count, while
+    image tokens remain. Later layers see the pruned rows and the gathered positions. Supervised rows are those
+    of an all-ones mask of the current length (the crash-free reading, notes section 2.3)."""
+    prefill = prefill_after_vision(model, input_ids, pixel_values, image_grid_thw, ve_ratio)
+    h, positions = prefill.embeds, prefill.positions
+    start, count = prefill.image_start, prefill.image_count
+    ids = list(range(count))
+    cuts, kept_original = [], []
+    for index in range(len(model.model.language_model.layers)):
+        h = run_decoder_layer(model, index, h, positions)
+        rank = index + 1
+        if rank in layer_list and h.shape[0] != 1 and count > 0:
+            ratio = ratio_list[layer_list.index(rank)]
+            cut = decoder_stage_reference(model, h, positions, start, count, index, ratio, head)
+            cuts.append(cut)
+            keep = keep_count(ratio, count)
+            if 0 < keep < count:
+                rows = list(range(start)) + [start + i for i in cut.kept] + list(range(start + count, h.shape[0]))
+                h, positions = h[rows], cut.positions
+                ids = [ids[i] for i in cut.kept]
+            count = keep  # 0 stops later cuts (the authors' cur_image_tokens = next_image_tokens)
+            kept_original.append(list(ids))
+    logits = model.lm_head(model.model.language_model.norm(h))[-1].float()
+    return PrefillResult(prefill.ve_kept, cuts, kept_original, logits)
+
+
 # ---- self-checks ----------------------------------------------------------------------------------------------------
 
 
@@ -494,6 +532,9 @@ def _self_check():
     print(f"decoder cut after layer index {layer} (rank 2): {prefill.image_count} -> {len(cut.kept)} kept "
           f"(local): {cut.kept}")
     print(f"  first decode position {prefill.first_decode_position}, rows after cut {tuple(cut.positions.shape)}")
+    whole = prefill_reference(model, ids, pixel_values, thw, 0.3, [2, 4], [0.333, 0.5])
+    assert whole.ve_kept == kept and whole.cuts[0].kept == cut.kept
+    print(f"whole prefill, layer_list [2, 4], ratios [0.333, 0.5]: kept per cut (VE numbering) {whole.kept_original}")
     assert supervised_shift_positions(20) == [15, 16, 17, 18]  # logits rows S-5..S-2
     assert supervised_shift_positions(20, valid_len=120) == [18]  # the collapsed case
     assert keep_count(0.333, 216) == 71 and keep_count(0.167, 1296) == 216

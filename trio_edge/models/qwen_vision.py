@@ -30,7 +30,7 @@ def check_image_size(vision_config, width: int, height: int) -> None:
     side = window_pixels(vision_config)
     if width <= 0 or height <= 0 or width % side or height % side:
         raise InputError(f"image size {width}x{height} is not a multiple of {side} px, the vision tower's attention "
-                         f"window; pick sides in multiples of {side} (e.g. {max(side, width // side * side)}x"
+                         f"window; pick sides in multiples of {side} px (e.g. {max(side, width // side * side)}x"
                          f"{max(side, height // side * side)})")
 
 

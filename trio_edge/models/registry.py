@@ -85,8 +85,11 @@ def _built_in(name: str) -> Path:
     builders = {"tiny-random": make_tiny_llava_next, "tiny-random-qwen": make_tiny_qwen2_5_vl}
     target = cache_dir() / name
     if not (target / "config.json").is_file():
+        from transformers.utils import logging as hf_logging
+
         from ..files import atomic_directory
 
+        hf_logging.disable_progress_bar()  # its "Writing model shards" bar is noise before a command's own output
         with atomic_directory(target) as tmp:
             builders[name](tmp, seed=0)
     return target

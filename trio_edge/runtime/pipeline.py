@@ -76,6 +76,11 @@ class Pipeline:
         # request overtook between two of its tokens stops with an error instead of reading that request's cache
         self._lock, self._owner = threading.Lock(), None
         self.weight_format = dtype  # what the weights are; an export's opener sets e.g. "int4 (rtn, block 32)"
+        # segments whose positions are renumbered 0..S'-1: those after the first cut of a renumbering schedule (before
+        # it, and everywhere with original positions, a token's position is the prompt's own)
+        first_cut = min((cut.layer for cut in plan.schedule.cuts), default=plan.num_layers)
+        renumber = plan.schedule.positions == "renumber"
+        self._renumbered = {seg.name: renumber and seg.start >= first_cut for seg in plan.segments}
         with torch.inference_mode(False):  # the torch backend writes these in place, outside inference mode
             self.kv = {seg.name: torch.zeros(plan.kv_shape(seg), dtype=self.dtype, device=self.device)
                        for seg in plan.segments}
@@ -175,15 +180,14 @@ class Pipeline:
 
     def decode_step(self, token: int, features, step: int, first_position: int, lengths: dict):
         """One generated token through every segment. `first_position`: the first generated token's position
-        with original positions (the model adapter's first_decode_position); renumbered positions follow each
-        segment's own cache length."""
+        with original positions (the model adapter's first_decode_position); renumbered positions (after a cut
+        of a renumbering schedule) follow each segment's own cache length."""
         # Every small input of the step goes to the device in one copy before anything is launched: a copy
         # from host memory waits for the device, and one per segment would stall it between segments.
-        renumber = self.plan.schedule.positions == "renumber"
         values = [token]
         for seg in self.plan.segments:
             past = lengths[seg.name] + step
-            values += [past, past if renumber else first_position + step]
+            values += [past, past if self._renumbered[seg.name] else first_position + step]
         scalars = torch.tensor(values, dtype=torch.int64).to(self.device)
         hidden = self.backend.run("embed", {"input_ids": scalars[:1].view(1, 1), "image_features": features})["hidden"]
         for index, seg in enumerate(self.plan.segments):

@@ -1,0 +1,170 @@
+"""Qwen2.5-VL through the whole product: the adapter, the pipeline and the exported graphs, on a tiny random
+Qwen2.5-VL built offline (real vision geometry: patch 14, 2x2 merger, 112-px windows, one full-attention block).
+
+- Pruning off, the pipeline (the torch runtime's form and the form export traces) equals transformers'
+  `Qwen2_5_VLForConditionalGeneration.generate` token for token, with every step's logits.
+- After a cut the kept tokens keep their original M-RoPE rows; decoding continues at the prompt's max + 1.
+- The exported graphs (both targets) answer as the PyTorch pipeline does, pruned and not.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import make_pipeline, random_image
+
+from trio_edge.errors import InputError, ScheduleError, UnsupportedModelError
+from trio_edge.models.registry import load
+from trio_edge.models.tiny_qwen import make_tiny_qwen2_5_vl
+from trio_edge.trio.schedule import Schedule
+
+GRID = (224, 224)  # 16 x 16 patches: 4 attention windows, 64 image tokens
+CASES = [(0, "what color is the triangle?"), (1, "how many circles are there?"),
+         (2, "describe the picture in one word")]
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    return load(str(make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen"), seed=1)))
+
+
+@pytest.fixture(scope="module")
+def pictures():
+    return [random_image(w, h, seed=i) for i, (w, h) in enumerate([(300, 200), (224, 224), (90, 160)])]
+
+
+def generate_reference(loaded, image, prompt, max_new_tokens=6):
+    inputs = loaded.adapter.hf_inputs(image, prompt, GRID)
+    with torch.no_grad():
+        out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
+                                    return_dict_in_generate=True)
+    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [logits[0] for logits in out.logits]
+
+
+def test_the_family_is_recognised(qwen):
+    adapter = qwen.adapter
+    assert (adapter.family, adapter.position_rows, adapter.default_grid()) == ("qwen2.5-vl", 3, GRID)
+    assert adapter.image_token_count(GRID) == 64 and adapter.pixel_shape(GRID) == (256, 3 * 2 * 14 * 14)
+    assert adapter.stop_token_ids() == [qwen.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+@pytest.mark.parametrize("runtime_form", [True, False], ids=["runtime-form", "export-form"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_unpruned_pipeline_equals_generate(qwen, pictures, case, runtime_form):
+    index, prompt = CASES[case]
+    expected_ids, expected_logits = generate_reference(qwen, pictures[index], prompt)
+    pipeline = make_pipeline(qwen, Schedule(), max_new_tokens=6, grid=GRID, runtime_form=runtime_form)
+    result = pipeline.generate(pictures[index], prompt)
+    assert result.token_ids == expected_ids
+    steps = pipeline.backend.logits
+    assert len(steps) == len(expected_logits)
+    for ours, theirs in zip(steps, expected_logits):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_answers_differ_between_requests(qwen, pictures):
+    """The parity above is not vacuous: different images and prompts give different logits."""
+    first = generate_reference(qwen, pictures[0], CASES[0][1], 1)[1][0]
+    second = generate_reference(qwen, pictures[1], CASES[1][1], 1)[1][0]
+    assert (first - second).abs().max() > 1e-2
+
+
+def test_kept_tokens_keep_their_original_mrope_rows(qwen, pictures):
+    from trio_edge.trio.select_module import pruned_index_map
+
+    adapter = qwen.adapter
+    schedule = adapter.schedule(GRID, cuts="1:20,2:8")
+    assert schedule.positions == "original"
+    pipeline = make_pipeline(qwen, schedule, max_new_tokens=2, grid=GRID)
+    calls = {}
+    run = pipeline.backend.run
+
+    def recording(graph, inputs):
+        out = run(graph, inputs)
+        if graph.startswith("select"):
+            calls[graph] = (inputs, out)
+        return out
+
+    pipeline.backend.run = recording
+    result = pipeline.generate(pictures[0], CASES[0][1])
+    ids = adapter.prompt_ids(CASES[0][1], 64)
+    rows = adapter.prompt_positions(ids, GRID)
+    for select in pipeline.plan.selects:
+        inputs, out = calls[select.name]
+        kept_rows = pruned_index_map(inputs["hidden"].shape[1], inputs["image_start"], select.tokens_in, out["kept"])
+        assert torch.equal(out["position_ids_out"], inputs["position_ids"][..., kept_rows])
+    image_start = int((ids[0] == adapter.image_token_id).to(torch.int64).argmax())
+    last_kept = [image_start + k for k in result.kept[-1]]
+    last_rows = calls[pipeline.plan.selects[-1].name][1]["position_ids_out"]
+    assert torch.equal(last_rows[..., image_start:image_start + 8], rows[..., last_kept])  # original numbering
+    assert adapter.first_decode_position(rows) == int(rows.max()) + 1 < ids.shape[1]
+
+
+@pytest.mark.parametrize("method, options", [("trio", {"cuts": "1:24,2:8"}), ("fastv", {"cuts": "2:24"}),
+                                             ("dart", {"cuts": "2:20"}), ("pdrop", {"cuts": "1:24,2:8"}),
+                                             ("uniform", {"cuts": "1:24"})])
+def test_methods_run_in_both_forms_alike(qwen, pictures, method, options):
+    schedule = qwen.adapter.schedule(GRID, method=method, **options)
+    answers = [make_pipeline(qwen, schedule, max_new_tokens=3, grid=GRID, runtime_form=form, method=method)
+               .generate(pictures[2], CASES[2][1]) for form in (True, False)]
+    assert answers[0].kept == answers[1].kept and answers[0].token_ids == answers[1].token_ids
+    assert [len(k) for k in answers[0].kept] == [c.keep for c in schedule.cuts]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cuts, target", [(None, "onnxruntime"), ("0:30,1:16,2:8", "tensorrt")],
+                         ids=["unpruned-onnxruntime-target", "trio-tensorrt-target"])
+def test_exported_graphs_answer_as_pytorch(qwen, pictures, tmp_path, cuts, target):
+    from trio_edge import load as load_export
+    from trio_edge.exporters.export import export
+    from trio_edge.exporters.trt_check import check_path, parse_trt_version
+
+    export(qwen.source, tmp_path / "export", loaded=qwen, cuts=cuts, grid="224x224", max_text_tokens=48,
+           max_new_tokens=4, progress=False, target=target)  # validates every graph against its module
+    schedule = qwen.adapter.schedule(GRID, cuts=cuts) if cuts else Schedule()
+    with load_export(tmp_path / "export") as graphs:
+        for index, prompt in CASES[:2]:
+            torch_answer = make_pipeline(qwen, schedule, max_new_tokens=4, grid=GRID).generate(pictures[index], prompt)
+            onnx_answer = graphs.generate(pictures[index], prompt)
+            assert onnx_answer.token_ids == torch_answer.token_ids and onnx_answer.kept == torch_answer.kept
+            if cuts is None:
+                assert onnx_answer.token_ids == generate_reference(qwen, pictures[index], prompt, 4)[0]
+    if target == "tensorrt":
+        errors = [f for report in check_path(str(tmp_path / "export"), parse_trt_version("10.3")) for f in report.errors]
+        assert errors == []
+
+
+def test_an_image_size_off_the_window_is_refused(qwen):
+    with pytest.raises(InputError, match="image size 230x224 is not a multiple of 112 px"):
+        qwen.adapter.grid_for("230x224")
+
+
+def test_renumbered_positions_and_vision_tower_methods_are_refused(qwen):
+    with pytest.raises(ScheduleError, match="keeps original M-RoPE positions"):
+        qwen.adapter.schedule(GRID, cuts="1:20", positions="renumber")
+    with pytest.raises(Exception, match="no \\[CLS\\]|vision tower"):
+        qwen.adapter.schedule(GRID, method="visionzip", keep_ratio=0.3)
+
+
+@pytest.mark.parametrize("arch, says", [("Qwen2VLForConditionalGeneration", "Qwen2-VL"),
+                                        ("Qwen3VLForConditionalGeneration", "Qwen3-VL is not supported yet")])
+def test_other_qwen_versions_are_refused_before_loading(arch, says):
+    from types import SimpleNamespace
+
+    from trio_edge.models.families import adapter_class_for
+
+    with pytest.raises(UnsupportedModelError, match=says):
+        adapter_class_for(SimpleNamespace(architectures=[arch]))
+
+
+def test_cli_refuses_a_bad_image_size_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "from trio_edge.cli.export import main; raise SystemExit(main())",
+                           "tiny-random-qwen", "-o", str(tmp_path / "out"), "--grid", "230x224"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert done.stderr.strip().splitlines() == [
+        "error: image size 230x224 is not a multiple of 112 px, the vision tower's attention window; pick sides in "
+        "multiples of 112 px (e.g. 224x224)"]
