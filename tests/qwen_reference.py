@@ -226,6 +226,27 @@ def window_cap_select(scores: list[float], count: int, merged_h: int, merged_w: 
     return taken
 
 
+def window_cap_closed_form(scores: list[float], count: int, merged_h: int, merged_w: int,
+                           window: int = WINDOW) -> list[int]:
+    """The same set as window_cap_select without the sequential walk (what a fixed-shape graph can compute): a token
+    is taken iff fewer than `limit` tokens of its window precede it in the descending order (a window's count only
+    ever grows by the tokens seen before, each taken while under the cap), and the walk stops at `count`, so the
+    set is the first `count` tokens of that order among those of within-window rank < limit. Sorted ascending."""
+    rows, cols = merged_h // window, merged_w // window
+    limit = math.ceil(count / (rows * cols))
+    order = descending_order(scores)
+    position = {index: p for p, index in enumerate(order)}
+    window_of = [(min((i // merged_w) // window, rows - 1), min((i % merged_w) // window, cols - 1))
+                 for i in range(len(scores))]
+    eligible = []
+    for i in range(len(scores)):
+        rank = sum(1 for j in range(len(scores)) if window_of[j] == window_of[i] and position[j] < position[i])
+        if rank < limit:
+            eligible.append(i)
+    eligible.sort(key=lambda i: position[i])
+    return sorted(eligible[:count])
+
+
 def ve_keep_indices(local_scores: list[float], global_scores: list[float], keep: int, merged_h: int,
                     merged_w: int) -> list[int]:
     """qwen2_5_vl_custom.py:159-168: keep // 2 by the window cap on the local scores, the other keep - keep // 2 the
@@ -532,6 +553,13 @@ def _self_check():
     print(f"decoder cut after layer index {layer} (rank 2): {prefill.image_count} -> {len(cut.kept)} kept "
           f"(local): {cut.kept}")
     print(f"  first decode position {prefill.first_decode_position}, rows after cut {tuple(cut.positions.shape)}")
+    generator = torch.Generator().manual_seed(3)
+    for trial in range(40):  # the closed form equals the walk, ties included (scores drawn from few levels)
+        mh, mw = 4 + trial % 7, 4 + (trial * 3) % 9
+        levels = 3 + trial % 5
+        values = torch.randint(0, levels, (mh * mw,), generator=generator).float().tolist()
+        want = 1 + trial % (mh * mw // 2)
+        assert sorted(window_cap_select(values, want, mh, mw)) == window_cap_closed_form(values, want, mh, mw)
     whole = prefill_reference(model, ids, pixel_values, thw, 0.3, [2, 4], [0.333, 0.5])
     assert whole.ve_kept == kept and whole.cuts[0].kept == cut.kept
     print(f"whole prefill, layer_list [2, 4], ratios [0.333, 0.5]: kept per cut (VE numbering) {whole.kept_original}")

@@ -168,3 +168,51 @@ def test_cli_refuses_a_bad_image_size_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "error: image size 230x224 is not a multiple of 112 px, the vision tower's attention window; pick sides in "
         "multiples of 112 px (e.g. 224x224)"]
+
+
+@pytest.mark.slow
+def test_trio_serve_answers_a_qwen_model_through_the_openai_client(qwen, pictures):
+    import base64
+    import io
+
+    from openai import OpenAI
+
+    from trio_edge.serve import start
+
+    image = io.BytesIO()
+    pictures[0].save(image, format="PNG")
+    data = base64.b64encode(image.getvalue()).decode()
+    schedule = qwen.adapter.schedule(GRID, keep_ratio=0.3)
+    expected = make_pipeline(qwen, schedule, max_new_tokens=4, grid=GRID).generate(pictures[0], CASES[0][1])
+    with start(qwen.source, keep_ratio=0.3, max_new_tokens=4) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+                                                 {"type": "text", "text": CASES[0][1]}]}]
+        reply = client.chat.completions.create(model=client.models.list().data[0].id, messages=messages)
+    assert reply.choices[0].message.content == expected.text
+    assert reply.usage.model_extra["image_tokens"]["kept_per_cut"] == [len(k) for k in expected.kept]
+
+
+@pytest.mark.parametrize("layers, ratios, cuts", [([2], [0.3], "2:19"), ([1, 3], [0.5, 0.34], "1:32,3:10")])
+@pytest.mark.parametrize("runtime_form", [True, False], ids=["runtime-form", "export-form"])
+def test_trio_cuts_equal_a_plain_implementation_of_the_authors_qwen_code(qwen, pictures, layers, ratios, cuts,
+                                                                          runtime_form):
+    """TRIO's Qwen port (tests/qwen_reference.py, checked against ocy1/TRIO's own code): the proxy reruns the layer
+    just executed with the input embedding table as its head; kept sets and the pruned prefill's logits equal."""
+    from qwen_reference import prefill_reference
+
+    schedule = qwen.adapter.schedule(GRID, cuts=cuts)
+    for index, prompt in CASES:
+        inputs = qwen.adapter.hf_inputs(pictures[index], prompt, GRID)
+        reference = prefill_reference(qwen.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
+                                      1.0, layers, ratios)
+        ours = make_pipeline(qwen, schedule, max_new_tokens=1, grid=GRID, runtime_form=runtime_form).generate(
+            pictures[index], prompt)
+        assert ours.kept == reference.kept_original
+        torch.testing.assert_close(ours.first_logits[0], reference.last_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_trio_cut_before_any_layer_is_refused_on_qwen(qwen):
+    with pytest.raises(ScheduleError, match="reruns the decoder layer just executed"):
+        qwen.adapter.schedule(GRID, cuts="0:20")
+    assert qwen.adapter.schedule(GRID, cuts="0:20", method="uniform").cuts[0].layer == 0  # other rules may cut there

@@ -330,6 +330,11 @@ class LlavaAdapter:
         depth = min(self.num_layers, 32)
         return tuple(sorted({min(self.num_layers - 1, round(d * depth)) for d in REFERENCE_CUT_DEPTHS}))
 
+    def trio_proxy(self, cut_layer: int):
+        """(decoder, layer index) of TRIO's proxy at a cut after `cut_layer` layers: the released LLaVA code runs the
+        next layer (layers[cut_layer]) on the cut's input, then the final norm and lm_head."""
+        return self.decoder, cut_layer
+
     def default_keep_weights(self) -> tuple[float, ...]:
         return REFERENCE_KEEP_WEIGHTS[-len(self.default_cut_layers()):]
 

@@ -25,6 +25,8 @@ from .llava import LlavaAdapter
 from .mrope import image_prompt_positions
 from .qwen_vision import QwenVisionFeatures, check_image_size, grid_thw, window_pixels
 
+PROXY_NEEDS_A_LAYER = ("TRIO's Qwen proxy reruns the decoder layer just executed, so its cuts come after layer 1 or "
+                       "later; use --cuts LAYER:KEEP with LAYER >= 1")
 DEFAULT_IMAGE_SIDE = 672  # 48 x 48 patches -> 576 image tokens, the count TRIO's published budgets are set on
 # Qwen2.5-VL-Instruct's chat format for text and one image, used when a checkpoint's tokenizer carries no template
 CHAT_TEMPLATE = (
@@ -88,6 +90,7 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         self.image_token_id = int(config.image_token_id)
         self.image_token = processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
         self.vision_config = config.vision_config
+        self._proxy_decoder = None  # built on first use (trio_proxy)
 
     # ---- image side -------------------------------------------------------------------------------
     tile_size = 0  # no square tiles: the vision input is pixel_shape's patches
@@ -176,11 +179,42 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
     def _vision_parts(self):
         return (self.model.model.visual,)  # the tower and its merger (the projector)
 
-    # ---- TRIO defaults ----------------------------------------------------------------------------
+    # ---- TRIO on Qwen ----------------------------------------------------------------------------
+    def trio_proxy(self, cut_layer: int):
+        """TRIO's Qwen port (ocy1/TRIO qwen/model/qwen2_5_vl_custom.py, layer_prune): at a cut after `cut_layer`
+        layers it reruns the layer just executed (layers[cut_layer - 1]) on its own output, and its output head is
+        the INPUT embedding table (the text model it runs in has no lm_head, so `_get_output_head` falls through
+        to F.linear(x, embed_tokens.weight)): the same as lm_head on tied checkpoints (3B), another matrix on 7B.
+        Both followed exactly (tests/qwen_reference.py); the LLaVA port runs the next layer and lm_head."""
+        if cut_layer < 1:
+            raise ScheduleError(PROXY_NEEDS_A_LAYER)
+        if self._proxy_decoder is None:
+            decoder = self.decoder
+            head = torch.nn.Linear(decoder.hidden_size, decoder.embed_tokens.weight.shape[0], bias=False)
+            head.weight = decoder.embed_tokens.weight  # shared, not copied
+            self._proxy_decoder = LlamaFamilyDecoder(decoder.embed_tokens, decoder.layers, decoder.rotary,
+                                                     decoder.norm, head)
+        return self._proxy_decoder, cut_layer - 1
+
+    def default_cut_layers(self) -> tuple[int, ...]:
+        """LLaVA's released cut depths (1, 10, 15 of 32) scaled to the depth, from layer 1 (the Qwen proxy reruns
+        the layer before the cut)."""
+        return tuple(sorted({max(1, layer) for layer in super().default_cut_layers()}))
+
     def schedule(self, grid, **options):
         """As LLaVA's, with positions kept original (TRIO's Qwen code keeps each kept token's M-RoPE rows);
-        renumbering M-RoPE rows is refused (no authors' code defines it)."""
+        renumbering M-RoPE rows is refused (no authors' code defines it), and so is SparseVLM (its released code
+        has no Qwen path). TRIO cuts come after layer 1 or later (trio_proxy)."""
         if options.get("positions") == "renumber":
             raise ScheduleError(f"{self.family} keeps original M-RoPE positions after a cut, as TRIO's Qwen code does; "
                                 "drop --positions renumber")
-        return super().schedule(grid, **{**options, "positions": "original"})
+        if options.get("method") == "sparsevlm":
+            raise ScheduleError("SparseVLM's released code runs LLaVA only (no Qwen path to be exact to); use "
+                                "--method trio, fastv, dart, pdrop, random or uniform on Qwen2.5-VL")
+        from ..trio.presets import method_for
+
+        schedule = super().schedule(grid, **{**options, "positions": "original"})
+        if method_for(options.get("method"), options.get("preset"), "trio") == "trio" and any(
+                cut.layer < 1 for cut in schedule.cuts):
+            raise ScheduleError(PROXY_NEEDS_A_LAYER)
+        return schedule

@@ -27,6 +27,11 @@ ARCHITECTURES = {
     "llava-1.5-7b": ("llava", "llama", CLIP_L_336, VICUNA_7B),
 }
 IMAGE_TOKEN_ID = 32000
+# aliases whose hub config.json is shipped (trio_edge/assets/configs): Qwen2.5-VL
+SHIPPED_CONFIGS = {"qwen2.5-vl-3b": "qwen2.5-vl-3b.json", "qwen2.5-vl-7b": "qwen2.5-vl-7b.json"}
+QWEN_SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
+                    "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656}
+QWEN_PIXELS = (56 * 56, 28 * 28 * 16384)  # the checkpoints' image processor: min_pixels, max_pixels
 
 
 def scaled(text: dict, vision: dict, scale: float, layers: int | None, vision_layers: int | None,
@@ -71,8 +76,10 @@ def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, v
 
     from .tiny import make_tiny_tokenizer, tiny_vocab
 
+    if alias in SHIPPED_CONFIGS:
+        return qwen_architecture(alias, scale=scale, layers=layers, vision_layers=vision_layers)
     if alias not in ARCHITECTURES:
-        raise ModelNotFoundError(f"--random-weights knows {', '.join(ARCHITECTURES)}; got {alias!r}")
+        raise ModelNotFoundError(f"--random-weights knows {', '.join([*ARCHITECTURES, *SHIPPED_CONFIGS])}; got {alias!r}")
     family, decoder, vision, text = ARCHITECTURES[alias]
     text, vision = scaled(text, vision, scale, layers, vision_layers, patch_size)
     text_config = (MistralConfig if decoder == "mistral" else LlamaConfig)(
@@ -87,6 +94,48 @@ def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, v
     config.architectures = [model_class.__name__]
     tokenizer = make_tiny_tokenizer(padded_vocab(tiny_vocab(), text["vocab_size"]))
     return config, model_class, real_processor(family, tokenizer, vision)
+
+
+def qwen_architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, vision_layers: int | None = None):
+    """A Qwen2.5-VL alias's shipped hub config (scaled like the LLaVA ones: widths by `scale` keeping head_dim,
+    depths by `layers` / `vision_layers`, the last vision block then full attention), a word-level tokenizer
+    with Qwen's special tokens at their real ids padded to the real vocabulary, and Qwen's image processor."""
+    import json
+
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from .qwen2_5_vl import CHAT_TEMPLATE, QwenProcessor
+    from .tiny_qwen import make_tiny_qwen_image_processor, make_tiny_qwen_tokenizer, qwen_words
+
+    body = json.loads((Path(__file__).resolve().parent.parent / "assets" / "configs" / SHIPPED_CONFIGS[alias]).read_text())
+    vision = body["vision_config"]
+    if scale != 1.0:
+        def width(x, multiple):
+            return max(multiple, int(round(x * scale / multiple)) * multiple)
+
+        head_dim = body["hidden_size"] // body["num_attention_heads"]
+        group = body["num_attention_heads"] // body["num_key_value_heads"]
+        body["hidden_size"] = max(head_dim * group, width(body["hidden_size"], head_dim * group))
+        body["num_attention_heads"] = body["hidden_size"] // head_dim
+        body["num_key_value_heads"] = body["num_attention_heads"] // group
+        body["intermediate_size"] = width(body["intermediate_size"], 64)
+        vision["hidden_size"] = width(vision["hidden_size"], 80)  # 80: vision head_dim on every checkpoint
+        vision["num_heads"] = vision["hidden_size"] // 80
+        vision["intermediate_size"] = width(vision["intermediate_size"], 64)
+        vision["out_hidden_size"] = body["hidden_size"]
+    if layers is not None:
+        body["num_hidden_layers"] = body["max_window_layers"] = layers
+    if vision_layers is not None:
+        vision["depth"] = vision_layers
+        vision["fullatt_block_indexes"] = [i for i in vision["fullatt_block_indexes"] if i < vision_layers] or [vision_layers - 1]
+    config = Qwen2_5_VLConfig(**body)
+    vocab = {token: index for index, token in enumerate(qwen_words())} | QWEN_SPECIAL_IDS  # words below 151643
+    used = set(vocab.values())
+    vocab |= {f"<extra_{index}>": index for index in range(body["vocab_size"]) if index not in used}
+    tokenizer = make_tiny_qwen_tokenizer(vocab)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    image_processor = make_tiny_qwen_image_processor(pixels=QWEN_PIXELS)
+    return config, Qwen2_5_VLForConditionalGeneration, QwenProcessor(tokenizer, image_processor)
 
 
 def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, scale: float = 1.0,

@@ -60,8 +60,10 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
         elif owned is not None:
             modules[sel.name] = LayerOwningSelectStage(decoder, owned.start, sel.tokens_in, sel.keep, plan.schedule,
                                                        plan.cut_rule, runtime_form=runtime_form)
-        else:
-            modules[sel.name] = SelectStage(decoder, sel.proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
+        else:  # TRIO's proxy is the family's (adapter.trio_proxy); PyramidDrop and the baselines read layer N
+            proxy_decoder, proxy_layer = (adapter.trio_proxy(sel.proxy_layer) if plan.cut_rule == "trio"
+                                          else (decoder, sel.proxy_layer))
+            modules[sel.name] = SelectStage(proxy_decoder, proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
                                             plan.nms_iterations, method=plan.cut_rule, seed=seed,
                                             runtime_form=runtime_form)
     return {name: module.eval() for name, module in modules.items()}

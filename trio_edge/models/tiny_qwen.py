@@ -10,34 +10,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .qwen2_5_vl import CHAT_TEMPLATE
 from .tiny import tiny_vocab
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
-# Qwen2.5-VL's chat template for text and images (the Instruct checkpoints' own, without tools and video)
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+def qwen_words() -> list[str]:
+    """The tiny vocabulary without LLaVA's specials, plus the words of Qwen's default system prompt."""
+    return [token for token in tiny_vocab() if token not in ("<s>", "</s>", "<image>")] + ["you", "helpful"]
 
 
-def make_tiny_qwen_tokenizer():
-    """A word-level fast tokenizer with the tiny vocabulary and Qwen's special tokens (no BOS, as Qwen)."""
+def make_tiny_qwen_tokenizer(vocab: dict[str, int] | None = None):
+    """A word-level fast tokenizer with Qwen's special tokens (no BOS, as Qwen). `vocab` (token -> id, holding
+    Qwen's specials) defaults to the tiny words followed by the specials."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = [token for token in tiny_vocab() if token not in ("<s>", "</s>", "<image>")] + ["you", "helpful"]
-    vocab = {token: index for index, token in enumerate(words + QWEN_SPECIALS)}
+    vocab = vocab or {token: index for index, token in enumerate(qwen_words() + QWEN_SPECIALS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     specials = [pre_tokenizers.Split(token.lower(), behavior="isolated") for token in QWEN_SPECIALS]
@@ -74,13 +63,14 @@ def tiny_qwen2_5_vl_config(tokenizer, *, hidden: int = 64, layers: int = 4, head
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
-def make_tiny_qwen_image_processor(*, pixels: int = 224 * 224):
-    """Qwen's PIL image processor with min = max pixels. transformers' Qwen2_5_VLProcessor cannot be built without
+def make_tiny_qwen_image_processor(*, pixels: int | tuple[int, int] = 224 * 224):
+    """Qwen's PIL image processor with min = max `pixels` (or a (min, max) pair). transformers' Qwen2_5_VLProcessor cannot be built without
     torchvision (its video processor needs it), so the checkpoint carries its tokenizer (with the chat template)
     and image processor as separate files, which is also all a Qwen checkpoint's processor holds for images."""
     from transformers import Qwen2VLImageProcessorPil
 
-    return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=14, temporal_patch_size=2,
+    low, high = pixels if isinstance(pixels, tuple) else (pixels, pixels)
+    return Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high, patch_size=14, temporal_patch_size=2,
                                     merge_size=2)
 
 
