@@ -216,3 +216,24 @@ def test_a_trio_cut_before_any_layer_is_refused_on_qwen(qwen):
     with pytest.raises(ScheduleError, match="reruns the decoder layer just executed"):
         qwen.adapter.schedule(GRID, cuts="0:20")
     assert qwen.adapter.schedule(GRID, cuts="0:20", method="uniform").cuts[0].layer == 0  # other rules may cut there
+
+
+def test_eval_and_calibration_run_methods_as_the_family_allows(qwen):
+    from trio_edge.calibration.evaluate import method_schedule
+    from trio_edge.calibration.search import candidate_schedules
+
+    trio, _ = method_schedule(qwen.adapter, GRID, "trio", 1 / 3)
+    assert trio.positions == "original" and min(c.layer for c in trio.cuts) >= 1
+    with pytest.raises(ScheduleError, match="SparseVLM's released code runs LLaVA only"):
+        method_schedule(qwen.adapter, GRID, "sparsevlm", 1 / 3)
+    candidates = candidate_schedules(qwen.adapter, GRID, 0.3)
+    assert candidates and all(s.positions == "original" and s.cuts[0].layer >= 1 for s in candidates)
+
+
+def test_benchmark_counts_the_windowed_vision_tower(qwen):
+    from trio_edge.models.cost import qwen_vision_flops
+
+    vision = qwen.model.config.vision_config
+    one_window, four_windows = qwen_vision_flops(vision, (112, 112), 64), qwen_vision_flops(vision, (224, 224), 64)
+    # 4x the patches: dense work 4x, windowed attention 4x, full attention 16x
+    assert 4 * one_window < four_windows < 16 * one_window

@@ -106,7 +106,8 @@ def method_schedule(adapter, grid, method: str, ratio: float):
     layers, weights, shape = placed_cut_layers(method, ratio, num_layers)
     positions = method_info(method).positions
     try:
-        return schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions), shape
+        return adapter.constrain(schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions),
+                                 method), shape
     except ScheduleError as own_placement:
         # the authors' layers (scaled) start too deep for this budget on a shallow model: TRIO's cut layers, which
         # start earlier, with the method's own keep shape; still impossible for a rule that needs layer N-1 first
@@ -115,7 +116,8 @@ def method_schedule(adapter, grid, method: str, ratio: float):
         reference = eval_placement(method, ratio)[1]  # the table's own weights, before any merging
         weights = tuple(reference[-len(layers):]) if len(reference) >= len(layers) else (1.0,) * len(layers)
         try:
-            schedule = schedule_for_ratio(ratio, layers, weights, num_layers, m, positions=positions)
+            schedule = adapter.constrain(schedule_for_ratio(ratio, layers, weights, num_layers, m,
+                                                            positions=positions), method)
         except ScheduleError:
             raise own_placement from None  # the reason in the authors' terms, as trio-bench and trio-export say it
         return schedule, f"{shape}; at TRIO's cut layers (its own start too deep for this budget here)"

@@ -54,8 +54,9 @@ def candidate_schedules(adapter, grid, budget: float, max_cuts: int = 3) -> list
             for rest in itertools.combinations(range(first + 1, layers), count - 1):
                 for decay in DECAYS[: 1 if count == 1 else None]:
                     weights = [decay ** i for i in range(count)]
-                    try:
-                        schedules.append(schedule_for_ratio(budget, (first, *rest), weights, layers, m))
+                    try:  # as the model's family runs TRIO (adapter.constrain: positions, where cuts may go)
+                        schedules.append(adapter.constrain(schedule_for_ratio(budget, (first, *rest), weights,
+                                                                              layers, m), "trio"))
                     except ScheduleError:
                         continue
     unique = {tuple(s.cuts): s for s in schedules if not _has_noop_cut(s, m)}

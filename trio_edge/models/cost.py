@@ -44,13 +44,33 @@ class DecoderShape:
         return 2.0 * self.hidden * self.vocab * tokens
 
 
-def vision_flops(vision_config, tiles: int, projector_out: int) -> float:
+def vision_flops(vision_config, tiles: int, projector_out: int, grid: tuple[int, int] | None = None) -> float:
+    """The vision graph: a CLIP-style tower per tile and LLaVA's projector; Qwen2.5-VL's windowed tower at the
+    plan's fixed `grid` (width, height) pixels."""
+    if getattr(vision_config, "model_type", "") == "qwen2_5_vl_vision":
+        return qwen_vision_flops(vision_config, grid, projector_out)
     d, ffn, layers = vision_config.hidden_size, vision_config.intermediate_size, vision_config.num_hidden_layers
     n = (vision_config.image_size // vision_config.patch_size) ** 2 + 1
     per_layer = 2.0 * n * (4 * d * d + 2 * d * ffn) + 4.0 * n * n * d
     patch_embed = 2.0 * n * 3 * vision_config.patch_size ** 2 * d
     projector = 2.0 * n * (d * projector_out + projector_out * projector_out)
     return tiles * (layers * per_layer + patch_embed + projector)
+
+
+def qwen_vision_flops(vision_config, grid: tuple[int, int], projector_out: int) -> float:
+    """Qwen2.5-VL's tower over N = (w/14)(h/14) patches: fused qkv + proj (4 d^2) and a SwiGLU MLP (3 d ffn) per
+    block; attention within 112-px windows (window_tokens keys) except the full-attention blocks (N keys); the
+    Conv3d patch embedding (2 frames x 14 x 14 x 3); the merger's MLP over N / 4 tokens of 4 d."""
+    d, ffn, patch = vision_config.hidden_size, vision_config.intermediate_size, vision_config.patch_size
+    n = (grid[0] // patch) * (grid[1] // patch)
+    unit = vision_config.spatial_merge_size ** 2
+    window_tokens = (vision_config.window_size // patch) ** 2
+    full = len(vision_config.fullatt_block_indexes)
+    dense = vision_config.depth * 2.0 * n * (4 * d * d + 3 * d * ffn)
+    attention = 4.0 * n * d * (full * n + (vision_config.depth - full) * min(n, window_tokens))
+    patch_embed = 2.0 * n * 3 * vision_config.temporal_patch_size * patch * patch * d
+    merger = 2.0 * (n // unit) * (unit * d * unit * d + unit * d * projector_out)
+    return dense + attention + patch_embed + merger
 
 
 def nms_flops(image_tokens: int, hidden: int, nms_iterations: int, block: int) -> float:
@@ -102,7 +122,7 @@ def select_flops(shape: DecoderShape, seq: int, image_tokens: int, nms_iteration
 def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float]:
     """Prefill FLOPs per stage for a prompt of `prompt_tokens` (text + image) tokens, and decode per token."""
     shape = DecoderShape.from_config(config.text_config)
-    flops = {"vision": vision_flops(config.vision_config, tiles, shape.hidden)}
+    flops = {"vision": vision_flops(config.vision_config, tiles, shape.hidden, plan.grid)}
     text = prompt_tokens - plan.num_image_tokens
     for stage in plan.stages():
         if hasattr(stage, "keep"):

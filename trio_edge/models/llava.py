@@ -330,6 +330,10 @@ class LlavaAdapter:
         depth = min(self.num_layers, 32)
         return tuple(sorted({min(self.num_layers - 1, round(d * depth)) for d in REFERENCE_CUT_DEPTHS}))
 
+    def constrain(self, schedule, method: str):
+        """`schedule` as this family runs `method` (other families restrict positions or cut layers): unchanged."""
+        return schedule
+
     def trio_proxy(self, cut_layer: int):
         """(decoder, layer index) of TRIO's proxy at a cut after `cut_layer` layers: the released LLaVA code runs the
         next layer (layers[cut_layer]) on the cut's input, then the final norm and lm_head."""

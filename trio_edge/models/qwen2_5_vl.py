@@ -15,11 +15,12 @@ The decoder layers are Qwen2's (biased q/k/v projections), run by the Llama-fami
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..errors import InputError, ScheduleError
+from ..trio.schedule import Schedule
 from .llama_decoder import LlamaFamilyDecoder
 from .llava import LlavaAdapter
 from .mrope import image_prompt_positions
@@ -203,18 +204,22 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
 
     def schedule(self, grid, **options):
         """As LLaVA's, with positions kept original (TRIO's Qwen code keeps each kept token's M-RoPE rows);
-        renumbering M-RoPE rows is refused (no authors' code defines it), and so is SparseVLM (its released code
-        has no Qwen path). TRIO cuts come after layer 1 or later (trio_proxy)."""
+        renumbering M-RoPE rows is refused (no authors' code defines it). See constrain."""
+        from ..trio.presets import method_for
+
         if options.get("positions") == "renumber":
             raise ScheduleError(f"{self.family} keeps original M-RoPE positions after a cut, as TRIO's Qwen code does; "
                                 "drop --positions renumber")
-        if options.get("method") == "sparsevlm":
+        method = method_for(options.get("method"), options.get("preset"), "trio")
+        self.constrain(Schedule(), method)  # a method this family refuses, before resolving its budget
+        return self.constrain(super().schedule(grid, **options), method)
+
+    def constrain(self, schedule, method: str):
+        """`schedule` as this family runs it: positions original; SparseVLM refused (its released code has no Qwen
+        path); TRIO cuts from layer 1 on (trio_proxy)."""
+        if method == "sparsevlm":
             raise ScheduleError("SparseVLM's released code runs LLaVA only (no Qwen path to be exact to); use "
                                 "--method trio, fastv, dart, pdrop, random or uniform on Qwen2.5-VL")
-        from ..trio.presets import method_for
-
-        schedule = super().schedule(grid, **{**options, "positions": "original"})
-        if method_for(options.get("method"), options.get("preset"), "trio") == "trio" and any(
-                cut.layer < 1 for cut in schedule.cuts):
+        if method == "trio" and any(cut.layer < 1 for cut in schedule.cuts):
             raise ScheduleError(PROXY_NEEDS_A_LAYER)
-        return schedule
+        return replace(schedule, positions="original")
