@@ -237,3 +237,20 @@ def test_benchmark_counts_the_windowed_vision_tower(qwen):
     one_window, four_windows = qwen_vision_flops(vision, (112, 112), 64), qwen_vision_flops(vision, (224, 224), 64)
     # 4x the patches: dense work 4x, windowed attention 4x, full attention 16x
     assert 4 * one_window < four_windows < 16 * one_window
+
+
+@pytest.mark.slow
+def test_an_int4_export_runs_and_is_ready_for_tensorrt(pictures, tmp_path):
+    from trio_edge import load as load_export
+    from trio_edge.exporters.export import export
+    from trio_edge.exporters.trt_check import check_path, parse_trt_version
+
+    model = make_tiny_qwen2_5_vl(tmp_path / "model", seed=1)  # quantization rewrites the loaded weights: its own copy
+    info = export(str(model), tmp_path / "export", cuts="1:24,2:8", weights="int4", max_text_tokens=48,
+                  max_new_tokens=3, progress=False)  # every graph validated against its (quantized) module
+    assert info.weight_format.startswith("int4")
+    with load_export(tmp_path / "export") as graphs:
+        answer = graphs.generate(pictures[0], CASES[0][1])
+    assert [len(k) for k in answer.kept] == [24, 8] and len(answer.token_ids) >= 1
+    reports = check_path(str(tmp_path / "export"), parse_trt_version("10.3"))
+    assert [f for report in reports for f in report.errors] == []
