@@ -169,7 +169,7 @@ def add_model_only_options(parser, source: str = "MODEL_OR_DIR"):
     group = parser.add_argument_group(f"when {source} is a model (PyTorch reference pipeline; an export fixed "
                                       f"these; {NO_SCHEDULE})")
     add_schedule_options(group)
-    group.add_argument("--grid", help="fixed image grid WIDTHxHEIGHT")
+    group.add_argument("--grid", help="fixed image size WIDTHxHEIGHT (see trio-export --help)")
     return group
 
 

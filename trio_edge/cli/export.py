@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="alias, Hugging Face id or local directory")
     parser.add_argument("-o", "--output", required=True, help="export directory (written atomically)")
     add_schedule_options(parser)
-    parser.add_argument("--grid", help="fixed image grid WIDTHxHEIGHT (default: the largest square grid pinpoint)")
+    parser.add_argument("--grid", help="fixed image size WIDTHxHEIGHT: LLaVA-NeXT one of its grid pinpoints (default "
+                                       "the largest square one); Qwen2.5-VL sides in multiples of 112 px (default "
+                                       "672x672, 576 image tokens)")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default=defaults.DTYPE)
     parser.add_argument("--target", default=defaults.TARGET,
                         help=f"runtime the graphs are for (default {defaults.TARGET}): tensorrt = standard ONNX only, "
