@@ -254,3 +254,22 @@ def test_an_int4_export_runs_and_is_ready_for_tensorrt(pictures, tmp_path):
     assert [len(k) for k in answer.kept] == [24, 8] and len(answer.token_ids) >= 1
     reports = check_path(str(tmp_path / "export"), parse_trt_version("10.3"))
     assert [f for report in reports for f in report.errors] == []
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--method", "sparsevlm", "--budget", "64"], "SparseVLM's released code runs LLaVA only"),
+    (["--preset", "trio-ve-64"], "has no [CLS] token"),
+    (["--cuts", "0:20"], "reruns the decoder layer just executed"),
+    (["--cuts", "1:20", "--positions", "renumber"], "keeps original M-RoPE positions"),
+])
+def test_qwen_refusals_are_one_line_and_write_nothing(qwen, tmp_path, capsys, options, says):
+    from trio_edge.cli.export import main
+
+    assert main([qwen.source, "-o", str(tmp_path / "out"), *options]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0] and not (tmp_path / "out").exists()
+
+
+def test_a_second_image_slot_is_refused(qwen):
+    with pytest.raises(InputError, match="the prompt has 2 image slots"):
+        qwen.adapter.prompt_ids("<|image_pad|> and <|image_pad|>: which is red?", 64)
