@@ -1,7 +1,7 @@
 """Imports flow one way: each layer of trio_edge uses only the layers below it (DESIGN.md section 4).
 
-    base (errors, defaults, files, graph_ops, data, samples) < trio < models < artifact < runtime < exporters
-    < calibration < serve, cli
+    base (errors, defaults, files, graph_ops, data, samples, cluster) < trio < models < artifact < runtime
+    < exporters < calibration < serve, batch, cli
 
 The exporter may run graphs through the runtime to validate them; the runtime never imports the exporter;
 models and trio import neither. Lazy imports inside functions count too.
@@ -15,14 +15,14 @@ from pathlib import Path
 import trio_edge
 
 LAYERS = (
-    {"errors", "defaults", "files", "graph_ops", "data", "samples"},
+    {"errors", "defaults", "files", "graph_ops", "data", "samples", "cluster"},
     {"trio"},
     {"models"},
     {"artifact"},
     {"runtime"},
     {"exporters"},
     {"calibration"},
-    {"serve", "cli"},
+    {"serve", "batch", "cli"},
 )
 
 

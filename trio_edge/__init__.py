@@ -9,7 +9,7 @@ them with fixed pruned-token shapes on edge GPUs.
         print(result.text, result.kept, result.timings["ttft"])
 
 `export` and `load` take the same options as `trio-export` and `trio-run`, with the same defaults
-(`trio_edge.defaults`); `serve.run` / `serve.start` are `trio-serve`. Heavy modules (torch, transformers, onnx) are imported on first use.
+(`trio_edge.defaults`); `serve.run` / `serve.start` are `trio-serve`, `batch` is `trio-batch`. Heavy modules (torch, transformers, onnx) are imported on first use.
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ _LAZY = {
     "select_tokens": ("trio_edge.trio.selection", "select_tokens"),
     "serve": ("trio_edge.serve", None),  # the module: trio_edge.serve.run(...) is what trio-serve does
     "samples": ("trio_edge.samples", None),  # the sample images shipped in the package: samples.path("color")
+    "batch": ("trio_edge.batch", "batch"),  # trio-batch: answers for a JSONL file of records
+    "BatchSummary": ("trio_edge.batch", "BatchSummary"),
 }
 
 __all__ = [
     "export", "ExportInfo", "load", "Pipeline", "GenerationResult", "TokenStream", "StreamedToken",
-    "select_tokens", "serve", "samples", "Schedule", "Cut", "schedule_for_ratio", "resolve_schedule",
+    "select_tokens", "serve", "samples", "batch", "BatchSummary", "Schedule", "Cut", "schedule_for_ratio",
+    "resolve_schedule",
     "TrioEdgeError", "InputError", "ScheduleError", "ModelNotFoundError", "UnsupportedModelError", "ExportError",
     "ArtifactError", "BackendUnavailableError", "__version__",
 ]

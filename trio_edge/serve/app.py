@@ -39,7 +39,7 @@ from .schema import (
     ModelList,
     Usage,
 )
-from .settings import ServeSettings
+from .settings import REPLICA_HEADER, ServeSettings
 from .worker import Answer, GenerationWorker, Job
 
 log = logging.getLogger("uvicorn.error")  # uvicorn's own log: one stream, one format
@@ -51,8 +51,8 @@ HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 class ServerState:
     """What the routes share: settings, metrics and, once loaded, the pipeline with its worker."""
 
-    def __init__(self, settings: ServeSettings):
-        self.settings, self.metrics = settings, ServeMetrics()
+    def __init__(self, settings: ServeSettings, replica: str | None = None):
+        self.settings, self.metrics = settings, ServeMetrics(replica)
         self.started = int(time.time())
         self.pipeline: Pipeline | None = None
         self.worker: GenerationWorker | None = None
@@ -91,11 +91,13 @@ class ServerState:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-def create_app(pipeline, settings: ServeSettings, *, on_load_error=None) -> FastAPI:
+def create_app(pipeline, settings: ServeSettings, *, on_load_error=None, replica: str | None = None) -> FastAPI:
     """The server's ASGI app. `pipeline`: an opened Pipeline (it stays the caller's to close), or a function
     that opens one: it is called once the server listens (/health answers 503 "loading" until it returns)
-    and its pipeline is closed at shutdown; if it raises, `on_load_error(error)` is called."""
-    state = ServerState(settings)
+    and its pipeline is closed at shutdown; if it raises, `on_load_error(error)` is called. `replica`: the id
+    of one replica among several (Ray Serve): every response carries it in the header `x-trio-replica`, and
+    every /metrics sample in the label `replica`."""
+    state = ServerState(settings, replica)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -108,6 +110,8 @@ def create_app(pipeline, settings: ServeSettings, *, on_load_error=None) -> Fast
                   lifespan=lifespan)
     app.state.serve = state
     app.add_middleware(RequestGate, state=state)
+    if replica is not None:
+        app.add_middleware(ReplicaHeader, replica=replica)
     _add_error_handlers(app, state)
 
     @app.get("/health")
@@ -357,6 +361,24 @@ class RequestGate:
         if declared.isdigit() and int(declared) > self.state.settings.max_body_bytes:
             return _body_too_large(self.state.settings)
         return None
+
+
+class ReplicaHeader:
+    """Names the replica that answered in every response's headers (`x-trio-replica`)."""
+
+    def __init__(self, app, replica: str):
+        self.app, self.header = app, (REPLICA_HEADER.encode(), replica.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_named(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_named)
 
 
 def _body_too_large(settings: ServeSettings) -> ApiError:

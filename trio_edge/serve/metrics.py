@@ -1,4 +1,7 @@
-"""Prometheus metrics of one server (a registry per app, so several apps in one process never mix counts)."""
+"""Prometheus metrics of one server (a registry per app, so several apps in one process never mix counts).
+
+A replica of a Ray Serve deployment labels every sample with its replica id: its /metrics is one replica's,
+and a scraper that reaches several replicas through Ray's proxy can tell their counts apart."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/models")
 
 
 class ServeMetrics:
-    def __init__(self):
+    def __init__(self, replica: str | None = None):
+        self.replica = replica
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("trio_serve_requests", "HTTP requests received, by endpoint", ["endpoint"],
                                 registry=registry)
@@ -40,4 +44,18 @@ class ServeMetrics:
         self.requests.labels(endpoint=endpoint).inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.replica is None:
+            return generate_latest(self.registry)
+        return generate_latest(Labelled(self.registry, {"replica": self.replica}))
+
+
+class Labelled:
+    """A registry's metrics with constant labels added to every sample (prometheus_client has no const labels)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        self.registry, self.labels = registry, labels
+
+    def collect(self):
+        for family in self.registry.collect():
+            family.samples = [s._replace(labels={**self.labels, **s.labels}) for s in family.samples]
+            yield family

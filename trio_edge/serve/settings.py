@@ -9,6 +9,7 @@ from .. import defaults
 from ..errors import InputError
 
 MIB = 1024 * 1024
+REPLICA_HEADER = "x-trio-replica"  # names the replica that answered (Ray Serve)
 LIMIT_OPTIONS = {"max_body_bytes": ("--max-body-mb", MIB), "max_image_bytes": ("--max-image-mb", MIB),
                  "max_image_pixels": ("--max-image-pixels", 1)}  # field -> (the option that sets it, its unit)
 
