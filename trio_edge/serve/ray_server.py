@@ -12,7 +12,7 @@ import threading
 import time
 
 from .. import defaults
-from ..cluster import check_cpus, connect, import_ray
+from ..cluster import check_address, check_cpus, connect, import_ray
 from ..errors import BackendUnavailableError, TrioEdgeError
 
 PROXY_SLACK_S = 5.0  # Ray's proxy gives up this long after the app's own timeout (which answers 504 first)
@@ -34,6 +34,7 @@ def run_on_ray(source, *, host: str = defaults.SERVE_HOST, port: int = defaults.
     from .server import _bind, _url
 
     scaling = Scaling(replicas=replicas, autoscale=autoscale, cpus_per_replica=cpus_per_replica)
+    check_address(address)
     settings = settings_from(source, model_name=model_name, api_key=api_key, max_queue=max_queue, timeout=timeout,
                              allow_remote_images=allow_remote_images, max_body_mb=max_body_mb,
                              max_image_mb=max_image_mb, max_image_pixels=max_image_pixels)
