@@ -42,9 +42,9 @@ def run_on_ray(source, *, host: str = defaults.SERVE_HOST, port: int = defaults.
     probe = _bind(host, port)  # a taken port is one clear error here, not a proxy that never starts
     url = _url(probe)
     probe.close()
-    stop = _stop_on_signals()
     os.environ.setdefault(HOOK_VARIABLE, HOOK)  # a cluster started here gets OpenAI-shaped proxy errors
     owned = connect(address)
+    stop = _stop_on_signals()  # after ray.init, whose own SIGTERM handler would abort the process
     from ray import serve
 
     try:
