@@ -18,7 +18,6 @@ Three ways to run it:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from ..cluster import threads_for
 from ..errors import InputError, require_whole_numbers
 from .settings import MIB, ServeSettings
 
-log = logging.getLogger("ray.serve")
 DEPLOYMENT = "trio-serve"
 SETTING_ARGS = ("model_name", "api_key", "max_queue", "timeout", "allow_remote_images", "max_body_mb",
                 "max_image_mb", "max_image_pixels")
@@ -93,8 +91,9 @@ class TrioReplica:
 
         return create_app(self.pipeline, self.settings, replica=self.replica)
 
-    def __del__(self):
-        self.pipeline.close()
+    def __del__(self):  # Ray calls it when the replica stops (after draining)
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.close()
 
 
 def application(source, *, scaling: Scaling = Scaling(), settings: ServeSettings | None = None,
