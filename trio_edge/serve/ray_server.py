@@ -86,12 +86,14 @@ def _shut_down(serve, owned: bool) -> None:
     ray = import_ray()
     if not ray.is_initialized():
         return
-    try:
-        if owned:
-            serve.shutdown()  # graceful: each replica waits for its requests in flight
-        else:
-            from .ray_app import DEPLOYMENT
+    from .ray_app import DEPLOYMENT
 
-            serve.delete(DEPLOYMENT)  # leave the cluster's other applications alone
+    try:
+        # the replicas finish their requests (in flight and queued) while the proxy still carries the answers
+        # back; only then does a cluster started here go (the cluster's other applications stay either way)
+        if DEPLOYMENT in serve.status().applications:
+            serve.delete(DEPLOYMENT)
+        if owned:
+            serve.shutdown()
     finally:
         ray.shutdown()
