@@ -24,9 +24,9 @@ def run_on_ray(source, *, host: str = defaults.SERVE_HOST, port: int = defaults.
                allow_remote_images=False, max_body_mb=defaults.SERVE_MAX_BODY_MB,
                max_image_mb=defaults.SERVE_MAX_IMAGE_MB, max_image_pixels=defaults.SERVE_MAX_IMAGE_PIXELS,
                ready=None, **open_options) -> None:
-    """Serve `source` from Ray Serve replicas until SIGTERM or Ctrl-C. `address`: None starts a private local
-    cluster (127.0.0.1); "auto" or "ray://HOST:PORT" / "HOST:PORT" joins one. `ready(url)` is called once the
-    replicas answer. Other options: as serve.run."""
+    """Serve `source` from Ray Serve replicas until SIGTERM or Ctrl-C; Ray's HTTP proxy listens on host:port.
+    `address`: None starts a private cluster on this machine; "auto", "ray://HOST:PORT" or "HOST:PORT" joins one.
+    `ready(url)` is called once the replicas answer. The other options are trio_edge.serve.run's."""
     import_ray()  # the missing extra is the first thing said
     from ..runtime.open import check_open
     from .ray_app import DEPLOYMENT, Scaling, application, settings_from
