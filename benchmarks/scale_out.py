@@ -228,7 +228,8 @@ def main(argv=None) -> None:
                         "load_average_after": os.getloadavg(), **_versions()},
         "model": MODEL, "schedule": "keep ratio 0.111 (cuts 0:56,1:33,2:13)", "backend": "onnxruntime, CPU",
         "setup": "single process and 1 replica / 1 actor: 2 ONNX Runtime intra-op threads; 2 replicas / 2 actors: "
-                 "1 CPU and 1 thread each; Ray's proxy, controller and the clients share the same 2 cores", "serve": serve, "batch": batches, "wall_s": time.perf_counter() - started,
+                 "1 CPU and 1 thread each; Ray's proxy, controller and the clients share the same 2 cores",
+        "serve": serve, "batch": batches, "wall_s": time.perf_counter() - started,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

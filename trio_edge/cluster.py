@@ -60,8 +60,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
             return True
         ray.init(address=address.strip(), **{k: v for k, v in quiet.items() if k != "include_dashboard"})
     except ConnectionError as error:
-        raise InputError(f"cannot join the Ray cluster at --address {address}: {str(error).splitlines()[0]}; start "
-                         "one with `ray start --head`, or leave --address out for a private local cluster") from None
+        reason = str(error).splitlines()[0].rstrip(".")
+        raise InputError(f"cannot join the Ray cluster at --address {address}: {reason}; start one with `ray start "
+                         "--head`, or leave --address out for a private local cluster") from None
     return False
 
 

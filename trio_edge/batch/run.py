@@ -27,8 +27,8 @@ class BatchSummary:
         rate = (self.answered + self.failed) / self.seconds if self.seconds > 0 else 0.0
         failed = f", {self.failed} failed (their lines carry \"error\")" if self.failed else ""
         skipped = f", {self.skipped} already in the output" if self.skipped else ""
-        return (f"trio-batch: {self.records} records: {self.answered} answered{failed}{skipped} in {self.seconds:.1f} s "
-                f"({rate:.1f} records/s); wrote {self.output}")
+        return (f"trio-batch: {self.records} records: {self.answered} answered{failed}{skipped} in "
+                f"{self.seconds:.1f} s ({rate:.1f} records/s); wrote {self.output}")
 
 
 def batch(source, input, output, *, prompt: str | None = None, engine: str = "local", actors: int = 1,
