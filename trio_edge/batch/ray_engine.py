@@ -1,6 +1,7 @@
 """trio-batch on Ray Data: the records flow through `map_batches` on a pool of actors, each holding one pipeline
-opened from the export's path (ONNX Runtime sessions do not pickle), with ONNX Runtime's threads set to its CPU
-share. Answers stream back to the driver as they finish (in completion order), which writes them."""
+opened from the export's path (an ONNX Runtime session cannot be sent to another process), with ONNX Runtime's
+threads set to its CPU share. Answers stream back to the driver as they finish (in completion order), which
+writes them."""
 
 from __future__ import annotations
 
