@@ -3,9 +3,9 @@
 Each replica opens the export from its path (an ONNX Runtime session cannot be sent to another process), with
 ONNX Runtime's intra-op threads set to its CPU share, and runs one generation at a time;
 `max_ongoing_requests` lets at most `max_queue` more wait in it (the app's own bounded queue), the rest wait
-in Ray's router for the replica that frees first. Every response names its replica in the header `x-trio-replica`, every /metrics sample in
-the label `replica`. Replicas drain on shutdown: Ray stops routing to them and waits for the requests they
-hold (up to the request timeout).
+in Ray's router for the replica that frees first. Every response names its replica in the header
+`x-trio-replica`, every /metrics sample in the label `replica`. Replicas drain on shutdown: Ray stops routing
+to them and waits for the requests they hold (up to the request timeout).
 
 Three ways to run it:
 
