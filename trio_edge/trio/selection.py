@@ -11,7 +11,6 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as nnf
 
 from ..errors import InputError
 
@@ -44,8 +43,10 @@ def _check_inputs(scores, features, keep, threshold) -> int:
 
 
 def unit_rows(features: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit length, float32 (what cosine similarities are dot products of)."""
-    return nnf.normalize(features.float(), dim=-1)
+    """Rows scaled to unit length, float32 (what cosine similarities are dot products of): torch's normalize
+    without its expand_as, the very same division (an Expand copies all M x D values in an exported graph)."""
+    features = features.float()
+    return features / features.norm(2, -1, keepdim=True).clamp_min(1e-12)
 
 
 def cosine_similarity_matrix(features: torch.Tensor) -> torch.Tensor:
