@@ -159,6 +159,21 @@ def roofline(report: dict, prefill_flops: float, fp32_flops: float, peaks: dict,
             "decode_of_floor": floor["decode_floor_ms"] / report["decode_ms_per_token"]}
 
 
+def stage_roofline(report: dict, peaks: dict, fp32_stages: tuple[str, ...]) -> dict:
+    """Each prefill stage's median ms against its own compute floor: its analytic FLOPs (models/cost.py) at the
+    matmul peak measured in this run (fp32 peak for `fp32_stages`, the model dtype's for the rest). `over_floor`
+    = ms / floor_ms: 1.0 runs at the measured matmul peak, so a reader sees where time goes on any machine."""
+    rows = {}
+    for stage, flops in report["flops"].items():
+        if stage not in report["stages"]:
+            continue
+        tflops = peaks["matmul_fp32_tflops" if stage in fp32_stages else "matmul_tflops"]
+        ms, floor_ms = report["stages"][stage]["median_ms"], flops / (tflops * 1e12) * 1e3
+        rows[stage] = {"ms": ms, "gflop": flops / 1e9, "floor_ms": floor_ms, "over_floor": ms / floor_ms,
+                       "tflops": flops / (ms * 1e9)}
+    return rows
+
+
 def main(argv=None) -> dict:
     from trio_edge.runtime import bench
 
@@ -254,6 +269,12 @@ def main(argv=None) -> dict:
                                                           n)}
                     select_ms = sum(v["median_ms"] for k, v in report["stages"].items() if k.startswith("select"))
                     report["select_share_of_ttft"] = select_ms / report["ttft_ms"]
+                    fp32_stages = tuple(s.name for s in pipeline.plan.selects
+                                        if pipeline.plan.schedule.precision == "fp32")
+                    report["stage_roofline"] = stage_roofline(report, peaks, fp32_stages)
+                    report["select_ms"] = select_ms
+                    report["select_floor_ms"] = sum(v["floor_ms"] for k, v in report["stage_roofline"].items()
+                                                    if k.startswith("select"))
                     report.pop("timeline")
                     results["runs"][run] = report
                 pipeline.close()
@@ -291,16 +312,28 @@ def ratios(runs: dict, backends: list[str]) -> dict:
                 "decode_speedup_vs_transformers_full": hf["decode_ms_per_token"] / full["decode_ms_per_token"],
                 "decode_speedup_vs_transformers_trio": hf["decode_ms_per_token"] / trio["decode_ms_per_token"],
                 "select_share_of_trio_ttft": trio.get("select_share_of_ttft"),
+                "trio_ttft_over_floor": trio["ttft_ms"] / trio["roofline"]["ttft_floor_ms"],
+                "full_ttft_over_floor": full["ttft_ms"] / full["roofline"]["ttft_floor_ms"],
+                "full_ttft_vs_transformers": full["ttft_ms"] / hf["ttft_ms"],
                 "decode_of_bandwidth_floor": trio["roofline"]["decode_of_floor"]}
     return out
 
 
 def print_table(results: dict) -> None:
+    peaks = results["peaks"]
+    print(f"measured matmul peak {peaks['matmul_tflops']:.3f} TFLOP/s (fp32 {peaks['matmul_fp32_tflops']:.3f}), "
+          f"copy {peaks['copy_gbs']:.1f} GB/s")
     print(f"{'run':<26}{'TTFT ms':>10}{'decode ms/tok':>15}{'e2e ms':>10}{'TTFT floor':>12}{'decode floor':>14}")
     for name, run in results["runs"].items():
         floor = run.get("roofline", {})
         print(f"{name:<26}{run['ttft_ms']:>10.1f}{run['decode_ms_per_token']:>15.2f}{run['end_to_end_ms']:>10.1f}"
               f"{floor.get('ttft_floor_ms', float('nan')):>12.2f}{floor.get('decode_floor_ms', float('nan')):>14.3f}")
+    print(f"{'run / stage':<30}{'ms':>9}{'GFLOP':>9}{'floor ms':>10}{'x floor':>9}{'TFLOP/s':>9}")
+    for name, run in results["runs"].items():
+        for stage, row in run.get("stage_roofline", {}).items():
+            if stage.startswith(("select", "segment", "vision")):
+                print(f"{name + ' ' + stage:<30.30}{row['ms']:>9.1f}{row['gflop']:>9.2f}{row['floor_ms']:>10.1f}"
+                      f"{row['over_floor']:>9.2f}{row['tflops']:>9.3f}")
     for backend, values in results["ratios"].items():
         print(f"{backend}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
 

@@ -39,8 +39,15 @@ def test_benchmark_measures_all_runs_with_roofline_and_projection(tmp_path):
     for run in (full, trio):
         assert run["roofline"]["ttft_floor_ms"] > 0 and run["roofline"]["decode_floor_ms"] > 0
         assert run["orin_projection"]["end_to_end_floor_ms"] > run["orin_projection"]["ttft_floor_ms"]
+    stages = trio["stage_roofline"]  # every timed prefill stage against its own FLOP floor at the measured peak
+    selects = {name for name in trio["flops"] if name.startswith("select")}
+    assert selects and selects <= set(stages)
+    for row in stages.values():
+        assert row["floor_ms"] > 0 and row["over_floor"] == pytest.approx(row["ms"] / row["floor_ms"])
+    assert trio["select_floor_ms"] == pytest.approx(sum(stages[name]["floor_ms"] for name in selects))
     ratios = result["ratios"]["onnxruntime"]
     assert ratios["kv_used_reduction"] > 5  # 11.1% layer-averaged tokens
+    assert ratios["trio_ttft_over_floor"] == pytest.approx(trio["ttft_ms"] / trio["roofline"]["ttft_floor_ms"])
     assert result["peaks"]["matmul_tflops"] > 0 and result["peaks"]["copy_gbs"] > 0
 
 

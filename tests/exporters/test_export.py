@@ -64,6 +64,22 @@ def test_onnx_pipeline_matches_torch_pipeline_on_20_requests(exported):
     assert_same_generations(torch_pipeline, onnx_pipeline, random_requests(20, seed=7), tol=1e-4)
 
 
+@pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
+def test_chunked_prefill_generates_what_one_call_does(export_tiny, target):
+    """ONNX Runtime on CPU prefills long prompts in chunks (each attends to the slots the earlier ones wrote):
+    the same kept sets and tokens as one call, for both export targets' attention forms."""
+    _, directory, _ = export_tiny("one_cut", target=target)
+    whole, chunked = load(directory, backend="onnxruntime"), load(directory, backend="onnxruntime")
+    assert whole.backend.prefill_chunk_tokens == 1024  # the CPU default
+    whole.backend.prefill_chunk_tokens, chunked.backend.prefill_chunk_tokens = None, 7
+    calls = []
+    run = chunked.backend.run
+    chunked.backend.run = lambda graph, inputs: calls.append(graph) or run(graph, inputs)
+    assert_same_generations(whole, chunked, random_requests(3, seed=5), max_new_tokens=4, tol=1e-4)
+    segment = chunked.plan.segments[0].name
+    assert calls.count(segment) > 3 * 4  # several prefill chunks per request besides the decode steps
+
+
 def test_trio_check_passes_on_export(exported):
     _, directory, _ = exported
     assert_ready_for_tensorrt(directory)

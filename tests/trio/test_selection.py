@@ -135,6 +135,71 @@ def test_fixed_matches_reference_when_converged(chunk):
         assert bool(converged) and torch.equal(kept, expected), (chunk, n)
 
 
+def clustered_case(m, d, clusters, spread, seed):
+    """Rows around a few centres (heavy suppression at 0.8 when tight) with scores that tie often."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, d, generator=generator)
+    members = centres[torch.randint(0, clusters, (m,), generator=generator)]
+    features = members + spread * torch.randn(m, d, generator=generator)
+    scores = torch.randint(0, max(2, m // 3), (m,), generator=generator).float()
+    return scores, features
+
+
+@pytest.mark.parametrize("m", [1, 2, 255, 257, 700, 2928])
+def test_kept_buffer_equals_greedy_from_one_token_to_thousands(m):
+    """The kept-buffer form (graph: every block, fixed steps; eager: stops at the fixed point) against the greedy
+    reference, for keep = 1, a fifth, and all M; clustered rows so that the buffer suppresses across blocks."""
+    for seed, (clusters, spread) in enumerate([(max(1, m // 8), 0.3), (3, 1.0), (m, 0.0)]):
+        scores, features = clustered_case(m, 32, clusters, spread, seed)
+        for keep in sorted({1, max(1, m // 5), m}):
+            expected = select_tokens(scores, features, keep, 0.8)
+            needed = cluster_iterations_needed(scores, features, 0.8, keep)
+            kept, converged = nms_select_fixed(scores, features, keep, 0.8, max(needed, 2))
+            assert bool(converged) and torch.equal(kept, expected), (m, seed, keep)
+            kept, converged = nms_select_fixed(scores, features, keep, 0.8, m + 1, stop_at_fixed_point=True)
+            assert bool(converged) and torch.equal(kept, expected), (m, seed, keep)
+
+
+@pytest.mark.parametrize("keep", [1, 5, 40, 100])
+def test_all_duplicate_rows_keep_one_and_fill_by_score(keep):
+    """Every row the same direction: greedy keeps the best token, suppresses the rest, and the fill takes the next
+    best by score (lower index on ties), across several blocks."""
+    scores = torch.tensor([float(i % 7) for i in range(100)])
+    features = torch.ones(100, 8) * torch.arange(1, 101, dtype=torch.float32)[:, None]  # norms differ, not direction
+    expected = select_tokens(scores, features, keep, 0.8)
+    assert expected.tolist() == sorted(visiting_order(scores)[:keep].tolist())
+    for block in (3, 16, 256):
+        kept, converged = nms_select_fixed(scores, features, keep, 0.8, 4, block=block)
+        assert bool(converged) and torch.equal(kept, expected), block
+
+
+def test_fill_when_fewer_than_keep_survive_across_blocks():
+    """Four directions, keep 30: four survivors (in four different blocks), 26 filled in visiting order."""
+    generator = torch.Generator().manual_seed(3)
+    directions = torch.eye(4, 16)
+    features = directions[torch.arange(120) % 4] * (1 + torch.rand(120, 1, generator=generator))
+    scores = torch.randn(120, generator=generator)
+    assert greedy_kept_count(scores, features, 30, 0.8) == 4
+    expected = select_tokens(scores, features, 30, 0.8)
+    for block in (7, 40, 256):
+        kept, converged = nms_select_fixed(scores, features, 30, 0.8, 3, block=block)
+        assert bool(converged) and torch.equal(kept, expected), block
+
+
+def test_buffer_holds_only_the_first_keep_survivors():
+    """Past the keep-th survivor the buffer is full: later tokens may be marked kept although a survivor outside
+    the buffer suppresses them, yet the result is the greedy one (it never reads them)."""
+    scores = torch.arange(40, 0, -1, dtype=torch.float32)  # visit 0, 1, 2, ...
+    features = torch.eye(40)
+    features[20:] = features[2:22].clone()  # 20.. duplicate 2..21: survivors 2..21 suppress them
+    _, keep_vec, converged, _ = _cluster_nms(scores, features, 3, 0.8, 4, block=4)
+    assert bool(converged) and keep_vec[:3].tolist() == [1.0] * 3
+    assert keep_vec.sum() > 20  # beyond the buffer's 3 survivors, duplicates are not seen
+    assert nms_select_fixed(scores, features, 3, 0.8, 4, block=4)[0].tolist() == [0, 1, 2]
+    kept, _ = nms_select_fixed(scores, features, 22, 0.8, 4, block=4)
+    assert torch.equal(kept, select_tokens(scores, features, 22, 0.8))
+
+
 def test_visiting_order_is_the_stable_descending_sort():
     for scores, *_ in CASES[:120]:
         expected = torch.sort(scores, descending=True, stable=True).indices

@@ -56,6 +56,7 @@ class RecordingBackend:
 
     def __init__(self, backend):
         self.inner, self.device, self.specs = backend, backend.device, backend.specs
+        self.prefill_chunk_tokens = getattr(backend, "prefill_chunk_tokens", None)
         self.cases: dict[str, list[tuple[str, dict]]] = {}
 
     def run(self, graph, inputs):

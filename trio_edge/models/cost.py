@@ -73,23 +73,22 @@ def qwen_vision_flops(vision_config, grid: tuple[int, int], projector_out: int) 
     return dense + attention + patch_embed + merger
 
 
-def nms_flops(image_tokens: int, hidden: int, nms_iterations: int, block: int) -> float:
-    """The blocked Cluster-NMS of trio/selection.py (`_cluster_nms`), in visiting order: blocks of at most `block`
-    tokens; each block's rows against itself and every later block for the cosine similarities (2 * B * (M - lo)
-    * D), `nms_iterations` 0/1 matvecs on the block's own (B, B) matrix, and one matvec of its kept tokens
-    against the later blocks (what they suppress there). At M = 2928 the similarities are 0.56 of M x M x D."""
+def nms_flops(image_tokens: int, hidden: int, nms_iterations: int, block: int, keep: int) -> float:
+    """The blocked greedy NMS of trio/selection.py (`_cluster_nms`), in visiting order: blocks of at most `block`
+    tokens; each block's rows against the kept-token buffer (min(keep, tokens before the block) rows: 2 * B *
+    capacity * D, then one 0/1 matvec counting the buffer's suppressors) and against themselves (2 * B * B * D),
+    and `nms_iterations` 0/1 matvecs on the block's own (B, B) matrix. At M = 2928, keep 629, B = 256 this is
+    about M x (keep + B) x D: 0.3 of the M x M x D that all pairwise similarities cost."""
     blocks = math.ceil(image_tokens / block)
     bounds = [image_tokens * b // blocks for b in range(blocks + 1)]
     total = 0.0
     for lo, hi in zip(bounds, bounds[1:]):
-        rows, columns = hi - lo, image_tokens - lo
-        total += 2.0 * rows * columns * hidden + nms_iterations * 2.0 * rows * rows
-        if hi < image_tokens:
-            total += 2.0 * rows * columns
+        rows, capacity = hi - lo, min(keep, lo)
+        total += 2.0 * rows * capacity * (hidden + 1) + 2.0 * rows * rows * hidden + nms_iterations * 2.0 * rows * rows
     return total
 
 
-def select_flops_parts(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int,
+def select_flops_parts(shape: DecoderShape, seq: int, image_tokens: int, keep: int, nms_iterations: int,
                        block: int = NMS_BLOCK) -> dict[str, float]:
     """A select stage in two parts: `proxy` = the proxy layer (keys for all S tokens, the 4 supervised queries,
     `v_proj` applied after the attention mix: models/llama_decoder.values_after_mixing) forward plus its
@@ -112,11 +111,11 @@ def select_flops_parts(shape: DecoderShape, seq: int, image_tokens: int, nms_ite
     # one-hot row picks (4, S) of h, x, cos and sin; the backward reaches h and x only
     picks = 2.0 * q * seq * (2 * d + 2 * shape.head_dim) + 2.0 * q * seq * 2 * d
     return {"proxy": 2.0 * with_weights + 3.0 * activations + picks,
-            "nms": nms_flops(image_tokens, d, nms_iterations, block)}
+            "nms": nms_flops(image_tokens, d, nms_iterations, block, keep)}
 
 
-def select_flops(shape: DecoderShape, seq: int, image_tokens: int, nms_iterations: int) -> float:
-    return sum(select_flops_parts(shape, seq, image_tokens, nms_iterations).values())
+def select_flops(shape: DecoderShape, seq: int, image_tokens: int, keep: int, nms_iterations: int) -> float:
+    return sum(select_flops_parts(shape, seq, image_tokens, keep, nms_iterations).values())
 
 
 def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float]:
@@ -130,7 +129,7 @@ def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float
             if getattr(stage, "owned_segment", None):  # runs layer N-1 on every token; the rule itself is small
                 flops[stage.name] = shape.layer_flops(seq, seq)
             else:
-                flops[stage.name] = select_flops(shape, seq, stage.tokens_in, plan.nms_iterations)
+                flops[stage.name] = select_flops(shape, seq, stage.tokens_in, stage.keep, plan.nms_iterations)
             continue
         seq = text + stage.image_tokens
         layers = stage.end - stage.start
@@ -151,7 +150,8 @@ def fp32_prefill_flops(config, plan, text_tokens: int) -> float:
     shape = DecoderShape.from_config(config.text_config)
     total = 0.0
     for select in plan.selects:
-        parts = select_flops_parts(shape, text_tokens + select.tokens_in, select.tokens_in, plan.nms_iterations)
+        parts = select_flops_parts(shape, text_tokens + select.tokens_in, select.tokens_in, select.keep,
+                                   plan.nms_iterations)
         total += parts["nms"] + (parts["proxy"] if plan.schedule.precision == "fp32" else 0.0)
     return total
 

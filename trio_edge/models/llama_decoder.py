@@ -170,7 +170,13 @@ class FewRowsHead(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
-        return grad @ weight, None
+        vocab, width = weight.shape
+        if vocab % 2:
+            return grad @ weight, None
+        # grad @ weight with Q of 4 rows runs on one core (11.6 ms at 4 x 32064 x 1024 on 2 cores); as two
+        # half-vocabulary products in one bmm, summed, the cores share it (6.0 ms), reading the weight once.
+        halves = grad.view(grad.shape[0], 2, vocab // 2).transpose(0, 1)  # (2, Q, V/2)
+        return torch.bmm(halves, weight.view(2, vocab // 2, width)).sum(dim=0), None
 
 
 def attention_with_probs(q, k, v, bias, scale):

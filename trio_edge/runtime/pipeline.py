@@ -109,6 +109,19 @@ class Pipeline:
         self.kv[seg.name] = updated_cache(kv, out)
         return out["logits" if seg.with_head else "hidden_out"]
 
+    def _prefill_segment(self, seg: SegmentPlan, hidden, position_ids):
+        """A segment's prefill from slot 0: one call, or consecutive chunks of the backend's prefill_chunk_tokens
+        (each writes its slots, the next attends to them), hidden states concatenated; a head's logits are the
+        last chunk's (the last position's)."""
+        chunk = getattr(self.backend, "prefill_chunk_tokens", None)  # wrappers (export probes, tests) may lack it
+        length = hidden.shape[1]
+        if chunk is None or length <= chunk:
+            return self._run_segment(seg, hidden, position_ids, torch.zeros((), dtype=torch.int64, device=self.device))
+        outs = [self._run_segment(seg, hidden[:, lo:lo + chunk], position_ids[..., lo:lo + chunk],
+                                  torch.tensor(lo, dtype=torch.int64, device=self.device))
+                for lo in range(0, length, chunk)]
+        return outs[-1] if seg.with_head else torch.cat(outs, dim=1)
+
     def _choose_raters(self, hidden, image_start: int):
         """SparseVLM's text raters, once, on the language model's input: (1, S) 0/1."""
         start = torch.tensor(image_start, dtype=torch.int64, device=self.device)
@@ -173,8 +186,7 @@ class Pipeline:
                 image_ids = torch.cat([image_ids, merged])
             else:
                 lengths[stage.name] = hidden.shape[1]
-                hidden = self._run_segment(stage, hidden, position_ids,
-                                           torch.zeros((), dtype=torch.int64, device=self.device))
+                hidden = self._prefill_segment(stage, hidden, position_ids)
             t = clock.lap(stage.name, t)
         return features, hidden, kept, lengths
 

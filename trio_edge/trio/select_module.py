@@ -67,7 +67,8 @@ class SelectStage(nn.Module):
     def saliency(self, hidden, position_ids):
         proxy = lambda h, pos, rows: self._decoder.proxy_logits(self.proxy_layer, h, pos, rows,  # noqa: E731
                                                                 eager=self.runtime_form)
-        return proxy_saliency(proxy, hidden[0], position_ids)  # (S,)
+        # squeeze, not hidden[0]: indexing the batch exports to a Gather that copies all S rows
+        return proxy_saliency(proxy, hidden.squeeze(0), position_ids)  # (S,)
 
     def peer_kept(self, hidden, position_ids, span):
         """A peer's kept indices at this cut (and its per-token scores)."""
@@ -90,7 +91,7 @@ class SelectStage(nn.Module):
                                                        self.renumber)
             return kept.to(hidden.device), torch.tensor(True), hidden_out, position_out, scores.float()
         scores = self.saliency(proxy_hidden, position_ids).index_select(0, span)  # (M,)
-        features = proxy_hidden[0].index_select(0, span)  # (M, D)
+        features = proxy_hidden.squeeze(0).index_select(0, span)  # (M, D)
         kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations,
                                            stop_at_fixed_point=self.runtime_form)
         hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)

@@ -11,7 +11,6 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as nnf
 
 from ..errors import InputError
 
@@ -44,8 +43,10 @@ def _check_inputs(scores, features, keep, threshold) -> int:
 
 
 def unit_rows(features: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit length, float32 (what cosine similarities are dot products of)."""
-    return nnf.normalize(features.float(), dim=-1)
+    """Rows scaled to unit length, float32 (what cosine similarities are dot products of): torch's normalize
+    without its expand_as, the very same division (an Expand copies all M x D values in an exported graph)."""
+    features = features.float()
+    return features / features.norm(2, -1, keepdim=True).clamp_min(1e-12)
 
 
 def cosine_similarity_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -103,49 +104,69 @@ def visiting_order(scores: torch.Tensor) -> torch.Tensor:
     return position.index_select(0, torch.topk(key, num_tokens).indices)
 
 
-# Tokens per block of the fixed-shape rule: similarities only from each block to itself and later blocks,
-# and Cluster-NMS steps on a block's own (B, B) matrix, which stays in cache.
-NMS_BLOCK = 384
+# Tokens per block of the fixed-shape rule. Each block is compared with the kept-token buffer (at most `keep`
+# rows) and with itself, and runs its Cluster-NMS steps on its own (B, B) matrix, which stays in cache: the
+# similarities cost about M x (keep + B) x D, so smaller blocks cost less arithmetic but more (small) ops.
+NMS_BLOCK = 256
+
+
+def first_kept(keep_vec: torch.Tensor, descending_rank: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Indices (capacity,) of the first `capacity` kept tokens of `keep_vec` (0/1, visiting order), then unkept
+    ones (never read). `descending_rank` is M-1-position: distinct keys, so TopK's ties never matter."""
+    num_tokens = descending_rank.shape[0]
+    key = keep_vec.long() * num_tokens + descending_rank[:keep_vec.shape[0]]
+    return torch.topk(_exact_keys(key, 2 * num_tokens), capacity).indices
 
 
 def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int,
                  stop_at_fixed_point: bool = False, block: int = NMS_BLOCK):
-    """Cluster-NMS in visiting order: returns (visit (M,) the token indices in visiting order, keep_vec (M,)
-    float 0/1 in that order, converged (), the most steps a block ran).
+    """Greedy NMS in visiting order against a buffer of the tokens kept so far: returns (visit (M,) the token
+    indices in visiting order, keep_vec (M,) float 0/1 in that order, converged (), the most steps a block ran).
 
-    Works in visiting order, so "i is visited before j" is the strict upper triangle: no (M, M) rank
-    comparisons, and similarities only from each block of tokens to itself and the blocks after it. Blocks
-    settle in order: a block starts from what the kept tokens of earlier blocks suppress (one matvec each),
-    then runs up to `iterations` steps on its own (B, B) matrix. After t steps its first t
-    tokens are final; the greedy result only reads the tokens up to its `keep`-th survivor, so a step that
-    changes none of those has settled them (a prefix that is a fixed point is the greedy one: it is unique).
-    `stop_at_fixed_point` (eager only) also skips the blocks after the one holding the `keep`-th survivor, marking
-    them unkept: the fixed-shape graph settles each of those in one step and the result never reads them."""
+    A token is suppressed only by tokens kept before it, and the result reads only the tokens up to the
+    `keep`-th survivor: so only the first `keep` kept tokens can ever suppress a token the result reads. Blocks
+    of tokens settle in visiting order. A block starts from what the buffer suppresses: the first min(keep,
+    tokens before the block) kept tokens of earlier blocks, gathered by one TopK (B x capacity similarities,
+    fixed-shape, no ScatterND), then runs up to `iterations` Cluster-NMS steps on its own (B, B) matrix ("i is
+    visited before j" is the strict upper triangle). After t steps a block's first t tokens are final; a step
+    that changes none of the tokens up to the `keep`-th survivor has settled them (a prefix that is a fixed
+    point is the greedy one: it is unique). Tokens past the `keep`-th survivor may be marked kept although a
+    kept token beyond the buffer suppresses them: the result never reads them. `stop_at_fixed_point` (eager
+    only) stops each block at its fixed point and skips the blocks after the one holding the `keep`-th survivor,
+    marking them unkept."""
     num_tokens = scores.shape[0]
     visit = visiting_order(scores)
     unit = unit_rows(features.index_select(0, visit))
-    # positions 1..M computed from the data, so that export does not fold the triangle into a constant
+    # positions 1..M computed from the data, so that export does not fold the triangles into constants
     position = torch.cumsum(torch.ones_like(visit), 0)
+    descending_rank = num_tokens - position  # M-1 .. 0
     blocks = math.ceil(num_tokens / block)
     bounds = [num_tokens * b // blocks for b in range(blocks + 1)]
-    suppressors = torch.zeros(num_tokens, dtype=torch.float32, device=scores.device)  # kept ones, earlier blocks
     survivors_before = torch.zeros((), dtype=torch.float32, device=scores.device)
     keeps, converged, steps = [], torch.tensor(True, device=scores.device), 0
     for lo, hi in zip(bounds, bounds[1:]):
-        # row i (this block) may suppress column j (this block or later) visited after it
-        similar = unit[lo:hi] @ unit[lo:].T >= threshold
-        may_suppress = (similar & (position[lo:hi, None] < position[None, lo:])).float()  # (B, M - lo)
-        inner = may_suppress[:, :hi - lo]
-        free = suppressors[lo:hi] == 0
-        keep_vec, settled, block_steps = free.float(), torch.tensor(False, device=scores.device), 0
+        rows = unit[lo:hi]  # (B, D)
+        free_row = torch.ones(1, hi - lo, dtype=torch.float32, device=scores.device)  # (1, B)
+        capacity = min(keep, lo)  # kept tokens before this block that the result may read
+        if capacity:
+            buffer = unit.index_select(0, first_kept(torch.cat(keeps), descending_rank, capacity))  # (capacity, D)
+            filled = (position[None, :capacity] <= survivors_before).float()  # (1, capacity) slots holding a kept one
+            # a 0/1 matmul counts each row's kept suppressors exactly (float32 is exact below 2**24)
+            free_row = (filled @ (buffer @ rows.T >= threshold).float() == 0).float()
+        similar = rows @ rows.T >= threshold
+        inner = (similar & (position[lo:hi, None] < position[None, lo:hi])).float()  # (B, B) i before j
+        # A step keeps j when no kept token before it suppresses it: hits 0 < free[j] (1 for a free token, 0 for
+        # one the buffer suppressed). Rows (1, B) throughout: one MatMul, Less and Cast per step.
+        keep_row, settled, block_steps = free_row, torch.tensor(False, device=scores.device), 0
         for block_steps in range(1, int(iterations) + 1):  # unrolled at trace time: no ONNX Loop
-            previous = keep_vec
-            # 0/1 matmul counts kept suppressors of each j exactly (float32 is exact below 2**24).
-            keep_vec = (free & ((keep_vec[None, :] @ inner)[0] == 0)).float()
-            read = survivors_before + torch.cumsum(keep_vec, 0) - keep_vec < keep  # up to the keep-th survivor
-            settled = ~((previous != keep_vec) & read).any()
+            previous = keep_row
+            keep_row = (keep_row @ inner < free_row).float()
+            if stop_at_fixed_point or block_steps == iterations:  # the graph reads only its last step's
+                read = survivors_before + torch.cumsum(keep_row[0], 0) - keep_row[0] < keep  # to the keep-th survivor
+                settled = ~((previous[0] != keep_row[0]) & read).any()
             if stop_at_fixed_point and bool(settled):
                 break
+        keep_vec = keep_row[0]
         steps, converged = max(steps, block_steps), converged & settled
         keeps.append(keep_vec)
         survivors_before = survivors_before + keep_vec.sum()
@@ -153,8 +174,6 @@ def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int,
             # the keep-th survivor is settled: later blocks only ever change tokens the result never reads
             keeps.append(torch.zeros(num_tokens - hi, dtype=keep_vec.dtype, device=keep_vec.device))
             break
-        if hi < num_tokens:
-            suppressors = suppressors + nnf.pad((keep_vec[None, :] @ may_suppress)[0], (lo, 0))
     return visit, torch.cat(keeps), converged, steps
 
 

@@ -14,6 +14,10 @@ from ...errors import InputError
 
 class Backend:
     name = "base"
+    # Longest prefill call a segment graph gets: longer prompts run as consecutive chunks, each attending to the
+    # slots the earlier ones wrote (None: one call). For graphs whose attention computes every query against
+    # every key of the call (not only the causal half).
+    prefill_chunk_tokens: int | None = None
 
     def __init__(self, specs: dict[str, GraphSpec], device: str):
         self.specs = specs
