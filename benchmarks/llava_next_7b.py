@@ -1,6 +1,6 @@
 """LLaVA-NeXT-7B-shaped benchmark: transformers generate vs our unpruned pipeline vs TRIO at 11.1%.
 
-Builds the llava-next-7b architecture (its real config) with random weights, exports it, and measures
+Builds the llava-next-7b architecture (its real config; --model qwen2.5-vl-7b for Qwen2.5-VL) with random weights, exports it, and measures
 in one run on one device: (a) transformers `generate` (sdpa, unpruned), (b) our unpruned pipeline,
 (c) our TRIO pipeline, for each backend asked for; plus a roofline: TTFT against the compute floor
 (analytic FLOPs / measured matmul peak) and decode against the bandwidth floor (bytes per token /
@@ -118,14 +118,15 @@ TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select prec
 
 
 def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path,
-                  precisions: tuple[str, ...] = ("fp32",), sparsevlm_budgets: tuple[int, ...] = ()):
+                  precisions: tuple[str, ...] = ("fp32",), sparsevlm_budgets: tuple[int, ...] = (),
+                  keep_ratio: float = 0.111):
     """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ..., "sparsevlm_64": ...} for one
     backend; SparseVLM at its authors' table budgets (its own cut layers)."""
     from trio_edge import Schedule, load
     from trio_edge.exporters.export import export
 
     variants = {"full": {}}
-    variants.update({TRIO_VARIANTS[p]: {"keep_ratio": 0.111, "precision": p} for p in precisions})
+    variants.update({TRIO_VARIANTS[p]: {"keep_ratio": keep_ratio, "precision": p} for p in precisions})
     variants.update({f"sparsevlm_{b}": {"method": "sparsevlm", "budget": b} for b in sparsevlm_budgets})
     pipelines = {}
     for name, options in variants.items():
@@ -178,6 +179,10 @@ def main(argv=None) -> dict:
     from trio_edge.runtime import bench
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="llava-next-7b",
+                        help="the architecture built with random weights: llava-next-7b (default), qwen2.5-vl-7b, ...")
+    parser.add_argument("--keep-ratio", type=float, default=0.111,
+                        help="TRIO's layer-averaged image-token ratio (default 0.111, the paper's 11.1%%)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16" if torch.cuda.is_available() else "fp32")
     parser.add_argument("--backends", default="torch,onnxruntime",
@@ -220,7 +225,7 @@ def main(argv=None) -> dict:
     by_length = {n: {"command": command, "new_tokens": n, "environment": environment, "peaks": peaks, "runs": {}}
                  for n in lengths}
     with tempfile.TemporaryDirectory(prefix="llava-next-7b-") as tmp:
-        source = build_random("llava-next-7b", Path(tmp) / "model", dtype=dtype, scale=args.scale, layers=args.layers,
+        source = build_random(args.model, Path(tmp) / "model", dtype=dtype, scale=args.scale, layers=args.layers,
                               vision_layers=args.vision_layers)
         loaded = load(str(source), dtype=dtype, device=args.device)
         architecture = {"hidden": loaded.adapter.decoder.hidden_size, "layers": loaded.adapter.num_layers,
@@ -243,7 +248,7 @@ def main(argv=None) -> dict:
         for index, group in enumerate(groups):
             pipelines = {f"{backend}_{name}": pipeline for backend in group
                          for name, pipeline in our_pipelines(loaded, backend, args.device, args.dtype, max(lengths),
-                                                             Path(tmp), precisions, budgets).items()}
+                                                             Path(tmp), precisions, budgets, args.keep_ratio).items()}
             runners = {run: turn(lambda n, p=pipeline: bench.request(p, image, prompt, n), lengths, args.turn_warmup)
                        for run, pipeline in pipelines.items()}
             if index == 0 and not args.sequential:
