@@ -29,8 +29,5 @@ def adapter_class_for(config):
 
 
 def adapter_for(config, processor, model=None):
-    """The adapter of a model family, chosen by the checkpoint's declared architecture (the model's class when
-    a model is given)."""
-    if model is not None and type(model).__name__ in ADAPTERS:
-        return ADAPTERS[type(model).__name__](config, processor, model)
+    """The adapter of a model family, chosen by the checkpoint's declared architecture."""
     return adapter_class_for(config)(config, processor, model)

@@ -101,7 +101,7 @@ def load(name: str, *, dtype=None, device: str = "cpu") -> LoadedModel:
     from transformers import AutoConfig, AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
-    from .families import adapter_class_for, adapter_for
+    from .families import adapter_class_for
 
     source = resolve(name)
     hf_logging.disable_progress_bar()
@@ -120,7 +120,7 @@ def load(name: str, *, dtype=None, device: str = "cpu") -> LoadedModel:
             f"or pass a local directory written by save_pretrained"
         ) from None
     model = model.to(device).eval()
-    return LoadedModel(name=name, source=source, model=model, processor=processor, adapter=adapter_for(model.config, processor, model))
+    return LoadedModel(name=name, source=source, model=model, processor=processor, adapter=adapter_class(model.config, processor, model))
 
 
 def _from_pretrained(auto_class, source: str, **kwargs):

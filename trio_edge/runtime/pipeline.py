@@ -159,7 +159,8 @@ class Pipeline:
         return {**out, "kept": kept, "hidden_out": hidden_out, "position_ids_out": positions,
                 "converged": torch.tensor(True)}
 
-    def prefill(self, pixels, input_ids, clock: _Clock):
+    def prefill(self, pixels, input_ids, position_ids, clock: _Clock):
+        """`position_ids`: the prompt's (the adapter's prompt_positions: (1, S), or M-RoPE's (3, 1, S))."""
         t = time.perf_counter()
         vision = self.backend.run("vision", {"pixel_values": pixels})
         features, self.vision_kept = vision["image_features"], vision.get(VISION_KEPT)
@@ -167,7 +168,6 @@ class Pipeline:
         hidden = self.backend.run("embed", {"input_ids": input_ids, "image_features": features})["hidden"]
         t = clock.lap("embed", t)
         image_start = int((input_ids[0] == self.io.image_token_id).to(torch.int64).argmax())
-        position_ids = self.io.prompt_positions(input_ids, self.plan.grid)  # (1, S), or M-RoPE's (3, 1, S)
         image_ids = torch.arange(self.plan.num_image_tokens, device=self.device)  # merged tokens: -1
         raters = None
         if self.plan.method == "sparsevlm" and self.plan.selects:
@@ -268,8 +268,9 @@ class Pipeline:
     def _owned_tokens(self, request, pixels, input_ids, max_new: int, temperature: float, top_p: float, seed: int,
                       result: GenerationResult, clock: "_Clock"):
         start = clock.origin
-        features, logits, result.kept, lengths = self.prefill(pixels, input_ids, clock)
-        first_position = self.io.first_decode_position(self.io.prompt_positions(input_ids, self.plan.grid))
+        positions = self.io.prompt_positions(input_ids, self.plan.grid)
+        features, logits, result.kept, lengths = self.prefill(pixels, input_ids, positions, clock)
+        first_position = self.io.first_decode_position(positions)
         if self.vision_kept is not None:
             result.vision_kept = self.vision_kept.tolist()
         result.prompt_tokens, result.first_logits = input_ids.shape[1], logits
