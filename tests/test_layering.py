@@ -22,7 +22,7 @@ LAYERS = (
     {"runtime"},
     {"exporters"},
     {"calibration"},
-    {"serve", "batch", "cli"},
+    {"serve", "batching", "cli"},
 )
 
 

@@ -46,8 +46,8 @@ _LAZY = {
     "select_tokens": ("trio_edge.trio.selection", "select_tokens"),
     "serve": ("trio_edge.serve", None),  # the module: trio_edge.serve.run(...) is what trio-serve does
     "samples": ("trio_edge.samples", None),  # the sample images shipped in the package: samples.path("color")
-    "batch": ("trio_edge.batch", "batch"),  # trio-batch: answers for a JSONL file of records
-    "BatchSummary": ("trio_edge.batch", "BatchSummary"),
+    "batch": ("trio_edge.batching", "batch"),  # trio-batch: answers for a JSONL file of records
+    "BatchSummary": ("trio_edge.batching", "BatchSummary"),
 }
 
 __all__ = [

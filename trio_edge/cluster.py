@@ -1,7 +1,7 @@
 """Ray, the optional scale-out engine of trio-serve and trio-batch (`pip install 'trio-edge[ray]'`): importing it,
 checking an --address, joining a cluster or starting a private local one.
 
-Ray is imported only here and in the modules that run on it (serve.ray_app, batch.ray_engine), never by the core
+Ray is imported only here and in the modules that run on it (serve.ray_app, batching.ray_engine), never by the core
 install; every failure to reach a cluster is one typed error naming the fix, not a minute of retries.
 """
 

@@ -67,7 +67,7 @@ def main(argv=None):
         from ..cluster import import_ray
 
         import_ray()  # the missing extra first, before the input is read
-    from ..batch import batch
+    from ..batching import batch
 
     summary = batch(args.model, args.input, args.output, prompt=args.prompt, engine=args.engine,
                     actors=args.actors or 1, address=args.address, cpus_per_actor=args.cpus_per_actor or 1.0,

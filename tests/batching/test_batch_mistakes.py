@@ -123,3 +123,14 @@ def test_an_existing_output_needs_resume_or_force(one_cut_dir, records, tmp_path
     with pytest.raises(SystemExit):
         batch_cli.main([str(one_cut_dir), records, "-o", str(out), "--actors", "2"])
     one_error_line(capsys.readouterr().err, "--actors applies to --engine ray only")
+
+
+def test_the_api_function_is_not_shadowed_by_its_package():
+    """`trio_edge.batch` stays the function after the package that implements it is imported (a subpackage named
+    `batch` would replace the lazily bound function with itself: 'module' object is not callable)."""
+    import importlib
+
+    import trio_edge
+
+    importlib.import_module("trio_edge.batching")
+    assert callable(trio_edge.batch) and trio_edge.batch.__name__ == "batch"
