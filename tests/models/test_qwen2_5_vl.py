@@ -258,7 +258,8 @@ def test_an_int4_export_runs_and_is_ready_for_tensorrt(pictures, tmp_path):
 
 @pytest.mark.parametrize("options, says", [
     (["--method", "sparsevlm", "--budget", "64"], "SparseVLM's released code runs LLaVA only"),
-    (["--preset", "trio-ve-64"], "has no [CLS] token"),
+    (["--preset", "trio-ve-64"], "is TRIO's LLaVA schedule (per CLIP tile); on this model use --preset trio-qwen"),
+    (["--preset", "visionzip-64"], "has no [CLS] token"),
     (["--cuts", "0:20"], "reruns the decoder layer just executed"),
     (["--cuts", "1:20", "--positions", "renumber"], "keeps original M-RoPE positions"),
 ])

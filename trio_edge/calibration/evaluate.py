@@ -96,7 +96,8 @@ def method_schedule(adapter, grid, method: str, ratio: float):
                 "Gumpest/SparseVLMs layers 2/6/15 (scaled below 17 layers), 192-table shape; + merged tokens")
     if method == "trio-ve":  # its authors' shape: 1.5x the budget after the tower, a third of that from layer L/2
         return (adapter.schedule(grid, keep_ratio=ratio, method=method),
-                "ocy1/TRIO README shape: vision 96 / layer 16 keeps 32 of 32 layers (scaled)")
+                "ocy1/TRIO README shape: 1.5x the budget after the tower, a third of it from half depth (LLaVA: vision "
+                "96 / layer 16 keeps 32 of 32 layers; Qwen: 0.167 / layer 14 keeps 0.333 of 28)")
     if method_info(method).acts == VISION_TOWER:  # the authors' per-tile table at 64/128/192 of 576, else scaled
         preset = vision_preset(method, ratio)
         if preset is not None:

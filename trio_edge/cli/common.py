@@ -158,6 +158,9 @@ def add_schedule_options(parser, *, title: str = f"selection schedule (pick one;
 
 
 def _preset_cuts(preset) -> str:
+    if preset.ratios:  # a ported schedule in fractions (TRIO's Qwen port)
+        cuts = ",".join(f"{layer}:int({ratio} x current)" for layer, ratio in zip(preset.layers, preset.ratios[1:]))
+        return f"vision:int({preset.ratios[0]} M),{cuts} of {preset.reference_layers} layers ({preset.family})"
     split = f"+{preset.vision[1]}" if preset.vision and preset.vision[1] else ""
     vision = [f"vision:{preset.vision[0]}{split} per tile of 576"] if preset.vision else []
     return ",".join(vision + [f"{a}:{b}" for a, b in zip(preset.layers, preset.keeps)])

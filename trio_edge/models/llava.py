@@ -162,6 +162,12 @@ class LlavaAdapter:
         patches = (self.tile_size // int(self.config.vision_config.patch_size)) ** 2
         return patches + (1 if self.config.vision_feature_select_strategy == "full" else 0)
 
+    def vision_rule(self, method: str, stage, grid: tuple[int, int]) -> nn.Module:
+        """The rule of a vision-tower method for a resolved vision stage (trio.vision_stage.vision_rule)."""
+        from ..trio.vision_stage import vision_rule
+
+        return vision_rule(method, stage, self.vision_layer_count())
+
     def vision_module(self, grid: tuple[int, int], rule: nn.Module | None = None) -> nn.Module:
         """The vision graph's module; with a vision-tower `rule` (trio.vision_stage.vision_rule), the pruned one."""
         if rule is not None:
@@ -279,8 +285,9 @@ class LlavaAdapter:
                              f"write the image slot as {self.image_token!r} separated from other text")
         return ids
 
-    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """position_ids (1, S) of a prompt: 0..S-1."""
+    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int], vision_kept=None) -> torch.Tensor:
+        """position_ids (1, S) of a prompt: 0..S-1, also after a vision-stage prune (`vision_kept`), as the released
+        LLaVA code numbers the kept tokens."""
         return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
 
     def first_decode_position(self, prompt_positions: torch.Tensor) -> int:

@@ -24,7 +24,7 @@ from ..trio.schedule import Schedule
 from .llama_decoder import LlamaFamilyDecoder
 from .llava import LlavaAdapter
 from .mrope import image_prompt_positions
-from .qwen_vision import QwenVisionFeatures, check_image_size, grid_thw, window_pixels
+from .qwen_vision import PrunedQwenVision, QwenVisionFeatures, check_image_size, grid_thw, window_pixels
 
 PROXY_NEEDS_A_LAYER = ("TRIO's Qwen proxy reruns the decoder layer just executed, so its cuts come after layer 1 or "
                        "later; use --cuts LAYER:KEEP with LAYER >= 1")
@@ -128,10 +128,22 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         patch = int(self.vision_config.patch_size)
         return (t * h * w, int(self.vision_config.in_channels) * int(self.vision_config.temporal_patch_size) * patch * patch)
 
+    def vision_rule(self, method: str, stage, grid: tuple[int, int]):
+        """TRIO's vision stage as its Qwen port runs it (trio.trio_ve_qwen); the other vision-tower rules rank by a
+        [CLS] token this tower does not have."""
+        if method != "trio-ve":
+            raise ScheduleError(f"--method {method} ranks tokens by a [CLS] token, which the {self.family} vision tower "
+                                "does not have; use --method trio-ve (TRIO's Qwen vision stage) or a decoder method")
+        from ..trio.trio_ve_qwen import TrioVEQwenRule
+
+        _, h, w = self.merged_grid(grid)
+        return TrioVEQwenRule(stage.keep, h, w, int(self.vision_config.depth), self.vision_config.fullatt_block_indexes)
+
     def vision_module(self, grid: tuple[int, int], rule=None):
+        """The vision graph's module; with TRIO's Qwen vision-stage `rule` (vision_rule), the pruned one: (kept
+        features, kept merged-token indices (1, keep))."""
         if rule is not None:
-            raise ScheduleError(f"{self.family}: pruning inside the vision tower is not available for this family yet; "
-                                "use a decoder method (--method trio, fastv, dart, pdrop, random, uniform)")
+            return PrunedQwenVision(self.model.model.visual, self._thw(grid), rule)
         return QwenVisionFeatures(self.model.model.visual, self._thw(grid))
 
     def tile_tokens(self) -> int | None:
@@ -158,15 +170,26 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         self._check_conversation(messages)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """M-RoPE position_ids (3, 1, S) of a prompt with the image span at the fixed grid (== get_rope_index)."""
+    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int],
+                         vision_kept: torch.Tensor | None = None) -> torch.Tensor:
+        """M-RoPE position_ids (3, 1, S) of a prompt with the image span at the fixed grid (== get_rope_index).
+        After TRIO's vision stage the prompt holds only the kept image tokens: the rows are those of the unpruned
+        prompt, gathered at `vision_kept` ((1, keep) merged-token indices), as the authors' Qwen code does."""
         is_image = input_ids[0] == self.image_token_id
         before = int(is_image.to(torch.int64).argmax())
-        after = input_ids.shape[1] - before - int(is_image.sum())
-        return image_prompt_positions(before, self.merged_grid(grid), after, device=input_ids.device)
+        count = int(is_image.sum())
+        after = input_ids.shape[1] - before - count
+        rows = image_prompt_positions(before, self.merged_grid(grid), after, device=input_ids.device)
+        if vision_kept is None:
+            return rows
+        full = self.image_token_count(grid)
+        keep = torch.cat([torch.arange(before, device=rows.device), before + vision_kept[0].to(rows.device),
+                          torch.arange(before + full, before + full + after, device=rows.device)])
+        return rows.index_select(2, keep)
 
     def first_decode_position(self, prompt_positions: torch.Tensor) -> int:
-        """Decoding continues after the largest prompt position (transformers' rope_deltas), not at the length."""
+        """Decoding continues after the largest prompt position (transformers' rope_deltas), not at the length: the
+        last prompt token's, which no pruning removes."""
         return int(prompt_positions.max()) + 1
 
     def hf_inputs(self, image, prompt: str, grid: tuple[int, int]) -> dict:
@@ -212,7 +235,25 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
                                 "drop --positions renumber")
         method = method_for(options.get("method"), options.get("preset"), "trio")
         self.constrain(Schedule(), method)  # a method this family refuses, before resolving its budget
+        if method == "trio-ve":
+            return self.constrain(self._trio_ve_schedule(grid, **options), method)
         return self.constrain(super().schedule(grid, **options), method)
+
+    def _trio_ve_schedule(self, grid, *, cuts=None, keep_ratio=None, schedule_file=None, preset=None, threshold=None,
+                          precision=None, method=None, positions=None, budget=None):
+        from ..trio.vision_stage import trio_ve_qwen_schedule
+
+        if budget is not None:
+            raise ScheduleError("--budget picks one of SparseVLM's tables: use it with --method sparsevlm")
+        given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio),
+                                          ("--schedule-file", schedule_file), ("--preset", preset)) if value is not None]
+        if len(given) > 1:
+            raise ScheduleError(f"{' and '.join(given)} are mutually exclusive; pass one")
+        overrides = {k: v for k, v in (("threshold", threshold), ("precision", precision)) if v is not None}
+        _, h, w = self.merged_grid(grid)
+        schedule = trio_ve_qwen_schedule(cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file, preset=preset,
+                                         overrides=overrides, merged_hw=(h, w), num_layers=self.num_layers)
+        return schedule.validate(self.num_layers, self.image_token_count(grid))
 
     def constrain(self, schedule, method: str):
         """`schedule` as this family runs it: positions original; SparseVLM refused (its released code has no Qwen
@@ -220,6 +261,6 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         if method == "sparsevlm":
             raise ScheduleError("SparseVLM's released code runs LLaVA only (no Qwen path to be exact to); use "
                                 "--method trio, fastv, dart, pdrop, random or uniform on Qwen2.5-VL")
-        if method == "trio" and any(cut.layer < 1 for cut in schedule.cuts):
+        if method in ("trio", "trio-ve") and any(cut.layer < 1 for cut in schedule.cuts):
             raise ScheduleError(PROXY_NEEDS_A_LAYER)
         return replace(schedule, positions="original")

@@ -52,7 +52,9 @@ class QwenVisionFeatures(nn.Module):
 
     cuda_graph_safe = True  # fixed shapes, constants computed at construction
 
-    def __init__(self, visual, thw: tuple[int, int, int]):
+    def __init__(self, visual, thw: tuple[int, int, int], score_blocks: tuple[int, ...] = ()):
+        """`score_blocks`: blocks whose attention `features_and_scores` also reduces to one score per merged token
+        (TRIO's Qwen vision stage); their attention then runs with explicit probabilities instead of SDPA."""
         super().__init__()
         from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
@@ -69,6 +71,7 @@ class QwenVisionFeatures(nn.Module):
                              f"use image sides in multiples of {window_pixels(config)} px")
         self.window_tokens = lengths.pop()
         self.tokens = int(grid.prod())
+        self.score_blocks = tuple(int(b) for b in score_blocks)
         positions = get_vision_position_ids(grid, visual.spatial_merge_size)
         cos, sin = visual.rotary_pos_emb(torch.empty(0), positions)
         self.register_buffer("window_index", window_index, persistent=False)
@@ -82,17 +85,35 @@ class QwenVisionFeatures(nn.Module):
         return units.index_select(0, self.window_index).reshape(self.tokens, -1)
 
     def forward(self, pixel_values):
+        return self.features_and_scores(pixel_values)[0]
+
+    def features_and_scores(self, pixel_values):
+        """-> (merged features (M, D) in raster order, {block: (M,) attention received per merged token, raster
+        order} for each of `score_blocks`)."""
         visual = self.visual
         h = self._in_window_order(visual.patch_embed(pixel_values.to(visual.patch_embed.proj.weight.dtype)))
+        scores = {}
         for index, block in enumerate(visual.blocks):
             windows = 1 if index in self.full_attention_blocks else self.tokens // self.window_tokens
-            h = h + self._attention(block.attn, block.norm1(h), windows)
+            out, probs = self._attention(block.attn, block.norm1(h), windows, index in self.score_blocks)
+            if probs is not None:
+                scores[index] = self._unit_scores(probs)
+            h = h + out
             h = h + block.mlp(block.norm2(h))
         merged = visual.merger(h)  # (M, D) in window order
-        return merged.index_select(0, self.reverse_index)
+        return merged.index_select(0, self.reverse_index), scores
 
-    def _attention(self, attn, x, windows: int):
-        """Bidirectional attention within each of `windows` equal consecutive spans of x (N, C) -> (N, C)."""
+    def _unit_scores(self, probs):
+        """(heads, windows, n, n) softmax probabilities -> (M,): summed over heads, averaged over all N queries (a
+        key's window holds every query that can reach it), averaged over each merge unit's patches, raster order
+        (TRIO's Qwen code: sum(0), mean(0), view(-1, 4).mean(1), then the reverse window permutation)."""
+        received = probs.sum(dim=0).sum(dim=-2).reshape(self.tokens) / self.tokens  # (N,) window order
+        units = received.reshape(self.tokens // self.unit, self.unit).mean(dim=-1)
+        return units.index_select(0, self.reverse_index)
+
+    def _attention(self, attn, x, windows: int, with_probs: bool = False):
+        """Bidirectional attention within each of `windows` equal consecutive spans of x (N, C) -> ((N, C), the
+        float32 probabilities (heads, windows, n, n) when `with_probs`, else None)."""
         n = x.shape[0]
         q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 2, 0, 3).unbind(0)  # (H, N, hd) each
         cos, sin = self.cos[None], self.sin[None]
@@ -102,5 +123,27 @@ class QwenVisionFeatures(nn.Module):
         def spans(t):  # (H, N, hd) -> (H, windows, N / windows, hd)
             return t.reshape(t.shape[0], windows, n // windows, t.shape[-1])
 
-        out = F.scaled_dot_product_attention(spans(q), spans(k), spans(v), scale=attn.scaling)
-        return attn.proj(out.reshape(attn.num_heads, n, -1).transpose(0, 1).reshape(n, -1))
+        probs = None
+        if with_probs:
+            probs = torch.softmax((spans(q).float() @ spans(k).float().transpose(-1, -2)) * attn.scaling, dim=-1)
+            out = probs.to(v.dtype) @ spans(v)
+        else:
+            out = F.scaled_dot_product_attention(spans(q), spans(k), spans(v), scale=attn.scaling)
+        return attn.proj(out.reshape(attn.num_heads, n, -1).transpose(0, 1).reshape(n, -1)), probs
+
+
+class PrunedQwenVision(nn.Module):
+    """pixel patches -> (kept image features (keep, D), kept (1, keep) int64 merged-token indices): the tower with
+    the two blocks TRIO's Qwen vision stage reads, and its rule (trio.trio_ve_qwen.TrioVEQwenRule)."""
+
+    cuda_graph_safe = True
+
+    def __init__(self, visual, thw: tuple[int, int, int], rule):
+        super().__init__()
+        self.tower = QwenVisionFeatures(visual, thw, score_blocks=rule.blocks)
+        self.rule = rule
+
+    def forward(self, pixel_values):
+        merged, scores = self.tower.features_and_scores(pixel_values)
+        local, global_ = (scores[block] for block in self.rule.blocks)
+        return self.rule(merged, local, global_)

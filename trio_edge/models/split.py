@@ -9,7 +9,6 @@ from ..graph_ops import clamp_index, running_count
 from ..trio.methods import RATERS_GRAPH
 from ..trio.select_module import LayerOwningSelectStage, SelectStage
 from ..trio.sparsevlm import SparseVLMRaters, SparseVLMSelectStage
-from ..trio.vision_stage import vision_rule
 
 
 class EmbedAndMerge(nn.Module):
@@ -41,8 +40,7 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
     Cluster-NMS to its fixed point); export traces the default, graph-friendly forms, with attention as one
     fused op per layer when `fused_attention_op` (the onnxruntime export target: ONNX Runtime's GQA)."""
     decoder = adapter.decoder
-    rule = (vision_rule(plan.method, plan.schedule.vision, adapter.vision_layer_count())
-            if plan.schedule.vision is not None else None)
+    rule = adapter.vision_rule(plan.method, plan.schedule.vision, plan.grid) if plan.schedule.vision is not None else None
     modules = {
         "vision": adapter.vision_module(plan.grid, rule),
         "embed": EmbedAndMerge(decoder.embed_tokens, adapter.image_token_id),

@@ -42,8 +42,10 @@ def make_tiny_qwen_tokenizer(vocab: dict[str, int] | None = None):
 
 
 def tiny_qwen2_5_vl_config(tokenizer, *, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
-                           vision_hidden: int = 32, vision_layers: int = 2, vision_heads: int = 2):
-    """Config of a Qwen2.5-VL with the real vision geometry (patch 14, merger 2, window 112 px) at small width."""
+                           vision_hidden: int = 32, vision_layers: int = 2, vision_heads: int = 2,
+                           full_attention_blocks: list[int] | None = None):
+    """Config of a Qwen2.5-VL with the real vision geometry (patch 14, merger 2, window 112 px) at small width;
+    one full-attention block (the last) unless `full_attention_blocks` says which."""
     from transformers import Qwen2_5_VLConfig
 
     head_dim = hidden // heads
@@ -56,7 +58,8 @@ def tiny_qwen2_5_vl_config(tokenizer, *, hidden: int = 64, layers: int = 4, head
                 pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"), tie_word_embeddings=False)
     vision = dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                   num_heads=vision_heads, out_hidden_size=hidden, patch_size=14, temporal_patch_size=2,
-                  spatial_merge_size=2, window_size=112, fullatt_block_indexes=[vision_layers - 1])
+                  spatial_merge_size=2, window_size=112,
+                  fullatt_block_indexes=full_attention_blocks or [vision_layers - 1])
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}

@@ -159,12 +159,14 @@ class Pipeline:
         return {**out, "kept": kept, "hidden_out": hidden_out, "position_ids_out": positions,
                 "converged": torch.tensor(True)}
 
-    def prefill(self, pixels, input_ids, position_ids, clock: _Clock):
-        """`position_ids`: the prompt's (the adapter's prompt_positions: (1, S), or M-RoPE's (3, 1, S))."""
+    def prefill(self, pixels, input_ids, clock: _Clock):
+        """-> (image features, the last logits, kept tokens per cut, each segment's cache length, the prompt's
+        positions: the adapter's prompt_positions, (1, S) or M-RoPE's (3, 1, S), after any vision-stage prune)."""
         t = time.perf_counter()
         vision = self.backend.run("vision", {"pixel_values": pixels})
         features, self.vision_kept = vision["image_features"], vision.get(VISION_KEPT)
         t = clock.lap("vision", t)
+        position_ids = prompt_positions = self.io.prompt_positions(input_ids, self.plan.grid, self.vision_kept)
         hidden = self.backend.run("embed", {"input_ids": input_ids, "image_features": features})["hidden"]
         t = clock.lap("embed", t)
         image_start = int((input_ids[0] == self.io.image_token_id).to(torch.int64).argmax())
@@ -188,7 +190,7 @@ class Pipeline:
                 lengths[stage.name] = hidden.shape[1]
                 hidden = self._prefill_segment(stage, hidden, position_ids)
             t = clock.lap(stage.name, t)
-        return features, hidden, kept, lengths
+        return features, hidden, kept, lengths, prompt_positions
 
     def decode_step(self, token: int, features, step: int, first_position: int, lengths: dict):
         """One generated token through every segment. `first_position`: the first generated token's position
@@ -268,8 +270,7 @@ class Pipeline:
     def _owned_tokens(self, request, pixels, input_ids, max_new: int, temperature: float, top_p: float, seed: int,
                       result: GenerationResult, clock: "_Clock"):
         start = clock.origin
-        positions = self.io.prompt_positions(input_ids, self.plan.grid)
-        features, logits, result.kept, lengths = self.prefill(pixels, input_ids, positions, clock)
+        features, logits, result.kept, lengths, positions = self.prefill(pixels, input_ids, clock)
         first_position = self.io.first_decode_position(positions)
         if self.vision_kept is not None:
             result.vision_kept = self.vision_kept.tolist()

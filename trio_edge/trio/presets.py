@@ -26,6 +26,11 @@ class Preset:
     source: str
     vision: tuple[int, int] | None = None  # VisionZip: (dominant, contextual) tokens kept per tile of 576 patches
     keep_floor: bool = False  # KEEP on M tokens = int(keep * M / 576) (the code's int(M * ratio)), else round()
+    # a schedule another family's port of the method defines (None: LLaVA's, the reference above): TRIO's Qwen
+    # port gives ratios (the vision stage's of M, then each cut's of the current count) on `reference_layers`
+    family: str | None = None
+    ratios: tuple[float, ...] = ()
+    reference_layers: int = REFERENCE_LAYERS
 
     def vision_for(self, patches: int) -> tuple[int, int]:
         """(dominant, contextual) per tile of `patches` patches: the table's, scaled by patches / 576 (dominant at
@@ -49,14 +54,16 @@ class Preset:
         return ",".join(cuts), scaled
 
 
-def scaled_cut_layer(layer: int, num_layers: int, method: str) -> int:
-    """A cut layer of the 32-layer reference model on a decoder of `num_layers`: the layer itself on 32 layers or
-    more (the authors' scripts pass the same layers to LLaVA-13B's 40), else round(layer * L / 32), at least 1 for
-    rules that own layer N-1, at most L - 1."""
-    if num_layers >= REFERENCE_LAYERS:
+def scaled_cut_layer(layer: int, num_layers: int, method: str, reference: int = REFERENCE_LAYERS,
+                     lowest: int | None = None) -> int:
+    """A cut layer of the `reference`-layer model (32: LLaVA-7B) on a decoder of `num_layers`: the layer itself on
+    that depth or more (the authors' scripts pass the same layers to LLaVA-13B's 40), else round(layer * L /
+    reference), at least `lowest` (default 1 for rules that own layer N-1, else 0), at most L - 1."""
+    if num_layers >= reference:
         return layer
-    lowest = 1 if method_info(method).owns_layer else 0
-    return max(lowest, min(num_layers - 1, round(layer * num_layers / REFERENCE_LAYERS)))
+    if lowest is None:
+        lowest = 1 if method_info(method).owns_layer else 0
+    return max(lowest, min(num_layers - 1, round(layer * num_layers / reference)))
 
 
 def eval_placement(method: str, ratio: float) -> tuple[tuple[int, ...], tuple[float, ...], str]:
@@ -117,6 +124,10 @@ PRESETS = {p.name: p for p in (
            (192, 0)),
     Preset("trio-ve-192", "trio-ve", (16,), (96,), "ocy1/TRIO README shape, scaled to 192: 288, layer 16 keeps 96",
            (288, 0)),
+    # ocy1/TRIO README, Qwen2.5-VL-7B (28 layers): --image-token-ratio 0.167 (vision stage, int(0.167 M)) --layer-list
+    # [14] --image-token-ratio-list [0.333] (int(0.333 x the current count) after layer 14): 11.1% layer-averaged.
+    Preset("trio-qwen", "trio-ve", (14,), (), "ocy1/TRIO README (Qwen2.5-VL): image-token-ratio 0.167, layer 14 "
+           "keeps 0.333 of the rest", family="qwen2.5-vl", ratios=(0.167, 0.333), reference_layers=28),
     Preset("visionzip-64", "visionzip", (), (), "dvlab-research/VisionZip: dominant 54 + contextual 10", (54, 10)),
     Preset("visionzip-128", "visionzip", (), (), "dvlab-research/VisionZip: dominant 108 + contextual 20", (108, 20)),
     Preset("visionzip-192", "visionzip", (), (), "dvlab-research/VisionZip: dominant 162 + contextual 30", (162, 30)),

@@ -40,6 +40,9 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
     `keep`. TRIO-VE (trio_ve_schedule) also takes decoder cuts (TRIO's), as its authors' default does."""
     from .presets import REFERENCE_TOKENS, preset_info
 
+    if preset is not None and preset_info(preset).family is not None:
+        raise ScheduleError(f"--preset {preset} is TRIO's {preset_info(preset).family} schedule; this model takes "
+                            "the LLaVA ones (--preset trio-ve-64, trio-ve-128, trio-ve-192)")
     if tile_tokens is None:
         raise ScheduleError(f"--method {method} ranks a tile's tokens by its [CLS] attention, and this model's vision "
                             "tower has no [CLS] token; use a decoder method (e.g. --method trio)")
@@ -170,3 +173,53 @@ def trio_ve_schedule(*, cuts, keep_ratio, schedule_file, preset, overrides: dict
                             "--keep-ratio or --cuts vision:T[,LAYER:KEEP] (T tokens kept per tile)")
     check_cuts("trio-ve", [(c.layer, c.keep) for c in schedule.cuts])
     return resolve_vision_stage(schedule, "trio-ve", patches + 1, vision_tokens_for)
+
+
+# TRIO's Qwen port (ocy1/TRIO qwen/, README): the vision stage keeps int(0.167 M), one cut after layer 14 of 28 keeps
+# int(0.333 x the current count). --keep-ratio r takes the same shape: int(1.5 r M) after the tower (0.167 at 1/9),
+# a cut at half depth keeping int(0.333 x that), so the layer average is r.
+QWEN_CUT_RATIO = 0.333
+
+
+def trio_ve_qwen_schedule(*, cuts, keep_ratio, schedule_file, preset, overrides: dict, merged_hw: tuple[int, int],
+                          num_layers: int) -> Schedule:
+    """TRIO's vision stage and decoder cut as its Qwen2.5-VL port schedules them, on a merged grid `merged_hw`
+    (h, w) of M tokens: --preset trio-qwen, --keep-ratio r, or --cuts vision:KEEP[,LAYER:KEEP...] /
+    --schedule-file as given (absolute counts)."""
+    from .presets import preset_info, scaled_cut_layer
+    from .trio_ve_qwen import check_qwen_ve_keep
+
+    tokens = merged_hw[0] * merged_hw[1]
+    if preset is not None or keep_ratio is not None:
+        if preset is not None:
+            info = preset_info(preset)
+            if info.family is None:
+                raise ScheduleError(f"--preset {preset} is TRIO's LLaVA schedule (per CLIP tile); on this model use "
+                                    "--preset trio-qwen (the authors' Qwen2.5-VL settings)")
+            vision_ratio, cut_ratio = info.ratios
+            reference_layer, reference = info.layers[0], info.reference_layers
+            provenance = {"preset": preset, "source": info.source}
+        else:
+            if not 0.0 < keep_ratio <= 1.0:
+                raise ScheduleError(f"--keep-ratio must be within (0, 1], got {keep_ratio}")
+            vision_ratio, cut_ratio, reference_layer, reference = 1.5 * keep_ratio, QWEN_CUT_RATIO, 14, 28
+            provenance = {}
+        keep = int(vision_ratio * tokens)  # the authors' int(ratio * M)
+        layer = scaled_cut_layer(reference_layer, num_layers, "trio", reference=reference, lowest=1)
+        cut_keep = int(cut_ratio * keep)
+        if provenance and num_layers != reference:
+            provenance["scaled"] = f"cut after layer {reference_layer} of {reference} -> {layer} of {num_layers}"
+        schedule = Schedule((Cut(layer, cut_keep),) if 0 < cut_keep < keep else (), vision=VisionStage(keep),
+                            provenance=provenance, **overrides)
+    elif schedule_file is not None:
+        schedule = schedule_from_file(schedule_file, overrides)
+    else:
+        schedule = Schedule.parse(cuts or "", **overrides)
+    if schedule.vision is None:
+        raise ScheduleError("--method trio-ve prunes inside the vision tower first: pass --preset trio-qwen, "
+                            "--keep-ratio or --cuts vision:KEEP[,LAYER:KEEP] (KEEP of the image's merged tokens)")
+    if schedule.vision.dominant:
+        raise ScheduleError("--method trio-ve takes vision:KEEP (a DOMINANT+CONTEXTUAL split is VisionZip's)")
+    check_qwen_ve_keep(schedule.vision.keep, *merged_hw)
+    check_cuts("trio-ve", [(c.layer, c.keep) for c in schedule.cuts])
+    return replace(schedule, vision=VisionStage(schedule.vision.keep, 0, schedule.vision.keep))
