@@ -8,6 +8,7 @@ fit of the export (runtime.roofline.orin_fit_for_export: weights + KV per module
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ def summary(work: Path, command: str | None = None) -> dict:
         "command": command or ("bash benchmarks/export_7b_shaped.sh (trio-export MODEL -o DIR --keep-ratio 0.111 "
                                "--dtype fp16 --no-validate; trio-check DIR)"),
         "weight_format": manifest.get("quantization") or manifest["model"]["dtype"],
-        "model": "llava-next-7b architecture, random fp16 weights (trio_edge.models.random_weights)",
+        "model": f"{os.environ.get('MODEL', 'llava-next-7b')} architecture ({manifest['model']['architecture']}), "
+                 "random fp16 weights (trio_edge.models.random_weights)",
         "schedule": manifest["plan"]["schedule"],
         "image_tokens": manifest["plan"]["num_image_tokens"],
         "graphs": {name: {"kind": g["kind"], "bytes": g["bytes"]} for name, g in manifest["graphs"].items()},

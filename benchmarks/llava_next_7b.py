@@ -119,21 +119,24 @@ TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select prec
 
 def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path,
                   precisions: tuple[str, ...] = ("fp32",), sparsevlm_budgets: tuple[int, ...] = (),
-                  keep_ratio: float = 0.111):
+                  keep_ratio: float = 0.111, preset: str | None = None):
     """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ..., "sparsevlm_64": ...} for one
-    backend; SparseVLM at its authors' table budgets (its own cut layers)."""
+    backend; SparseVLM at its authors' table budgets (its own cut layers). `preset`: the TRIO runs take that
+    authors' schedule (e.g. trio-qwen: TRIO's Qwen vision stage, then its cut) instead of `keep_ratio`."""
     from trio_edge import Schedule, load
     from trio_edge.exporters.export import export
+    from trio_edge.trio.presets import method_for
 
     variants = {"full": {}}
-    variants.update({TRIO_VARIANTS[p]: {"keep_ratio": keep_ratio, "precision": p} for p in precisions})
+    budget = {"preset": preset} if preset else {"keep_ratio": keep_ratio}
+    variants.update({TRIO_VARIANTS[p]: {**budget, "precision": p} for p in precisions})
     variants.update({f"sparsevlm_{b}": {"method": "sparsevlm", "budget": b} for b in sparsevlm_budgets})
     pipelines = {}
     for name, options in variants.items():
         if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
             schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), **options) if options else Schedule()
             pipelines[name] = load(loaded, schedule=schedule, max_new_tokens=new_tokens, device=device,
-                                   method=options.get("method", "trio"),
+                                   method=method_for(options.get("method"), options.get("preset"), "trio"),
                                    cuda_graphs=backend == "torch" and device.startswith("cuda"))
             continue
         out = workdir / f"{backend}-{name}"
@@ -181,6 +184,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="llava-next-7b",
                         help="the architecture built with random weights: llava-next-7b (default), qwen2.5-vl-7b, ...")
+    parser.add_argument("--preset", help="the TRIO runs take this authors' schedule instead of --keep-ratio (e.g. "
+                        "trio-qwen: TRIO's Qwen vision stage, then a third after half depth)")
     parser.add_argument("--keep-ratio", type=float, default=0.111,
                         help="TRIO's layer-averaged image-token ratio (default 0.111, the paper's 11.1%%)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -248,7 +253,8 @@ def main(argv=None) -> dict:
         for index, group in enumerate(groups):
             pipelines = {f"{backend}_{name}": pipeline for backend in group
                          for name, pipeline in our_pipelines(loaded, backend, args.device, args.dtype, max(lengths),
-                                                             Path(tmp), precisions, budgets, args.keep_ratio).items()}
+                                                             Path(tmp), precisions, budgets, args.keep_ratio,
+                                                             args.preset).items()}
             runners = {run: turn(lambda n, p=pipeline: bench.request(p, image, prompt, n), lengths, args.turn_warmup)
                        for run, pipeline in pipelines.items()}
             if index == 0 and not args.sequential:
@@ -274,6 +280,7 @@ def main(argv=None) -> dict:
                                                           n)}
                     select_ms = sum(v["median_ms"] for k, v in report["stages"].items() if k.startswith("select"))
                     report["select_share_of_ttft"] = select_ms / report["ttft_ms"]
+                    report["vision_share_of_ttft"] = report["stages"]["vision"]["median_ms"] / report["ttft_ms"]
                     fp32_stages = tuple(s.name for s in pipeline.plan.selects
                                         if pipeline.plan.schedule.precision == "fp32")
                     report["stage_roofline"] = stage_roofline(report, peaks, fp32_stages)
@@ -317,6 +324,8 @@ def ratios(runs: dict, backends: list[str]) -> dict:
                 "decode_speedup_vs_transformers_full": hf["decode_ms_per_token"] / full["decode_ms_per_token"],
                 "decode_speedup_vs_transformers_trio": hf["decode_ms_per_token"] / trio["decode_ms_per_token"],
                 "select_share_of_trio_ttft": trio.get("select_share_of_ttft"),
+                "vision_share_of_trio_ttft": trio.get("vision_share_of_ttft"),
+                "vision_ms_trio_over_full": trio["stages"]["vision"]["median_ms"] / full["stages"]["vision"]["median_ms"],
                 "trio_ttft_over_floor": trio["ttft_ms"] / trio["roofline"]["ttft_floor_ms"],
                 "full_ttft_over_floor": full["ttft_ms"] / full["roofline"]["ttft_floor_ms"],
                 "full_ttft_vs_transformers": full["ttft_ms"] / hf["ttft_ms"],

@@ -66,7 +66,8 @@ def main(argv=None):
 
 def _summary(result, weight_format: str) -> str:
     """The stderr line after an answer: what was kept, TTFT, decode speed, weight format."""
-    vision = [f"{len(result.vision_kept[0])} kept per tile in the vision tower"] if result.vision_kept else []
+    where = "per tile in the vision tower" if result.vision_kept and len(result.vision_kept) > 1 else "in the vision tower"
+    vision = [f"{len(result.vision_kept[0])} kept {where}"] if result.vision_kept else []
     cuts = ", ".join(vision + [f"{len(k)} kept" for k in result.kept]) or "no pruning"
     return (f"[{cuts}; TTFT {result.timings['ttft']:.1f} ms, {result.timings['decode_ms_per_token']:.1f} ms/token; "
             f"weights {weight_format}]")

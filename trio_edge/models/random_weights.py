@@ -98,7 +98,7 @@ def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, v
 
 def qwen_architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, vision_layers: int | None = None):
     """A Qwen2.5-VL alias's shipped hub config (scaled like the LLaVA ones: widths by `scale` keeping head_dim,
-    depths by `layers` / `vision_layers`, the last vision block then full attention), a word-level tokenizer
+    depths by `layers` / `vision_layers`, the full-attention blocks at the same relative depths), a word-level tokenizer
     with Qwen's special tokens at their real ids padded to the real vocabulary, and Qwen's image processor."""
     import json
 
@@ -126,8 +126,10 @@ def qwen_architecture(alias: str, *, scale: float = 1.0, layers: int | None = No
     if layers is not None:
         body["num_hidden_layers"] = body["max_window_layers"] = layers
     if vision_layers is not None:
-        vision["depth"] = vision_layers
-        vision["fullatt_block_indexes"] = [i for i in vision["fullatt_block_indexes"] if i < vision_layers] or [vision_layers - 1]
+        depth, vision["depth"] = vision["depth"], vision_layers
+        # the full-attention blocks at the same relative depths (7/15/23/31 of 32 -> 1/3/5/7 of 8; the last one last)
+        vision["fullatt_block_indexes"] = sorted({max(0, round((i + 1) * vision_layers / depth) - 1)
+                                                  for i in vision["fullatt_block_indexes"]})
     config = Qwen2_5_VLConfig(**body)
     vocab = {token: index for index, token in enumerate(qwen_words())} | QWEN_SPECIAL_IDS  # words below 151643
     used = set(vocab.values())
@@ -148,23 +150,60 @@ def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, sca
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = model_class(config)
-    model = model.to(dtype or torch.float16).to_empty(device="cpu")  # cast on meta: no fp32 copy in RAM
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight") or "layer_norm" in name or "layernorm" in name:
-                param.fill_(1.0)
-            elif param.dim() == 1:
-                param.zero_()
-            else:
-                param.normal_(0.0, 0.02)
-    model.eval()
+    model = model.to(dtype or torch.float16)  # still on meta: no memory
     path = Path(path)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # its "Writing model shards" bar is noise in a benchmark's output
-    model.save_pretrained(path)
+    model.config.dtype = dtype or torch.float16  # what save_pretrained records
+    model.config.save_pretrained(path)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(path)
+    write_random_weights(model, path)
     processor.save_pretrained(path)
     return path
+
+
+SHARD_BYTES = 2 * 2**30
+
+
+def write_random_weights(meta_model, path: Path) -> None:
+    """The parameters of a model on the meta device, drawn one at a time in parameter order (norm weights 1, other
+    vectors 0, matrices N(0, 0.02)) and written shard by shard as safetensors of at most SHARD_BYTES (with the index
+    transformers reads): peak memory is one shard, not the model (a 7B's 16 GB in fp16 does not fit beside its own
+    export on a 24 GB machine)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    written, shard, size = [], {}, 0  # written: (temporary file, its tensor names)
+
+    def flush():
+        file = path / f"random-shard-{len(written):05d}.tmp"
+        save_file(shard, str(file), metadata={"format": "pt"})
+        written.append((file, list(shard)))
+
+    total = 0
+    for name, meta in meta_model.named_parameters():  # shared (tied) parameters once, as save_pretrained
+        value = torch.empty(meta.shape, dtype=meta.dtype)
+        if name.endswith("norm.weight") or "layer_norm" in name or "layernorm" in name:
+            value.fill_(1.0)
+        elif value.dim() == 1:
+            value.zero_()
+        else:
+            value.normal_(0.0, 0.02)
+        if shard and size + value.nbytes > SHARD_BYTES:
+            flush()
+            shard, size = {}, 0
+        shard[name], size, total = value, size + value.nbytes, total + value.nbytes
+    flush()
+    names = (["model.safetensors"] if len(written) == 1 else
+             [f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))])
+    weight_map = {}
+    for final, (file, tensors) in zip(names, written):
+        file.rename(path / final)
+        weight_map |= {name: final for name in tensors}
+    if len(written) > 1:
+        (path / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
 def padded_vocab(words: list[str], size: int) -> dict[str, int]:
