@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -274,3 +275,27 @@ def test_qwen_refusals_are_one_line_and_write_nothing(qwen, tmp_path, capsys, op
 def test_a_second_image_slot_is_refused(qwen):
     with pytest.raises(InputError, match="the prompt has 2 image slots"):
         qwen.adapter.prompt_ids("<|image_pad|> and <|image_pad|>: which is red?", 64)
+
+
+@pytest.mark.slow
+def test_an_fp16_export_has_the_vision_tower_computed_in_fp32_by_tensorrt(qwen, tmp_path):
+    """TensorRT-LLM reports a naive fp16 build of this tower overflowing: the manifest marks the vision graph,
+    trio-build builds it without FP16 (fp16 weights and I/O kept) and trio-check says why; other graphs and fp32
+    exports are unmarked."""
+    from trio_edge.artifact.manifest import read_manifest
+    from trio_edge.exporters.engine_build import builder_flags
+    from trio_edge.exporters.export import export
+    from trio_edge.exporters.trt_check import check_path, parse_trt_version
+
+    export(qwen.source, tmp_path / "export", loaded=qwen, dtype="fp16", cuts="1:24", max_text_tokens=48,
+           max_new_tokens=2, progress=False, target="tensorrt")
+    graphs = read_manifest(tmp_path / "export").graphs
+    marked = {name: entry.fp32_compute for name, entry in graphs.items() if entry.fp32_compute}
+    assert list(marked) == ["vision"] and "overflows fp16" in marked["vision"]
+    entry = graphs["vision"]
+    assert builder_flags(entry.kind, "fp16", "fp32", entry.fp32_compute) == ([], [])
+    assert builder_flags(graphs["embed"].kind, "fp16", "fp32", graphs["embed"].fp32_compute) == (["FP16"], [])
+    reports = check_path(str(tmp_path / "export"), parse_trt_version("10.3"))
+    notes = [(Path(r.path).name, f.message) for r in reports for f in r.warnings if f.rule == "precision"]
+    assert [name for name, _ in notes] == ["vision.onnx"] and "builds it without FP16" in notes[0][1]
+    assert [f for report in reports for f in report.errors] == []

@@ -82,6 +82,9 @@ class GraphEntry:
     # what the graph's weights are: {"format": export dtype} unquantized; quantized graphs add the form, bits,
     # block size, how many weights are quantized and how many are stored in another graph's data file
     weights: dict | None = None
+    # why the graph must compute in fp32 inside a reduced-precision (fp16/bf16) engine, if it must (the model
+    # family's tower overflows fp16): trio-build builds it without FP16/BF16, trio-check says so
+    fp32_compute: str | None = None
 
     def to_dict(self) -> dict:
         body = {"file": self.file, "kind": self.kind.value, "bytes": self.bytes, "inputs": list(self.inputs),
@@ -89,6 +92,8 @@ class GraphEntry:
                 "dynamic_ranges": {axis: list(bounds) for axis, bounds in self.dynamic_ranges.items()}}
         if self.weights is not None:
             body["weights"] = self.weights
+        if self.fp32_compute is not None:
+            body["fp32_compute"] = self.fp32_compute
         return body
 
     @classmethod
@@ -96,7 +101,8 @@ class GraphEntry:
         return cls(str(body["file"]), GraphKind(body["kind"]), int(body["bytes"]), tuple(body["inputs"]),
                    tuple(body["outputs"]),
                    {str(axis): (int(lo), int(hi)) for axis, (lo, hi) in (body.get("dynamic_ranges") or {}).items()},
-                   dict(body["weights"]) if body.get("weights") is not None else None)
+                   dict(body["weights"]) if body.get("weights") is not None else None,
+                   str(body["fp32_compute"]) if body.get("fp32_compute") else None)
 
 
 @dataclass
@@ -307,6 +313,16 @@ def read_dynamic_axes(directory: Path) -> tuple[dict[str, dict[str, set[int]]] |
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return {}, (f"manifest.json is malformed ({type(exc).__name__}: {exc}); expected "
                     "{'graphs': {name: {'file', 'inputs': [{'name', 'dynamic_axes'}]}}}")
+
+
+def read_fp32_compute(directory: Path) -> dict[str, str]:
+    """Graph file -> why it computes in fp32 in a reduced-precision engine, read leniently (trio-check)."""
+    try:
+        graphs = json.loads((Path(directory) / MANIFEST_NAME).read_text())["graphs"]
+        entries = list(graphs.values()) if isinstance(graphs, dict) else graphs
+        return {os.path.normpath(str(g["file"])): str(g["fp32_compute"]) for g in entries if g.get("fp32_compute")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def read_target(directory: Path) -> str | None:

@@ -70,13 +70,18 @@ def shape_value_bound(graph_entry: GraphEntry) -> int:
     return max(dims, default=1)
 
 
-def builder_flags(kind: GraphKind, precision: str, select_precision: str) -> tuple[list[str], list[str]]:
+def builder_flags(kind: GraphKind, precision: str, select_precision: str,
+                  fp32_compute: str | None = None) -> tuple[list[str], list[str]]:
     """(TensorRT builder flags to set, flags to clear) for one graph.
 
     Select graphs of an fp32-selection schedule (the default) compute saliency and NMS in fp32 so the kept
     tokens equal the reference exactly; reduced precision there could flip near-tied tokens. That includes
     TF32, which TensorRT enables by default for fp32 matrix products (10-bit mantissa). With
-    `--select-precision model` the select graphs run in the engine precision like every other graph."""
+    `--select-precision model` the select graphs run in the engine precision like every other graph. A graph
+    whose manifest entry says `fp32_compute` (a model family's tower that overflows fp16) is built without
+    FP16/BF16: its fp16 weights and I/O stay, its layers compute in fp32."""
+    if fp32_compute:
+        return [], []
     if kind == GraphKind.SELECT and select_precision == "fp32":
         return [], ["TF32"]
     return {"fp16": ["FP16"], "bf16": ["BF16"], "fp32": []}[precision], []
@@ -156,7 +161,7 @@ class _Builder:
                               "Run trio-check on the export directory for a full report")
         config = self.builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
-        set_flags, clear_flags = builder_flags(entry.kind, self.precision, self.select_precision)
+        set_flags, clear_flags = builder_flags(entry.kind, self.precision, self.select_precision, entry.fp32_compute)
         for flag in set_flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
         for flag in clear_flags:

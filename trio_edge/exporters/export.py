@@ -156,7 +156,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     modules = build_modules(adapter, plan, fused_attention_op=target == "onnxruntime")
 
     with atomic_directory(output_dir, overwrite=replacing) as tmp:
-        graphs = _export_all(modules, specs, plan, tmp, opset, progress, writer, tensor_dtype)
+        graphs = _export_all(modules, specs, plan, tmp, opset, progress, writer, tensor_dtype, adapter.fp32_compute())
         validation = _validate_all(modules, specs, plan, adapter, tmp, tensor_dtype, progress) if validate else []
         loaded.processor.save_pretrained(tmp)
         loaded.model.config.save_pretrained(tmp)
@@ -198,8 +198,11 @@ def _quantize(loaded, plan, specs, quantization: Quantization, calibration_sampl
 
 
 def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, opset: int,
-                progress: bool, writer: GraphWeightWriter | None, dtype: str) -> dict[str, GraphEntry]:
-    graphs = {}
+                progress: bool, writer: GraphWeightWriter | None, dtype: str,
+                fp32_compute: dict | None = None) -> dict[str, GraphEntry]:
+    """`fp32_compute`: graph kind -> why graphs of that kind must compute in fp32 in a reduced-precision engine
+    (the model adapter's fp32_compute), recorded in their manifest entries when `dtype` is not float32."""
+    graphs, fp32_compute = {}, fp32_compute or {}
     for name in _progress(list(specs), progress, "export"):
         spec = specs[name]
         path = directory / f"{name}.onnx"
@@ -210,7 +213,8 @@ def _export_all(modules, specs: dict[str, GraphSpec], plan, directory: Path, ops
         record = writer.rewrite(path) if writer is not None else {"format": dtype}
         size = sum(p.stat().st_size for p in directory.glob(f"{name}.onnx*"))
         graphs[name] = GraphEntry(path.name, spec.kind, size, tuple(t.to_dict() for t in spec.inputs),
-                                  tuple(t.to_dict() for t in spec.outputs), ranges, record)
+                                  tuple(t.to_dict() for t in spec.outputs), ranges, record,
+                                  fp32_compute.get(spec.kind) if dtype != "float32" else None)
     return graphs
 
 

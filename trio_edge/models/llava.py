@@ -162,6 +162,10 @@ class LlavaAdapter:
         patches = (self.tile_size // int(self.config.vision_config.patch_size)) ** 2
         return patches + (1 if self.config.vision_feature_select_strategy == "full" else 0)
 
+    def fp32_compute(self) -> dict:
+        """Graph kind name -> why its graphs must compute in fp32 in an fp16/bf16 engine: none for LLaVA."""
+        return {}
+
     def vision_rule(self, method: str, stage, grid: tuple[int, int]) -> nn.Module:
         """The rule of a vision-tower method for a resolved vision stage (trio.vision_stage.vision_rule)."""
         from ..trio.vision_stage import vision_rule

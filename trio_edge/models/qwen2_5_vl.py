@@ -128,6 +128,13 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         patch = int(self.vision_config.patch_size)
         return (t * h * w, int(self.vision_config.in_channels) * int(self.vision_config.temporal_patch_size) * patch * patch)
 
+    def fp32_compute(self) -> dict:
+        """The vision tower computes in fp32 in fp16/bf16 TensorRT engines: a naive fp16 build of Qwen2.5-VL's tower
+        overflows (TensorRT-LLM's report: cosine 0.14 against PyTorch; a strongly typed fp32 build fixes it). Keys
+        are graph kinds' names (artifact.graphs.GraphKind values)."""
+        return {"vision": "Qwen2.5-VL's vision tower overflows fp16 (TensorRT-LLM: cosine 0.14 vs PyTorch "
+                                  "in a naive fp16 build)"}
+
     def vision_rule(self, method: str, stage, grid: tuple[int, int]):
         """TRIO's vision stage as its Qwen port runs it (trio.trio_ve_qwen); the other vision-tower rules rank by a
         [CLS] token this tower does not have."""

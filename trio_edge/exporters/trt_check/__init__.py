@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-from ...artifact.manifest import read_dynamic_axes
+from ...artifact.manifest import read_dynamic_axes, read_fp32_compute
 from ...errors import InputError
 from .graph import (
     Context,
@@ -110,6 +110,15 @@ def _check_listed_file(directory: Path, rel: str, axes: Axes, manifest_ok: bool,
     return report
 
 
+def _with_precision_note(report: CheckReport, fp32_reason: str | None) -> CheckReport:
+    """A graph that must compute in fp32 in an fp16/bf16 engine says so, with why (a warning: it still builds)."""
+    if not fp32_reason:
+        return report
+    note = Finding(Path(report.path).name, "-", "-", "needs fp32 compute: trio-build builds it without FP16/BF16 "
+                   f"(fp16 weights and I/O kept); {fp32_reason}", "precision")
+    return dataclasses.replace(report, warnings=[note, *report.warnings])
+
+
 def check_directory(directory: str | os.PathLike, trt_version: tuple[int, ...] = DEFAULT_TRT_VERSION
                     ) -> list[CheckReport]:
     """Check every ``*.onnx`` in ``directory`` (and any graph its manifest.json lists)."""
@@ -126,7 +135,9 @@ def check_directory(directory: str | os.PathLike, trt_version: tuple[int, ...] =
                                     "is missing or outside the directory", "manifest"))
         else:
             files.add(rel)
-    reports = [_check_listed_file(directory, rel, axes, problem is None, trt_version) for rel in sorted(files)]
+    reports = [_with_precision_note(_check_listed_file(directory, rel, axes, problem is None, trt_version),
+                                    read_fp32_compute(directory).get(os.path.normpath(rel)))
+               for rel in sorted(files)]
     if problems:
         reports.append(CheckReport(str(directory / "manifest.json"), problems, []))
     return reports
