@@ -150,7 +150,7 @@ def test_renumbered_positions_and_vision_tower_methods_are_refused(qwen):
 
 
 @pytest.mark.parametrize("arch, says", [("Qwen2VLForConditionalGeneration", "Qwen2-VL"),
-                                        ("Qwen3VLForConditionalGeneration", "Qwen3-VL is not supported yet")])
+                                        ("Qwen3VLMoeForConditionalGeneration", "Qwen3-VL-MoE is not supported")])
 def test_other_qwen_versions_are_refused_before_loading(arch, says):
     from types import SimpleNamespace
 

@@ -92,15 +92,20 @@ class QwenVisionFeatures(nn.Module):
         return merged.index_select(0, self.reverse_index)
 
     def _attention(self, attn, x, windows: int):
-        """Bidirectional attention within each of `windows` equal consecutive spans of x (N, C) -> (N, C)."""
-        n = x.shape[0]
-        q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 2, 0, 3).unbind(0)  # (H, N, hd) each
-        cos, sin = self.cos[None], self.sin[None]
-        q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
-        k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
+        return vision_attention(attn, x, self.cos, self.sin, windows)
 
-        def spans(t):  # (H, N, hd) -> (H, windows, N / windows, hd)
-            return t.reshape(t.shape[0], windows, n // windows, t.shape[-1])
 
-        out = F.scaled_dot_product_attention(spans(q), spans(k), spans(v), scale=attn.scaling)
-        return attn.proj(out.reshape(attn.num_heads, n, -1).transpose(0, 1).reshape(n, -1))
+def vision_attention(attn, x, cos, sin, windows: int = 1):
+    """A Qwen vision block's bidirectional attention (its fused qkv, rotary table cos/sin (N, hd) in float32, proj)
+    within each of `windows` equal consecutive spans of x (N, C) -> (N, C)."""
+    n = x.shape[0]
+    q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 2, 0, 3).unbind(0)  # (H, N, hd) each
+    cos, sin = cos[None], sin[None]
+    q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
+    k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
+
+    def spans(t):  # (H, N, hd) -> (H, windows, N / windows, hd)
+        return t.reshape(t.shape[0], windows, n // windows, t.shape[-1])
+
+    out = F.scaled_dot_product_attention(spans(q), spans(k), spans(v), scale=attn.scaling)
+    return attn.proj(out.reshape(attn.num_heads, n, -1).transpose(0, 1).reshape(n, -1))

@@ -63,15 +63,15 @@ def tiny_qwen2_5_vl_config(tokenizer, *, hidden: int = 64, layers: int = 4, head
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
-def make_tiny_qwen_image_processor(*, pixels: int | tuple[int, int] = 224 * 224):
+def make_tiny_qwen_image_processor(*, pixels: int | tuple[int, int] = 224 * 224, patch_size: int = 14, **options):
     """Qwen's PIL image processor with min = max `pixels` (or a (min, max) pair). transformers' Qwen2_5_VLProcessor cannot be built without
     torchvision (its video processor needs it), so the checkpoint carries its tokenizer (with the chat template)
     and image processor as separate files, which is also all a Qwen checkpoint's processor holds for images."""
     from transformers import Qwen2VLImageProcessorPil
 
     low, high = pixels if isinstance(pixels, tuple) else (pixels, pixels)
-    return Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high, patch_size=14, temporal_patch_size=2,
-                                    merge_size=2)
+    return Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high, patch_size=patch_size, temporal_patch_size=2,
+                                    merge_size=2, **options)
 
 
 def make_tiny_qwen2_5_vl(path: str | Path, seed: int = 0, **config_overrides) -> Path:
