@@ -156,9 +156,10 @@ def test_other_methods_run_in_both_forms_alike(qwen3, pictures, method, options)
 @pytest.mark.slow
 @pytest.mark.parametrize("cuts, method, target", [(None, "trio", "onnxruntime"), (None, "trio", "tensorrt"),
                                                   ("1:32,2:16,3:8", "trio", "tensorrt"),
-                                                  ("2:24", "fastv", "onnxruntime"), ("2:20", "dart", "tensorrt")],
+                                                  ("2:24", "fastv", "onnxruntime"), ("2:20", "dart", "tensorrt"),
+                                                  ("1:24,3:8", "pdrop", "onnxruntime")],
                          ids=["unpruned-onnxruntime", "unpruned-tensorrt", "trio-tensorrt", "fastv-onnxruntime",
-                              "dart-tensorrt"])
+                              "dart-tensorrt", "pdrop-onnxruntime"])
 def test_exported_graphs_answer_as_pytorch(qwen3, pictures, tmp_path, cuts, method, target):
     from trio_edge import load as load_export
     from trio_edge.exporters.export import export
@@ -209,3 +210,28 @@ def test_a_mislabelled_checkpoint_is_refused_by_the_cli(qwen3, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the qwen2.5-vl adapter cannot run a qwen3_vl checkpoint" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_real_architecture_with_random_weights_exports_and_answers(pictures, tmp_path):
+    """qwen3-vl-2b's shipped config (scaled down: width x0.03, 4 decoder and 3 vision layers, its DeepStack blocks
+    moved to 0, 1, 2), random weights, offline: unpruned equal to generate; a cut before layer 3 exported, validated
+    and answering as the PyTorch pipeline."""
+    from trio_edge import load as load_export
+    from trio_edge.exporters.export import export
+    from trio_edge.models.random_weights import build_random
+    from trio_edge.models.registry import load
+
+    loaded = load(str(build_random("qwen3-vl-2b", tmp_path / "model", dtype=torch.float32, scale=0.03, layers=4,
+                                   vision_layers=3)))
+    assert loaded.adapter.deepstack_layers == 3 and loaded.adapter.default_grid() == (768, 768)
+    prompt = CASES[0][1]
+    expected = generate_reference(loaded, pictures[0], prompt, 3)[0]
+    assert make_pipeline(loaded, Schedule(), max_new_tokens=3, grid=GRID).generate(pictures[0], prompt).token_ids == expected
+    export(loaded.source, tmp_path / "export", loaded=loaded, cuts="2:20", grid="256x256", max_text_tokens=48,
+           max_new_tokens=3, progress=False)
+    schedule = loaded.adapter.schedule(GRID, cuts="2:20")
+    torch_answer = make_pipeline(loaded, schedule, max_new_tokens=3, grid=GRID).generate(pictures[0], prompt)
+    with load_export(tmp_path / "export") as graphs:
+        onnx_answer = graphs.generate(pictures[0], prompt)
+    assert onnx_answer.kept == torch_answer.kept and onnx_answer.token_ids == torch_answer.token_ids
