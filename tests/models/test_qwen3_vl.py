@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_pipeline, random_image
+from helpers import (
+    assert_both_forms_alike,
+    assert_export_refused,
+    assert_unpruned_equals_generate,
+    hf_generate,
+    make_pipeline,
+    random_image,
+)
 
 from trio_edge.trio.schedule import Schedule
 
@@ -29,25 +36,14 @@ def pictures():
 
 
 def generate_reference(loaded, image, prompt, max_new_tokens=6):
-    inputs = loaded.adapter.hf_inputs(image, prompt, GRID)
-    with torch.no_grad():
-        out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
-                                    return_dict_in_generate=True)
-    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [logits[0] for logits in out.logits]
+    return hf_generate(loaded, image, prompt, GRID, max_new_tokens)
 
 
 @pytest.mark.parametrize("runtime_form", [True, False], ids=["runtime-form", "export-form"])
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_unpruned_pipeline_equals_generate(qwen3, pictures, case, runtime_form):
     index, prompt = CASES[case]
-    expected_ids, expected_logits = generate_reference(qwen3, pictures[index], prompt)
-    pipeline = make_pipeline(qwen3, Schedule(), max_new_tokens=6, grid=GRID, runtime_form=runtime_form)
-    result = pipeline.generate(pictures[index], prompt)
-    assert result.token_ids == expected_ids
-    steps = pipeline.backend.logits
-    assert len(steps) == len(expected_logits)
-    for ours, theirs in zip(steps, expected_logits):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert_unpruned_equals_generate(qwen3, pictures[index], prompt, GRID, runtime_form)
 
 
 def test_deepstack_and_the_prompt_change_the_answer(qwen3, pictures):
@@ -146,10 +142,7 @@ def test_kept_sets_equal_plain_implementations(qwen3, pictures, method, cuts, ru
                                              ("uniform", {"cuts": "1:24,3:8"})])
 def test_other_methods_run_in_both_forms_alike(qwen3, pictures, method, options):
     schedule = qwen3.adapter.schedule(GRID, method=method, **options)
-    answers = [make_pipeline(qwen3, schedule, max_new_tokens=3, grid=GRID, runtime_form=form, method=method)
-               .generate(pictures[2], CASES[2][1]) for form in (True, False)]
-    assert answers[0].kept == answers[1].kept and answers[0].token_ids == answers[1].token_ids
-    assert [len(k) for k in answers[0].kept] == [c.keep for c in schedule.cuts]
+    assert_both_forms_alike(qwen3, schedule, method, pictures[2], CASES[2][1], GRID)
 
 
 # ---- the exported graphs ---------------------------------------------------------------------------------------
@@ -188,11 +181,7 @@ def test_exported_graphs_answer_as_pytorch(qwen3, pictures, tmp_path, cuts, meth
     (["--method", "sparsevlm", "--budget", "32"], "SparseVLM's released code runs LLaVA only"),
 ])
 def test_qwen3_refusals_are_one_line_and_write_nothing(qwen3, tmp_path, capsys, options, says):
-    from trio_edge.cli.export import main
-
-    assert main([qwen3.source, "-o", str(tmp_path / "out"), *options]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0] and not (tmp_path / "out").exists()
+    assert_export_refused(qwen3.source, tmp_path, capsys, options, says)
 
 
 def test_a_mislabelled_checkpoint_is_refused_by_the_cli(qwen3, tmp_path, capsys):
@@ -200,16 +189,11 @@ def test_a_mislabelled_checkpoint_is_refused_by_the_cli(qwen3, tmp_path, capsys)
     import json
     import shutil
 
-    from trio_edge.cli.export import main
-
     model = tmp_path / "model"
     shutil.copytree(qwen3.source, model)
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen2_5_VLForConditionalGeneration"]}))
-    assert main([str(model), "-o", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "the qwen2.5-vl adapter cannot run a qwen3_vl checkpoint" in err[0]
-    assert not (tmp_path / "out").exists()
+    assert_export_refused(model, tmp_path, capsys, [], "the qwen2.5-vl adapter cannot run a qwen3_vl checkpoint")
 
 
 @pytest.mark.slow
@@ -227,7 +211,8 @@ def test_a_real_architecture_with_random_weights_exports_and_answers(pictures, t
     assert loaded.adapter.deepstack_layers == 3 and loaded.adapter.default_grid() == (768, 768)
     prompt = CASES[0][1]
     expected = generate_reference(loaded, pictures[0], prompt, 3)[0]
-    assert make_pipeline(loaded, Schedule(), max_new_tokens=3, grid=GRID).generate(pictures[0], prompt).token_ids == expected
+    unpruned = make_pipeline(loaded, Schedule(), max_new_tokens=3, grid=GRID).generate(pictures[0], prompt)
+    assert unpruned.token_ids == expected
     export(loaded.source, tmp_path / "export", loaded=loaded, cuts="2:20", grid="256x256", max_text_tokens=48,
            max_new_tokens=3, progress=False)
     schedule = loaded.adapter.schedule(GRID, cuts="2:20")

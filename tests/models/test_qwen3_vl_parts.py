@@ -28,7 +28,8 @@ def test_tiny_qwen3_loads_offline_with_its_geometry(qwen3):
         ("qwen3-vl", 3, 3, GRID)
     assert adapter.image_token_count(GRID) == 64 and adapter.pixel_shape(GRID) == (256, 3 * 2 * 16 * 16)
     assert hasattr(model.model.language_model.layers[0].self_attn, "q_norm")  # QK-norm
-    text = adapter.format_conversation([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}])
+    content = [{"type": "image"}, {"type": "text", "text": "hi"}]
+    text = adapter.format_conversation([{"role": "user", "content": content}])
     assert text == "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -49,7 +50,8 @@ def test_fixed_size_vision_equals_transformers_with_deepstack(qwen3, size):
 def test_rotary_and_positions_equal_transformers(qwen3):
     model, adapter = qwen3.model, qwen3.adapter
     inputs = adapter.hf_inputs(random_image(200, 200, seed=1), "what is it?", GRID)
-    rows, deltas = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"])
+    rows, deltas = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                              inputs["image_grid_thw"])
     ours = adapter.prompt_positions(inputs["input_ids"], GRID)
     assert torch.equal(ours, rows)
     assert adapter.first_decode_position(ours) == int(deltas) + inputs["input_ids"].shape[1]
@@ -149,7 +151,8 @@ def test_shipped_configs_are_the_real_architectures(alias, layers, deepstack, ti
     assert ALIASES[alias] == f"Qwen/Qwen3-VL-{alias.split('-')[-1].upper()}-Instruct"
     assert model_class.__name__ == "Qwen3VLForConditionalGeneration"
     text, vision = config.text_config, config.vision_config
-    assert (text.num_hidden_layers, vision.deepstack_visual_indexes, config.tie_word_embeddings) == (layers, deepstack, tied)
+    assert text.num_hidden_layers == layers and vision.deepstack_visual_indexes == deepstack
+    assert config.tie_word_embeddings == tied
     assert text.rope_parameters["mrope_section"] == [24, 20, 20] and text.rope_parameters["mrope_interleaved"]
     assert (vision.patch_size, vision.num_position_embeddings, text.head_dim) == (16, 2304, 128)
     assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == config.image_token_id == 151655

@@ -29,19 +29,28 @@ from .qwen_vision import QwenVisionFeatures, check_image_size, grid_thw, window_
 PROXY_NEEDS_A_LAYER = ("TRIO's Qwen proxy reruns the decoder layer just executed, so its cuts come after layer 1 or "
                        "later; use --cuts LAYER:KEEP with LAYER >= 1")
 DEFAULT_IMAGE_SIDE = 672  # 48 x 48 patches -> 576 image tokens, the count TRIO's published budgets are set on
-# Qwen2.5-VL-Instruct's chat format for text and one image, used when a checkpoint's tokenizer carries no template
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+
+
+def qwen_chat_template(default_system: str | None) -> str:
+    """Qwen-VL's chat format for text and one image (<|im_start|> turns, the image as
+    <|vision_start|><|image_pad|><|vision_end|>), with `default_system` as the system turn when the chat has none."""
+    system = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + default_system
+              + "<|im_end|>\n{% endif %}") if default_system else ""
+    return (
+        "{% for message in messages %}" + system +
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+        "{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+        "{% endfor %}<|im_end|>\n{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+# Qwen2.5-VL-Instruct's chat format, used when a checkpoint's tokenizer carries no template
+CHAT_TEMPLATE = qwen_chat_template("You are a helpful assistant.")
 
 
 @dataclass

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import InputError
-from .qwen_vision import vision_attention
+from .qwen_vision import check_image_sides, vision_attention
 
 
 def image_side_multiple(vision_config) -> int:
@@ -26,12 +25,9 @@ def image_side_multiple(vision_config) -> int:
 
 def check_image_size(vision_config, width: int, height: int) -> None:
     """Refuse an image size that does not divide into whole merged tokens (the processor would resize it)."""
-    side = image_side_multiple(vision_config)
-    if width <= 0 or height <= 0 or width % side or height % side:
-        raise InputError(f"image size {width}x{height} is not a multiple of {side} px (patch "
-                         f"{vision_config.patch_size} px x {vision_config.spatial_merge_size}x"
-                         f"{vision_config.spatial_merge_size} merger); pick sides in multiples of {side} px (e.g. "
-                         f"{max(side, width // side * side)}x{max(side, height // side * side)})")
+    patch, merge = int(vision_config.patch_size), int(vision_config.spatial_merge_size)
+    check_image_sides(width, height, image_side_multiple(vision_config),
+                      f"the side of one image token ({patch}-px patches, {merge}x{merge} merged)")
 
 
 class Qwen3VisionFeatures(nn.Module):

@@ -23,22 +23,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter, qwen_chat_template
 from .qwen3_vision import Qwen3VisionFeatures, check_image_size, image_side_multiple
 
 DEFAULT_IMAGE_SIDE = 768  # 48 x 48 patches -> 576 image tokens, the count TRIO's published budgets are set on
-# Qwen3-VL-Instruct's chat format for text and one image (no system message unless one is given)
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# Qwen3-VL-Instruct's chat format for text and one image: no system turn unless the chat has one
+CHAT_TEMPLATE = qwen_chat_template(None)
 
 
 class InterleavedMRotary(nn.Module):

@@ -27,10 +27,14 @@ def window_pixels(vision_config) -> int:
 
 def check_image_size(vision_config, width: int, height: int) -> None:
     """Refuse an image size that does not tile into whole attention windows."""
-    side = window_pixels(vision_config)
+    check_image_sides(width, height, window_pixels(vision_config), "the vision tower's attention window")
+
+
+def check_image_sides(width: int, height: int, side: int, unit: str) -> None:
+    """Refuse an image size whose sides are not multiples of `side` px (`unit`: what that many pixels are)."""
     if width <= 0 or height <= 0 or width % side or height % side:
-        raise InputError(f"image size {width}x{height} is not a multiple of {side} px, the vision tower's attention "
-                         f"window; pick sides in multiples of {side} px (e.g. {max(side, width // side * side)}x"
+        raise InputError(f"image size {width}x{height} is not a multiple of {side} px, {unit}; pick sides in "
+                         f"multiples of {side} px (e.g. {max(side, width // side * side)}x"
                          f"{max(side, height // side * side)})")
 
 

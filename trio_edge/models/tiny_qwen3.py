@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .qwen3_vl import CHAT_TEMPLATE
-from .tiny_qwen import make_tiny_qwen_image_processor, make_tiny_qwen_tokenizer
+from .tiny_qwen import make_tiny_qwen_image_processor, make_tiny_qwen_tokenizer, write_tiny_qwen
 
 TINY_SIDE = 256  # 16 x 16 patches -> 64 image tokens
 QWEN3_IMAGE_NORM = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}  # Qwen3-VL's preprocessor_config
@@ -49,25 +49,11 @@ def make_tiny_qwen3_image_processor(*, pixels: int | tuple[int, int] = TINY_SIDE
 
 
 def make_tiny_qwen3_vl(path: str | Path, seed: int = 0, **config_overrides) -> Path:
-    """Write a tiny random Qwen3VLForConditionalGeneration checkpoint (+ tokenizer, processor) to `path`."""
-    import torch
+    """Write a tiny random Qwen3VLForConditionalGeneration checkpoint (+ tokenizer, processor) to `path`; its norm
+    scales are spread too, so a skipped QK-norm shows."""
     from transformers import Qwen3VLForConditionalGeneration
 
-    path = Path(path)
     tokenizer = make_tiny_qwen_tokenizer()
     config = tiny_qwen3_vl_config(tokenizer, **config_overrides)
-    config.architectures = [Qwen3VLForConditionalGeneration.__name__]
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config).eval()
-    with torch.no_grad():  # random init is near-zero in places; a visible spread makes parity checks meaningful
-        for name, parameter in model.named_parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.08)
-            elif name.endswith("norm.weight"):  # QK-norm and RMSNorm scales away from 1, so a skipped norm shows
-                parameter.uniform_(0.5, 1.5)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    make_tiny_qwen3_image_processor().save_pretrained(path)
-    return path
+    return write_tiny_qwen(path, Qwen3VLForConditionalGeneration, config, tokenizer, make_tiny_qwen3_image_processor(),
+                           CHAT_TEMPLATE, seed, spread_norms=True)
