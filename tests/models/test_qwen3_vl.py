@@ -77,6 +77,30 @@ def test_keep_all_cuts_answer_as_the_unpruned_model(qwen3, pictures, cuts, metho
         torch.testing.assert_close(pruned.first_logits, full.first_logits, rtol=1e-5, atol=1e-5)
 
 
+def test_a_chunked_prefill_slices_the_deepstack_planes_with_the_tokens(qwen3, pictures):
+    """ONNX Runtime on CPU prefills in chunks: each chunk of a segment below layer 3 gets its own rows' planes."""
+    schedule = qwen3.adapter.schedule(GRID, cuts="1:32")
+    answers = []
+    for chunk in (None, 7):
+        pipeline = make_pipeline(qwen3, schedule, max_new_tokens=4, grid=GRID, runtime_form=False)
+        pipeline.backend.prefill_chunk_tokens = chunk
+        answers.append(pipeline.generate(pictures[1], CASES[1][1]))
+    assert answers[0].token_ids == answers[1].token_ids and answers[0].kept == answers[1].kept
+    torch.testing.assert_close(answers[1].first_logits, answers[0].first_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_the_host_fallback_gathers_the_deepstack_planes_too(qwen3, pictures):
+    """A select graph whose unrolled Cluster-NMS did not converge is redone on the host: the planes of the tokens the
+    host keeps follow them, so the answer equals the always-exact runtime form's."""
+    schedule = qwen3.adapter.schedule(GRID, cuts="1:20")
+    exact = make_pipeline(qwen3, schedule, max_new_tokens=3, grid=GRID).generate(pictures[0], CASES[0][1])
+    short = make_pipeline(qwen3, schedule, max_new_tokens=3, grid=GRID, runtime_form=False, nms_iterations=1)
+    with pytest.warns(RuntimeWarning, match="selected on the host"):
+        fallback = short.generate(pictures[0], CASES[0][1])
+    assert fallback.kept == exact.kept and fallback.token_ids == exact.token_ids
+    torch.testing.assert_close(fallback.first_logits, exact.first_logits, rtol=1e-5, atol=1e-5)
+
+
 # ---- plain implementations from transformers' own parts ------------------------------------------------------
 def plain_prefill(model, inputs, cuts: dict, method: str):
     """The pruned prefill from transformers' parts, layer by layer: the embeddings with the vision features,
