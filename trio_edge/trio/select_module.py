@@ -2,6 +2,8 @@
 
 hidden (1, S, D), position_ids (1, S), image_start () -> kept (K,), converged (), hidden (1, S', D),
 position_ids (1, S'), saliency (M,), with S' = S - M + K. The image span is [image_start, image_start + M).
+A cut before the last DeepStack layer of Qwen3-VL also takes deepstack (1, S, k*D) and returns the kept rows'
+deepstack_out (1, S', k*D) (carried_rows), last.
 """
 
 from __future__ import annotations
