@@ -53,7 +53,8 @@ def time_steps(pipeline, prompt_length: int, steps: int, warmup: int, graph_time
 
     text = prompt_length - pipeline.plan.num_image_tokens  # each layer group holds text + its image tokens
     lengths = {seg.name: text + seg.image_tokens for seg in pipeline.plan.segments}
-    features = torch.zeros(pipeline.plan.num_image_tokens, pipeline.plan.hidden_size, dtype=pipeline.dtype)
+    features = {spec.name: torch.zeros(spec.shape, dtype=pipeline.dtype)  # the embed graph's vision inputs
+                for spec in pipeline.backend.specs["embed"].inputs if spec.name != "input_ids"}
     token, totals = 1, []
     with torch.inference_mode():
         for step in range(warmup + steps):

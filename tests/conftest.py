@@ -156,3 +156,13 @@ def hardening_export(shared_root):
 
     root, _ = built_once(shared_root, "hardening-shared", build)
     return root / "export"
+
+
+# ---- the tiny Qwen3-VL, shared by tests/models/test_qwen3_vl*.py -------------------------------------------
+@pytest.fixture(scope="session")
+def qwen3(shared_root):
+    """A tiny random Qwen3-VL (models.tiny_qwen3: patch 16, 3 DeepStack layers of 4), loaded once per run."""
+    from trio_edge.models.tiny_qwen3 import make_tiny_qwen3_vl
+
+    path, _ = built_once(shared_root, "tiny-qwen3", lambda p: str(make_tiny_qwen3_vl(p, seed=1)))
+    return load(str(path))

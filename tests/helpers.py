@@ -70,6 +70,35 @@ def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_token
     return Pipeline(plan, backend, adapter, stop_token_ids=stops, dtype="float32")
 
 
+def hf_generate(loaded, image, prompt: str, grid, max_new_tokens: int = 6):
+    """transformers' own greedy `generate` on the adapter's inputs at `grid`: (new token ids, each step's logits)."""
+    inputs = loaded.adapter.hf_inputs(image, prompt, grid)
+    with torch.no_grad():
+        out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
+                                    return_dict_in_generate=True)
+    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [logits[0] for logits in out.logits]
+
+
+def assert_unpruned_equals_generate(loaded, image, prompt: str, grid, runtime_form: bool, steps: int = 6) -> None:
+    """The unpruned torch pipeline (its runtime form or the form export traces) == transformers' generate: tokens,
+    and every step's logits."""
+    expected_ids, expected_logits = hf_generate(loaded, image, prompt, grid, steps)
+    pipeline = make_pipeline(loaded, Schedule(), max_new_tokens=steps, grid=grid, runtime_form=runtime_form)
+    assert pipeline.generate(image, prompt).token_ids == expected_ids
+    assert len(pipeline.backend.logits) == len(expected_logits)
+    for ours, theirs in zip(pipeline.backend.logits, expected_logits):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def assert_both_forms_alike(loaded, schedule: Schedule, method: str, image, prompt: str, grid) -> None:
+    """A method's pipeline answers alike in the torch runtime's form and the form export traces, keeping each
+    cut's budget."""
+    answers = [make_pipeline(loaded, schedule, max_new_tokens=3, grid=grid, runtime_form=form, method=method)
+               .generate(image, prompt) for form in (True, False)]
+    assert answers[0].kept == answers[1].kept and answers[0].token_ids == answers[1].token_ids
+    assert [len(k) for k in answers[0].kept] == [c.keep for c in schedule.cuts]
+
+
 def generate_with_logits(pipe: Pipeline, image, prompt: str, **kwargs):
     """pipe.generate plus the logits of every generated step (list of (V,) tensors)."""
     pipe.backend.logits.clear()

@@ -38,11 +38,25 @@ def causal_mask(length: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
     return mask[None, None]
 
 
+def position_ids(positions: torch.Tensor) -> torch.Tensor:
+    """positions (T,) -> position_ids (1, T); M-RoPE rows (3, T) (Qwen) -> (3, 1, T)."""
+    return (positions[None] if positions.dim() == 1 else positions[:, None]).long()
+
+
+def heads_of(attn, which: str, x: torch.Tensor, heads: int) -> torch.Tensor:
+    """transformers' q or k projection of x (T, D) as (1, heads, T, hd), through the layer's per-head q_norm/k_norm
+    when it has one (Qwen3's QK-norm), as its attention forward does."""
+    states = getattr(attn, f"{which}_proj")(x).view(1, x.shape[0], heads, attn.head_dim)
+    norm = getattr(attn, f"{which}_norm", None)
+    return (states if norm is None else norm(states)).transpose(1, 2)
+
+
 def run_layer(model, index: int, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """transformers' decoder layer `index` on h (T, D) at `positions` (T,), causal; returns (T, D)."""
+    """transformers' decoder layer `index` on h (T, D) at `positions` (T,) (or M-RoPE rows (3, T)), causal;
+    returns (T, D)."""
     lm = model.model.language_model
     layer = lm.layers[index]
-    pos = positions[None].long()
+    pos = position_ids(positions)
     cos_sin = lm.rotary_emb(h[None], pos)
     out = layer(h[None], attention_mask=causal_mask(h.shape[0], h.dtype, h.device), position_ids=pos,
                 position_embeddings=cos_sin)
@@ -67,12 +81,10 @@ def reference_attention(model, layer_index: int, h: torch.Tensor, positions: tor
     layer = lm.layers[layer_index]
     attn = layer.self_attn
     heads, kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
-    head_dim = attn.head_dim
     x = layer.input_layernorm(h)
     t = x.shape[0]
-    q = attn.q_proj(x).view(1, t, heads, head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(1, t, kv_heads, head_dim).transpose(1, 2)
-    cos, sin = lm.rotary_emb(h[None], positions[None].long())
+    q, k = heads_of(attn, "q", x, heads), heads_of(attn, "k", x, kv_heads)
+    cos, sin = lm.rotary_emb(h[None], position_ids(positions))
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     probs = []
     for head_index in range(heads):
@@ -101,8 +113,8 @@ def reference_keys(model, layer_index: int, h: torch.Tensor, positions: torch.Te
     attn = layer.self_attn
     x = layer.input_layernorm(h)
     t, kv_heads = x.shape[0], attn.config.num_key_value_heads
-    k = attn.k_proj(x).view(1, t, kv_heads, attn.head_dim).transpose(1, 2)
-    cos, sin = lm.rotary_emb(h[None], positions[None].long())
+    k = heads_of(attn, "k", x, kv_heads)
+    cos, sin = lm.rotary_emb(h[None], position_ids(positions))
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     return k[0].transpose(0, 1).reshape(t, -1)
 

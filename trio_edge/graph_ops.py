@@ -18,3 +18,9 @@ def clamp_index(index: torch.Tensor, high: int) -> torch.Tensor:
 def running_count(flags: torch.Tensor) -> torch.Tensor:
     """Inclusive running count of a bool vector as int64 (CumSum in float32)."""
     return torch.cumsum(flags.to(torch.float32), dim=0).to(torch.int64)
+
+
+def add_deepstack_plane(h: torch.Tensor, planes: torch.Tensor, layer: int, width: int) -> torch.Tensor:
+    """h (T, D) + DeepStack plane `layer` of planes (T, k*D) (columns layer*D .. (layer+1)*D), in h's dtype
+    (Qwen3-VL adds plane i to the hidden states after decoder layer i)."""
+    return h + planes[:, layer * width:(layer + 1) * width].to(h.dtype)

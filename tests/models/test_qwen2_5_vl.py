@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_pipeline, random_image
+from helpers import (
+    assert_both_forms_alike,
+    assert_export_refused,
+    assert_unpruned_equals_generate,
+    hf_generate,
+    make_pipeline,
+    random_image,
+)
 
 from trio_edge.errors import InputError, ScheduleError, UnsupportedModelError
 from trio_edge.models.registry import load
@@ -38,11 +45,7 @@ def pictures():
 
 
 def generate_reference(loaded, image, prompt, max_new_tokens=6):
-    inputs = loaded.adapter.hf_inputs(image, prompt, GRID)
-    with torch.no_grad():
-        out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
-                                    return_dict_in_generate=True)
-    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [logits[0] for logits in out.logits]
+    return hf_generate(loaded, image, prompt, GRID, max_new_tokens)
 
 
 def test_the_family_is_recognised(qwen):
@@ -56,14 +59,7 @@ def test_the_family_is_recognised(qwen):
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_unpruned_pipeline_equals_generate(qwen, pictures, case, runtime_form):
     index, prompt = CASES[case]
-    expected_ids, expected_logits = generate_reference(qwen, pictures[index], prompt)
-    pipeline = make_pipeline(qwen, Schedule(), max_new_tokens=6, grid=GRID, runtime_form=runtime_form)
-    result = pipeline.generate(pictures[index], prompt)
-    assert result.token_ids == expected_ids
-    steps = pipeline.backend.logits
-    assert len(steps) == len(expected_logits)
-    for ours, theirs in zip(steps, expected_logits):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert_unpruned_equals_generate(qwen, pictures[index], prompt, GRID, runtime_form)
 
 
 def test_the_answers_differ_between_requests(qwen, pictures):
@@ -109,10 +105,7 @@ def test_kept_tokens_keep_their_original_mrope_rows(qwen, pictures):
                                              ("uniform", {"cuts": "1:24"})])
 def test_methods_run_in_both_forms_alike(qwen, pictures, method, options):
     schedule = qwen.adapter.schedule(GRID, method=method, **options)
-    answers = [make_pipeline(qwen, schedule, max_new_tokens=3, grid=GRID, runtime_form=form, method=method)
-               .generate(pictures[2], CASES[2][1]) for form in (True, False)]
-    assert answers[0].kept == answers[1].kept and answers[0].token_ids == answers[1].token_ids
-    assert [len(k) for k in answers[0].kept] == [c.keep for c in schedule.cuts]
+    assert_both_forms_alike(qwen, schedule, method, pictures[2], CASES[2][1], GRID)
 
 
 @pytest.mark.slow
@@ -151,7 +144,7 @@ def test_renumbered_positions_and_vision_tower_methods_are_refused(qwen):
 
 
 @pytest.mark.parametrize("arch, says", [("Qwen2VLForConditionalGeneration", "Qwen2-VL"),
-                                        ("Qwen3VLForConditionalGeneration", "Qwen3-VL is not supported yet")])
+                                        ("Qwen3VLMoeForConditionalGeneration", "Qwen3-VL-MoE is not supported")])
 def test_other_qwen_versions_are_refused_before_loading(arch, says):
     from types import SimpleNamespace
 
@@ -265,11 +258,7 @@ def test_an_int4_export_runs_and_is_ready_for_tensorrt(pictures, tmp_path):
     (["--cuts", "1:20", "--positions", "renumber"], "keeps original M-RoPE positions"),
 ])
 def test_qwen_refusals_are_one_line_and_write_nothing(qwen, tmp_path, capsys, options, says):
-    from trio_edge.cli.export import main
-
-    assert main([qwen.source, "-o", str(tmp_path / "out"), *options]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0] and not (tmp_path / "out").exists()
+    assert_export_refused(qwen.source, tmp_path, capsys, options, says)
 
 
 def test_a_second_image_slot_is_refused(qwen):

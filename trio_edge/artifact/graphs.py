@@ -17,6 +17,11 @@ QUERY_AXIS = "query"  # embed and segment graphs: 1 (decode) .. prompt length (p
 SEQ_AXIS = "seq"  # select graphs: the sequence entering the cut
 PRUNED_AXIS = "pruned_seq"  # select graphs' outputs: seq - image tokens entering + kept
 VISION_KEPT = "vision_kept"  # the vision graph's second output when a rule prunes inside it
+# Qwen3-VL's DeepStack planes (plan.deepstack_layers = k > 0): the vision graph's (M, k*D) features, laid out over the
+# sequence by the embed graph (zeros at text positions) as (1, T, k*D), read by the graphs that add or prune them
+DEEPSTACK_FEATURES = "deepstack_features"
+DEEPSTACK = "deepstack"
+DEEPSTACK_OUT = "deepstack_out"
 TYPICAL_TEXT_TOKENS = 64  # prompt text around the image that prefill profiles are tuned for
 MIN_TEXT_AFTER_IMAGE = 5  # the proxy supervises positions S-5..S-2: a select needs that much text
 
@@ -127,16 +132,24 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, pixel_shape: tuple[int, 
     and values (the onnxruntime target: GQA's shared past/present buffers) instead of one kv per segment."""
     d, m, v = plan.hidden_size, plan.num_image_tokens, plan.vocab_size
     q = QUERY_AXIS
+    planes = plan.deepstack_layers * d
+
+    def deepstack(name: str, axis: str, graph: str | None = None) -> tuple[TensorSpec, ...]:
+        """The DeepStack planes over `axis`, for a graph that has them (none when the model has no DeepStack)."""
+        wanted = planes and (graph is None or plan.takes_deepstack(graph))
+        return (TensorSpec(name, dtype, (1, axis, planes)),) if wanted else ()
+
+    features = (TensorSpec(DEEPSTACK_FEATURES, dtype, (m, planes)),) if planes else ()
     specs = [
         GraphSpec("vision", GraphKind.VISION,
                   (TensorSpec("pixel_values", dtype, tuple(pixel_shape)),),
-                  (TensorSpec("image_features", dtype, (m, d)),
+                  (TensorSpec("image_features", dtype, (m, d)), *features,
                    # a vision stage's kept tokens per tile (index in the tile, 0 = [CLS]; -1: merged)
                    *([TensorSpec(VISION_KEPT, "int64", (tile_count, plan.schedule.vision.keep))]
                      if plan.schedule.vision is not None else []))),
         GraphSpec("embed", GraphKind.EMBED,
-                  (TensorSpec("input_ids", "int64", (1, q)), TensorSpec("image_features", dtype, (m, d))),
-                  (TensorSpec("hidden", dtype, (1, q, d)),)),
+                  (TensorSpec("input_ids", "int64", (1, q)), TensorSpec("image_features", dtype, (m, d)), *features),
+                  (TensorSpec("hidden", dtype, (1, q, d)), *deepstack(DEEPSTACK, q))),
     ]
     for seg in plan.segments:
         caches_in, caches_out, in_place = _segment_caches(plan, seg, dtype, layer_caches)
@@ -144,7 +157,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, pixel_shape: tuple[int, 
         specs.append(GraphSpec(
             seg.name, GraphKind.SEGMENT,
             (TensorSpec("hidden", dtype, (1, q, d)), TensorSpec("position_ids", "int64", position_shape(plan, q)),
-             TensorSpec("past_length", "int64", ()), *caches_in),
+             TensorSpec("past_length", "int64", ()), *deepstack(DEEPSTACK, q, seg.name), *caches_in),
             (head, *caches_out),
             in_place=in_place,
         ))
@@ -162,6 +175,8 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, pixel_shape: tuple[int, 
         if carries_raters:
             kv += (TensorSpec("raters", "float32", (1, SEQ_AXIS)),)
             kv_out += (TensorSpec("raters_out", "float32", (1, PRUNED_AXIS)),)
+        kv += deepstack(DEEPSTACK, SEQ_AXIS, sel.name)
+        kv_out += deepstack(DEEPSTACK_OUT, PRUNED_AXIS) if plan.gives_deepstack(sel) else ()
         specs.append(GraphSpec(
             sel.name, GraphKind.SELECT,
             (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)),

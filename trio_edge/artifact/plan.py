@@ -61,6 +61,9 @@ class PipelinePlan:
     unpruned_image_tokens: int = 0
     # rows of a position: 1 (LLaVA: position_ids (1, T)) or 3 (Qwen's M-RoPE: (3, 1, T) temporal/height/width)
     position_rows: int = 1
+    # Qwen3-VL's DeepStack: vision features added to the image positions after decoder layers 0..k-1 (k planes of
+    # hidden_size each, carried beside the hidden states until layer k); 0 for every other family / older manifests
+    deepstack_layers: int = 0
 
     @property
     def cut_rule(self) -> str:
@@ -94,6 +97,22 @@ class PipelinePlan:
         merged = "/".join(str(s.merged) for s in self.selects)
         return (f"{text}; + {merged} merged tokens: {average:.1f} layer-averaged "
                 f"({100 * average / self.full_image_tokens:.1f}%) in all")
+
+    def takes_deepstack(self, graph: str) -> bool:
+        """Whether a segment or select graph reads the DeepStack planes: it runs a layer below deepstack_layers (a
+        segment; a select owning layer N-1), or it prunes tokens whose planes are still to be added (a cut N < k)."""
+        k = self.deepstack_layers
+        for segment in self.segments:
+            if segment.name == graph:
+                return segment.start < k
+        select = next((s for s in self.selects if s.name == graph), None)
+        if select is None:
+            return False
+        return select.proxy_layer < k or (select.owned_segment is not None and select.proxy_layer - 1 < k)
+
+    def gives_deepstack(self, select: SelectPlan) -> bool:
+        """Whether a select passes the DeepStack planes of its kept tokens on (a cut before layer k)."""
+        return select.proxy_layer < self.deepstack_layers
 
     def owned_segment_of(self, select: SelectPlan) -> SegmentPlan | None:
         return next((s for s in self.segments if s.name == select.owned_segment), None)
@@ -163,6 +182,7 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
         max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,
         num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
         nms_iterations=nms_iterations, method=method, position_rows=adapter.position_rows,
+        deepstack_layers=adapter.deepstack_layers,
     )
 
 
@@ -178,7 +198,7 @@ def image_tokens_leaving(method: str, cuts, num_image_tokens: int) -> list[int]:
 def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
               hidden_size, num_kv_heads, head_dim, vocab_size, grid,
               nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD,
-              position_rows: int = 1) -> PipelinePlan:
+              position_rows: int = 1, deepstack_layers: int = 0) -> PipelinePlan:
     """`num_image_tokens`: the unpruned model's; a vision stage (schedule.vision) leaves the decoder fewer."""
     schedule.validate(num_layers, num_image_tokens)
     if schedule.vision is not None and (method_info(method).acts != VISION_TOWER or not schedule.vision.tokens):
@@ -210,4 +230,4 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
     )
     return PipelinePlan(num_layers, num_image_tokens, max_text_tokens, max_new_tokens, hidden_size, num_kv_heads,
                         head_dim, vocab_size, tuple(grid), schedule, segments, selects, nms_iterations, method,
-                        unpruned if schedule.vision is not None else 0, position_rows)
+                        unpruned if schedule.vision is not None else 0, position_rows, deepstack_layers)

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedule_options(parser)
     parser.add_argument("--grid", help="fixed image size WIDTHxHEIGHT: LLaVA-NeXT one of its grid pinpoints (default "
                                        "the largest square one); Qwen2.5-VL sides in multiples of 112 px (default "
-                                       "672x672, 576 image tokens)")
+                                       "672x672), Qwen3-VL in multiples of 32 px (default 768x768): 576 image tokens")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default=defaults.DTYPE)
     parser.add_argument("--target", default=defaults.TARGET,
                         help=f"runtime the graphs are for (default {defaults.TARGET}): tensorrt = standard ONNX only, "

@@ -45,9 +45,9 @@ class DecoderShape:
 
 
 def vision_flops(vision_config, tiles: int, projector_out: int, grid: tuple[int, int] | None = None) -> float:
-    """The vision graph: a CLIP-style tower per tile and LLaVA's projector; Qwen2.5-VL's windowed tower at the
-    plan's fixed `grid` (width, height) pixels."""
-    if getattr(vision_config, "model_type", "") == "qwen2_5_vl_vision":
+    """The vision graph: a CLIP-style tower per tile and LLaVA's projector; Qwen2.5-VL's windowed tower and Qwen3-VL's
+    tower at the plan's fixed `grid` (width, height) pixels."""
+    if getattr(vision_config, "model_type", "") in ("qwen2_5_vl_vision", "qwen3_vl_vision"):
         return qwen_vision_flops(vision_config, grid, projector_out)
     d, ffn, layers = vision_config.hidden_size, vision_config.intermediate_size, vision_config.num_hidden_layers
     n = (vision_config.image_size // vision_config.patch_size) ** 2 + 1
@@ -60,16 +60,22 @@ def vision_flops(vision_config, tiles: int, projector_out: int, grid: tuple[int,
 def qwen_vision_flops(vision_config, grid: tuple[int, int], projector_out: int) -> float:
     """Qwen2.5-VL's tower over N = (w/14)(h/14) patches: fused qkv + proj (4 d^2) and a SwiGLU MLP (3 d ffn) per
     block; attention within 112-px windows (window_tokens keys) except the full-attention blocks (N keys); the
-    Conv3d patch embedding (2 frames x 14 x 14 x 3); the merger's MLP over N / 4 tokens of 4 d."""
+    Conv3d patch embedding (2 frames x 14 x 14 x 3); the merger's MLP over N / 4 tokens of 4 d. Qwen3-VL's
+    (patch 16): a two-layer MLP (2 d ffn), every block attending over all N, and one merger more per DeepStack
+    block."""
     d, ffn, patch = vision_config.hidden_size, vision_config.intermediate_size, vision_config.patch_size
     n = (grid[0] // patch) * (grid[1] // patch)
     unit = vision_config.spatial_merge_size ** 2
-    window_tokens = (vision_config.window_size // patch) ** 2
-    full = len(vision_config.fullatt_block_indexes)
-    dense = vision_config.depth * 2.0 * n * (4 * d * d + 3 * d * ffn)
+    deepstack = getattr(vision_config, "deepstack_visual_indexes", None)
+    if deepstack is None:  # Qwen2.5-VL
+        window_tokens, full, mlp, mergers = ((vision_config.window_size // patch) ** 2,
+                                             len(vision_config.fullatt_block_indexes), 3, 1)
+    else:
+        window_tokens, full, mlp, mergers = n, vision_config.depth, 2, 1 + len(deepstack)
+    dense = vision_config.depth * 2.0 * n * (4 * d * d + mlp * d * ffn)
     attention = 4.0 * n * d * (full * n + (vision_config.depth - full) * min(n, window_tokens))
     patch_embed = 2.0 * n * 3 * vision_config.temporal_patch_size * patch * patch * d
-    merger = 2.0 * (n // unit) * (unit * d * unit * d + unit * d * projector_out)
+    merger = mergers * 2.0 * (n // unit) * (unit * d * unit * d + unit * d * projector_out)
     return dense + attention + patch_embed + merger
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..graph_ops import add_deepstack_plane
+
 
 def _heads(layer) -> tuple[int, int, int]:
     attn = layer.self_attn
@@ -68,13 +70,21 @@ def grouped_attention(q, k, v, bias, scale):
     return out.transpose(0, 1).reshape(t, num_heads * head_dim)
 
 
+def head_states(attn, which: str, x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """x (T, D) -> the `which` ("q" or "k") projection per head (heads, T, hd), before rotary; through the layer's
+    per-head RMSNorm (`q_norm` / `k_norm`: Qwen3's QK-norm) when the layer has one."""
+    states = getattr(attn, f"{which}_proj")(x).reshape(x.shape[0], heads, head_dim)
+    norm = getattr(attn, f"{which}_norm", None)
+    return (states if norm is None else norm(states)).transpose(0, 1)
+
+
 def project_qkv(layer, x, cos, sin):
     """x (T, D) normalised input -> rotated q (H, T, hd), k (KVH, T, hd), v (KVH, T, hd)."""
     num_heads, num_kv, head_dim = _heads(layer)
     attn = layer.self_attn
     t = x.shape[0]
-    q = attn.q_proj(x).reshape(t, num_heads, head_dim).transpose(0, 1)
-    k = attn.k_proj(x).reshape(t, num_kv, head_dim).transpose(0, 1)
+    q = head_states(attn, "q", x, num_heads, head_dim)
+    k = head_states(attn, "k", x, num_kv, head_dim)
     v = attn.v_proj(x).reshape(t, num_kv, head_dim).transpose(0, 1)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -259,13 +269,19 @@ class DecoderSegment(nn.Module):
     layer's keys and values instead (past_key_0, past_value_0, ...: views of the one buffer at run time) and
     goes out as each layer's present keys and values (bound to the same buffers: ONNX Runtime's GQA then
     writes only the new slots and copies nothing).
+    A segment holding decoder layers below `deepstack_layers` (Qwen3-VL's DeepStack) takes `deepstack` (1, T, k*D)
+    after past_length: plane i (columns i*D..(i+1)*D) is added to the hidden states after decoder layer i. The
+    embed graph lays the planes out over the sequence with zeros at text positions, so adding the whole plane
+    equals transformers' add at the image positions, and a decode step (a text token) adds zeros.
     """
 
     cuda_graph_safe = True  # fixed shapes per call, no host synchronisation, no data-dependent control flow
 
     def __init__(self, decoder: "LlamaFamilyDecoder", start: int, end: int, with_head: bool, in_place: bool = False,
-                 fused_op: bool = False):
+                 fused_op: bool = False, deepstack_layers: int = 0):
         super().__init__()
+        self.start, self.width = start, decoder.hidden_size
+        self.deepstack_planes = max(0, min(end, deepstack_layers) - start)  # planes added after layers start, ...
         self.in_place = in_place
         self.fused_op = fused_op  # export form: attention as one group_query_attention op (ONNX Runtime's GQA)
         self.in_place_inputs = ("kv",) if in_place else ()  # inputs the call writes (a CUDA graph keeps them)
@@ -278,12 +294,16 @@ class DecoderSegment(nn.Module):
         h = hidden[0]  # (T, D)
         cos, sin = self.rotary(h, position_ids)
         cos, sin = cos[0], sin[0]  # (T, hd)
+        planes = None
+        if self.deepstack_planes:
+            planes, *caches = caches
+            planes = planes.squeeze(0)  # (T, k*D)
         if self.fused_op:
-            return self._forward_fused(h, cos, sin, past_length, caches)
+            return self._forward_fused(h, cos, sin, past_length, caches, planes)
         (kv,) = caches
         t, capacity = h.shape[0], kv.shape[3]
         if self.in_place:
-            return self._forward_in_place(h, cos, sin, past_length, kv)
+            return self._forward_in_place(h, cos, sin, past_length, kv, planes)
         past = past_length.item()  # the export's one data-dependent size: the slots read
         torch._check(past >= 0)
         torch._check(past + t <= capacity)
@@ -292,19 +312,21 @@ class DecoderSegment(nn.Module):
         for index, layer in enumerate(self.layers):
             past_kv = filled_slots(kv, index, past)  # only this layer's filled slots (never its whole capacity)
             h, layer_new = layer_step(layer, h, cos, sin, past_kv, past_length, mask)
+            h = self._add_deepstack(h, index, planes)
             new.append(layer_new)
         kv_out = scatter_new_slots(kv, torch.stack(new), past_length) if new else kv
         return self._head(h), kv_out
 
-    def _forward_fused(self, h, cos, sin, past_length, caches):
+    def _forward_fused(self, h, cos, sin, past_length, caches, planes=None):
         presents = []
         for index, layer in enumerate(self.layers):
             h, present = layer_step(layer, h, cos, sin, caches[2 * index:2 * index + 2], past_length, None,
                                     fused_op=True)
+            h = self._add_deepstack(h, index, planes)
             presents.extend(present)
         return (self._head(h), *presents)
 
-    def _forward_in_place(self, h, cos, sin, past_length, kv):
+    def _forward_in_place(self, h, cos, sin, past_length, kv, planes=None):
         t = h.shape[0]
         on_host = past_length.device.type == "cpu"  # a host value costs nothing; on a GPU it would synchronise
         if on_host and t > 1 and int(past_length) != 0:
@@ -314,7 +336,14 @@ class DecoderSegment(nn.Module):
         mask = None if on_host else causal_over_buffer(past_length, t, kv.shape[3])
         for index, layer in enumerate(self.layers):
             h, _ = layer_step(layer, h, cos, sin, kv[index], past_length, mask, True, filled)
+            h = self._add_deepstack(h, index, planes)
         return self._head(h), kv
+
+    def _add_deepstack(self, h, index: int, planes):
+        """h (T, D) after the segment's layer `index`, plus that layer's DeepStack plane when it has one."""
+        if index >= self.deepstack_planes:
+            return h
+        return add_deepstack_plane(h, planes, self.start + index, self.width)
 
     def _head(self, h):
         if self.lm_head is not None:
@@ -353,8 +382,8 @@ class LlamaFamilyDecoder:
                                   clone(self.lm_head))
 
     def segment(self, start: int, end: int, with_head: bool, in_place: bool = False,
-                fused_op: bool = False) -> DecoderSegment:
-        return DecoderSegment(self, start, end, with_head, in_place, fused_op)
+                fused_op: bool = False, deepstack_layers: int = 0) -> DecoderSegment:
+        return DecoderSegment(self, start, end, with_head, in_place, fused_op, deepstack_layers)
 
     def proxy_logits(self, layer_index, h, position_ids, query_rows, eager: bool = False):
         """TRIO proxy: layer `layer_index` on h (S, D) for the queries picked by `query_rows` (Q, S)
@@ -370,9 +399,9 @@ class LlamaFamilyDecoder:
         num_heads, num_kv, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         attn = layer.self_attn
         s = h.shape[0]
-        k = apply_rope(attn.k_proj(x).reshape(s, num_kv, head_dim).transpose(0, 1), cos, sin)
+        k = apply_rope(head_states(attn, "k", x, num_kv, head_dim), cos, sin)
         xq, cos_q, sin_q = query_rows @ x, query_rows @ cos, query_rows @ sin  # (Q, .)
-        q = apply_rope(attn.q_proj(xq).reshape(-1, num_heads, head_dim).transpose(0, 1), cos_q, sin_q)
+        q = apply_rope(head_states(attn, "q", xq, num_heads, head_dim), cos_q, sin_q)
         # Integer positions: a float arange is inexact above 256 (bf16) / 2048 (fp16) positions, and a
         # LLaVA-NeXT prompt has ~2,990, so a float mask would let a query see a later key.
         query_slot = query_rows.argmax(dim=1)  # (Q,) int64: the one position each row picks

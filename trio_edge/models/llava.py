@@ -115,6 +115,7 @@ class LlavaAdapter:
 
     family = "llava-1.5"
     position_rows = 1  # position_ids (1, T): one rotary position per token
+    deepstack_layers = 0  # decoder layers after which vision features are added again (Qwen3-VL's DeepStack)
     # Without a chat template: LLaVA's released vicuna_v1 conversation (its system line only when one is
     # given), 'USER: <image>\n{prompt} ASSISTANT:' for one question; see format_conversation.
     conversation_roles = {"user": "USER", "assistant": "ASSISTANT"}
@@ -125,6 +126,11 @@ class LlavaAdapter:
         from transformers import AutoProcessor
 
         return from_pretrained(AutoProcessor)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse, before any weights load, a checkpoint whose architecture names this adapter but that it cannot run
+        (Qwen: another version's model_type); LLaVA has none to refuse."""
 
     def __init__(self, config, processor, model=None):
         """`model` may be None where only pre/post-processing is needed (the runtime)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..errors import InputError, ScheduleError
+from ..errors import InputError, ScheduleError, UnsupportedModelError
 from ..trio.schedule import Schedule
 from .llama_decoder import LlamaFamilyDecoder
 from .llava import LlavaAdapter
@@ -29,39 +29,50 @@ from .qwen_vision import PrunedQwenVision, QwenVisionFeatures, check_image_size,
 PROXY_NEEDS_A_LAYER = ("TRIO's Qwen proxy reruns the decoder layer just executed, so its cuts come after layer 1 or "
                        "later; use --cuts LAYER:KEEP with LAYER >= 1")
 DEFAULT_IMAGE_SIDE = 672  # 48 x 48 patches -> 576 image tokens, the count TRIO's published budgets are set on
-# Qwen2.5-VL-Instruct's chat format for text and one image, used when a checkpoint's tokenizer carries no template
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+
+
+def qwen_chat_template(default_system: str | None) -> str:
+    """Qwen-VL's chat format for text and one image (<|im_start|> turns, the image as
+    <|vision_start|><|image_pad|><|vision_end|>), with `default_system` as the system turn when the chat has none."""
+    system = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + default_system
+              + "<|im_end|>\n{% endif %}") if default_system else ""
+    return (
+        "{% for message in messages %}" + system +
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+        "{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+        "{% endfor %}<|im_end|>\n{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+# Qwen2.5-VL-Instruct's chat format, used when a checkpoint's tokenizer carries no template
+CHAT_TEMPLATE = qwen_chat_template("You are a helpful assistant.")
 
 
 @dataclass
 class QwenProcessor:
-    """Qwen2.5-VL's pre-processing without torchvision: the tokenizer (with its chat template) and the PIL image
-    processor. Saves and loads as the same files a checkpoint holds."""
+    """Qwen-VL's pre-processing without torchvision: the tokenizer (with its chat template) and the PIL image
+    processor. Saves and loads as the same files a checkpoint holds. `default_template`: the family's chat format,
+    used when the tokenizer carries none."""
 
     tokenizer: object
     image_processor: object
+    default_template: str = CHAT_TEMPLATE
 
     @classmethod
-    def load(cls, from_pretrained) -> "QwenProcessor":
+    def load(cls, from_pretrained, default_template: str = CHAT_TEMPLATE) -> "QwenProcessor":
         """`from_pretrained(auto_class)` loads one part from the checkpoint (the registry's local-first loader)."""
         from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
-        return cls(from_pretrained(AutoTokenizer), from_pretrained(Qwen2VLImageProcessorPil))
+        return cls(from_pretrained(AutoTokenizer), from_pretrained(Qwen2VLImageProcessorPil), default_template)
 
     @property
     def chat_template(self) -> str:
-        return getattr(self.tokenizer, "chat_template", None) or CHAT_TEMPLATE
+        return getattr(self.tokenizer, "chat_template", None) or self.default_template
 
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
@@ -76,35 +87,59 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
     """Qwen2.5-VL: one image at a fixed size, window-attention vision tower, M-RoPE positions."""
 
     family = "qwen2.5-vl"
+    model_type = "qwen2_5_vl"  # the config's model_type this adapter reads
     position_rows = 3
+    chat_template = CHAT_TEMPLATE  # used when the checkpoint's tokenizer has none
 
-    @staticmethod
-    def load_processor(from_pretrained) -> QwenProcessor:
-        return QwenProcessor.load(from_pretrained)
+    @classmethod
+    def load_processor(cls, from_pretrained) -> QwenProcessor:
+        return QwenProcessor.load(from_pretrained, cls.chat_template)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse another Qwen version's checkpoint (e.g. a config whose `architectures` names this family while its
+        model_type, which decides the modules transformers builds, is another's)."""
+        model_type = getattr(config, "model_type", None)
+        if model_type is not None and model_type != cls.model_type:
+            raise UnsupportedModelError(f"the {cls.family} adapter cannot run a {model_type} checkpoint (its config's "
+                                        f"architectures name {(getattr(config, 'architectures', None) or ['?'])[0]}); "
+                                        "fix the config's architectures to match its model_type")
 
     def __init__(self, config, processor, model=None):
+        self.check_config(config)
         self.model, self.processor, self.config = model, processor, config
         self.decoder = None
         if model is not None:
             text = model.model.language_model
-            self.decoder = LlamaFamilyDecoder(text.embed_tokens, text.layers, text.rotary_emb, text.norm, model.lm_head)
+            self.decoder = LlamaFamilyDecoder(text.embed_tokens, text.layers, self.text_rotary(text), text.norm,
+                                              model.lm_head)
         self.image_token_id = int(config.image_token_id)
         self.image_token = processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
         self.vision_config = config.vision_config
         self._proxy_decoder = None  # built on first use (trio_proxy)
 
+    @staticmethod
+    def text_rotary(text_model):
+        """The decoder's rotary embedding: position_ids (3, 1, T) -> cos, sin (1, T, hd)."""
+        return text_model.rotary_emb
+
     # ---- image side -------------------------------------------------------------------------------
     tile_size = 0  # no square tiles: the vision input is pixel_shape's patches
+    default_image_side = DEFAULT_IMAGE_SIDE
+
+    def image_side_multiple(self) -> int:
+        """Image sides must be multiples of this many pixels: the 112-px attention window."""
+        return window_pixels(self.vision_config)
 
     def default_grid(self) -> tuple[int, int]:
         """The square size the checkpoint's image processor is pinned to (min = max pixels, as the tiny models
-        ship), else 672x672."""
+        ship), else default_image_side square."""
         size = self.processor.image_processor.size
         low, high = getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None)
         side = math.isqrt(high) if high and low == high else 0
-        if side and side * side == high and side % window_pixels(self.vision_config) == 0:
+        if side and side * side == high and side % self.image_side_multiple() == 0:
             return (side, side)
-        return (DEFAULT_IMAGE_SIDE, DEFAULT_IMAGE_SIDE)
+        return (self.default_image_side, self.default_image_side)
 
     def validate_grid(self, grid: tuple[int, int]) -> None:
         check_image_size(self.vision_config, *grid)
@@ -267,7 +302,7 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         path); TRIO cuts from layer 1 on (trio_proxy)."""
         if method == "sparsevlm":
             raise ScheduleError("SparseVLM's released code runs LLaVA only (no Qwen path to be exact to); use "
-                                "--method trio, fastv, dart, pdrop, random or uniform on Qwen2.5-VL")
+                                f"--method trio, fastv, dart, pdrop, random or uniform on {self.family}")
         if method in ("trio", "trio-ve") and any(cut.layer < 1 for cut in schedule.cuts):
             raise ScheduleError(PROXY_NEEDS_A_LAYER)
         return replace(schedule, positions="original")

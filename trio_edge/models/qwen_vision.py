@@ -27,10 +27,14 @@ def window_pixels(vision_config) -> int:
 
 def check_image_size(vision_config, width: int, height: int) -> None:
     """Refuse an image size that does not tile into whole attention windows."""
-    side = window_pixels(vision_config)
+    check_image_sides(width, height, window_pixels(vision_config), "the vision tower's attention window")
+
+
+def check_image_sides(width: int, height: int, side: int, unit: str) -> None:
+    """Refuse an image size whose sides are not multiples of `side` px (`unit`: what that many pixels are)."""
     if width <= 0 or height <= 0 or width % side or height % side:
-        raise InputError(f"image size {width}x{height} is not a multiple of {side} px, the vision tower's attention "
-                         f"window; pick sides in multiples of {side} px (e.g. {max(side, width // side * side)}x"
+        raise InputError(f"image size {width}x{height} is not a multiple of {side} px, {unit}; pick sides in "
+                         f"multiples of {side} px (e.g. {max(side, width // side * side)}x"
                          f"{max(side, height // side * side)})")
 
 
@@ -112,24 +116,11 @@ class QwenVisionFeatures(nn.Module):
         return units.index_select(0, self.reverse_index)
 
     def _attention(self, attn, x, windows: int, with_probs: bool = False):
-        """Bidirectional attention within each of `windows` equal consecutive spans of x (N, C) -> ((N, C), the
-        float32 probabilities (heads, windows, n, n) when `with_probs`, else None)."""
-        n = x.shape[0]
-        q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 2, 0, 3).unbind(0)  # (H, N, hd) each
-        cos, sin = self.cos[None], self.sin[None]
-        q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
-        k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
-
-        def spans(t):  # (H, N, hd) -> (H, windows, N / windows, hd)
-            return t.reshape(t.shape[0], windows, n // windows, t.shape[-1])
-
-        probs = None
+        """-> (attention output (N, C), the float32 probabilities (heads, windows, n, n) when `with_probs`, else
+        None)."""
         if with_probs:
-            probs = torch.softmax((spans(q).float() @ spans(k).float().transpose(-1, -2)) * attn.scaling, dim=-1)
-            out = probs.to(v.dtype) @ spans(v)
-        else:
-            out = F.scaled_dot_product_attention(spans(q), spans(k), spans(v), scale=attn.scaling)
-        return attn.proj(out.reshape(attn.num_heads, n, -1).transpose(0, 1).reshape(n, -1)), probs
+            return vision_attention_with_probs(attn, x, self.cos, self.sin, windows)
+        return vision_attention(attn, x, self.cos, self.sin, windows), None
 
 
 class PrunedQwenVision(nn.Module):
@@ -147,3 +138,34 @@ class PrunedQwenVision(nn.Module):
         merged, scores = self.tower.features_and_scores(pixel_values)
         local, global_ = (scores[block] for block in self.rule.blocks)
         return self.rule(merged, local, global_)
+
+
+def _rotated_spans(attn, x, cos, sin, windows: int):
+    """q, k, v of a Qwen vision block (fused qkv, rotary table cos/sin (N, hd) in float32) on x (N, C), each split
+    into `windows` equal consecutive spans: (H, windows, N / windows, hd)."""
+    n = x.shape[0]
+    q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 2, 0, 3).unbind(0)  # (H, N, hd) each
+    cos, sin = cos[None], sin[None]
+    q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
+    k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
+    return tuple(t.reshape(t.shape[0], windows, n // windows, t.shape[-1]) for t in (q, k, v))
+
+
+def _merge_heads(attn, out):
+    heads, n = attn.num_heads, out.shape[1] * out.shape[2]
+    return attn.proj(out.reshape(heads, n, -1).transpose(0, 1).reshape(n, -1))
+
+
+def vision_attention(attn, x, cos, sin, windows: int = 1):
+    """A Qwen vision block's bidirectional attention within each of `windows` equal consecutive spans of x (N, C)
+    -> (N, C)."""
+    q, k, v = _rotated_spans(attn, x, cos, sin, windows)
+    return _merge_heads(attn, F.scaled_dot_product_attention(q, k, v, scale=attn.scaling))
+
+
+def vision_attention_with_probs(attn, x, cos, sin, windows: int = 1):
+    """vision_attention with explicit softmax probabilities (what TRIO's Qwen vision stage reads; SDPA does not
+    return them) -> (output (N, C), float32 probabilities (heads, windows, n, n))."""
+    q, k, v = _rotated_spans(attn, x, cos, sin, windows)
+    probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scaling, dim=-1)
+    return _merge_heads(attn, probs.to(v.dtype) @ v), probs

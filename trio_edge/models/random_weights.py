@@ -27,11 +27,14 @@ ARCHITECTURES = {
     "llava-1.5-7b": ("llava", "llama", CLIP_L_336, VICUNA_7B),
 }
 IMAGE_TOKEN_ID = 32000
-# aliases whose hub config.json is shipped (trio_edge/assets/configs): Qwen2.5-VL
-SHIPPED_CONFIGS = {"qwen2.5-vl-3b": "qwen2.5-vl-3b.json", "qwen2.5-vl-7b": "qwen2.5-vl-7b.json"}
+# aliases whose hub config.json is shipped (trio_edge/assets/configs): Qwen2.5-VL, Qwen3-VL
+SHIPPED_CONFIGS = {"qwen2.5-vl-3b": "qwen2.5-vl-3b.json", "qwen2.5-vl-7b": "qwen2.5-vl-7b.json",
+                   "qwen3-vl-2b": "qwen3-vl-2b.json", "qwen3-vl-4b": "qwen3-vl-4b.json",
+                   "qwen3-vl-8b": "qwen3-vl-8b.json"}
 QWEN_SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
                     "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656}
 QWEN_PIXELS = (56 * 56, 28 * 28 * 16384)  # the checkpoints' image processor: min_pixels, max_pixels
+QWEN3_PIXELS = (65536, 16777216)  # Qwen3-VL's preprocessor_config size: shortest_edge, longest_edge (pixels)
 
 
 def scaled(text: dict, vision: dict, scale: float, layers: int | None, vision_layers: int | None,
@@ -97,47 +100,72 @@ def architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, v
 
 
 def qwen_architecture(alias: str, *, scale: float = 1.0, layers: int | None = None, vision_layers: int | None = None):
-    """A Qwen2.5-VL alias's shipped hub config (scaled like the LLaVA ones: widths by `scale` keeping head_dim,
-    depths by `layers` / `vision_layers`, the full-attention blocks at the same relative depths), a word-level tokenizer
-    with Qwen's special tokens at their real ids padded to the real vocabulary, and Qwen's image processor."""
+    """A Qwen-VL alias's shipped hub config (scaled like the LLaVA ones: widths by `scale` keeping head_dim,
+    depths by `layers` / `vision_layers`; Qwen2.5-VL's full-attention blocks and Qwen3-VL's DeepStack blocks moved
+    to the same relative depths), a word-level tokenizer with Qwen's special tokens at their real ids padded to the
+    real vocabulary, and Qwen's image processor with the checkpoint's settings."""
     import json
 
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from .qwen2_5_vl import CHAT_TEMPLATE, QwenProcessor
-    from .tiny_qwen import make_tiny_qwen_image_processor, make_tiny_qwen_tokenizer, qwen_words
+    from .tiny_qwen import make_tiny_qwen_tokenizer, qwen_words
 
     body = json.loads((Path(__file__).resolve().parent.parent / "assets" / "configs" / SHIPPED_CONFIGS[alias]).read_text())
-    vision = body["vision_config"]
+    qwen3 = body["model_type"] == "qwen3_vl"
+    text, vision = (body["text_config"] if qwen3 else body), body["vision_config"]
     if scale != 1.0:
         def width(x, multiple):
             return max(multiple, int(round(x * scale / multiple)) * multiple)
 
-        head_dim = body["hidden_size"] // body["num_attention_heads"]
-        group = body["num_attention_heads"] // body["num_key_value_heads"]
-        body["hidden_size"] = max(head_dim * group, width(body["hidden_size"], head_dim * group))
-        body["num_attention_heads"] = body["hidden_size"] // head_dim
-        body["num_key_value_heads"] = body["num_attention_heads"] // group
-        body["intermediate_size"] = width(body["intermediate_size"], 64)
-        vision["hidden_size"] = width(vision["hidden_size"], 80)  # 80: vision head_dim on every checkpoint
-        vision["num_heads"] = vision["hidden_size"] // 80
+        head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+        group = text["num_attention_heads"] // text["num_key_value_heads"]
+        text["hidden_size"] = max(head_dim * group, width(text["hidden_size"], head_dim * group))
+        text["num_attention_heads"] = text["hidden_size"] // head_dim
+        text["num_key_value_heads"] = text["num_attention_heads"] // group
+        text["intermediate_size"] = width(text["intermediate_size"], 64)
+        vision_head = vision["hidden_size"] // vision["num_heads"]  # kept: 80 (Qwen2.5-VL), 64 or 72 (Qwen3-VL)
+        vision["hidden_size"] = width(vision["hidden_size"], vision_head)
+        vision["num_heads"] = vision["hidden_size"] // vision_head
         vision["intermediate_size"] = width(vision["intermediate_size"], 64)
-        vision["out_hidden_size"] = body["hidden_size"]
+        vision["out_hidden_size"] = text["hidden_size"]
     if layers is not None:
-        body["num_hidden_layers"] = body["max_window_layers"] = layers
+        text["num_hidden_layers"] = layers
+        if not qwen3:
+            text["max_window_layers"] = layers
     if vision_layers is not None:
         depth, vision["depth"] = vision["depth"], vision_layers
-        # the full-attention blocks at the same relative depths (7/15/23/31 of 32 -> 1/3/5/7 of 8; the last one last)
-        vision["fullatt_block_indexes"] = sorted({max(0, round((i + 1) * vision_layers / depth) - 1)
-                                                  for i in vision["fullatt_block_indexes"]})
-    config = Qwen2_5_VLConfig(**body)
+        if qwen3:
+            vision["deepstack_visual_indexes"] = sorted({i * vision_layers // depth
+                                                         for i in vision["deepstack_visual_indexes"]})
+        else:  # 7/15/23/31 of 32 -> 1/3/5/7 of 8: the last one last
+            vision["fullatt_block_indexes"] = sorted({max(0, round((i + 1) * vision_layers / depth) - 1)
+                                                      for i in vision["fullatt_block_indexes"]})
     vocab = {token: index for index, token in enumerate(qwen_words())} | QWEN_SPECIAL_IDS  # words below 151643
     used = set(vocab.values())
-    vocab |= {f"<extra_{index}>": index for index in range(body["vocab_size"]) if index not in used}
+    vocab |= {f"<extra_{index}>": index for index in range(text["vocab_size"]) if index not in used}
     tokenizer = make_tiny_qwen_tokenizer(vocab)
+    return (_qwen3_parts if qwen3 else _qwen2_5_parts)(body, tokenizer)
+
+
+def _qwen2_5_parts(body: dict, tokenizer):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from .qwen2_5_vl import CHAT_TEMPLATE, QwenProcessor
+    from .tiny_qwen import make_tiny_qwen_image_processor
+
     tokenizer.chat_template = CHAT_TEMPLATE
     image_processor = make_tiny_qwen_image_processor(pixels=QWEN_PIXELS)
-    return config, Qwen2_5_VLForConditionalGeneration, QwenProcessor(tokenizer, image_processor)
+    return Qwen2_5_VLConfig(**body), Qwen2_5_VLForConditionalGeneration, QwenProcessor(tokenizer, image_processor)
+
+
+def _qwen3_parts(body: dict, tokenizer):
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from .qwen2_5_vl import QwenProcessor
+    from .qwen3_vl import CHAT_TEMPLATE
+    from .tiny_qwen3 import make_tiny_qwen3_image_processor
+
+    tokenizer.chat_template = CHAT_TEMPLATE
+    image_processor = make_tiny_qwen3_image_processor(pixels=QWEN3_PIXELS)
+    return Qwen3VLConfig(**body), Qwen3VLForConditionalGeneration, QwenProcessor(tokenizer, image_processor, CHAT_TEMPLATE)
 
 
 def build_random(alias: str, path: str | Path, *, seed: int = 0, dtype=None, scale: float = 1.0,

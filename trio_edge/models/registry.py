@@ -21,8 +21,12 @@ ALIASES = {
     "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
     "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
     "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen3-vl-2b": "Qwen/Qwen3-VL-2B-Instruct",
+    "qwen3-vl-4b": "Qwen/Qwen3-VL-4B-Instruct",
+    "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct",
     "tiny-random": None,  # built in code on first use
     "tiny-random-qwen": None,  # a tiny random Qwen2.5-VL, built in code on first use
+    "tiny-random-qwen3": None,  # a tiny random Qwen3-VL, built in code on first use
     "trio-tiny": str(SHIPPED["trio-tiny"]),  # trained on the synthetic VQA task, shipped in the package
 }
 
@@ -81,8 +85,10 @@ def _missing_directory(name: str, where: str = "") -> ModelNotFoundError:
 def _built_in(name: str) -> Path:
     from .tiny import make_tiny_llava_next
     from .tiny_qwen import make_tiny_qwen2_5_vl
+    from .tiny_qwen3 import make_tiny_qwen3_vl
 
-    builders = {"tiny-random": make_tiny_llava_next, "tiny-random-qwen": make_tiny_qwen2_5_vl}
+    builders = {"tiny-random": make_tiny_llava_next, "tiny-random-qwen": make_tiny_qwen2_5_vl,
+                "tiny-random-qwen3": make_tiny_qwen3_vl}
     target = cache_dir() / name
     if not (target / "config.json").is_file():
         from transformers.utils import logging as hf_logging

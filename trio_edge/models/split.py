@@ -13,7 +13,10 @@ from ..trio.sparsevlm import SparseVLMRaters, SparseVLMSelectStage
 
 class EmbedAndMerge(nn.Module):
     """input_ids (1, T), image_features (M, D) -> (1, T, D): text embeddings with image features at the
-    image-token positions. CumSum + Gather + Where instead of masked_scatter (no NonZero/Scatter)."""
+    image-token positions. CumSum + Gather + Where instead of masked_scatter (no NonZero/Scatter).
+
+    With DeepStack features (M, k*D) (Qwen3-VL) also -> their planes over the sequence (1, T, k*D): the same merge,
+    zeros at text positions (what the decoder segments add after layers 0..k-1)."""
 
     cuda_graph_safe = True  # fixed shapes per call, no host synchronisation
 
@@ -22,13 +25,17 @@ class EmbedAndMerge(nn.Module):
         self.embed_tokens = embed_tokens
         self.image_token_id = image_token_id
 
-    def forward(self, input_ids, image_features):
+    def forward(self, input_ids, image_features, deepstack_features=None):
         is_image = input_ids[0] == self.image_token_id  # (T,)
         text_ids = torch.where(is_image, torch.zeros_like(input_ids[0]), input_ids[0])
         text = self.embed_tokens(text_ids)  # (T, D)
         slot = clamp_index(running_count(is_image) - 1, image_features.shape[0] - 1)
         image = image_features.index_select(0, slot).to(text.dtype)
-        return torch.where(is_image[:, None], image, text)[None]
+        hidden = torch.where(is_image[:, None], image, text)[None]
+        if deepstack_features is None:
+            return hidden
+        planes = deepstack_features.index_select(0, slot).to(text.dtype)  # (T, k*D)
+        return hidden, torch.where(is_image[:, None], planes, torch.zeros_like(planes))[None]
 
 
 def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
@@ -47,7 +54,8 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
     }
     for seg in plan.segments:
         modules[seg.name] = decoder.segment(seg.start, seg.end, seg.with_head, in_place=runtime_form,
-                                            fused_op=fused_attention_op and not runtime_form)
+                                            fused_op=fused_attention_op and not runtime_form,
+                                            deepstack_layers=plan.deepstack_layers)
     if plan.method == "sparsevlm" and plan.selects:
         modules[RATERS_GRAPH] = SparseVLMRaters(plan.num_image_tokens, plan.max_text_tokens)
     for sel in plan.selects:
@@ -57,11 +65,12 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
                                                      runtime_form=runtime_form, max_text_tokens=plan.max_text_tokens)
         elif owned is not None:
             modules[sel.name] = LayerOwningSelectStage(decoder, owned.start, sel.tokens_in, sel.keep, plan.schedule,
-                                                       plan.cut_rule, runtime_form=runtime_form)
+                                                       plan.cut_rule, runtime_form=runtime_form,
+                                                       deepstack_layers=plan.deepstack_layers)
         else:  # TRIO's proxy is the family's (adapter.trio_proxy); PyramidDrop and the baselines read layer N
             proxy_decoder, proxy_layer = (adapter.trio_proxy(sel.proxy_layer) if plan.cut_rule == "trio"
                                           else (decoder, sel.proxy_layer))
             modules[sel.name] = SelectStage(proxy_decoder, proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
                                             plan.nms_iterations, method=plan.cut_rule, seed=seed,
-                                            runtime_form=runtime_form)
+                                            runtime_form=runtime_form, carries_deepstack=plan.gives_deepstack(sel))
     return {name: module.eval() for name, module in modules.items()}

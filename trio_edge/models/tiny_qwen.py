@@ -66,34 +66,46 @@ def tiny_qwen2_5_vl_config(tokenizer, *, hidden: int = 64, layers: int = 4, head
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
-def make_tiny_qwen_image_processor(*, pixels: int | tuple[int, int] = 224 * 224):
+def make_tiny_qwen_image_processor(*, pixels: int | tuple[int, int] = 224 * 224, patch_size: int = 14, **options):
     """Qwen's PIL image processor with min = max `pixels` (or a (min, max) pair). transformers' Qwen2_5_VLProcessor cannot be built without
     torchvision (its video processor needs it), so the checkpoint carries its tokenizer (with the chat template)
     and image processor as separate files, which is also all a Qwen checkpoint's processor holds for images."""
     from transformers import Qwen2VLImageProcessorPil
 
     low, high = pixels if isinstance(pixels, tuple) else (pixels, pixels)
-    return Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high, patch_size=14, temporal_patch_size=2,
-                                    merge_size=2)
+    return Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high, patch_size=patch_size, temporal_patch_size=2,
+                                    merge_size=2, **options)
 
 
 def make_tiny_qwen2_5_vl(path: str | Path, seed: int = 0, **config_overrides) -> Path:
     """Write a tiny random Qwen2_5_VLForConditionalGeneration checkpoint (+ tokenizer, processor) to `path`."""
-    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    path = Path(path)
     tokenizer = make_tiny_qwen_tokenizer()
     config = tiny_qwen2_5_vl_config(tokenizer, **config_overrides)
+    return write_tiny_qwen(path, Qwen2_5_VLForConditionalGeneration, config, tokenizer, make_tiny_qwen_image_processor(),
+                           CHAT_TEMPLATE, seed)
+
+
+def write_tiny_qwen(path: str | Path, model_class, config, tokenizer, image_processor, chat_template: str, seed: int,
+                    spread_norms: bool = False) -> Path:
+    """A random `model_class(config)` saved with its tokenizer (carrying `chat_template`) and image processor.
+    Random init is near-zero in places; a visible spread (matrices N(0, 0.08); with `spread_norms` the norms' scales
+    in [0.5, 1.5], so a skipped norm shows) makes parity checks meaningful."""
+    import torch
+
+    path = Path(path)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    with torch.no_grad():  # random init is near-zero in places; a visible spread makes parity checks meaningful
-        for parameter in model.parameters():
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
             if parameter.dim() > 1:
                 parameter.normal_(0.0, 0.08)
+            elif spread_norms and name.endswith("norm.weight"):
+                parameter.uniform_(0.5, 1.5)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.save_pretrained(path)
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(path)
-    make_tiny_qwen_image_processor().save_pretrained(path)
+    image_processor.save_pretrained(path)
     return path

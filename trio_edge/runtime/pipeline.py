@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from ..artifact.dtypes import TORCH_DTYPES
-from ..artifact.graphs import VISION_KEPT, cache_inputs, position_tensor, updated_cache
+from ..artifact.graphs import DEEPSTACK, DEEPSTACK_OUT, VISION_KEPT, cache_inputs, position_tensor, updated_cache
 from ..artifact.plan import PipelinePlan, SegmentPlan, SelectPlan
 from ..errors import InputError
 from ..models.preprocess import load_image
 from ..trio.methods import RATERS_GRAPH
-from ..trio.select_module import apply_selection
+from ..trio.select_module import apply_selection, carried_rows
 from ..trio.selection import select_tokens
 
 
@@ -102,23 +102,27 @@ class Pipeline:
         return pixels, input_ids
 
     # ---- stages -----------------------------------------------------------------------------------
-    def _run_segment(self, seg: SegmentPlan, hidden, position_ids, past_length: torch.Tensor):
+    def _run_segment(self, seg: SegmentPlan, hidden, position_ids, past_length: torch.Tensor, deepstack=None):
+        """`deepstack`: the DeepStack planes of these positions (Qwen3-VL), passed to segments that add them."""
         spec, kv = self.backend.specs[seg.name], self.kv[seg.name]
+        planes = {DEEPSTACK: deepstack} if self.plan.takes_deepstack(seg.name) else {}
         out = self.backend.run(seg.name, {"hidden": hidden, "position_ids": position_ids,
-                                          "past_length": past_length, **cache_inputs(spec, kv)})
+                                          "past_length": past_length, **planes, **cache_inputs(spec, kv)})
         self.kv[seg.name] = updated_cache(kv, out)
         return out["logits" if seg.with_head else "hidden_out"]
 
-    def _prefill_segment(self, seg: SegmentPlan, hidden, position_ids):
+    def _prefill_segment(self, seg: SegmentPlan, hidden, position_ids, deepstack=None):
         """A segment's prefill from slot 0: one call, or consecutive chunks of the backend's prefill_chunk_tokens
         (each writes its slots, the next attends to them), hidden states concatenated; a head's logits are the
         last chunk's (the last position's)."""
         chunk = getattr(self.backend, "prefill_chunk_tokens", None)  # wrappers (export probes, tests) may lack it
         length = hidden.shape[1]
         if chunk is None or length <= chunk:
-            return self._run_segment(seg, hidden, position_ids, torch.zeros((), dtype=torch.int64, device=self.device))
+            return self._run_segment(seg, hidden, position_ids, torch.zeros((), dtype=torch.int64, device=self.device),
+                                     deepstack)
         outs = [self._run_segment(seg, hidden[:, lo:lo + chunk], position_ids[..., lo:lo + chunk],
-                                  torch.tensor(lo, dtype=torch.int64, device=self.device))
+                                  torch.tensor(lo, dtype=torch.int64, device=self.device),
+                                  None if deepstack is None else deepstack[:, lo:lo + chunk])
                 for lo in range(0, length, chunk)]
         return outs[-1] if seg.with_head else torch.cat(outs, dim=1)
 
@@ -131,21 +135,23 @@ class Pipeline:
                              "to score image tokens); put the question after <image> in the prompt")
         return raters
 
-    def _run_select(self, sel: SelectPlan, hidden, position_ids, image_start: int, raters=None):
+    def _run_select(self, sel: SelectPlan, hidden, position_ids, image_start: int, raters=None, deepstack=None):
         start = torch.tensor(image_start, dtype=torch.int64, device=self.device)
         inputs = {"hidden": hidden, "position_ids": position_ids, "image_start": start}
         if sel.owned_segment is not None:  # the select runs that segment's layer in prefill and writes its KV
             inputs["kv"] = self.kv[sel.owned_segment]
         if raters is not None:
             inputs["raters"] = raters
+        if self.plan.takes_deepstack(sel.name):
+            inputs[DEEPSTACK] = deepstack
         out = self.backend.run(sel.name, inputs)
         if sel.owned_segment is not None:
             self.kv[sel.owned_segment] = out["kv_out"]
         if not bool(out["converged"]):
-            out = self._exact_select_on_host(sel, hidden, position_ids, start, out)
+            out = self._exact_select_on_host(sel, hidden, position_ids, start, out, deepstack)
         return out
 
-    def _exact_select_on_host(self, sel: SelectPlan, hidden, position_ids, image_start, out):
+    def _exact_select_on_host(self, sel: SelectPlan, hidden, position_ids, image_start, out, deepstack=None):
         """The graph's unrolled Cluster-NMS did not converge on this input: apply the exact greedy rule to
         the graph's saliency instead, so the selection is still exactly TRIO's."""
         warnings.warn(f"{sel.name}: Cluster-NMS needed more than {self.plan.nms_iterations} iterations on this "
@@ -156,6 +162,8 @@ class Pipeline:
         kept = kept.to(self.device)
         hidden_out, positions = apply_selection(hidden, position_ids, image_start, sel.tokens_in, kept,
                                                 self.plan.schedule.positions == "renumber")
+        if DEEPSTACK_OUT in out:
+            out = {**out, DEEPSTACK_OUT: carried_rows(deepstack, image_start, sel.tokens_in, kept)}
         return {**out, "kept": kept, "hidden_out": hidden_out, "position_ids_out": positions,
                 "converged": torch.tensor(True)}
 
@@ -164,10 +172,14 @@ class Pipeline:
         positions: the adapter's prompt_positions, (1, S) or M-RoPE's (3, 1, S), after any vision-stage prune)."""
         t = time.perf_counter()
         vision = self.backend.run("vision", {"pixel_values": pixels})
-        features, self.vision_kept = vision["image_features"], vision.get(VISION_KEPT)
+        self.vision_kept = vision.get(VISION_KEPT)
+        # what the embed graph takes from the vision graph (image features; Qwen3-VL's DeepStack features too)
+        features = {spec.name: vision[spec.name] for spec in self.backend.specs["embed"].inputs
+                    if spec.name != "input_ids"}
         t = clock.lap("vision", t)
         position_ids = prompt_positions = self.io.prompt_positions(input_ids, self.plan.grid, self.vision_kept)
-        hidden = self.backend.run("embed", {"input_ids": input_ids, "image_features": features})["hidden"]
+        embedded = self.backend.run("embed", {"input_ids": input_ids, **features})
+        hidden, deepstack = embedded["hidden"], embedded.get(DEEPSTACK)
         t = clock.lap("embed", t)
         image_start = int((input_ids[0] == self.io.image_token_id).to(torch.int64).argmax())
         image_ids = torch.arange(self.plan.num_image_tokens, device=self.device)  # merged tokens: -1
@@ -180,15 +192,16 @@ class Pipeline:
             if isinstance(stage, SelectPlan):
                 if stage.owned_segment is not None:
                     lengths[stage.owned_segment] = hidden.shape[1]
-                out = self._run_select(stage, hidden, position_ids, image_start, raters)
+                out = self._run_select(stage, hidden, position_ids, image_start, raters, deepstack)
                 hidden, position_ids, raters = out["hidden_out"], out["position_ids_out"], out.get("raters_out")
+                deepstack = out.get(DEEPSTACK_OUT)  # planes still to add follow the kept tokens
                 image_ids = image_ids.index_select(0, out["kept"])
                 kept.append([i for i in image_ids.tolist() if i >= 0])  # original indices; merged ones have none
                 merged = torch.full((stage.merged,), -1, dtype=image_ids.dtype, device=self.device)
                 image_ids = torch.cat([image_ids, merged])
             else:
                 lengths[stage.name] = hidden.shape[1]
-                hidden = self._prefill_segment(stage, hidden, position_ids)
+                hidden = self._prefill_segment(stage, hidden, position_ids, deepstack)
             t = clock.lap(stage.name, t)
         return features, hidden, kept, lengths, prompt_positions
 
@@ -203,11 +216,12 @@ class Pipeline:
             past = lengths[seg.name] + step
             values += [past, past if self._renumbered[seg.name] else first_position + step]
         scalars = torch.tensor(values, dtype=torch.int64).to(self.device)
-        hidden = self.backend.run("embed", {"input_ids": scalars[:1].view(1, 1), "image_features": features})["hidden"]
+        embedded = self.backend.run("embed", {"input_ids": scalars[:1].view(1, 1), **features})
+        hidden, deepstack = embedded["hidden"], embedded.get(DEEPSTACK)  # a text token's planes: zeros
         for index, seg in enumerate(self.plan.segments):
             past = scalars[1 + 2 * index]
             position = position_tensor(scalars[2 + 2 * index].view(1), self.plan.position_rows)
-            hidden = self._run_segment(seg, hidden, position, past)
+            hidden = self._run_segment(seg, hidden, position, past, deepstack)
         return hidden  # logits (1, V)
 
     # ---- public -----------------------------------------------------------------------------------

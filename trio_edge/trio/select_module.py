@@ -2,6 +2,8 @@
 
 hidden (1, S, D), position_ids (1, S), image_start () -> kept (K,), converged (), hidden (1, S', D),
 position_ids (1, S'), saliency (M,), with S' = S - M + K. The image span is [image_start, image_start + M).
+A cut before the last DeepStack layer of Qwen3-VL also takes deepstack (1, S, k*D) and returns the kept rows'
+deepstack_out (1, S', k*D) (carried_rows), last.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..graph_ops import clamp_index
+from ..graph_ops import add_deepstack_plane, clamp_index
 from . import peers
 from .dart import dart_select_fixed
 from .methods import METHODS, method_info
@@ -30,6 +32,12 @@ def pruned_index_map(seq_len, image_start, num_image: int, kept: torch.Tensor) -
     return torch.where(j < image_start, j, torch.where(j < image_start + keep, in_image, after))
 
 
+def carried_rows(planes, image_start, num_image: int, kept):
+    """The rows of per-token planes (1, S, C) that the pruned sequence keeps (Qwen3-VL's DeepStack planes still to
+    be added after a cut before layer k follow their tokens): (1, S', C)."""
+    return planes.index_select(1, pruned_index_map(planes.shape[1], image_start, num_image, kept))
+
+
 def apply_selection(hidden, position_ids, image_start, num_image: int, kept, renumber: bool):
     """Gather [text before | kept image | text after] rows and their positions (renumbered or original)."""
     rows = pruned_index_map(hidden.shape[1], image_start, num_image, kept)  # (S',)
@@ -41,12 +49,16 @@ def apply_selection(hidden, position_ids, image_start, num_image: int, kept, ren
 
 class SelectStage(nn.Module):
     def __init__(self, decoder, proxy_layer: int, num_image_tokens: int, keep: int, schedule: Schedule,
-                 nms_iterations: int, method: str = "trio", seed: int = 0, runtime_form: bool = False):
+                 nms_iterations: int, method: str = "trio", seed: int = 0, runtime_form: bool = False,
+                 carries_deepstack: bool = False):
         """The cut's rule and budget; `schedule` gives the NMS threshold, positions mode and precision.
 
         `runtime_form` (the torch runtime, not export) iterates Cluster-NMS to its fixed point and stops
-        there: always exact, never needs the host fallback, and no wasted iterations."""
+        there: always exact, never needs the host fallback, and no wasted iterations. `carries_deepstack`: the
+        cut comes before the last DeepStack layer, so the graph also takes the planes (1, S, k*D) and returns the
+        kept tokens' (deepstack_out); the proxy itself does not add them (no authors' code defines that)."""
         super().__init__()
+        self.carries_deepstack = carries_deepstack
         if method not in METHODS or method_info(method).owns_layer:
             raise ValueError(f"SelectStage runs proxy / any-cut rules, not {method!r} (see LayerOwningSelectStage)")
         self.method = method
@@ -81,21 +93,21 @@ class SelectStage(nn.Module):
             return peers.random_select(m, self.keep, seed), torch.zeros(m)
         return peers.uniform_select(m, self.keep), torch.zeros(m)
 
-    def forward(self, hidden, position_ids, image_start):
+    def forward(self, hidden, position_ids, image_start, deepstack=None):
         m = self.num_image_tokens
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
         proxy_hidden = hidden.to(self.proxy_dtype)
         if self.method != "trio":
             kept, scores = self.peer_kept(proxy_hidden, position_ids, span)
-            hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept.to(hidden.device),
-                                                       self.renumber)
-            return kept.to(hidden.device), torch.tensor(True), hidden_out, position_out, scores.float()
-        scores = self.saliency(proxy_hidden, position_ids).index_select(0, span)  # (M,)
-        features = proxy_hidden.squeeze(0).index_select(0, span)  # (M, D)
-        kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations,
-                                           stop_at_fixed_point=self.runtime_form)
+            kept, converged, scores = kept.to(hidden.device), torch.tensor(True), scores.float()
+        else:
+            scores = self.saliency(proxy_hidden, position_ids).index_select(0, span)  # (M,)
+            features = proxy_hidden.squeeze(0).index_select(0, span)  # (M, D)
+            kept, converged = nms_select_fixed(scores, features, self.keep, self.threshold, self.nms_iterations,
+                                               stop_at_fixed_point=self.runtime_form)
         hidden_out, position_out = apply_selection(hidden, position_ids, image_start, m, kept, self.renumber)
-        return kept, converged, hidden_out, position_out, scores
+        carried = (carried_rows(deepstack, image_start, m, kept),) if self.carries_deepstack else ()
+        return kept, converged, hidden_out, position_out, scores, *carried
 
 
 @dataclass(frozen=True)
@@ -141,8 +153,13 @@ class LayerOwningSelectStage(nn.Module):
     position_ids (1, S'), saliency (M,) the rule's scores, kv_out (1, 2, KVH, N, hd)."""
 
     def __init__(self, decoder, owned_layer: int, num_image_tokens: int, keep: int, schedule: Schedule,
-                 method: str, runtime_form: bool = False):
+                 method: str, runtime_form: bool = False, deepstack_layers: int = 0):
+        """`deepstack_layers` (Qwen3-VL's DeepStack, k): the graph takes the planes (1, S, k*D) when its layer is
+        below k (it adds that layer's plane to the layer's output, after the rule scored the output) and returns
+        the kept tokens' planes (deepstack_out) when the cut is before layer k."""
         super().__init__()
+        self.adds_plane = owned_layer < deepstack_layers
+        self.carries_deepstack = owned_layer + 1 < deepstack_layers
         if method not in LAYER_RULES:
             raise ValueError(f"{method!r} has no layer-owning rule; these do: {', '.join(LAYER_RULES)}")
         self.method, self.rule = method, LAYER_RULES[method]
@@ -154,12 +171,15 @@ class LayerOwningSelectStage(nn.Module):
         self.runtime_form = runtime_form  # writes the KV buffer in place (the torch runtime)
         self.in_place_inputs = ("kv",) if runtime_form else ()
 
-    def forward(self, hidden, position_ids, image_start, kv):
+    def forward(self, hidden, position_ids, image_start, kv, deepstack=None):
         m, h = self.num_image_tokens, hidden[0]
         span = image_start + torch.arange(m, device=hidden.device)  # (M,)
         h_out, new_kv, probs, keys, states = self._decoder.layer_with_attention(self.owned_layer, h, position_ids)
         view = LayerView(probs, keys, states, h, h_out, self.norm(h_out), image_start, span)
         kept, scores = self.rule(view, self.keep)
+        if self.adds_plane:  # the layer's output as the next layer receives it (the rule read the layer's own)
+            h_out = add_deepstack_plane(h_out, deepstack.squeeze(0), self.owned_layer, h_out.shape[1])
         hidden_out, position_out = apply_selection(h_out[None], position_ids, image_start, m, kept, self.renumber)
         kv_out = self._decoder.write_owned_layer_kv(kv, new_kv, in_place=self.runtime_form)
-        return kept, torch.tensor(True), hidden_out, position_out, scores.float(), kv_out
+        carried = (carried_rows(deepstack, image_start, m, kept),) if self.carries_deepstack else ()
+        return kept, torch.tensor(True), hidden_out, position_out, scores.float(), kv_out, *carried
