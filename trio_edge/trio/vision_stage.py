@@ -27,6 +27,13 @@ def keeps_newlines(method: str | None) -> bool:
     return method == "trio-ve"
 
 
+def written_schedule(schedule_file, cuts, overrides: dict) -> Schedule:
+    """The schedule the user wrote out: --schedule-file, else --cuts (none: no pruning)."""
+    if schedule_file is not None:
+        return schedule_from_file(schedule_file, overrides)
+    return Schedule.parse(cuts or "", **overrides)
+
+
 def is_vision_method(method: str | None) -> bool:
     return method is not None and method_info(method).acts == VISION_TOWER
 
@@ -62,10 +69,8 @@ def vision_schedule(method: str, *, cuts=None, keep_ratio=None, schedule_file=No
             raise ScheduleError(f"--keep-ratio must be within (0, 1], got {keep_ratio}")
         keep = max(1, round(keep_ratio * num_image_tokens / vision_tokens_for(1, method)))
         schedule = Schedule((), vision=VisionStage(keep), **overrides)
-    elif schedule_file is not None:
-        schedule = schedule_from_file(schedule_file, overrides)
     else:
-        schedule = Schedule.parse(cuts or "", **overrides)
+        schedule = written_schedule(schedule_file, cuts, overrides)
     if schedule.vision is None:
         raise ScheduleError(f"--method {method} prunes inside the vision tower: pass --preset, --keep-ratio or "
                             "--cuts vision:KEEP (tokens kept per tile)")
@@ -164,10 +169,8 @@ def trio_ve_schedule(*, cuts, keep_ratio, schedule_file, preset, overrides: dict
                                     f"layer {cut_layer} would keep {cut_keep} of {stage_tokens}); pass --cuts "
                                     "vision:T,LAYER:KEEP")
         schedule = Schedule((Cut(cut_layer, cut_keep),), vision=VisionStage(keep), provenance=provenance, **overrides)
-    elif schedule_file is not None:
-        schedule = schedule_from_file(schedule_file, overrides)
     else:
-        schedule = Schedule.parse(cuts or "", **overrides)
+        schedule = written_schedule(schedule_file, cuts, overrides)
     if schedule.vision is None:
         raise ScheduleError("--method trio-ve prunes inside the vision tower first: pass --preset trio-ve-64, "
                             "--keep-ratio or --cuts vision:T[,LAYER:KEEP] (T tokens kept per tile)")
@@ -211,10 +214,8 @@ def trio_ve_qwen_schedule(*, cuts, keep_ratio, schedule_file, preset, overrides:
             provenance["scaled"] = f"cut after layer {reference_layer} of {reference} -> {layer} of {num_layers}"
         schedule = Schedule((Cut(layer, cut_keep),) if 0 < cut_keep < keep else (), vision=VisionStage(keep),
                             provenance=provenance, **overrides)
-    elif schedule_file is not None:
-        schedule = schedule_from_file(schedule_file, overrides)
     else:
-        schedule = Schedule.parse(cuts or "", **overrides)
+        schedule = written_schedule(schedule_file, cuts, overrides)
     if schedule.vision is None:
         raise ScheduleError("--method trio-ve prunes inside the vision tower first: pass --preset trio-qwen, "
                             "--keep-ratio or --cuts vision:KEEP[,LAYER:KEEP] (KEEP of the image's merged tokens)")
