@@ -119,7 +119,7 @@ TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select prec
 
 def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path,
                   precisions: tuple[str, ...] = ("fp32",), sparsevlm_budgets: tuple[int, ...] = (),
-                  keep_ratio: float = 0.111, preset: str | None = None):
+                  keep_ratio: float = 0.111, preset: str | None = None, peers: tuple[str, ...] = ()):
     """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ..., "sparsevlm_64": ...} for one
     backend; SparseVLM at its authors' table budgets (its own cut layers). `preset`: the TRIO runs take that
     authors' schedule (e.g. trio-qwen: TRIO's Qwen vision stage, then its cut) instead of `keep_ratio`."""
@@ -131,6 +131,7 @@ def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int
     budget = {"preset": preset} if preset else {"keep_ratio": keep_ratio}
     variants.update({TRIO_VARIANTS[p]: {**budget, "precision": p} for p in precisions})
     variants.update({f"sparsevlm_{b}": {"method": "sparsevlm", "budget": b} for b in sparsevlm_budgets})
+    variants.update({peer: {"method": peer, "keep_ratio": keep_ratio} for peer in peers})  # at its authors' layers
     pipelines = {}
     for name, options in variants.items():
         if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
@@ -200,6 +201,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=0, help="whole rounds discarded (default 0)")
     parser.add_argument("--select-precision", choices=["fp32", "model", "both"], default="fp32",
                         help="precision of TRIO's select stages (see trio-export --help); both: one TRIO run each")
+    parser.add_argument("--peers", default="", help="comma-separated decoder methods also run at --keep-ratio, at "
+                        "their authors' cut layers (e.g. dart,fastv)")
     parser.add_argument("--sparsevlm-budgets", default="",
                         help="also SparseVLM at these authors' table budgets, e.g. 64,192 (same run as TRIO)")
     parser.add_argument("--turn-warmup", type=int, default=1,
@@ -240,6 +243,7 @@ def main(argv=None) -> dict:
         element = torch.tensor([], dtype=dtype).element_size()
         precisions = ("fp32", "model") if args.select_precision == "both" else (args.select_precision,)
         budgets = tuple(int(b) for b in args.sparsevlm_budgets.split(",") if b.strip())
+        peers = tuple(m for m in args.peers.split(",") if m.strip())
         inputs = hf_inputs(loaded, image, prompt, args.device)
         backends = args.backends.split(",")
         # Interleaved (default): every pipeline of every backend open at once, one request of each per round.
@@ -254,7 +258,7 @@ def main(argv=None) -> dict:
             pipelines = {f"{backend}_{name}": pipeline for backend in group
                          for name, pipeline in our_pipelines(loaded, backend, args.device, args.dtype, max(lengths),
                                                              Path(tmp), precisions, budgets, args.keep_ratio,
-                                                             args.preset).items()}
+                                                             args.preset, peers).items()}
             runners = {run: turn(lambda n, p=pipeline: bench.request(p, image, prompt, n), lengths, args.turn_warmup)
                        for run, pipeline in pipelines.items()}
             if index == 0 and not args.sequential:
@@ -311,12 +315,13 @@ def ratios(runs: dict, backends: list[str]) -> dict:
     for backend in backends:
         full = runs[f"{backend}_full"]
         variants = list(TRIO_VARIANTS.values()) + [name.removeprefix(f"{backend}_") for name in runs
-                                                   if name.startswith(f"{backend}_sparsevlm_")]
+                                                   if name.startswith(f"{backend}_")
+                                                   and name.removeprefix(f"{backend}_") not in ("full", *TRIO_VARIANTS.values())]
         for variant in variants:
             trio = runs.get(f"{backend}_{variant}")
             if trio is None:
                 continue
-            out[backend + ("_" + variant if variant.startswith("sparsevlm") else variant.removeprefix("trio"))] = {
+            out[backend + ("_" + variant if not variant.startswith("trio") else variant.removeprefix("trio"))] = {
                 "ttft_speedup_vs_full": full["ttft_ms"] / trio["ttft_ms"],
                 "end_to_end_speedup_vs_transformers": hf["end_to_end_ms"] / trio["end_to_end_ms"],
                 "prefill_flops_reduction": full["flops"]["prefill_total"] / trio["flops"]["prefill_total"],

@@ -52,7 +52,7 @@ def main() -> None:
         "rss_after_open_gib": rss_after_open / 2**30,
         "export": str(args.export),
         "weights": weight_format,
-        "schedule": manifest.plan.schedule.describe(manifest.plan.num_layers, manifest.plan.num_image_tokens),
+        "schedule": manifest.plan.describe(),
         "artifact_bytes": manifest.weights["graph_bytes"],
         "prompt_tokens": result.prompt_tokens,
         "kept": [len(k) for k in result.kept],
