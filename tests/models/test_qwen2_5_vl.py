@@ -288,3 +288,26 @@ def test_an_fp16_export_has_the_vision_tower_computed_in_fp32_by_tensorrt(qwen, 
     notes = [(Path(r.path).name, f.message) for r in reports for f in r.warnings if f.rule == "precision"]
     assert [name for name, _ in notes] == ["vision.onnx"] and "builds it without FP16" in notes[0][1]
     assert [f for report in reports for f in report.errors] == []
+
+
+@pytest.mark.slow
+def test_vision_layers_that_do_not_split_into_blocks_stay_unquantized(pictures, tmp_path):
+    """Qwen2.5-VL's vision MLPs take 3420 features, which no useful block size divides: with --quantize-vision
+    those layers keep the export dtype (counted in the manifest), the rest is int4; decoder layers are never
+    skipped (a block size that does not divide them is refused)."""
+    from trio_edge import load as load_export
+    from trio_edge.artifact.manifest import read_manifest
+    from trio_edge.exporters.export import export
+
+    model = make_tiny_qwen2_5_vl(tmp_path / "model", seed=1)  # vision width 32: blocks of 64 do not divide it
+    export(str(model), tmp_path / "export", cuts="1:24", weights="int4", block_size=64, quantize_vision=True,
+           quantize_lm_head=True, max_text_tokens=48, max_new_tokens=2, progress=False)
+    quantization = read_manifest(tmp_path / "export").quantization
+    assert quantization.vision and quantization.unquantized_vision > 0
+    assert f"{quantization.unquantized_vision} of its layers unquantized" in quantization.describe()
+    with load_export(tmp_path / "export") as graphs:
+        assert len(graphs.generate(pictures[0], CASES[0][1]).token_ids) >= 1
+    with pytest.raises(InputError, match="does not divide the 64 input features"):
+        export(str(model), tmp_path / "refused", weights="int4", block_size=128, max_text_tokens=48,
+               max_new_tokens=2, progress=False)
+    assert not (tmp_path / "refused").exists()

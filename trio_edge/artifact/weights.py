@@ -54,6 +54,9 @@ class Quantization:
     vision: bool  # vision tower + projector quantized too
     calibration: dict | None = None  # data source and sample count of a calibration-aware method
     form: str = DQ_FORM
+    # vision layers left in the export dtype because their input features do not split into whole blocks
+    # (Qwen2.5-VL's MLP down projections: 3420 features); decoder layers never are (check_block_size)
+    unquantized_vision: int = 0
 
     @property
     def bits(self) -> int:
@@ -64,7 +67,8 @@ class Quantization:
         if self.lm_head:
             parts.append("lm_head")
         if self.vision:
-            parts.append("vision")
+            parts.append(f"vision, {self.unquantized_vision} of its layers unquantized" if self.unquantized_vision
+                         else "vision")
         return f"{self.format} ({', '.join(parts)})"
 
     def to_dict(self) -> dict:
@@ -76,7 +80,8 @@ class Quantization:
             return None
         try:
             return cls(**{k: body[k] for k in ("format", "block_size", "method", "lm_head", "vision")},
-                       calibration=body.get("calibration"), form=body.get("form", DQ_FORM))
+                       calibration=body.get("calibration"), form=body.get("form", DQ_FORM),
+                       unquantized_vision=int(body.get("unquantized_vision", 0)))
         except KeyError as missing:
             raise ArtifactError(f"manifest quantization entry lacks {missing}; re-export with trio-export") from None
 

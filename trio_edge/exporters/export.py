@@ -183,6 +183,12 @@ def _quantize(loaded, plan, specs, quantization: Quantization, calibration_sampl
               progress: bool) -> tuple[Quantization, WeightTable]:
     """Check the block size against every layer, then quantize the model's weights in place."""
     linears = loaded.adapter.linear_layers(lm_head=quantization.lm_head, vision=quantization.vision)
+    decoder_side = loaded.adapter.linear_layers(lm_head=quantization.lm_head, vision=False)
+    uneven = [name for name, layer in linears.items()
+              if name not in decoder_side and layer.in_features % quantization.block_size]
+    if uneven:  # vision layers whose features do not split into blocks stay in the export dtype, and say so
+        linears = {name: layer for name, layer in linears.items() if name not in uneven}
+        quantization = Quantization(**{**quantization.to_dict(), "unquantized_vision": len(uneven)})
     check_block_size({name: layer.in_features for name, layer in linears.items()}, quantization.block_size)
     codes_for = None
     if quantization.method == "gptq":
