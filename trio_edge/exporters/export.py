@@ -150,6 +150,8 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
         quantization, table = _quantize(loaded, plan, specs, quantization, calibration_samples, progress)
     elif plan.schedule.precision == "model" and plan.selects:  # selects hold the segments' own weights
         table = shared_weights({**adapter.linear_layers(lm_head=True), **_other_proxy_heads(adapter, plan)})
+    elif _tied_head(adapter):
+        table = shared_weights({"lm_head": adapter.decoder.lm_head})
     else:
         table = None
     writer = GraphWeightWriter(table, quantization, tensor_dtype) if table is not None else None
@@ -198,11 +200,18 @@ def _quantize(loaded, plan, specs, quantization: Quantization, calibration_sampl
                                             progress=progress)
         quantization = Quantization(**{**quantization.to_dict(), "calibration": calibration})
     table = quantize_model(linears, quantization, codes_for)
-    if not quantization.lm_head and plan.selects:  # select graphs share the segments' float lm_head
+    if not quantization.lm_head and (plan.selects or _tied_head(loaded.adapter)):
+        # select graphs share the segments' float lm_head; a head tied to the embeddings shares the embed graph's
         table.extend(shared_weights({"lm_head": loaded.adapter.decoder.lm_head}))
     if plan.selects:
         table.extend(shared_weights(_other_proxy_heads(loaded.adapter, plan)))
     return quantization, table
+
+
+def _tied_head(adapter) -> bool:
+    """Whether lm_head is the input embedding table (tied checkpoints: Qwen2.5-VL-3B, Qwen3-VL-2B/4B): the graph
+    holding the head then refers to the embed graph's copy."""
+    return adapter.decoder.lm_head.weight is adapter.decoder.embed_tokens.weight
 
 
 def _other_proxy_heads(adapter, plan) -> dict:
