@@ -70,6 +70,16 @@ def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_token
     return Pipeline(plan, backend, adapter, stop_token_ids=stops, dtype="float32")
 
 
+def hf_generate(loaded, image, prompt: str, max_new_tokens: int = 6, *, grid=None):
+    """transformers' own greedy `generate` on the adapter's inputs at `grid` (default: the model's): the new
+    token ids and each step's logits ((V,) tensors), the reference the exported pipeline must equal."""
+    inputs = loaded.adapter.hf_inputs(image, prompt, tuple(grid or loaded.adapter.default_grid()))
+    with torch.no_grad():
+        out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
+                                    return_dict_in_generate=True)
+    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [logits[0] for logits in out.logits]
+
+
 def generate_with_logits(pipe: Pipeline, image, prompt: str, **kwargs):
     """pipe.generate plus the logits of every generated step (list of (V,) tensors)."""
     pipe.backend.logits.clear()

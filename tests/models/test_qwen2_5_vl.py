@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from helpers import make_pipeline, random_image
+from helpers import hf_generate, make_pipeline, random_image
 
 from trio_edge.errors import InputError, ScheduleError, UnsupportedModelError
 from trio_edge.models.registry import load
@@ -37,11 +37,7 @@ def pictures():
 
 
 def generate_reference(loaded, image, prompt, max_new_tokens=6):
-    inputs = loaded.adapter.hf_inputs(image, prompt, GRID)
-    with torch.no_grad():
-        out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
-                                    return_dict_in_generate=True)
-    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [logits[0] for logits in out.logits]
+    return hf_generate(loaded, image, prompt, max_new_tokens, grid=GRID)
 
 
 def test_the_family_is_recognised(qwen):
