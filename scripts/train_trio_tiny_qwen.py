@@ -5,7 +5,10 @@ The recipe is trio-tiny's (scripts/train_trio_tiny.py, whose pieces this script 
 auxiliary per-token colour / shape heads, a vision-only stage 1, several questions per image under a tree
 mask, a question probe, a curriculum of easy scenes, unit-scale init. What is Qwen's here:
   - the model: Qwen2.5-VL's geometry scaled down (patch 14, temporal patch 2, 2x2 merger, 112-px attention
-    windows, the last vision block full attention), Qwen's chat prompt, eos <|im_end|>;
+    windows, the last vision block full attention), Qwen's chat prompt, eos <|im_end|>; the decoder is deep
+    and narrow (12 layers x 64) because Qwen cuts start after layer 1 (TRIO's Qwen proxy reruns the layer
+    just executed): on 4 layers, layer 0's full image alone averages 1/4, so the 2/9 and 1/9 budgets of
+    TRIO, FastV, DART and PyramidDrop were out of reach;
   - the image: one picture letterboxed to --image-side (224: 16x16 patches -> 64 merged image tokens), the
     image processor pinned to that square (min = max pixels) so the adapter's default grid is it;
   - the training forward: the vision tower batched over images (each image's windows become windows of one
@@ -15,7 +18,7 @@ mask, a question probe, a curriculum of easy scenes, unit-scale init. What is Qw
   - the aux labels: one per merged image token (the 14x14-pixel cell of the 112-px scene it covers).
 The aux heads and the probe are training-only: the saved checkpoint is a plain Qwen2.5-VL.
 
-Usage (the shipped model; dataset tensors are cached in --cache-dir):
+Usage (the shipped model, ~25 min on one CPU thread; dataset tensors are cached in --cache-dir):
     python scripts/train_trio_tiny_qwen.py --out trio_edge/assets/trio-tiny-qwen
 Held-out accuracy of the shipped model (greedy generate, full image tokens):
     python scripts/train_trio_tiny_qwen.py --eval-only trio-tiny-qwen --heldout 400
@@ -129,7 +132,8 @@ def parse_args(argv=None):
     p.add_argument("--image-side", type=int, default=224, help="export / training image size (multiple of 112 px)")
     p.add_argument("--vision-heads", type=int, default=2)
     # 12,000 training images: the uint8 patches of a 224-px image are 3x a trio-tiny image's (150 KB)
-    p.set_defaults(cache_dir="/tmp/trio-tiny-qwen-cache", vision_layers=3, vision_hidden=64, train_size=12_000)
+    p.set_defaults(cache_dir="/tmp/trio-tiny-qwen-cache", vision_layers=3, vision_hidden=64, train_size=12_000,
+                   layers=12, hidden=64, steps=2000)
     return p.parse_args(argv)
 
 
