@@ -81,16 +81,17 @@ def build(args):
     return model, processor, adapter
 
 
-def scaled_init(model, config):
-    """Unit-scale embeddings and 1/sqrt(fan_in) projections in the decoder and projector.
+def scaled_init(model, config, skip: tuple[str, ...] = ("vision_tower",)):
+    """Unit-scale embeddings and 1/sqrt(fan_in) projections in the decoder and projector (and in any
+    module whose name does not contain one of `skip`).
 
     HF's default (std 0.02 everywhere) leaves attention logits near zero and token embeddings tiny
     next to the residual updates; on this small model that stretches the initial plateau."""
     depth = config.text_config.num_hidden_layers
     with torch.no_grad():
         for name, module in model.named_modules():
-            if "vision_tower" in name:
-                continue  # CLIP keeps its own (already fan-in scaled) init
+            if any(part in name for part in skip):
+                continue  # e.g. CLIP keeps its own (already fan-in scaled) init
             if isinstance(module, nn.Linear):
                 std = module.in_features ** -0.5
                 if name.endswith(("o_proj", "down_proj")):
@@ -100,37 +101,40 @@ def scaled_init(model, config):
                     module.bias.zero_()
             elif isinstance(module, nn.Embedding):
                 module.weight.normal_(0.0, 1.0)
-        model.model.image_newline.normal_(0.0, 1.0)
+        if getattr(model.model, "image_newline", None) is not None:
+            model.model.image_newline.normal_(0.0, 1.0)
 
 
 # ---- dataset tensors -------------------------------------------------------------------------------
-def patch_labels(sample, grid_size: int, tile: int, patch: int) -> np.ndarray:
-    """(2, tiles * patches) colour / shape label of the object covering each patch (0: background),
-    in the vision tower's token order: base tile (whole image), then the grid tiles row by row."""
-    mask = sample["mask"]
+def region_objects(region: np.ndarray, per_side: int, objects: int) -> np.ndarray:
+    """Region (H, W) of object ids (0: background) split into per_side x per_side patches, row by row ->
+    per patch the majority object if it covers at least 20% of the patch, else 0."""
+    h = region.shape[0] // per_side
+    blocks = region.reshape(per_side, h, per_side, h).transpose(0, 2, 1, 3).reshape(per_side * per_side, h * h)
+    counts = np.stack([(blocks == k).sum(1) for k in range(objects + 1)], 1)
+    counts[:, 0] = 0
+    best = counts.argmax(1)
+    return np.where(counts.max(1) >= 0.2 * h * h, best, 0)
+
+
+def object_labels(sample, ids: np.ndarray) -> np.ndarray:
+    """Object ids (0: background) -> (2, len) colour / shape labels (0: background)."""
     objects = sample["objects"]
     colour_of = np.array([0] + [1 + list(COLORS).index(o["color"]) for o in objects])
     shape_of = np.array([0] + [1 + SHAPES.index(o["shape"]) for o in objects])
-    per_tile = tile // patch
-    n_obj = len(objects) + 1
+    return np.stack([colour_of[ids], shape_of[ids]]).astype(np.int64)
 
-    def labels_for(region: np.ndarray) -> np.ndarray:
-        # region (H, W) of object ids, split into per_tile x per_tile patches -> majority object if it
-        # covers at least 20% of the patch, else background
-        h = region.shape[0] // per_tile
-        blocks = region.reshape(per_tile, h, per_tile, h).transpose(0, 2, 1, 3).reshape(per_tile * per_tile, h * h)
-        counts = np.stack([(blocks == k).sum(1) for k in range(n_obj)], 1)
-        counts[:, 0] = 0
-        best = counts.argmax(1)
-        return np.where(counts.max(1) >= 0.2 * h * h, best, 0)
 
-    tiles = [labels_for(mask)]  # base tile: the whole image
+def patch_labels(sample, grid_size: int, tile: int, patch: int) -> np.ndarray:
+    """(2, tiles * patches) colour / shape label of the object covering each patch (0: background),
+    in the vision tower's token order: base tile (whole image), then the grid tiles row by row."""
+    mask, n_obj, per_tile = sample["mask"], len(sample["objects"]), tile // patch
+    tiles = [region_objects(mask, per_tile, n_obj)]  # base tile: the whole image
     rows = grid_size // tile
     for r in range(rows):
         for c in range(rows):
-            tiles.append(labels_for(mask[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]))
-    ids = np.concatenate(tiles)
-    return np.stack([colour_of[ids], shape_of[ids]]).astype(np.int64)
+            tiles.append(region_objects(mask[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile], per_tile, n_obj))
+    return object_labels(sample, np.concatenate(tiles))
 
 
 def pick_questions(sample, k: int, rng) -> list[dict]:
@@ -148,22 +152,25 @@ def pick_questions(sample, k: int, rng) -> list[dict]:
     return chosen
 
 
-def build_tensors(samples, adapter, grid, args, questions_per_image: int, seed: int):
+def build_tensors(samples, adapter, grid, args, questions_per_image: int, seed: int, labels_of=None):
     """Samples -> dict of tensors: uint8 pixels, per-question text-after-image ids (N, K, L) with
-    lengths (0: no question), answer ids, per-patch labels."""
+    lengths (0: no question), answer ids, per-patch labels (`labels_of(sample)`, default LLaVA's tiles)."""
     tokenizer = adapter.processor.tokenizer
     image_id, eos_id, pad_id = adapter.image_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     m = adapter.image_token_count(grid)
-    mean, std = _norm(adapter)
+    codec = PixelCodec(adapter)
+    labels_of = labels_of or (lambda sample: patch_labels(sample, grid[0], args.tile, args.patch))
     rng = np.random.default_rng(seed)
-    pixels, branches, labels, questions = [], [], [], []
+    pixels, branches, labels, questions = None, [], [], []
     prefix = None
     for sample in samples:
         pv = adapter.pixel_values(sample["image"], grid)  # exactly the runtime's preprocessing
-        u8 = ((pv * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-        if len(pixels) < 64:  # the uint8 cache must restore the processor's output exactly
-            assert torch.equal(restore_pixels(u8[None], mean, std)[0], pv), "uint8 pixel cache is not exact"
-        pixels.append(u8)
+        u8 = codec.encode(pv)
+        if len(branches) < 64:  # the uint8 cache must restore the processor's output exactly
+            assert torch.equal(codec.decode(u8[None])[0], pv), "uint8 pixel cache is not exact"
+        if pixels is None:  # filled in place: no list of tensors to stack (a copy of the whole set)
+            pixels = torch.empty((len(samples), *u8.shape), dtype=torch.uint8)
+        pixels[len(branches)] = u8
         rows = []
         chosen = pick_questions(sample, questions_per_image, rng)
         questions.append([q["question"] for q in chosen])
@@ -177,7 +184,7 @@ def build_tensors(samples, adapter, grid, args, questions_per_image: int, seed: 
             assert len(answer) == 1 and answer[0] != tokenizer.unk_token_id, q["answer"]
             rows.append((ids[start + m:] + [answer[0], eos_id], answer[0], KINDS.index(q["kind"])))
         branches.append(rows)
-        labels.append(patch_labels(sample, grid[0], args.tile, args.patch))
+        labels.append(labels_of(sample))
     n, width = len(samples), max(len(r[0]) for rows in branches for r in rows)
     suffix = torch.full((n, questions_per_image, width), pad_id, dtype=torch.long)
     lengths = torch.zeros((n, questions_per_image), dtype=torch.long)
@@ -187,7 +194,7 @@ def build_tensors(samples, adapter, grid, args, questions_per_image: int, seed: 
         for j, (ids, answer, kind) in enumerate(rows):
             suffix[i, j, :len(ids)] = torch.tensor(ids)
             lengths[i, j], answers[i, j], kinds[i, j] = len(ids), answer, kind
-    return {"pixels": torch.stack(pixels), "prefix": torch.tensor(prefix), "suffix": suffix, "lengths": lengths,
+    return {"pixels": pixels, "prefix": torch.tensor(prefix), "suffix": suffix, "lengths": lengths,
             "answer": answers, "labels": torch.from_numpy(np.stack(labels)), "kinds": kinds, "eos": eos_id,
             "questions": questions}
 
@@ -210,13 +217,37 @@ def question_keys(questions, k: int) -> torch.Tensor:
     return keys
 
 
-def restore_pixels(u8, mean, std):
-    return (u8.float() / 255.0 - mean) / std
+class PixelCodec:
+    """The processor's normalised pixels as uint8 (the dataset cache) and back, bit-exactly (build_tensors checks).
+
+    LLaVA's pixels are (tiles, 3, h, w); Qwen's are flattened patches (patches, 3 * temporal * patch * patch)
+    of a still image, whose temporal frames are copies: stored as (patches, 3, patch * patch), one frame, so the
+    per-channel mean / std broadcast, and repeated and flattened again on decode."""
+
+    def __init__(self, adapter):
+        ip = adapter.processor.image_processor
+        self.flat = adapter.tile_size == 0  # Qwen: no tiles, flattened patches
+        self.frames = int(adapter.vision_config.temporal_patch_size) if self.flat else 1
+        shape = (3, 1) if self.flat else (3, 1, 1)
+        self.mean, self.std = torch.tensor(ip.image_mean).view(shape), torch.tensor(ip.image_std).view(shape)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.flat:
+            frames = pixels.unflatten(-1, (3, self.frames, -1))
+            assert all(torch.equal(frames[..., 0, :], frames[..., t, :]) for t in range(self.frames)), "not a still image"
+            pixels = frames[..., 0, :]
+        return ((pixels * self.std + self.mean) * 255).round().clamp(0, 255).to(torch.uint8)
+
+    def decode(self, u8: torch.Tensor) -> torch.Tensor:
+        pixels = (u8.float() / 255.0 - self.mean) / self.std
+        if self.flat:
+            return pixels.unsqueeze(-2).expand(*pixels.shape[:-1], self.frames, pixels.shape[-1]).flatten(-3)
+        return pixels
 
 
-def dataset(n, seed, adapter, grid, args, name, questions_per_image=1, objects=(3, 5)):
-    key = hashlib.sha256(json.dumps([n, seed, args.tile, args.patch, grid, name, questions_per_image, list(objects),
-                                     list(RADIUS), list(KINDS), 4]).encode()).hexdigest()[:12]
+def dataset(n, seed, adapter, grid, args, name, questions_per_image=1, objects=(3, 5), labels_of=None):
+    key = hashlib.sha256(json.dumps([n, seed, getattr(args, "tile", None), getattr(args, "patch", None), grid, name,
+                                     questions_per_image, list(objects), list(RADIUS), list(KINDS), 4]).encode()).hexdigest()[:12]
     path = Path(args.cache_dir) / f"{name}-{n}-{seed}-{key}.pt"
     if path.is_file():
         log(f"{name}: cached {path}")
@@ -224,7 +255,8 @@ def dataset(n, seed, adapter, grid, args, name, questions_per_image=1, objects=(
         out["keys"] = question_keys(out["questions"], out["suffix"].shape[1])
         return out
     t0 = time.time()
-    out = build_tensors(make_split(n, seed, objects=tuple(objects)), adapter, grid, args, questions_per_image, seed)
+    out = build_tensors(make_split(n, seed, objects=tuple(objects)), adapter, grid, args, questions_per_image, seed,
+                        labels_of)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
@@ -243,16 +275,30 @@ class Trainer(nn.Module):
         self.vision = getattr(tower, "vision_model", tower)  # transformers 5 flattened CLIPVisionModel
         self.projector = inner.multi_modal_projector
         self.newline = inner.image_newline
-        self.lm = inner.language_model
-        self.lm_head = model.lm_head
-        hidden = model.config.text_config.hidden_size
-        self.aux_colour = nn.Linear(hidden, len(COLORS) + 1)  # training only, not saved
-        self.aux_shape = nn.Linear(hidden, len(SHAPES) + 1)
-        self.probe = nn.Linear(hidden, len(KEYWORDS))  # question probe, training only, not saved
-        self.probe_layer = probe_layer
+        self.add_heads(model, adapter, probe_layer)
         self.per_tile = adapter.tile_size // int(model.config.vision_config.patch_size)
         self.rows = grid[0] // adapter.tile_size
         assert model.config.vision_feature_layer == -2 and model.config.vision_feature_select_strategy == "default"
+
+    def add_heads(self, model, adapter, probe_layer: int):
+        """The decoder and lm_head, and the training-only heads (not saved): per-patch colour / shape, question probe."""
+        self.lm = model.model.language_model
+        self.lm_head = model.lm_head
+        hidden = model.config.text_config.hidden_size
+        self.aux_colour = nn.Linear(hidden, len(COLORS) + 1)
+        self.aux_shape = nn.Linear(hidden, len(SHAPES) + 1)
+        self.probe = nn.Linear(hidden, len(KEYWORDS))
+        self.probe_layer = probe_layer
+        self.codec = PixelCodec(adapter)
+
+    def position_ids(self, batch: int, n_prefix: int, order: torch.Tensor) -> torch.Tensor:
+        """Rotary positions of the packed sequence; `order` (T,): 0.. over prefix + image, then each question's
+        tokens numbered on from there (Llama: the positions themselves)."""
+        return order[None].expand(batch, -1)
+
+    def vision_modules(self):
+        """What stage 1 trains (with the aux heads): the vision tower and the projector."""
+        return (self.vision, self.projector)
 
     def tile_features(self, pixels):
         """(B, T, 3, h, w) -> projected features (B, T, p*p, D), = hidden_states[-2][:, 1:] -> projector."""
@@ -291,7 +337,7 @@ class Trainer(nn.Module):
             q, kv = torch.arange(total)[:, None], torch.arange(total)[None, :]
             mask = ((kv < base) & (kv <= q)) | ((branch[:, None] == branch[None, :]) & (positions[None, :] <= positions[:, None]) & (kv >= base))
             mask = mask[None, None]
-        out = self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=positions[None].expand(b, -1),
+        out = self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=self.position_ids(b, prefix.numel(), positions),
                       use_cache=False, output_hidden_states=self.training)
         hidden = out.last_hidden_state
         # per question: the answer is predicted at index len-3 of its suffix, the eos at len-2
@@ -307,29 +353,37 @@ class Trainer(nn.Module):
         return logits, feats
 
 
-def check_equivalence(trainer, model, adapter, samples, grid, args):
+TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # (1, S) per-token inputs of hf_inputs
+
+
+def check_equivalence(trainer, model, adapter, samples, grid, args, labels_of=None):
     """The fast path (tensor packing, several questions per image under a tree mask) must equal the
     model's own get_image_features and forward on each question alone. Run once, on a few samples."""
-    data = build_tensors(samples, adapter, grid, args, 4, seed=0)
+    data = build_tensors(samples, adapter, grid, args, 4, seed=0, labels_of=labels_of)
     model.eval()
     worst_feats = worst_logits = 0.0
     checked = 0
     with torch.no_grad():
-        pix = restore_pixels(data["pixels"], *_norm(adapter))
+        pix = trainer.codec.decode(data["pixels"])
         logits, _ = trainer(pix, data["prefix"], data["suffix"], data["lengths"])
         for i, sample in enumerate(samples):
             for j, question in enumerate(data["questions"][i]):
                 inputs = adapter.hf_inputs(sample["image"], question, grid)
-                assert torch.equal(pix[i], inputs["pixel_values"][0]), "cached pixels differ from the processor's"
+                image_inputs = {key: value for key, value in inputs.items() if key not in TEXT_KEYS}
+                batched = inputs["pixel_values"][None] if trainer.codec.flat else inputs["pixel_values"]
+                assert torch.equal(pix[i], batched[0]), "cached pixels differ from the processor's"
                 if j == 0:
-                    ours = trainer.pack(trainer.tile_features(inputs["pixel_values"]))[0]
-                    theirs = model.model.get_image_features(pixel_values=inputs["pixel_values"],
-                                                            image_sizes=inputs["image_sizes"]).pooler_output
+                    ours = trainer.pack(trainer.tile_features(batched))[0]
+                    theirs = model.model.get_image_features(**image_inputs).pooler_output
                     theirs = theirs[0] if isinstance(theirs, (list, tuple)) else theirs
                     worst_feats = max(worst_feats, (ours - theirs.reshape(ours.shape)).abs().max().item())
-                full = torch.cat([inputs["input_ids"][0], data["suffix"][i, j, data["lengths"][i, j] - 2:][:1]])
-                hf = model(input_ids=full[None], pixel_values=inputs["pixel_values"],
-                           image_sizes=inputs["image_sizes"]).logits[0, -2:]
+                # the prompt + the answer token, as the model's own forward sees it (text tokens after the image)
+                answer = data["suffix"][i, j, data["lengths"][i, j] - 2:][:1]
+                extra = {"input_ids": answer, "attention_mask": torch.ones(1, dtype=torch.long),
+                         "mm_token_type_ids": torch.zeros(1, dtype=torch.int32)}
+                full = {key: torch.cat([inputs[key], extra[key][None].to(inputs[key].dtype)], dim=1)
+                        for key in TEXT_KEYS if key in inputs}
+                hf = model(**full, **image_inputs).logits[0, -2:]
                 worst_logits = max(worst_logits, (logits[i, j] - hf).abs().max().item())
                 checked += 1
     assert worst_feats < 1e-5 and worst_logits < 1e-4, (worst_feats, worst_logits)
@@ -338,21 +392,15 @@ def check_equivalence(trainer, model, adapter, samples, grid, args):
         f"(max |diff| features {worst_feats:.1e}, answer+eos logits {worst_logits:.1e})")
 
 
-def _norm(adapter):
-    ip = adapter.processor.image_processor
-    return torch.tensor(ip.image_mean).view(3, 1, 1), torch.tensor(ip.image_std).view(3, 1, 1)
-
-
 def fast_accuracy(trainer, data, adapter, batch=64):
     """First generated token == answer (greedy), per kind; cheap proxy used during training."""
-    mean, std = _norm(adapter)
     trainer.eval()
     correct = torch.zeros(len(KINDS))
     total = torch.zeros(len(KINDS))
     with torch.no_grad():
         for s in range(0, len(data["answer"]), batch):
             sl = slice(s, s + batch)
-            logits, _ = trainer(restore_pixels(data["pixels"][sl], mean, std), data["prefix"],
+            logits, _ = trainer(trainer.codec.decode(data["pixels"][sl]), data["prefix"],
                                    data["suffix"][sl, :1], data["lengths"][sl, :1])
             hit = (logits[:, 0, 0].argmax(-1) == data["answer"][sl, 0]).float()
             correct.index_add_(0, data["kinds"][sl, 0], hit)
@@ -386,12 +434,12 @@ def aux_loss_of(trainer, feats, labels, bg_weight: float):
     return loss
 
 
-def pretrain_vision(trainer, train, mean, std, generator, args):
+def pretrain_vision(trainer, train, generator, args):
     """Stage 1: vision tower + projector + aux heads on the per-patch labels only (cheap: no decoder).
 
     Recognising shapes from 8-pixel patches is the slow part of this task; learning it first lets
     the decoder learn the lookup against features that already say what each patch shows."""
-    params = [p for module in (trainer.vision, trainer.projector, trainer.aux_colour, trainer.aux_shape)
+    params = [p for module in (*trainer.vision_modules(), trainer.aux_colour, trainer.aux_shape)
               for p in module.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     n = len(train["answer"])
@@ -399,7 +447,7 @@ def pretrain_vision(trainer, train, mean, std, generator, args):
     running = None
     for step in range(args.vision_steps):
         idx = torch.randint(0, n, (args.batch,), generator=generator)
-        feats = trainer.tile_features(restore_pixels(train["pixels"][idx], mean, std))
+        feats = trainer.tile_features(trainer.codec.decode(train["pixels"][idx]))
         loss = aux_loss_of(trainer, feats, train["labels"][idx], args.bg_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -428,13 +476,12 @@ def write_samples(model, adapter, grid, folder: Path) -> list[dict]:
 
 
 # ---- main ------------------------------------------------------------------------------------------
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """The options both tiny models' training scripts share (the recipe's knobs)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="save_pretrained directory (e.g. trio_edge/assets/trio-tiny)")
     p.add_argument("--samples-out", default=None, help="also write sample images + samples.jsonl here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tile", type=int, default=56)
-    p.add_argument("--patch", type=int, default=8)
     p.add_argument("--hidden", type=int, default=96)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -466,6 +513,13 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default="/tmp/trio-tiny-cache")
     p.add_argument("--bench", type=int, default=0, help="only time this many training steps")
     p.add_argument("--max-minutes", type=float, default=0, help="stop training after this long (0: no limit)")
+    return p
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("--tile", type=int, default=56)
+    p.add_argument("--patch", type=int, default=8)
     return p.parse_args(argv)
 
 
@@ -488,27 +542,32 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.eval_only:
         return evaluate_only(args)
+    train_model(args, build, lambda model, adapter, grid: Trainer(model, adapter, grid, probe_layer=args.probe_layer))
+
+
+def train_model(args, build, make_trainer, labels_of=None):
+    """The recipe (module docstring), for any family: `build(args)` -> (model, processor, adapter);
+    `make_trainer(model, adapter, grid)` -> the family's fast training forward (Trainer's interface);
+    `labels_of(sample)` -> per-image-token colour / shape labels in the trainer's feature order."""
     torch.manual_seed(args.seed)
     t_start = time.time()
     model, processor, adapter = build(args)
     grid = adapter.default_grid()
     m = adapter.image_token_count(grid)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {n_params / 1e6:.2f}M parameters, grid {grid[0]}x{grid[1]}, {adapter.tile_count(grid)} tiles, "
-        f"{m} image tokens")
+    log(f"model: {n_params / 1e6:.2f}M parameters, grid {grid[0]}x{grid[1]}, {m} image tokens")
 
     train = dataset(args.train_size if not args.bench else 512, args.seed + TRAIN_SEED_OFFSET, adapter, grid, args,
-                    "train", questions_per_image=4)
+                    "train", questions_per_image=4, labels_of=labels_of)
     easy = dataset(args.easy_size if not args.bench else 128, args.seed + EASY_SEED_OFFSET, adapter, grid, args,
-                   "easy", questions_per_image=4, objects=(1, 2)) if args.easy_steps else None
-    val = dataset(args.val_size, args.seed + VAL_SEED_OFFSET, adapter, grid, args, "val")
-    trainer = Trainer(model, adapter, grid, probe_layer=args.probe_layer)
-    check_equivalence(trainer, model, adapter, make_split(3, args.seed + VAL_SEED_OFFSET), grid, args)
+                   "easy", questions_per_image=4, objects=(1, 2), labels_of=labels_of) if args.easy_steps else None
+    val = dataset(args.val_size, args.seed + VAL_SEED_OFFSET, adapter, grid, args, "val", labels_of=labels_of)
+    trainer = make_trainer(model, adapter, grid)
+    check_equivalence(trainer, model, adapter, make_split(3, args.seed + VAL_SEED_OFFSET), grid, args, labels_of)
 
-    mean, std = _norm(adapter)
     generator = torch.Generator().manual_seed(args.seed)
     if args.vision_steps and not args.bench:
-        pretrain_vision(trainer, train, mean, std, generator, args)
+        pretrain_vision(trainer, train, generator, args)
 
     decay = [p for n, p in trainer.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in trainer.named_parameters() if p.dim() < 2 or "embed" in n]
@@ -556,7 +615,7 @@ def main(argv=None):
     for step in range(steps):
         batch = batch_of(step)
         lengths = batch["lengths"][:, :args.questions]
-        logits, feats = trainer(restore_pixels(batch["pixels"], mean, std), train["prefix"],
+        logits, feats = trainer(trainer.codec.decode(batch["pixels"]), train["prefix"],
                                        batch["suffix"][:, :args.questions, :int(lengths.max())], lengths)
         answers = batch["answer"][:, :args.questions]
         eos = torch.where(answers >= 0, train["eos"], -100)

@@ -70,9 +70,10 @@ def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_token
     return Pipeline(plan, backend, adapter, stop_token_ids=stops, dtype="float32")
 
 
-def hf_generate(loaded, image, prompt: str, grid, max_new_tokens: int = 6):
-    """transformers' own greedy `generate` on the adapter's inputs at `grid`: (new token ids, each step's logits)."""
-    inputs = loaded.adapter.hf_inputs(image, prompt, grid)
+def hf_generate(loaded, image, prompt: str, grid=None, max_new_tokens: int = 6):
+    """transformers' own greedy `generate` on the adapter's inputs at `grid` (default: the model's): (new token ids,
+    each step's logits)."""
+    inputs = loaded.adapter.hf_inputs(image, prompt, tuple(grid or loaded.adapter.default_grid()))
     with torch.no_grad():
         out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
                                     return_dict_in_generate=True)

@@ -1,6 +1,6 @@
 """trio-export MODEL -o DIR: split a LLaVA-family VLM into ONNX graphs with token selection inside.
 
-MODEL is an alias (llava-next-7b, llava-next-mistral-7b, llava-1.5-7b, tiny-random, trio-tiny), a
+MODEL is an alias (llava-next-7b, llava-next-mistral-7b, llava-1.5-7b, tiny-random, trio-tiny, trio-tiny-qwen), a
 Hugging Face id, or a local save_pretrained directory. Writes vision, embed, one segment graph per
 layer group (prefill and decode alike, static KV buffer) and one select graph per cut, validates every
 graph against its PyTorch module in ONNX Runtime, and writes manifest.json with sha256 of every file.

@@ -13,6 +13,7 @@ from ..errors import ModelNotFoundError
 # Trained checkpoints shipped inside the package (package data under trio_edge/assets/).
 SHIPPED = {
     "trio-tiny": Path(__file__).resolve().parent.parent / "assets" / "trio-tiny",
+    "trio-tiny-qwen": Path(__file__).resolve().parent.parent / "assets" / "trio-tiny-qwen",
 }
 
 ALIASES = {
@@ -28,6 +29,7 @@ ALIASES = {
     "tiny-random-qwen": None,  # a tiny random Qwen2.5-VL, built in code on first use
     "tiny-random-qwen3": None,  # a tiny random Qwen3-VL, built in code on first use
     "trio-tiny": str(SHIPPED["trio-tiny"]),  # trained on the synthetic VQA task, shipped in the package
+    "trio-tiny-qwen": str(SHIPPED["trio-tiny-qwen"]),  # a Qwen2.5-VL trained on the same task, shipped likewise
 }
 
 

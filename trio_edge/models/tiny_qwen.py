@@ -53,7 +53,7 @@ def tiny_qwen2_5_vl_config(tokenizer, *, hidden: int = 64, layers: int = 4, head
     text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
-                                 "mrope_section": [head_dim // 2 - 3 * quarter, quarter * 3 // 2, quarter * 3 // 2]},
+                                 "mrope_section": [head_dim // 2 - 2 * (quarter * 3 // 2), quarter * 3 // 2, quarter * 3 // 2]},
                 bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
                 pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"), tie_word_embeddings=False)
     vision = dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
