@@ -41,3 +41,17 @@ def test_visionzip_runs_its_authors_per_tile_table(tiny):
         assert schedule.budget_ratio(layers, m) == tiles * vision.keep / m and not schedule.cuts
     schedule, placement = method_schedule(adapter, grid, "visionzip", 0.25)  # no table: KEEP per tile for it
     assert schedule.vision.keep == round(0.25 * m / tiles) and placement == "KEEP per tile for the budget"
+
+
+def test_a_cut_below_a_methods_minimum_is_an_na_row_not_an_abort():
+    """trio-tiny-qwen at 1/9: DART's one cut would keep 2 tokens, under its 4 pivots; the run goes on."""
+    from trio_edge.calibration.data import load_records
+    from trio_edge.calibration.evaluate import evaluate
+    from trio_edge.models.registry import load
+
+    loaded = load("trio-tiny-qwen")
+    result = evaluate(loaded, load_records("synthetic", n=2), budgets=[1 / 9], methods=["full", "dart", "uniform"],
+                      progress=False)
+    rows = {row["method"]: row for row in result.rows}
+    assert rows["dart"]["schedule"] == "n/a" and "keeps at least 4 image tokens" in rows["dart"]["note"]
+    assert rows["uniform"]["accuracy"] is not None

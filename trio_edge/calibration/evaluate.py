@@ -129,7 +129,7 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
     """Every method at every budget at its own authors' placement (method_schedule); `backend` onnxruntime also
     exports each exportable method at each budget and runs its graphs."""
     from ..errors import ScheduleError
-    from ..trio.methods import method_info
+    from ..trio.methods import check_cuts, method_info
     from ..trio.schedule import Schedule
     from ..trio.sparsevlm import image_tokens_per_layer
 
@@ -148,6 +148,7 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
         for method in peers:
             try:
                 schedule, shape = method_schedule(adapter, grid, method, budget)
+                check_cuts(method, [(cut.layer, cut.keep) for cut in schedule.cuts])  # e.g. DART's 4-pivot minimum
             except ScheduleError as error:  # e.g. FastV's K=2 on a 4-layer model cannot go below ~50%
                 result.rows.append({"budget": budget, "schedule": "n/a", "method": method, "backend": "torch",
                                     "accuracy": None, "retention": None, "by_kind": {}, "note": str(error)})
