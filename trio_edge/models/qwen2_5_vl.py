@@ -283,14 +283,11 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
 
     def _trio_ve_schedule(self, grid, *, cuts=None, keep_ratio=None, schedule_file=None, preset=None, threshold=None,
                           precision=None, method=None, positions=None, budget=None):
+        from ..trio.schedule import check_budget_options
         from ..trio.vision_stage import trio_ve_qwen_schedule
 
-        if budget is not None:
-            raise ScheduleError("--budget picks one of SparseVLM's tables: use it with --method sparsevlm")
-        given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio),
-                                          ("--schedule-file", schedule_file), ("--preset", preset)) if value is not None]
-        if len(given) > 1:
-            raise ScheduleError(f"{' and '.join(given)} are mutually exclusive; pass one")
+        check_budget_options(cuts=cuts, keep_ratio=keep_ratio, budget=budget, schedule_file=schedule_file,
+                             preset=preset, method="trio-ve")
         overrides = {k: v for k, v in (("threshold", threshold), ("precision", precision)) if v is not None}
         _, h, w = self.merged_grid(grid)
         schedule = trio_ve_qwen_schedule(cuts=cuts, keep_ratio=keep_ratio, schedule_file=schedule_file, preset=preset,

@@ -227,6 +227,18 @@ def schedule_from_file(schedule_file, overrides: dict) -> Schedule:
     return replace(Schedule.from_json(path.read_text()), **overrides)
 
 
+def check_budget_options(*, cuts, keep_ratio, budget, schedule_file, preset, method) -> list[str]:
+    """The budget options given (names), refusing more than one, and --budget for a method other than SparseVLM."""
+    given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio), ("--budget", budget),
+                                      ("--schedule-file", schedule_file), ("--preset", preset)) if value is not None]
+    if budget is not None and method != "sparsevlm":
+        raise ScheduleError("--budget picks one of SparseVLM's tables: use it with --method sparsevlm "
+                            "(for other methods pass --keep-ratio or --cuts)")
+    if len(given) > 1:
+        raise ScheduleError(f"{' and '.join(given)} are mutually exclusive; pass one")
+    return given
+
+
 def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None, schedule_file=None,
                      preset: str | None = None,
                      positions: str | None = None, threshold: float | None = None, precision: str | None = None,
@@ -244,13 +256,8 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
         method = method_for(method, preset, "trio")
     if method is not None and positions is None and schedule_file is None:
         positions = method_info(method).positions
-    given = [name for name, value in (("--cuts", cuts), ("--keep-ratio", keep_ratio), ("--budget", budget),
-                                      ("--schedule-file", schedule_file), ("--preset", preset)) if value is not None]
-    if budget is not None and method != "sparsevlm":
-        raise ScheduleError("--budget picks one of SparseVLM's tables: use it with --method sparsevlm "
-                            "(for other methods pass --keep-ratio or --cuts)")
-    if len(given) > 1:
-        raise ScheduleError(f"{' and '.join(given)} are mutually exclusive; pass one")
+    given = check_budget_options(cuts=cuts, keep_ratio=keep_ratio, budget=budget, schedule_file=schedule_file,
+                                 preset=preset, method=method)
     overrides = {k: v for k, v in (("positions", positions), ("threshold", threshold), ("precision", precision))
                  if v is not None}
     from .vision_stage import is_vision_method, vision_schedule

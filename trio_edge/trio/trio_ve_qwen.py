@@ -37,6 +37,12 @@ def window_of_tokens(merged_h: int, merged_w: int) -> list[int]:
             for y in range(merged_h) for x in range(merged_w)]
 
 
+def window_cap(keep: int, merged_h: int, merged_w: int) -> tuple[list[int], int]:
+    """(window of every merged token, the per-window cap ceil((keep // 2) / windows)) of window_selection."""
+    windows = window_of_tokens(merged_h, merged_w)
+    return windows, math.ceil(keep // 2 / (max(windows) + 1))
+
+
 def check_qwen_ve_keep(keep: int, merged_h: int, merged_w: int) -> None:
     """Refuse what the released window_selection cannot do (fewer than 2 kept: no local token; a merged side under
     4: zero windows) and a cap no window layout can fill, in one line."""
@@ -47,10 +53,8 @@ def check_qwen_ve_keep(keep: int, merged_h: int, merged_w: int) -> None:
     if not 2 <= keep <= tokens:
         raise ScheduleError(f"TRIO's Qwen vision stage keeps vision:{keep} of {tokens} image tokens; it needs 2..{tokens} "
                             "(half of them, at least one, come from its window cap)")
-    windows = window_of_tokens(merged_h, merged_w)
-    count = (merged_h // WINDOW) * (merged_w // WINDOW)
-    limit = math.ceil(keep // 2 / count)
-    if sum(min(windows.count(w), limit) for w in range(count)) < keep // 2:
+    windows, limit = window_cap(keep, merged_h, merged_w)
+    if sum(min(windows.count(w), limit) for w in set(windows)) < keep // 2:
         raise ScheduleError(f"TRIO's Qwen vision stage cannot take {keep // 2} tokens at {limit} per window here; "
                             "lower the vision keep")
 
@@ -67,8 +71,7 @@ class TrioVEQwenRule(torch.nn.Module):
         check_qwen_ve_keep(keep, merged_h, merged_w)
         self.keep, self.local_count = int(keep), int(keep) // 2
         self.global_count = self.keep - self.local_count
-        windows = window_of_tokens(merged_h, merged_w)
-        self.limit = math.ceil(self.local_count / (max(windows) + 1))
+        windows, self.limit = window_cap(self.keep, merged_h, merged_w)
         window = torch.tensor(windows)
         self.register_buffer("same_window", window[:, None] == window[None, :], persistent=False)
         self.blocks = (int(sorted(full_attention_blocks)[0]), num_vision_layers - 1)
