@@ -53,15 +53,17 @@ class RecordingTorchBackend(TorchBackend):
 
 def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_tokens: int = 64,
                   max_new_tokens: int = 16, *, grid=None, stop_token_ids=None, nms_iterations: int = 16,
-                  runtime_form: bool = True, method: str = "trio") -> Pipeline:
-    """A torch-backend Pipeline for `loaded` (a registry.LoadedModel) and `schedule`; `runtime_form=False`
-    runs the decoder segments in the form export traces."""
+                  runtime_form: bool = True, method: str = "trio", images: int = 1, video_frames: int = 0,
+                  budget_per_image: bool = False) -> Pipeline:
+    """A torch-backend Pipeline for `loaded` (a registry.LoadedModel) and `schedule` (resolved for the same images /
+    video); `runtime_form=False` runs the decoder segments in the form export traces."""
     adapter = loaded.adapter
     if schedule is None or isinstance(schedule, str):
         schedule = Schedule.parse(schedule or "")
     grid = tuple(grid or adapter.default_grid())
     plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
-                    nms_iterations=nms_iterations, method=method)
+                    nms_iterations=nms_iterations, method=method, images=images, video_frames=video_frames,
+                    budget_per_image=budget_per_image)
     modules = build_modules(adapter, plan, runtime_form=runtime_form)
     specs = graph_specs(plan, tile_count=adapter.tile_count(grid), pixel_shape=adapter.pixel_shape(grid), dtype="float32")
     head = next(seg.name for seg in plan.segments if seg.with_head)
@@ -70,10 +72,10 @@ def make_pipeline(loaded, schedule: Schedule | str | None = None, max_text_token
     return Pipeline(plan, backend, adapter, stop_token_ids=stops, dtype="float32")
 
 
-def hf_generate(loaded, image, prompt: str, grid=None, max_new_tokens: int = 6):
+def hf_generate(loaded, image, prompt: str, grid=None, max_new_tokens: int = 6, video=None):
     """transformers' own greedy `generate` on the adapter's inputs at `grid` (default: the model's): (new token ids,
-    each step's logits)."""
-    inputs = loaded.adapter.hf_inputs(image, prompt, tuple(grid or loaded.adapter.default_grid()))
+    each step's logits). `image`: one image or a list; `video`: a SampledVideo (with `image` None)."""
+    inputs = loaded.adapter.hf_inputs(image, prompt, tuple(grid or loaded.adapter.default_grid()), video=video)
     with torch.no_grad():
         out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
                                     return_dict_in_generate=True)

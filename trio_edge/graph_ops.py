@@ -24,3 +24,37 @@ def add_deepstack_plane(h: torch.Tensor, planes: torch.Tensor, layer: int, width
     """h (T, D) + DeepStack plane `layer` of planes (T, k*D) (columns layer*D .. (layer+1)*D), in h's dtype
     (Qwen3-VL adds plane i to the hidden states after decoder layer i)."""
     return h + planes[:, layer * width:(layer + 1) * width].to(h.dtype)
+
+
+def count_at_most(thresholds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """For each value (N,), how many thresholds (K,) are <= it: (N,) int64, summed in float32 (exact below 2**24)."""
+    return (thresholds[None, :] <= values[:, None]).to(torch.float32).sum(dim=1).to(torch.int64)
+
+
+def pruned_index_map(seq_len, image_positions: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Rows of the pruned sequence -- the text and the kept image tokens, in their order -- as indices into the old
+    one (S - M + K,). `image_positions` (M,): ascending rows of the image tokens, in one span or several (images
+    with text between them); `kept` (K,): ascending indices into them.
+
+    Comparisons against the T = S - M text rows only (T is the prompt's text, small), no sort, no scatter:
+    text row t sits at old row t + #{image rows before it} and at new row t + #{kept tokens before it}; a new row j
+    is text row b(j) = #{text rows placed before j} when that row is placed at j, else kept token j - b(j)."""
+    m, k = image_positions.shape[0], kept.shape[0]
+    text = torch.arange(seq_len - m, device=kept.device)  # (T,)
+    image_index = running_count(image_positions >= 0) - 1  # 0..M-1
+    text_source = text + count_at_most(image_positions - image_index, text)  # (T,) old rows of the text
+    kept_rows = image_positions.index_select(0, kept)  # (K,)
+    text_target = text + count_at_most(kept_rows - kept, text)  # (T,) new rows of the text
+    new = torch.arange(seq_len - m + k, device=kept.device)
+    text_before = count_at_most(text_target + 1, new)  # (S',) text rows placed before each new row
+    # one sentinel row after the text (target -1: never a new row), so every lookup has a row to read, even with no text
+    sentinel = torch.full((1,), -1, dtype=text_target.dtype, device=kept.device)
+    is_text = torch.cat([text_target, sentinel]).index_select(0, text_before) == new
+    from_text = torch.cat([text_source, sentinel]).index_select(0, text_before)
+    from_image = kept_rows.index_select(0, clamp_index(new - text_before, k - 1))
+    return torch.where(is_text, from_text, from_image)
+
+
+def rows_after_pruning(image_positions: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Rows of the kept image tokens in the pruned sequence (K,): each moves up by the dropped tokens before it."""
+    return image_positions.index_select(0, kept) - kept + torch.arange(kept.shape[0], device=kept.device)

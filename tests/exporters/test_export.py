@@ -54,7 +54,7 @@ def test_export_writes_every_graph_with_static_selection(exported):
     assert {row["case"] for row in manifest.validation} >= {"random-prefill", "random-decode", "request-prefill"}
     assert all(row["ok"] for row in manifest.validation)
     assert 1.0 < manifest.weights["ratio"] == pytest.approx(summary.weight_ratio)
-    assert manifest.target == "tensorrt" and manifest.format_version == 4
+    assert manifest.target == "tensorrt" and manifest.format_version == 5
 
 
 def test_onnx_pipeline_matches_torch_pipeline_on_20_requests(exported):

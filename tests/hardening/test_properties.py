@@ -14,7 +14,8 @@ from PIL import Image
 
 from trio_edge.errors import InputError
 from trio_edge.models.preprocess import letterbox, load_image
-from trio_edge.trio.select_module import apply_selection, pruned_index_map
+from trio_edge.graph_ops import pruned_index_map, rows_after_pruning
+from trio_edge.trio.select_module import apply_selection
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODEL = settings(max_examples=50, deadline=None,
@@ -134,30 +135,36 @@ def test_random_prompts_run_or_raise_input_error(pipeline, prompt):
 # ---- pruned sequence ------------------------------------------------------------------------------------------
 @st.composite
 def selections(draw):
-    before, num_image, after = draw(st.integers(0, 12)), draw(st.integers(1, 24)), draw(st.integers(0, 12))
-    kept = draw(st.lists(st.integers(0, num_image - 1), min_size=1, max_size=num_image, unique=True))
-    if draw(st.booleans()):
-        kept = sorted(kept)  # what the select graphs produce; any order must work
-    return before + num_image + after, before, num_image, kept
+    """A sequence of text and 1-4 image spans (several images / video frame groups, text between them) and the
+    kept image tokens, ascending (as every select graph returns them)."""
+    spans = draw(st.lists(st.integers(1, 16), min_size=1, max_size=4))
+    gaps = [draw(st.integers(0, 8))] + [draw(st.integers(1, 4)) for _ in spans[1:]] + [draw(st.integers(0, 8))]
+    rows, row = [], gaps[0]
+    for span, gap in zip(spans, gaps[1:]):
+        rows.extend(range(row, row + span))
+        row += span + gap
+    num_image = len(rows)
+    kept = sorted(draw(st.lists(st.integers(0, num_image - 1), min_size=1, max_size=num_image, unique=True)))
+    return row, rows, kept
 
 
 @FAST
 @given(selections(), st.booleans(), st.integers(0, 1000))
-def test_pruned_sequence_is_text_before_kept_image_text_after(selection, renumber, offset):
-    seq_len, image_start, num_image, kept_list = selection
-    kept = torch.tensor(kept_list, dtype=torch.int64)
+def test_pruned_sequence_is_the_text_and_the_kept_image_rows_in_order(selection, renumber, offset):
+    seq_len, image_rows, kept_list = selection
+    kept, image_positions = torch.tensor(kept_list, dtype=torch.int64), torch.tensor(image_rows, dtype=torch.int64)
     hidden = torch.randn(1, seq_len, 3)
     position_ids = torch.arange(seq_len)[None] + offset
 
-    rows = pruned_index_map(seq_len, torch.tensor(image_start), num_image, kept)
-    want_rows = (list(range(image_start)) + [image_start + k for k in kept_list]
-                 + list(range(image_start + num_image, seq_len)))
+    rows = pruned_index_map(seq_len, image_positions, kept)
+    dropped = set(image_rows) - {image_rows[k] for k in kept_list}
+    want_rows = [r for r in range(seq_len) if r not in dropped]
     assert rows.tolist() == want_rows
+    assert rows_after_pruning(image_positions, kept).tolist() == [want_rows.index(image_rows[k]) for k in kept_list]
 
-    hidden_out, positions = apply_selection(hidden, position_ids, torch.tensor(image_start), num_image, kept, renumber)
-    want = torch.cat([hidden[:, :image_start], hidden[:, image_start + kept], hidden[:, image_start + num_image:]], 1)
-    assert torch.equal(hidden_out, want)
-    assert hidden_out.shape[1] == seq_len - num_image + len(kept_list)
+    hidden_out, positions = apply_selection(hidden, position_ids, image_positions, kept, renumber)
+    assert torch.equal(hidden_out, hidden[:, want_rows])
+    assert hidden_out.shape[1] == seq_len - len(image_rows) + len(kept_list)
     if renumber:
         assert positions.tolist() == [list(range(hidden_out.shape[1]))]
     else:

@@ -91,7 +91,7 @@ def test_kept_tokens_keep_their_original_mrope_rows(qwen, pictures):
     rows = adapter.prompt_positions(ids, GRID)
     for select in pipeline.plan.selects:
         inputs, out = calls[select.name]
-        kept_rows = pruned_index_map(inputs["hidden"].shape[1], inputs["image_start"], select.tokens_in, out["kept"])
+        kept_rows = pruned_index_map(inputs["hidden"].shape[1], inputs["image_positions"], out["kept"])
         assert torch.equal(out["position_ids_out"], inputs["position_ids"][..., kept_rows])
     image_start = int((ids[0] == adapter.image_token_id).to(torch.int64).argmax())
     last_kept = [image_start + k for k in result.kept[-1]]

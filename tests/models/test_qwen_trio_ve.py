@@ -100,7 +100,7 @@ def test_kept_tokens_keep_their_original_rows_after_the_vision_stage(qwen, pictu
     reference = prefill_after_vision(qwen.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
                                      20 / 64)
     pipeline = make_pipeline(qwen, schedule, max_new_tokens=1, grid=GRID, method="trio-ve")
-    pixels, ids = pipeline.prepare(pictures[0], PROMPTS[1])
+    (pixels,), ids, _ = pipeline.prepare(pictures[0], PROMPTS[1])
     kept = torch.tensor([reference.ve_kept])
     rows = qwen.adapter.prompt_positions(ids, GRID, kept)
     assert torch.equal(rows[:, 0], reference.positions)

@@ -87,6 +87,6 @@ def test_select_cost_matches_the_products_the_select_stage_runs(tiny):
     assert parts["nms"] < 0.5 * (2.0 * image * image * decoder.hidden_size)
     with torch.no_grad():  # the stage re-enables grad for the proxy gradient, as in the backends
         proxy = counted_flops(stage.saliency, hidden, positions)
-        whole = counted_flops(stage, hidden, positions, torch.tensor(text // 2))
+        whole = counted_flops(stage, hidden, positions, text // 2 + torch.arange(image))
     assert proxy == pytest.approx(parts["proxy"], rel=0.01)
     assert whole == pytest.approx(parts["proxy"] + parts["nms"], rel=0.01)

@@ -59,8 +59,7 @@ def test_a_chat_template_renders_the_whole_conversation(tiny):
 
 
 @pytest.mark.parametrize("turns, message", [
-    ([{"role": "user", "content": [text("no picture")]}], "0 images"),
-    ([{"role": "user", "content": [IMAGE, IMAGE, text("two")]}], "2 images"),
+    ([{"role": "user", "content": [text("no picture")]}], "has no image"),
     ([{"role": "user", "content": [IMAGE, text("q")]}, {"role": "assistant", "content": [text("a")]}],
      "end with a user message"),
     ([{"role": "system", "content": [IMAGE]}, {"role": "user", "content": [text("q")]}], "system message"),
@@ -71,6 +70,15 @@ def test_a_chat_template_renders_the_whole_conversation(tiny):
 def test_conversations_the_model_cannot_take_are_input_errors(tiny, turns, message):
     with pytest.raises(InputError, match=message):
         tiny.adapter.format_conversation(turns)
+
+
+def test_a_conversation_with_more_images_than_the_export_takes_is_refused(tiny):
+    """The image count is checked against what the export takes when the prompt is tokenised (two images for a
+    one-image model here), with a line that says how many it takes."""
+    prompt = tiny.adapter.format_conversation([{"role": "user", "content": [IMAGE, IMAGE, text("two")]}])
+    assert prompt.count("<image>") == 2
+    with pytest.raises(InputError, match="2 image slots .* takes exactly 1 image"):
+        tiny.adapter.prompt_ids(prompt, 88)
 
 
 def test_openai_messages_become_turns_and_image_urls():

@@ -17,6 +17,8 @@ QUERY_AXIS = "query"  # embed and segment graphs: 1 (decode) .. prompt length (p
 SEQ_AXIS = "seq"  # select graphs: the sequence entering the cut
 PRUNED_AXIS = "pruned_seq"  # select graphs' outputs: seq - image tokens entering + kept
 VISION_KEPT = "vision_kept"  # the vision graph's second output when a rule prunes inside it
+# select graphs: the ascending sequence rows of the image tokens entering the cut (one span per image / frame group)
+IMAGE_POSITIONS = "image_positions"
 # Qwen3-VL's DeepStack planes (plan.deepstack_layers = k > 0): the vision graph's (M, k*D) features, laid out over the
 # sequence by the embed graph (zeros at text positions) as (1, T, k*D), read by the graphs that add or prune them
 DEEPSTACK_FEATURES = "deepstack_features"
@@ -131,6 +133,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, pixel_shape: tuple[int, 
     `tile_count`: the tiles a vision-stage rule prunes. `layer_caches`: segments take one cache per layer's keys
     and values (the onnxruntime target: GQA's shared past/present buffers) instead of one kv per segment."""
     d, m, v = plan.hidden_size, plan.num_image_tokens, plan.vocab_size
+    per_item = plan.image_tokens_per_item  # the vision graph runs once per image / video frame group
     q = QUERY_AXIS
     planes = plan.deepstack_layers * d
 
@@ -139,16 +142,18 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, pixel_shape: tuple[int, 
         wanted = planes and (graph is None or plan.takes_deepstack(graph))
         return (TensorSpec(name, dtype, (1, axis, planes)),) if wanted else ()
 
-    features = (TensorSpec(DEEPSTACK_FEATURES, dtype, (m, planes)),) if planes else ()
+    def features(rows: int) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(DEEPSTACK_FEATURES, dtype, (rows, planes)),) if planes else ()
+
     specs = [
         GraphSpec("vision", GraphKind.VISION,
                   (TensorSpec("pixel_values", dtype, tuple(pixel_shape)),),
-                  (TensorSpec("image_features", dtype, (m, d)), *features,
+                  (TensorSpec("image_features", dtype, (per_item, d)), *features(per_item),
                    # a vision stage's kept tokens per tile (index in the tile, 0 = [CLS]; -1: merged)
                    *([TensorSpec(VISION_KEPT, "int64", (tile_count, plan.schedule.vision.keep))]
                      if plan.schedule.vision is not None else []))),
         GraphSpec("embed", GraphKind.EMBED,
-                  (TensorSpec("input_ids", "int64", (1, q)), TensorSpec("image_features", dtype, (m, d)), *features),
+                  (TensorSpec("input_ids", "int64", (1, q)), TensorSpec("image_features", dtype, (m, d)), *features(m)),
                   (TensorSpec("hidden", dtype, (1, q, d)), *deepstack(DEEPSTACK, q))),
     ]
     for seg in plan.segments:
@@ -166,7 +171,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, pixel_shape: tuple[int, 
     if carries_raters:
         specs.append(GraphSpec(
             RATERS_GRAPH, GraphKind.SELECT,
-            (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)), TensorSpec("image_start", "int64", ())),
+            (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)), TensorSpec(IMAGE_POSITIONS, "int64", (m,))),
             (TensorSpec("raters", "float32", (1, SEQ_AXIS)),)))
     for sel in plan.selects:
         owned = plan.owned_segment_of(sel)  # a select that runs layer N-1 also writes that layer's KV buffer
@@ -181,7 +186,7 @@ def graph_specs(plan: PipelinePlan, *, tile_count: int, pixel_shape: tuple[int, 
             sel.name, GraphKind.SELECT,
             (TensorSpec("hidden", dtype, (1, SEQ_AXIS, d)),
              TensorSpec("position_ids", "int64", position_shape(plan, SEQ_AXIS)),
-             TensorSpec("image_start", "int64", ()), *kv),
+             TensorSpec(IMAGE_POSITIONS, "int64", (sel.tokens_in,)), *kv),
             (TensorSpec("kept", "int64", (sel.keep,)), TensorSpec("converged", "bool", ()),
              TensorSpec("hidden_out", dtype, (1, PRUNED_AXIS, d)),
              TensorSpec("position_ids_out", "int64", position_shape(plan, PRUNED_AXIS)),

@@ -27,9 +27,13 @@ MANIFEST_NAME = "manifest.json"
 # tables), but their segments rewrite the whole cache into a new buffer, so runtimes refuse them (re-export).
 # 4: onnxruntime-target segments take one cache per layer's keys and values (GroupQueryAttention's past and
 # present on one shared buffer) instead of one kv per segment; version-3 exports of that target are refused.
-FORMAT_VERSION = 4
+# 5: select (and SparseVLM raters) graphs take `image_positions`, the rows of the image tokens entering the cut (one
+# span per image or video frame group), instead of `image_start`; the plan records images / video frames per request
+# and per-image budgets. Earlier exports with select graphs are refused by the runtimes (re-export).
+FORMAT_VERSION = 5
 FIRST_IN_PLACE_KV_VERSION = 3
 FIRST_SHARED_GQA_VERSION = 4
+FIRST_IMAGE_POSITIONS_VERSION = 5
 EXPORT_TARGETS = ("tensorrt", "onnxruntime")  # --target: standard ONNX for TensorRT 10.3+, or ORT contrib ops
 REEXPORT = "re-export with trio-export"
 
@@ -144,6 +148,10 @@ class Manifest:
             raise ArtifactError(f"{directory} is an onnxruntime-target export of an older trio-edge (manifest version "
                                 f"{self.format_version}): its attention copies the KV cache each step, and this "
                                 f"runtime binds one cache per layer instead; {REEXPORT}")
+        if self.plan.selects and self.format_version < FIRST_IMAGE_POSITIONS_VERSION:
+            raise ArtifactError(f"{directory} was exported by an older trio-edge (manifest version "
+                                f"{self.format_version}): its select graphs take the image span's start, and this "
+                                f"runtime passes the image tokens' rows (several images, video); {REEXPORT}")
 
     def check_tensorrt_target(self, directory) -> None:
         """Refuse an export made for ONNX Runtime (contrib ops TensorRT has no importer for) on TensorRT."""

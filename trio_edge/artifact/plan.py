@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from .. import defaults
 from ..errors import InputError, ScheduleError, require_whole_numbers
 from ..trio.methods import VISION_TOWER, check_cuts, method_info
-from ..trio.schedule import Cut, Schedule, VisionStage
+from ..trio.schedule import Cut, Schedule, VisionStage, split_keep
 
 POSITIONS_OVER_TRAINED = 4  # the most a plan may reach past max_position_embeddings (RoPE extrapolates)
 
@@ -38,6 +38,10 @@ class SelectPlan:
     # proxy cut, which runs after the preceding segment.
     owned_segment: str | None = None
     merged: int = 0  # tokens the rule adds right after the kept ones (SparseVLM's recycling); older manifests: 0
+    # --budget-per-image: the image tokens of each image (or video frame group) entering this cut, and how many of
+    # each it keeps (they sum to tokens_in and keep); empty: one budget over all image tokens of the request
+    item_tokens: tuple[int, ...] = ()
+    item_keeps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,25 @@ class PipelinePlan:
     # Qwen3-VL's DeepStack: vision features added to the image positions after decoder layers 0..k-1 (k planes of
     # hidden_size each, carried beside the hidden states until layer k); 0 for every other family / older manifests
     deepstack_layers: int = 0
+    # what one request shows the model: `items` runs of the vision graph, each giving num_image_tokens / items image
+    # tokens -- `items` images (video_frames 0), or one video of `video_frames` frames fed as `items` groups of
+    # frames (the model's temporal patch); older manifests: one image
+    items: int = 1
+    video_frames: int = 0
+
+    @property
+    def images(self) -> int:
+        """Images a request takes (0 for a video export)."""
+        return 0 if self.video_frames else self.items
+
+    @property
+    def image_tokens_per_item(self) -> int:
+        """Image tokens of one image / frame group entering the decoder (the vision graph's output rows)."""
+        return self.num_image_tokens // self.items
+
+    @property
+    def budget_per_image(self) -> bool:
+        return any(s.item_keeps for s in self.selects)
 
     @property
     def cut_rule(self) -> str:
@@ -156,18 +179,23 @@ class PipelinePlan:
                                     precision=sched.get("precision", "fp32"),  # older manifests: fp32
                                     vision=VisionStage(**sched["vision"]) if sched.get("vision") else None)
         body["segments"] = tuple(SegmentPlan(**s) for s in body["segments"])
-        body["selects"] = tuple(SelectPlan(**s) for s in body["selects"])
+        body["selects"] = tuple(SelectPlan(**{**s, "item_tokens": tuple(s.get("item_tokens", ())),
+                                              "item_keeps": tuple(s.get("item_keeps", ()))}) for s in body["selects"])
         body["grid"] = tuple(body["grid"])
         return cls(**body)
 
 
 def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
              max_new_tokens: int = defaults.MAX_NEW_TOKENS,
-             nms_iterations: int = defaults.NMS_ITERATIONS, method: str = defaults.METHOD) -> PipelinePlan:
-    """The plan of a model adapter (models.llava) for a schedule, fixed grid and maxima."""
+             nms_iterations: int = defaults.NMS_ITERATIONS, method: str = defaults.METHOD,
+             images: int = 1, video_frames: int = 0, budget_per_image: bool = False) -> PipelinePlan:
+    """The plan of a model adapter (models.llava) for a schedule (resolved for the same images / video: the
+    adapter's `schedule(grid, items=...)`), fixed grid and maxima. `images`: images per request, in prompt order;
+    `video_frames` (> 0): a request is one video of that many frames instead (the adapter says how they group)."""
     decoder = adapter.decoder
     require_whole_numbers({"--max-text-tokens": max_text_tokens, "--max-new-tokens": max_new_tokens})
-    image_tokens, limit = adapter.image_token_count(grid), adapter.max_positions
+    items = visual_items(adapter, images, video_frames)
+    image_tokens, limit = items * adapter.image_token_count(grid), adapter.max_positions
     positions = image_tokens + max_text_tokens + max_new_tokens
     if limit is not None and positions > limit:
         told = (f"{positions} positions ({image_tokens} image tokens + --max-text-tokens "
@@ -182,8 +210,23 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
         max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, hidden_size=decoder.hidden_size,
         num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
         nms_iterations=nms_iterations, method=method, position_rows=adapter.position_rows,
-        deepstack_layers=adapter.deepstack_layers,
+        deepstack_layers=adapter.deepstack_layers, items=items, video_frames=video_frames,
+        budget_per_image=budget_per_image,
     )
+
+
+def visual_items(adapter, images: int, video_frames: int) -> int:
+    """Vision-graph runs per request: one per image, or the video's frame groups (adapter.video_items)."""
+    require_whole_numbers({"--images": images}, minimum=0)
+    require_whole_numbers({"--video-frames": video_frames}, minimum=0)
+    if video_frames:
+        if images not in (0, 1):
+            raise InputError(f"an export takes images or one video, not both: drop --images {images} or "
+                             "--video-frames")
+        return adapter.video_items(video_frames)
+    if images < 1:
+        raise InputError("--images must be at least 1 (or give --video-frames for a video export)")
+    return images
 
 
 def image_tokens_leaving(method: str, cuts, num_image_tokens: int) -> list[int]:
@@ -198,9 +241,14 @@ def image_tokens_leaving(method: str, cuts, num_image_tokens: int) -> list[int]:
 def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_tokens, max_new_tokens,
               hidden_size, num_kv_heads, head_dim, vocab_size, grid,
               nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD,
-              position_rows: int = 1, deepstack_layers: int = 0) -> PipelinePlan:
-    """`num_image_tokens`: the unpruned model's; a vision stage (schedule.vision) leaves the decoder fewer."""
+              position_rows: int = 1, deepstack_layers: int = 0, items: int = 1, video_frames: int = 0,
+              budget_per_image: bool = False) -> PipelinePlan:
+    """`num_image_tokens`: the unpruned model's, over all `items` images / frame groups of a request; a vision stage
+    (schedule.vision) leaves the decoder fewer. `budget_per_image`: every cut splits its KEEP over the items."""
     schedule.validate(num_layers, num_image_tokens)
+    if items > 1 and method_info(method).cut_rule == "sparsevlm" and schedule.cuts:
+        raise ScheduleError("SparseVLM's released code takes one image (its raters and recycling read one image span); "
+                            "use --method trio, fastv, dart, pdrop, random or uniform for several images or a video")
     if schedule.vision is not None and (method_info(method).acts != VISION_TOWER or not schedule.vision.tokens):
         raise ScheduleError(f"the schedule prunes inside the vision tower ({schedule.vision.describe()}): it needs a "
                             "vision-tower method (--method visionzip), resolved against the model (adapter.schedule)")
@@ -223,11 +271,35 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
         for start, end in zip([0] + bounds, bounds + [num_layers])
         if end > start
     )
+    budgets = item_budgets(method, schedule.cuts, num_image_tokens, items) if budget_per_image else None
     selects = tuple(
         SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep, merged=tokens[i + 1] - c.keep,
-                   owned_segment=name(c.layer - 1, c.layer) if owns_layer else None)
+                   owned_segment=name(c.layer - 1, c.layer) if owns_layer else None,
+                   **(budgets[i] if budgets else {}))
         for i, c in enumerate(schedule.cuts)
     )
     return PipelinePlan(num_layers, num_image_tokens, max_text_tokens, max_new_tokens, hidden_size, num_kv_heads,
                         head_dim, vocab_size, tuple(grid), schedule, segments, selects, nms_iterations, method,
-                        unpruned if schedule.vision is not None else 0, position_rows, deepstack_layers)
+                        unpruned if schedule.vision is not None else 0, position_rows, deepstack_layers, items,
+                        video_frames)
+
+
+def item_budgets(method: str, cuts, num_image_tokens: int, items: int) -> list[dict]:
+    """--budget-per-image: each cut's KEEP split over the items (trio.schedule.split_keep), the tokens of each
+    item entering it following from the cut before. Refused where a rule's kept set spans all items (DART's pivots)
+    or an item would keep nothing."""
+    if items < 2:
+        raise ScheduleError("--budget-per-image splits each cut's budget over several images or video frame groups; "
+                            "this export takes one image (give --images N or --video-frames F, or drop the option)")
+    if method_info(method).cut_rule == "dart":
+        raise ScheduleError("DART chooses its pivots among all image tokens, so it has no per-image budget; drop "
+                            "--budget-per-image or use --method trio, fastv, pdrop, random or uniform")
+    budgets, entering = [], split_keep(num_image_tokens, items)
+    for cut in cuts:
+        if cut.keep < items:
+            raise ScheduleError(f"--budget-per-image: cut {cut.layer}:{cut.keep} keeps fewer tokens than the {items} "
+                                "images / frame groups it splits them over; raise KEEP or drop --budget-per-image")
+        keeps = split_keep(cut.keep, items)
+        budgets.append({"item_tokens": entering, "item_keeps": keeps})
+        entering = keeps
+    return budgets

@@ -166,6 +166,24 @@ def _preset_cuts(preset) -> str:
     return ",".join(vision + [f"{a}:{b}" for a, b in zip(preset.layers, preset.keeps)])
 
 
+def add_visual_options(parser) -> None:
+    """--images / --video-frames / --budget-per-image: what one request shows the model (fixed at export)."""
+    parser.add_argument("--images", type=at_least(1), default=None,
+                        help="images per request (default 1), each at the export's image size, in the order the "
+                             "prompt refers to them; pruning counts the image tokens of all of them")
+    parser.add_argument("--video-frames", type=at_least(1), default=None, metavar="F",
+                        help="Qwen2.5-VL / Qwen3-VL: a request is one video instead of images, F frames sampled "
+                             "uniformly from it (a multiple of 2, the vision tower's temporal patch)")
+    parser.add_argument("--budget-per-image", action="store_const", const=True, default=None,
+                        help="split every cut's KEEP evenly over the images (or frame pairs) instead of one budget "
+                             "over all of their tokens (TRIO's rule is per token, so one budget is its natural form)")
+
+
+def visual_options(args) -> dict:
+    """What add_visual_options parsed (None = not given)."""
+    return {"images": args.images, "video_frames": args.video_frames, "budget_per_image": args.budget_per_image}
+
+
 def add_model_only_options(parser, source: str = "MODEL_OR_DIR"):
     """The options of a model source that an export fixed: the schedule options and --grid. Returns the
     argument group, for a command's own model-only options."""
@@ -173,12 +191,13 @@ def add_model_only_options(parser, source: str = "MODEL_OR_DIR"):
                                       f"these; {NO_SCHEDULE})")
     add_schedule_options(group)
     group.add_argument("--grid", help="fixed image size WIDTHxHEIGHT (see trio-export --help)")
+    add_visual_options(group)
     return group
 
 
 def model_only_options(args) -> dict:
     """What add_model_only_options parsed, as keyword arguments of open_pipeline (None = not given)."""
-    return {**schedule_options(args), "method": args.method, "grid": args.grid}
+    return {**schedule_options(args), "method": args.method, "grid": args.grid, **visual_options(args)}
 
 
 def schedule_options(args) -> dict:

@@ -4,7 +4,9 @@ MODEL is an alias (llava-next-7b, llava-next-mistral-7b, llava-1.5-7b, tiny-rand
 Hugging Face id, or a local save_pretrained directory. Writes vision, embed, one segment graph per
 layer group (prefill and decode alike, static KV buffer) and one select graph per cut, validates every
 graph against its PyTorch module in ONNX Runtime, and writes manifest.json with sha256 of every file.
-Without --cuts / --keep-ratio / --schedule-file nothing is pruned (the unpruned graphs).
+Without --cuts / --keep-ratio / --schedule-file nothing is pruned (the unpruned graphs). With --images N a
+request takes N images (the vision graph runs once per image) and the cuts' budgets count all of their image
+tokens; with --video-frames F (Qwen families) a request takes one video, F frames sampled uniformly.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from __future__ import annotations
 import argparse
 
 from .. import defaults
-from .common import CliParser, add_quiet_option, add_schedule_options, cli_entry, schedule_options
+from .common import (
+    CliParser,
+    add_quiet_option,
+    add_schedule_options,
+    add_visual_options,
+    cli_entry,
+    schedule_options,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", help="fixed image size WIDTHxHEIGHT: LLaVA-NeXT one of its grid pinpoints (default "
                                        "the largest square one); Qwen2.5-VL sides in multiples of 112 px (default "
                                        "672x672), Qwen3-VL in multiples of 32 px (default 768x768): 576 image tokens")
+    add_visual_options(parser.add_argument_group("what a request shows the model"))
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default=defaults.DTYPE)
     parser.add_argument("--target", default=defaults.TARGET,
                         help=f"runtime the graphs are for (default {defaults.TARGET}): tensorrt = standard ONNX only, "
@@ -75,6 +85,8 @@ def main(argv=None):
                   progress=not args.quiet, weights=args.weights, block_size=args.block_size,
                   quant_method=args.quant_method, quantize_lm_head=args.quantize_lm_head,
                   quantize_vision=args.quantize_vision, calibration_data=args.calibration_data,
-                  calibration_samples=args.calibration_samples, **schedule_options(args))
+                  calibration_samples=args.calibration_samples, images=args.images or 1,
+                  video_frames=args.video_frames or 0, budget_per_image=bool(args.budget_per_image),
+                  **schedule_options(args))
     print(info.table())
     print(f"wrote {info.directory}")

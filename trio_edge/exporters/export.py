@@ -29,7 +29,7 @@ from ..artifact.manifest import (
     library_versions,
     write_manifest,
 )
-from ..artifact.plan import plan_for
+from ..artifact.plan import plan_for, visual_items
 from ..artifact.weights import (
     ORT_DISABLED_OPTIMIZERS,
     QDQ_OPSET,
@@ -99,9 +99,14 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
            precision: str | None = None, opset: int = defaults.OPSET, nms_iterations: int = defaults.NMS_ITERATIONS,
            weights: str | None = None, block_size: int = defaults.BLOCK_SIZE, quant_method: str = defaults.QUANT_METHOD,
            quantize_lm_head: bool = False, quantize_vision: bool = False, calibration_data: str | None = None,
-           calibration_samples: int = defaults.CALIBRATION_SAMPLES,
+           calibration_samples: int = defaults.CALIBRATION_SAMPLES, images: int = 1, video_frames: int = 0,
+           budget_per_image: bool = False,
            force: bool = False, validate: bool = True, progress: bool = True, loaded=None) -> ExportInfo:
     """Export `model` (alias, hub id or directory) with the selection rule inside the graphs; see trio-export --help.
+
+    `images`: images per request (each at the export's image size, in prompt order); `video_frames`: a request is
+    one video instead, this many frames sampled from it (Qwen families); `budget_per_image`: each cut keeps its
+    budget split evenly over the images / frame groups instead of one budget over all of their tokens.
 
     `weights` int8 / int4 quantizes the weights (see exporters/quantize.py); a model passed in `loaded` is then
     copied first, since quantization rewrites the weights of the model it exports (as it is when its dtype is
@@ -136,11 +141,13 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     loaded = loaded or load(model, dtype=TORCH_DTYPES[tensor_dtype])
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
-    schedule = adapter.schedule(grid_wh, cuts=cuts, keep_ratio=keep_ratio, budget=budget, schedule_file=schedule_file,
-                                preset=preset, positions=positions, threshold=threshold, precision=precision,
-                                method=method)
+    items = visual_items(adapter, images, video_frames)
+    schedule = adapter.schedule(grid_wh, items, cuts=cuts, keep_ratio=keep_ratio, budget=budget,
+                                schedule_file=schedule_file, preset=preset, positions=positions, threshold=threshold,
+                                precision=precision, method=method)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,
-                    max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method)
+                    max_new_tokens=max_new_tokens, nms_iterations=nms_iterations, method=method, images=images,
+                    video_frames=video_frames, budget_per_image=budget_per_image)
     io = IOInfo(adapter.image_token_id, tuple(adapter.stop_token_ids()), adapter.tile_count(grid_wh), adapter.tile_size,
                 adapter.pixel_shape(grid_wh))
     specs = graph_specs(plan, tile_count=io.tile_count, pixel_shape=io.vision_input_shape(), dtype=tensor_dtype,

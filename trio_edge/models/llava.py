@@ -228,25 +228,39 @@ class LlavaAdapter:
         pixels = self.processor.image_processor(images=boxed, return_tensors="pt")["pixel_values"]
         return pixels.reshape(-1, *pixels.shape[-3:])
 
+    # ---- video (the Qwen families; LLaVA takes images only) --------------------------------------------------
+    def video_items(self, frames: int) -> int:
+        """Vision-graph runs for a video of `frames` frames: LLaVA has no video input."""
+        raise InputError(f"{self.family} takes images only; a video export (--video-frames) needs a Qwen2.5-VL or "
+                         "Qwen3-VL model")
+
     # ---- text side --------------------------------------------------------------------------------
-    def format_prompt(self, prompt: str) -> str:
-        """Verbatim if it holds the image slot; else one user turn [image, prompt] of format_conversation (the
-        chat template, else the family's default 'USER: <image>\n{prompt} ASSISTANT:')."""
+    def format_prompt(self, prompt: str, images: int = 1, video=None) -> str:
+        """Verbatim if it holds the visual slots (one per image, or the video's one); else one user turn [image x
+        images | video, prompt] of format_conversation (the chat template, else the family's default
+        'USER: <image>\n{prompt} ASSISTANT:', one slot a line)."""
         prompt = checked_prompt(prompt)
-        slots = prompt.count(self.image_token)
-        if slots > 1:
-            raise InputError(f"the prompt has {slots} image slots ({self.image_token!r}); this model takes exactly one image")
-        if slots == 1:
+        slot, wanted, what = ((self.video_token, 1, "video") if video is not None else
+                              (self.image_token, images, "image"))
+        slots = prompt.count(slot)
+        if slots:
+            if slots != wanted:
+                raise InputError(f"the prompt has {slots} {what} slot{'s' if slots > 1 else ''} ({slot!r}); this "
+                                 f"{'model' if wanted == 1 else 'export'} takes exactly {wanted} {what}"
+                                 f"{'s' if wanted > 1 else ''}: write one slot per {what}, or none to have "
+                                 f"{'them' if wanted > 1 else 'it'} placed before the question")
             return prompt
-        return self.format_conversation([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}])
+        visuals = [{"type": "video"}] if video is not None else [{"type": "image"}] * images
+        return self.format_conversation([{"role": "user", "content": [*visuals, {"type": "text", "text": prompt}]}])
 
     def format_conversation(self, messages: list[dict]) -> str:
-        """A chat as prompt text with the image slot in place, ending where the assistant's answer starts.
+        """A chat as prompt text with the image slots in place, ending where the assistant's answer starts.
 
         `messages`: [{"role": "system" | "user" | "assistant", "content": [{"type": "text", "text": ...} |
-        {"type": "image"}, ...]}, ...], the last one the user's, exactly one image (in a user turn). The
-        processor's chat template if it has one; else LLaVA's vicuna_v1 conversation: 'SYSTEM USER: <image>\nQ
-        ASSISTANT: A</s>USER: Q2 ASSISTANT:' (the image first in its turn, as LLaVA's training data has it)."""
+        {"type": "image"}, ...]}, ...], the last one the user's, images in user turns (prompt_ids checks their number
+        against the export's). The processor's chat template if it has one; else LLaVA's vicuna_v1 conversation:
+        'SYSTEM USER: <image>\nQ ASSISTANT: A</s>USER: Q2 ASSISTANT:' (a turn's images first, one a line, as LLaVA's
+        training data has it)."""
         self._check_conversation(messages)
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -257,8 +271,8 @@ class LlavaAdapter:
             if message["role"] == "system":
                 continue
             content = _texts(message, "\n")
-            if any(part["type"] == "image" for part in message["content"]):
-                content = f"{self.image_token}\n{content}"
+            images = sum(part["type"] == "image" for part in message["content"])
+            content = f"{self.image_token}\n" * images + content
             role = self.conversation_roles[message["role"]]
             text += f"{role}: {content} " if message["role"] == "user" else f"{role}: {content}{end_of_answer}"
         return text + f"{self.conversation_roles['assistant']}:"
@@ -266,36 +280,49 @@ class LlavaAdapter:
     def _check_conversation(self, messages: list[dict]) -> None:
         if not messages or messages[-1].get("role") != "user":
             raise InputError("the conversation must end with a user message (the question to answer)")
-        images = 0
+        visuals = 0
         for message in messages:
             role = message.get("role")
             if role not in ("system", "user", "assistant"):
                 raise InputError(f"unknown message role {role!r}; use system, user or assistant")
             for part in message["content"]:
-                if part["type"] == "image":
+                if part["type"] in ("image", "video"):
                     if role != "user":
-                        raise InputError(f"the image is in a {role} message; send it in a user message")
-                    images += 1
+                        raise InputError(f"the {part['type']} is in a {role} message; send it in a user message")
+                    visuals += 1
                 elif self.image_token in checked_text(part["text"]):
                     raise InputError(f"message text contains the image slot {self.image_token!r}; send the image as "
                                      "an image part instead")
-        if images != 1:
-            raise InputError(f"the conversation has {images} images; this model takes exactly one")
+        if not visuals:
+            raise InputError("the conversation has no image; send at least one image part in a user message")
         if not any(_texts(m).strip() for m in messages if m["role"] == "user"):
             raise InputError("the user messages have no text; ask a question or give an instruction about the image")
 
-    def prompt_ids(self, prompt: str, num_image_tokens: int) -> torch.Tensor:
-        """Prompt -> input ids (1, S) with the image slot expanded to `num_image_tokens` tokens."""
-        text = self.format_prompt(prompt).replace(self.image_token, self.image_token * num_image_tokens)
+    def prompt_ids(self, prompt: str, tokens_per_item: int, images: int = 1, video=None) -> torch.Tensor:
+        """Prompt -> input ids (1, S) with each image slot (or the video's frame groups) expanded to
+        `tokens_per_item` image tokens: every visual token is `image_token_id`, where the embed graph merges the
+        vision graph's features in order (a video's own token id only matters to the model's embedding, which the
+        features replace)."""
+        items = self.video_items(len(video.frames)) if video is not None else images
+        text = self.expanded_prompt(prompt, tokens_per_item, images, video)
         # verbose=False: no "longer than the maximum" warning; the pipeline checks the export's own maximum
         ids = self.processor.tokenizer(text, return_tensors="pt", verbose=False)["input_ids"]
         found = int((ids == self.image_token_id).sum())
-        if found != num_image_tokens:
-            raise InputError(f"the prompt tokenised to {found} image tokens, expected {num_image_tokens}; "
+        if found != items * tokens_per_item:
+            raise InputError(f"the prompt tokenised to {found} image tokens, expected {items * tokens_per_item}; "
                              f"write the image slot as {self.image_token!r} separated from other text")
         return ids
 
-    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int], vision_kept=None) -> torch.Tensor:
+    def expanded_prompt(self, prompt: str, tokens_per_item: int, images: int = 1, video=None,
+                        for_model: bool = False) -> str:
+        """The prompt text with every image slot repeated `tokens_per_item` times (LLaVA takes no video).
+        `for_model`: the text transformers' processor would make (the same for LLaVA)."""
+        if video is not None:
+            self.video_items(0)  # refused: LLaVA takes images only
+        return self.format_prompt(prompt, images).replace(self.image_token, self.image_token * tokens_per_item)
+
+    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int], vision_kept=None,
+                         video=None) -> torch.Tensor:
         """position_ids (1, S) of a prompt: 0..S-1, also after a vision-stage prune (`vision_kept`), as the released
         LLaVA code numbers the kept tokens."""
         return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
@@ -310,10 +337,12 @@ class LlavaAdapter:
             eos = self.processor.tokenizer.eos_token_id
         return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
 
-    def hf_inputs(self, image, prompt: str, grid: tuple[int, int]) -> dict:
-        """Inputs for transformers' own `generate` on the same letterboxed image (parity tests)."""
-        boxed = self.letterboxed(image, grid)
-        return dict(self.processor(images=boxed, text=self.format_prompt(prompt), return_tensors="pt"))
+    def hf_inputs(self, image, prompt: str, grid: tuple[int, int], video=None) -> dict:
+        """Inputs for transformers' own `generate` on the same letterboxed image(s) (parity tests); `image`: one
+        image or a list, in prompt order."""
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        boxed = [self.letterboxed(item, grid) for item in images]
+        return dict(self.processor(images=boxed, text=self.format_prompt(prompt, len(images)), return_tensors="pt"))
 
     # ---- weight-only quantization ----------------------------------------------------------------------
     def linear_layers(self, *, lm_head: bool = False, vision: bool = False) -> dict[str, nn.Linear]:
@@ -359,14 +388,16 @@ class LlavaAdapter:
     def default_keep_weights(self) -> tuple[float, ...]:
         return REFERENCE_KEEP_WEIGHTS[-len(self.default_cut_layers()):]
 
-    def schedule(self, grid, **options):
-        """The schedule for user options (--cuts / --keep-ratio / --schedule-file, --method) on this model."""
+    def schedule(self, grid, items: int = 1, **options):
+        """The schedule for user options (--cuts / --keep-ratio / --schedule-file, --method) on this model, with
+        `items` images (or video frame groups) per request: budgets count the image tokens of all of them."""
         from ..trio.schedule import resolve_schedule
 
         return resolve_schedule(default_cut_layers=self.default_cut_layers(),
                                 default_keep_weights=self.default_keep_weights(), num_layers=self.num_layers,
-                                num_image_tokens=self.image_token_count(grid), tile_tokens=self.tile_tokens(),
-                                vision_tokens_for=lambda keep, method: self.pruned_image_token_count(grid, keep, method),
+                                num_image_tokens=items * self.image_token_count(grid), tile_tokens=self.tile_tokens(),
+                                vision_tokens_for=lambda keep, method: items * self.pruned_image_token_count(
+                                    grid, keep, method),
                                 **options)
 
 

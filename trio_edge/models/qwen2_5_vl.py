@@ -23,7 +23,6 @@ from ..errors import InputError, ScheduleError, UnsupportedModelError
 from ..trio.schedule import Schedule
 from .llama_decoder import LlamaFamilyDecoder
 from .llava import LlavaAdapter
-from .mrope import image_prompt_positions
 from .qwen_vision import PrunedQwenVision, QwenVisionFeatures, check_image_size, grid_thw, window_pixels
 
 PROXY_NEEDS_A_LAYER = ("TRIO's Qwen proxy reruns the decoder layer just executed, so its cuts come after layer 1 or "
@@ -32,8 +31,9 @@ DEFAULT_IMAGE_SIDE = 672  # 48 x 48 patches -> 576 image tokens, the count TRIO'
 
 
 def qwen_chat_template(default_system: str | None) -> str:
-    """Qwen-VL's chat format for text and one image (<|im_start|> turns, the image as
-    <|vision_start|><|image_pad|><|vision_end|>), with `default_system` as the system turn when the chat has none."""
+    """Qwen-VL's chat format for text, images and a video (<|im_start|> turns, an image as
+    <|vision_start|><|image_pad|><|vision_end|>, a video as <|vision_start|><|video_pad|><|vision_end|>), with
+    `default_system` as the system turn when the chat has none."""
     system = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + default_system
               + "<|im_end|>\n{% endif %}") if default_system else ""
     return (
@@ -42,6 +42,7 @@ def qwen_chat_template(default_system: str | None) -> str:
         "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
         "{% else %}{% for content in message['content'] %}"
         "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
         "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
         "{% endfor %}<|im_end|>\n{% endif %}"
         "{% endfor %}"
@@ -115,6 +116,8 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
                                               model.lm_head)
         self.image_token_id = int(config.image_token_id)
         self.image_token = processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        self.video_token_id = int(config.video_token_id)
+        self.video_token = processor.tokenizer.convert_ids_to_tokens(self.video_token_id)
         self.vision_config = config.vision_config
         self._proxy_decoder = None  # built on first use (trio_proxy)
 
@@ -205,41 +208,130 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
                              f"export's {list(self._thw(grid))}")
         return out["pixel_values"]
 
+    # ---- video -------------------------------------------------------------------------------------------
+    @property
+    def frames_per_group(self) -> int:
+        """Frames the vision tower takes as one temporal patch (2 on every Qwen-VL checkpoint)."""
+        return int(self.vision_config.temporal_patch_size)
+
+    def video_items(self, frames: int) -> int:
+        """Frame groups (vision-graph runs) of a `frames`-frame video: the tower attends within each temporal patch
+        of `frames_per_group` frames only, so a video is that many runs of the image graph."""
+        group = self.frames_per_group
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < group or frames % group:
+            raise InputError(f"--video-frames {frames}: {self.family} takes video frames in groups of {group} (its "
+                             f"temporal patch); pass a multiple of {group}, at least {group}")
+        return frames // group
+
+    @staticmethod
+    def sample_frame_indices(total: int, frames: int) -> list[int]:
+        """Qwen2.5-VL's uniform sampling (transformers' Qwen2VLVideoProcessor.sample_frames with num_frames)."""
+        from .video import arange_indices
+
+        return arange_indices(total, frames)
+
+    def load_video(self, source, frames: int):
+        """A video file (path or bytes) -> `frames` frames sampled as this family's processor samples them."""
+        from .video import load_video
+
+        return load_video(source, frames, self.sample_frame_indices)
+
+    def frame_groups(self, video) -> list[list[int]]:
+        """The sampled frames' indices in the clip, in the groups the tower takes together."""
+        indices, group = list(video.frame_indices), self.frames_per_group
+        return [indices[i:i + group] for i in range(0, len(indices), group)]
+
+    def video_pixel_values(self, video, grid: tuple[int, int]) -> list[torch.Tensor]:
+        """Each frame group as the vision graph's input (patches, C*T*P*P): frame k of the group at temporal slot k,
+        what transformers' video processor lays out for that group (its rows are the video's, group by group). Each
+        frame is letterboxed and normalised by the image processor, which writes a still frame into every slot."""
+        group, channels = self.frames_per_group, int(self.vision_config.in_channels)
+        frames = [self.pixel_values(frame, grid) for frame in video.frames]
+        out = []
+        for first in range(0, len(frames), group):
+            slots = [frame.reshape(frame.shape[0], channels, group, -1) for frame in frames[first:first + group]]
+            out.append(torch.stack([slots[k][:, :, k] for k in range(group)], dim=2).reshape(frames[first].shape))
+        return out
+
+    def _video_spans(self, video, grid) -> list:
+        """The video's visual runs for M-RoPE: one run of all frame groups, temporal positions spaced by
+        tokens_per_second x the seconds per group (transformers' second_per_grid_ts = temporal patch / sampled fps)."""
+        from .mrope import VisualSpan
+
+        _, h, w = self.merged_grid(grid)
+        interval = int(self.vision_config.tokens_per_second) * self._seconds_per_group(video)
+        return [VisualSpan((len(video.frames) // self.frames_per_group, h, w), interval)]
+
+    def _seconds_per_group(self, video) -> torch.Tensor:
+        """second_per_grid_ts as transformers' processor returns it (float32)."""
+        return torch.tensor(self.frames_per_group / video.sampled_fps, dtype=torch.float32)
+
+    def _expand_video(self, text: str, tokens_per_item: int, video, pad: str) -> str:
+        """The video slot -> every frame group's tokens in one run (Qwen2.5-VL's processor)."""
+        return text.replace(self.video_token, pad * (tokens_per_item * len(video.frames) // self.frames_per_group))
+
     # ---- text side --------------------------------------------------------------------------------
     def format_conversation(self, messages: list[dict]) -> str:
-        """A chat as Qwen's chat format (the checkpoint's template, else Qwen2.5-VL-Instruct's), one image slot
-        <|vision_start|><|image_pad|><|vision_end|>, ending where the assistant's answer starts."""
+        """A chat as Qwen's chat format (the checkpoint's template, else Qwen2.5-VL-Instruct's): each image as
+        <|vision_start|><|image_pad|><|vision_end|>, a video as <|vision_start|><|video_pad|><|vision_end|>, ending
+        where the assistant's answer starts."""
         self._check_conversation(messages)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int],
-                         vision_kept: torch.Tensor | None = None) -> torch.Tensor:
-        """M-RoPE position_ids (3, 1, S) of a prompt with the image span at the fixed grid (== get_rope_index).
-        After TRIO's vision stage the prompt holds only the kept image tokens: the rows are those of the unpruned
-        prompt, gathered at `vision_kept` ((1, keep) merged-token indices), as the authors' Qwen code does."""
-        is_image = input_ids[0] == self.image_token_id
-        before = int(is_image.to(torch.int64).argmax())
-        count = int(is_image.sum())
-        after = input_ids.shape[1] - before - count
-        rows = image_prompt_positions(before, self.merged_grid(grid), after, device=input_ids.device)
-        if vision_kept is None:
-            return rows
-        full = self.image_token_count(grid)
-        keep = torch.cat([torch.arange(before, device=rows.device), before + vision_kept[0].to(rows.device),
-                          torch.arange(before + full, before + full + after, device=rows.device)])
-        return rows.index_select(2, keep)
+    def expanded_prompt(self, prompt: str, tokens_per_item: int, images: int = 1, video=None,
+                        for_model: bool = False) -> str:
+        """The prompt text with its visual slots expanded: each image slot to `tokens_per_item` image pads; the video
+        slot to its frame groups' tokens (the family's layout, _expand_video). The pipeline's form marks every visual
+        token with the image pad (the embed graph merges features there); `for_model`: a video's tokens are video
+        pads, as transformers' processor writes them."""
+        text = self.format_prompt(prompt, images, video)
+        if video is None:
+            return text.replace(self.image_token, self.image_token * tokens_per_item)
+        return self._expand_video(text, tokens_per_item, video, self.video_token if for_model else self.image_token)
+
+    def prompt_positions(self, input_ids: torch.Tensor, grid: tuple[int, int], vision_kept: torch.Tensor | None = None,
+                         video=None) -> torch.Tensor:
+        """M-RoPE position_ids (3, 1, S) of a prompt at the fixed grid (== get_rope_index): every image one visual
+        run, a video its family's runs (_video_spans). After TRIO's vision stage the prompt holds only the kept image
+        tokens: they keep the unpruned prompt's rows, gathered at `vision_kept` ((images, keep) merged-token indices
+        per image), as the authors' Qwen code does."""
+        from .mrope import VisualSpan, multimodal_positions, runs
+
+        is_visual = input_ids[0] == self.image_token_id
+        if video is not None:
+            spans = self._video_spans(video, grid)
+        else:
+            spans = [VisualSpan(self.merged_grid(grid))] * sum(flag for flag, _ in runs(is_visual))
+        kept = None if vision_kept is None else list(vision_kept)
+        return multimodal_positions(is_visual, spans, kept)
 
     def first_decode_position(self, prompt_positions: torch.Tensor) -> int:
         """Decoding continues after the largest prompt position (transformers' rope_deltas), not at the length: the
         last prompt token's, which no pruning removes."""
         return int(prompt_positions.max()) + 1
 
-    def hf_inputs(self, image, prompt: str, grid: tuple[int, int]) -> dict:
-        """Inputs for transformers' own `generate` at the same fixed size (parity tests)."""
-        ids = self.prompt_ids(prompt, self.image_token_count(grid))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": self.pixel_values(image, grid),
-                "image_grid_thw": torch.tensor([self._thw(grid)]),
-                "mm_token_type_ids": (ids == self.image_token_id).to(torch.int32)}
+    def hf_inputs(self, image, prompt: str, grid: tuple[int, int], video=None) -> dict:
+        """Inputs for transformers' own `generate` at the same fixed size (parity tests): `image` one image or a list
+        in prompt order, or `video` (a SampledVideo) with `image` None."""
+        per_item = self.image_token_count(grid)
+        images = [] if video is not None else (list(image) if isinstance(image, (list, tuple)) else [image])
+        text = self.expanded_prompt(prompt, per_item, len(images), video, for_model=True)
+        ids = self.processor.tokenizer(text, return_tensors="pt", verbose=False)["input_ids"]
+        types = (ids == self.image_token_id).to(torch.int32) + 2 * (ids == self.video_token_id).to(torch.int32)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types}
+        if video is None:
+            inputs["pixel_values"] = torch.cat([self.pixel_values(item, grid) for item in images])
+            inputs["image_grid_thw"] = torch.tensor([self._thw(grid)] * len(images))
+            return inputs
+        _, h, w = self._thw(grid)
+        inputs["pixel_values_videos"] = torch.cat(self.video_pixel_values(video, grid))
+        inputs["video_grid_thw"] = torch.tensor([[len(video.frames) // self.frames_per_group, h, w]])
+        inputs.update(self._video_model_inputs(video))
+        return inputs
+
+    def _video_model_inputs(self, video) -> dict:
+        """What else transformers' processor hands the model for a video: Qwen2.5-VL's seconds per temporal patch."""
+        return {"second_per_grid_ts": self._seconds_per_group(video)[None]}
 
     # ---- weight-only quantization ----------------------------------------------------------------------
     def _vision_parts(self):
@@ -267,7 +359,7 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         the layer before the cut)."""
         return tuple(sorted({max(1, layer) for layer in super().default_cut_layers()}))
 
-    def schedule(self, grid, **options):
+    def schedule(self, grid, items: int = 1, **options):
         """As LLaVA's, with positions kept original (TRIO's Qwen code keeps each kept token's M-RoPE rows);
         renumbering M-RoPE rows is refused (no authors' code defines it). See constrain."""
         from ..trio.presets import method_for
@@ -278,8 +370,12 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         method = method_for(options.get("method"), options.get("preset"), "trio")
         self.constrain(Schedule(), method)  # a method this family refuses, before resolving its budget
         if method == "trio-ve":
+            if items > 1:
+                raise ScheduleError("TRIO's Qwen vision stage takes one image, as its authors' code does (it asserts "
+                                    "one); for several images or a video use --method trio (decoder cuts) or another "
+                                    "decoder method")
             return self.constrain(self._trio_ve_schedule(grid, **options), method)
-        return self.constrain(super().schedule(grid, **options), method)
+        return self.constrain(super().schedule(grid, items, **options), method)
 
     def _trio_ve_schedule(self, grid, *, cuts=None, keep_ratio=None, schedule_file=None, preset=None, threshold=None,
                           precision=None, method=None, positions=None, budget=None):

@@ -89,6 +89,41 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
             raise ScheduleError(VISION_METHODS_REFUSED)
         return Qwen3VisionFeatures(self.model.model.visual, self._thw(grid))
 
+    # ---- video: one visual run per frame group, after a timestamp (transformers' Qwen3VLProcessor) ----------------
+    @staticmethod
+    def sample_frame_indices(total: int, frames: int) -> list[int]:
+        """Qwen3-VL's uniform sampling (transformers' Qwen3VLVideoProcessor.sample_frames with num_frames)."""
+        from .video import linspace_indices
+
+        return linspace_indices(total, frames)
+
+    def group_timestamps(self, video) -> list[float]:
+        """Seconds of each frame group: the mean of its first and last frame's time (Qwen3VLProcessor's
+        _calculate_timestamps, the frame count already a whole number of groups)."""
+        times, group = video.timestamps_s(), self.frames_per_group
+        return [(times[i] + times[i + group - 1]) / 2 for i in range(0, len(times), group)]
+
+    def _expand_video(self, text: str, tokens_per_item: int, video, pad: str) -> str:
+        """The video slot -> for each frame group '<T seconds>' + <|vision_start|> + its tokens + <|vision_end|>,
+        inside the template's own <|vision_start|> ... <|vision_end|>, exactly as transformers 5's Qwen3VLProcessor
+        expands it (it replaces the video pad alone; vLLM drops the outer pair)."""
+        start, end = (self.processor.tokenizer.convert_ids_to_tokens(int(i)) for i in
+                      (self.config.vision_start_token_id, self.config.vision_end_token_id))
+        blocks = "".join(f"<{seconds:.1f} seconds>{start}{pad * tokens_per_item}{end}"
+                         for seconds in self.group_timestamps(video))
+        return text.replace(self.video_token, blocks)
+
+    def _video_spans(self, video, grid) -> list:
+        """One visual run per frame group (get_rope_index splits the video's grid into t grids of one temporal
+        patch, the timestamps' text between them)."""
+        from .mrope import VisualSpan
+
+        _, h, w = self.merged_grid(grid)
+        return [VisualSpan((1, h, w))] * (len(video.frames) // self.frames_per_group)
+
+    def _video_model_inputs(self, video) -> dict:
+        return {}  # the timestamps are in the text
+
     def fp32_compute(self) -> dict:
         """None marked: the fp16 overflow reported is Qwen2.5-VL's tower; none is reported for Qwen3-VL's."""
         return {}

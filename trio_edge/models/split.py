@@ -66,11 +66,13 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
         elif owned is not None:
             modules[sel.name] = LayerOwningSelectStage(decoder, owned.start, sel.tokens_in, sel.keep, plan.schedule,
                                                        plan.cut_rule, runtime_form=runtime_form,
-                                                       deepstack_layers=plan.deepstack_layers)
+                                                       deepstack_layers=plan.deepstack_layers,
+                                                       item_tokens=sel.item_tokens, item_keeps=sel.item_keeps)
         else:  # TRIO's proxy is the family's (adapter.trio_proxy); PyramidDrop and the baselines read layer N
             proxy_decoder, proxy_layer = (adapter.trio_proxy(sel.proxy_layer) if plan.cut_rule == "trio"
                                           else (decoder, sel.proxy_layer))
             modules[sel.name] = SelectStage(proxy_decoder, proxy_layer, sel.tokens_in, sel.keep, plan.schedule,
                                             plan.nms_iterations, method=plan.cut_rule, seed=seed,
-                                            runtime_form=runtime_form, carries_deepstack=plan.gives_deepstack(sel))
+                                            runtime_form=runtime_form, carries_deepstack=plan.gives_deepstack(sel),
+                                            item_tokens=sel.item_tokens, item_keeps=sel.item_keeps)
     return {name: module.eval() for name, module in modules.items()}

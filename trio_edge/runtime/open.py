@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import defaults
 from ..artifact.graphs import graph_specs
 from ..artifact.manifest import Manifest, is_export_dir, read_manifest, safe_member
-from ..artifact.plan import plan_for
+from ..artifact.plan import plan_for, visual_items
 from ..artifact.weights import check_backend, ort_disabled_optimizers
 from ..errors import ArtifactError, BackendUnavailableError, InputError
 from ..trio.schedule import Schedule
@@ -22,7 +22,8 @@ from .pipeline import Pipeline
 
 # options that only make sense for a model: an export fixed them when it was written
 MODEL_ONLY_OPTIONS = ("schedule", "cuts", "keep_ratio", "budget", "schedule_file", "preset", "positions", "threshold",
-                      "precision", "method", "grid", "max_text_tokens", "nms_iterations")
+                      "precision", "method", "grid", "max_text_tokens", "nms_iterations", "images", "video_frames",
+                      "budget_per_image")
 
 
 def open_pipeline(source, *, backend: str | None = None, device: str = defaults.DEVICE,
@@ -186,10 +187,12 @@ def _torch_backend_for(manifest: Manifest, specs, device, cuda_graphs):
 def open_model(model, schedule: Schedule | None = None, *, grid=None, max_text_tokens: int = defaults.MAX_TEXT_TOKENS,
                max_new_tokens: int = defaults.MAX_NEW_TOKENS, device: str = defaults.DEVICE,
                method: str | None = None, seed: int = 0, nms_iterations: int = defaults.NMS_ITERATIONS,
-               cuda_graphs: bool | None = None, runtime_form: bool = True, **schedule_options) -> Pipeline:
+               cuda_graphs: bool | None = None, runtime_form: bool = True, images: int = 1, video_frames: int = 0,
+               budget_per_image: bool = False, **schedule_options) -> Pipeline:
     """The PyTorch pipeline of a model (no export): the same stages the graphs run, in eager mode (CUDA graphs
-    on CUDA). `model` is a name or a loaded model; `schedule` a Schedule, or give the user options (cuts,
-    keep_ratio, schedule_file, positions, threshold, precision); neither means no pruning."""
+    on CUDA). `model` is a name or a loaded model; `schedule` a Schedule (resolved for the same images / video), or
+    give the user options (cuts, keep_ratio, schedule_file, positions, threshold, precision); neither means no
+    pruning. `images` / `video_frames` / `budget_per_image`: what a request takes, as trio-export's options."""
     from ..artifact.dtypes import dtype_name
     from ..models.registry import load as load_model
     from ..models.split import build_modules
@@ -203,12 +206,15 @@ def open_model(model, schedule: Schedule | None = None, *, grid=None, max_text_t
     adapter = loaded.adapter
     grid = adapter.grid_for(grid) if grid is None or isinstance(grid, str) else tuple(grid)
     adapter.validate_grid(grid)
+    items = visual_items(adapter, images, video_frames)
     if schedule is None:
-        schedule = adapter.schedule(grid, method=method, **{k: v for k, v in schedule_options.items() if v is not None})
+        schedule = adapter.schedule(grid, items, method=method,
+                                    **{k: v for k, v in schedule_options.items() if v is not None})
     elif any(v is not None for v in schedule_options.values()):
         raise InputError("pass either a Schedule or schedule options (cuts, keep_ratio, ...), not both")
     plan = plan_for(adapter, schedule, grid=grid, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens,
-                    nms_iterations=nms_iterations, method=method)
+                    nms_iterations=nms_iterations, method=method, images=images, video_frames=video_frames,
+                    budget_per_image=budget_per_image)
     dtype = dtype_name(next(loaded.model.parameters()).dtype)
     specs = graph_specs(plan, tile_count=adapter.tile_count(grid), pixel_shape=adapter.pixel_shape(grid), dtype=dtype)
     modules = build_modules(adapter, plan, seed=seed, runtime_form=runtime_form)

@@ -15,9 +15,18 @@ from dataclasses import dataclass
 import torch
 
 from ..artifact.dtypes import TORCH_DTYPES
-from ..artifact.graphs import DEEPSTACK, DEEPSTACK_OUT, VISION_KEPT, cache_inputs, position_tensor, updated_cache
+from ..artifact.graphs import (
+    DEEPSTACK,
+    DEEPSTACK_OUT,
+    IMAGE_POSITIONS,
+    VISION_KEPT,
+    cache_inputs,
+    position_tensor,
+    updated_cache,
+)
 from ..artifact.plan import PipelinePlan, SegmentPlan, SelectPlan
 from ..errors import InputError
+from ..graph_ops import rows_after_pruning
 from ..models.preprocess import load_image
 from ..trio.methods import RATERS_GRAPH
 from ..trio.select_module import apply_selection, carried_rows
@@ -37,10 +46,27 @@ class GenerationResult:
     # number the image tokens the decoder sees (0..M'-1)
     vision_kept: list[list[int]] | None = None
     seed: int | None = None  # the sampling seed (drawn when none was given), so a sampled answer can be replayed
+    # several images / a video: how many (images, or the video's frame groups), the image tokens each gives the
+    # decoder, and for a video the sampled frames' indices in the clip, grouped as the model takes them (pairs)
+    items: int = 1
+    image_tokens_per_item: int = 0
+    frame_groups: list[list[int]] | None = None
+
+    @property
+    def kept_per_item(self) -> list[list[list[int]]]:
+        """Per cut, per image (or video frame group): the kept tokens' indices within that image, 0-based."""
+        n = self.image_tokens_per_item
+        return [[[i - item * n for i in cut if item * n <= i < (item + 1) * n] for item in range(self.items)]
+                for cut in self.kept]
 
     def to_json(self) -> dict:
         body = {"text": self.text, "token_ids": self.token_ids, "kept": self.kept, "timings": self.timings,
                 "prompt_tokens": self.prompt_tokens}
+        if self.frame_groups is not None:
+            body["frame_groups"] = self.frame_groups
+            body["kept_per_frame_group"] = self.kept_per_item
+        elif self.items > 1:
+            body["kept_per_image"] = self.kept_per_item
         if self.vision_kept is not None:
             body["vision_kept"] = self.vision_kept
         if self.seed is not None:
@@ -86,20 +112,50 @@ class Pipeline:
                        for seg in plan.segments}
 
     # ---- inputs -----------------------------------------------------------------------------------
-    def prepare(self, image, prompt: str):
-        # the prompt first: it is cheap to check, and a bad one should not wait for a large image to decode
-        input_ids = self.io.prompt_ids(prompt, self.plan.num_image_tokens).to(self.device)
-        text_tokens = input_ids.shape[1] - self.plan.num_image_tokens
-        if text_tokens > self.plan.max_text_tokens:
+    def prepare(self, image, prompt: str, video=None):
+        """-> (vision-graph inputs, one per image / video frame group; input_ids (1, S); the sampled video or None).
+        Counts are checked first, then the prompt (cheap: a bad one should not wait for a large image to decode),
+        then the images are decoded; a video is decoded before the prompt, whose timestamps may come from it."""
+        plan, io = self.plan, self.io
+        images = self._image_list(image, video)
+        if video is not None:
+            video = io.load_video(video, plan.video_frames)
+        input_ids = io.prompt_ids(prompt, plan.image_tokens_per_item, images=len(images), video=video).to(self.device)
+        text_tokens = input_ids.shape[1] - plan.num_image_tokens
+        if text_tokens > plan.max_text_tokens:
             raise InputError(f"the prompt has {text_tokens} text tokens; this export allows at most "
-                             f"{self.plan.max_text_tokens} (shorten it, or re-export with a larger --max-text-tokens)")
-        if self.plan.method == "sparsevlm" and self.plan.selects:
-            image_end = int((input_ids[0] == self.io.image_token_id).to(torch.int64).cumsum(0).argmax()) + 1
+                             f"{plan.max_text_tokens} (shorten it, or re-export with a larger --max-text-tokens)")
+        if plan.method == "sparsevlm" and plan.selects:
+            image_end = int((input_ids[0] == io.image_token_id).to(torch.int64).cumsum(0).argmax()) + 1
             if image_end >= input_ids.shape[1]:
                 raise InputError("SparseVLM needs text after the image (its raters are chosen among those tokens); "
                                  "put the question after <image> in the prompt")
-        pixels = self.io.pixel_values(load_image(image), self.plan.grid).to(self.device, self.dtype)
-        return pixels, input_ids
+        if video is not None:
+            pixels = io.video_pixel_values(video, plan.grid)
+        else:
+            pixels = [io.pixel_values(load_image(item), plan.grid) for item in images]
+        return [p.to(self.device, self.dtype) for p in pixels], input_ids, video
+
+    def _image_list(self, image, video) -> list:
+        """The request's images as a list, checked against what the export takes (a count, or one video)."""
+        plan = self.plan
+        how = "re-export" if self.from_export else "open the model again"
+        if plan.video_frames:
+            if video is None or image is not None:
+                raise InputError(f"this {'export' if self.from_export else 'pipeline'} takes one video of "
+                                 f"{plan.video_frames} frames and no image (trio-run --video CLIP; video= in Python); "
+                                 f"for images {how} without --video-frames")
+            return []
+        if video is not None:
+            raise InputError(f"this {'export' if self.from_export else 'pipeline'} takes images, not a video; to take "
+                             f"one, {how} with --video-frames F (Qwen2.5-VL and Qwen3-VL)")
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if image is None or len(images) != plan.images:
+            given = 0 if image is None else len(images)
+            raise InputError(f"this {'export' if self.from_export else 'pipeline'} takes exactly {plan.images} "
+                             f"image{'s' if plan.images > 1 else ''} per request, got {given}; pass "
+                             f"{plan.images}, or {how} with --images {given or 1}")
+        return images
 
     # ---- stages -----------------------------------------------------------------------------------
     def _run_segment(self, seg: SegmentPlan, hidden, position_ids, past_length: torch.Tensor, deepstack=None):
@@ -126,18 +182,16 @@ class Pipeline:
                 for lo in range(0, length, chunk)]
         return outs[-1] if seg.with_head else torch.cat(outs, dim=1)
 
-    def _choose_raters(self, hidden, image_start: int):
+    def _choose_raters(self, hidden, image_positions):
         """SparseVLM's text raters, once, on the language model's input: (1, S) 0/1."""
-        start = torch.tensor(image_start, dtype=torch.int64, device=self.device)
-        raters = self.backend.run(RATERS_GRAPH, {"hidden": hidden, "image_start": start})["raters"]
+        raters = self.backend.run(RATERS_GRAPH, {"hidden": hidden, IMAGE_POSITIONS: image_positions})["raters"]
         if not bool(raters.sum() > 0):
             raise InputError("SparseVLM found no text raters after the image (it needs the question after the image "
                              "to score image tokens); put the question after <image> in the prompt")
         return raters
 
-    def _run_select(self, sel: SelectPlan, hidden, position_ids, image_start: int, raters=None, deepstack=None):
-        start = torch.tensor(image_start, dtype=torch.int64, device=self.device)
-        inputs = {"hidden": hidden, "position_ids": position_ids, "image_start": start}
+    def _run_select(self, sel: SelectPlan, hidden, position_ids, image_positions, raters=None, deepstack=None):
+        inputs = {"hidden": hidden, "position_ids": position_ids, IMAGE_POSITIONS: image_positions}
         if sel.owned_segment is not None:  # the select runs that segment's layer in prefill and writes its KV
             inputs["kv"] = self.kv[sel.owned_segment]
         if raters is not None:
@@ -148,53 +202,68 @@ class Pipeline:
         if sel.owned_segment is not None:
             self.kv[sel.owned_segment] = out["kv_out"]
         if not bool(out["converged"]):
-            out = self._exact_select_on_host(sel, hidden, position_ids, start, out, deepstack)
+            out = self._exact_select_on_host(sel, hidden, position_ids, image_positions, out, deepstack)
         return out
 
-    def _exact_select_on_host(self, sel: SelectPlan, hidden, position_ids, image_start, out, deepstack=None):
+    def _exact_select_on_host(self, sel: SelectPlan, hidden, position_ids, image_positions, out, deepstack=None):
         """The graph's unrolled Cluster-NMS did not converge on this input: apply the exact greedy rule to
-        the graph's saliency instead, so the selection is still exactly TRIO's."""
+        the graph's saliency instead (per image with per-image budgets), so the selection is still exactly TRIO's."""
         warnings.warn(f"{sel.name}: Cluster-NMS needed more than {self.plan.nms_iterations} iterations on this "
                       "input; selected on the host instead (re-export with a larger --nms-iterations to avoid it)",
                       RuntimeWarning, stacklevel=3)
-        span = hidden[0, image_start:image_start + sel.tokens_in]
-        kept = select_tokens(out["saliency"].cpu(), span.float().cpu(), sel.keep, self.plan.schedule.threshold)
-        kept = kept.to(self.device)
-        hidden_out, positions = apply_selection(hidden, position_ids, image_start, sel.tokens_in, kept,
+        features = hidden[0].index_select(0, image_positions).float().cpu()
+        saliency, kept, offset = out["saliency"].cpu(), [], 0
+        for tokens, keep in zip(sel.item_tokens or (sel.tokens_in,), sel.item_keeps or (sel.keep,)):
+            item = select_tokens(saliency[offset:offset + tokens], features[offset:offset + tokens], keep,
+                                 self.plan.schedule.threshold)
+            kept.append(item + offset)
+            offset += tokens
+        kept = torch.cat(kept).to(self.device)
+        hidden_out, positions = apply_selection(hidden, position_ids, image_positions, kept,
                                                 self.plan.schedule.positions == "renumber")
         if DEEPSTACK_OUT in out:
-            out = {**out, DEEPSTACK_OUT: carried_rows(deepstack, image_start, sel.tokens_in, kept)}
+            out = {**out, DEEPSTACK_OUT: carried_rows(deepstack, image_positions, kept)}
         return {**out, "kept": kept, "hidden_out": hidden_out, "position_ids_out": positions,
                 "converged": torch.tensor(True)}
 
-    def prefill(self, pixels, input_ids, clock: _Clock):
+    def _vision(self, pixels) -> dict:
+        """The vision graph on every image / frame group, outputs concatenated in prompt order."""
+        outs = [self.backend.run("vision", {"pixel_values": item}) for item in pixels]
+        return {name: torch.cat([out[name] for out in outs]) for name in outs[0]}
+
+    def prefill(self, pixels, input_ids, clock: _Clock, video=None):
         """-> (image features, the last logits, kept tokens per cut, each segment's cache length, the prompt's
         positions: the adapter's prompt_positions, (1, S) or M-RoPE's (3, 1, S), after any vision-stage prune)."""
         t = time.perf_counter()
-        vision = self.backend.run("vision", {"pixel_values": pixels})
+        vision = self._vision(pixels)
         self.vision_kept = vision.get(VISION_KEPT)
         # what the embed graph takes from the vision graph (image features; Qwen3-VL's DeepStack features too)
         features = {spec.name: vision[spec.name] for spec in self.backend.specs["embed"].inputs
                     if spec.name != "input_ids"}
         t = clock.lap("vision", t)
-        position_ids = prompt_positions = self.io.prompt_positions(input_ids, self.plan.grid, self.vision_kept)
+        position_ids = prompt_positions = self.io.prompt_positions(input_ids, self.plan.grid, self.vision_kept,
+                                                                   video=video)
         embedded = self.backend.run("embed", {"input_ids": input_ids, **features})
         hidden, deepstack = embedded["hidden"], embedded.get(DEEPSTACK)
         t = clock.lap("embed", t)
-        image_start = int((input_ids[0] == self.io.image_token_id).to(torch.int64).argmax())
+        image_positions = torch.nonzero(input_ids[0] == self.io.image_token_id)[:, 0]  # (M,) ascending rows
         image_ids = torch.arange(self.plan.num_image_tokens, device=self.device)  # merged tokens: -1
         raters = None
         if self.plan.method == "sparsevlm" and self.plan.selects:
-            raters = self._choose_raters(hidden, image_start)
+            raters = self._choose_raters(hidden, image_positions)
             t = clock.lap(RATERS_GRAPH, t)
         kept, lengths = [], {}
         for stage in self.plan.stages():
             if isinstance(stage, SelectPlan):
                 if stage.owned_segment is not None:
                     lengths[stage.owned_segment] = hidden.shape[1]
-                out = self._run_select(stage, hidden, position_ids, image_start, raters, deepstack)
+                out = self._run_select(stage, hidden, position_ids, image_positions, raters, deepstack)
                 hidden, position_ids, raters = out["hidden_out"], out["position_ids_out"], out.get("raters_out")
                 deepstack = out.get(DEEPSTACK_OUT)  # planes still to add follow the kept tokens
+                image_positions = rows_after_pruning(image_positions, out["kept"])
+                if stage.merged:  # SparseVLM's merged tokens sit right after the kept ones (one image span)
+                    image_positions = torch.cat([image_positions, image_positions[-1] + 1 + torch.arange(
+                        stage.merged, device=self.device)])
                 image_ids = image_ids.index_select(0, out["kept"])
                 kept.append([i for i in image_ids.tolist() if i >= 0])  # original indices; merged ones have none
                 merged = torch.full((stage.merged,), -1, dtype=image_ids.dtype, device=self.device)
@@ -225,9 +294,10 @@ class Pipeline:
         return hidden  # logits (1, V)
 
     # ---- public -----------------------------------------------------------------------------------
-    def generate(self, image, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, stream: bool = False):
-        """Answer `prompt` about `image` (a path, bytes or PIL image).
+    def generate(self, image=None, prompt: str | None = None, *, video=None, max_new_tokens: int | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stream: bool = False):
+        """Answer `prompt` about `image` (a path, bytes or PIL image; a list of them for an export that takes several,
+        in the order the prompt refers to them) or about `video` (a path or bytes; an export with --video-frames).
 
         Greedy when `temperature` is 0 (the default), else temperature + nucleus (`top_p`) sampling seeded
         by `seed` (None: a fresh random seed). `max_new_tokens` defaults to the export's maximum.
@@ -237,6 +307,9 @@ class Pipeline:
         if self.backend is None:
             raise InputError("this pipeline is closed (its `with` block ended or close() was called); open it again "
                              "with trio_edge.load(...)")
+        if prompt is None:
+            raise InputError("the prompt must be text (str), not None: generate() needs the question about the image or "
+                             "video")
         max_new = self._checked_max_new_tokens(max_new_tokens)
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (temperature, top_p))
         if not numbers or not temperature >= 0 or not 0 < top_p <= 1:
@@ -246,12 +319,15 @@ class Pipeline:
             raise InputError(f"seed must be a whole number within 0..2**63-1 (or None for a fresh one), got {seed!r}")
         if seed is None:  # greedy needs none; sampling draws one (never from torch's global generator)
             seed = 0 if temperature == 0 else int.from_bytes(os.urandom(8), "little") % 2**62
-        result = GenerationResult("", [], [], {}, seed=seed if temperature > 0 else None)
+        result = GenerationResult("", [], [], {}, seed=seed if temperature > 0 else None, items=self.plan.items,
+                                  image_tokens_per_item=self.plan.image_tokens_per_item)
         clock = _Clock(self.device)
         result.timeline = clock.events
-        pixels, input_ids = self.prepare(image, prompt)
+        pixels, input_ids, video = self.prepare(image, prompt, video)
+        if video is not None:
+            result.frame_groups = self.io.frame_groups(video)
         clock.lap("preprocess", clock.origin)
-        tokens = self._tokens(pixels, input_ids, max_new, temperature, top_p, seed, result, clock)
+        tokens = self._tokens(pixels, input_ids, video, max_new, temperature, top_p, seed, result, clock)
         if stream:
             return TokenStream(self, tokens, result)
         with self._lock:
@@ -271,20 +347,21 @@ class Pipeline:
                              f"{how}")
         return max_new
 
-    def _tokens(self, pixels, input_ids, max_new: int, temperature: float, top_p: float, seed: int,
+    def _tokens(self, pixels, input_ids, video, max_new: int, temperature: float, top_p: float, seed: int,
                 result: GenerationResult, clock: "_Clock"):
         """Prefill, then yield generated token ids one by one, filling `result` as it goes."""
         request = self._owner = object()  # this request now owns the KV buffers
         try:
-            yield from self._owned_tokens(request, pixels, input_ids, max_new, temperature, top_p, seed, result, clock)
+            yield from self._owned_tokens(request, pixels, input_ids, video, max_new, temperature, top_p, seed, result,
+                                          clock)
         finally:
             if self._owner is request:
                 self._owner = None
 
-    def _owned_tokens(self, request, pixels, input_ids, max_new: int, temperature: float, top_p: float, seed: int,
-                      result: GenerationResult, clock: "_Clock"):
+    def _owned_tokens(self, request, pixels, input_ids, video, max_new: int, temperature: float, top_p: float,
+                      seed: int, result: GenerationResult, clock: "_Clock"):
         start = clock.origin
-        features, logits, result.kept, lengths, positions = self.prefill(pixels, input_ids, clock)
+        features, logits, result.kept, lengths, positions = self.prefill(pixels, input_ids, clock, video)
         first_position = self.io.first_decode_position(positions)
         if self.vision_kept is not None:
             result.vision_kept = self.vision_kept.tolist()

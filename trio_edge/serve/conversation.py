@@ -42,13 +42,15 @@ class PromptChecker:
     def __init__(self, pipeline):
         self.io = copy.copy(pipeline.io)
         self.io.processor = copy.deepcopy(pipeline.io.processor)  # its own tokenizer (see the module docstring)
-        self.num_image_tokens = pipeline.plan.num_image_tokens
+        self.plan = pipeline.plan
         self.max_text_tokens = pipeline.plan.max_text_tokens
 
     def prompt(self, turns: list[dict]) -> str:
+        plan = self.plan
         try:
             prompt = self.io.format_conversation(turns)
-            text_tokens = self.io.prompt_ids(prompt, self.num_image_tokens).shape[1] - self.num_image_tokens
+            ids = self.io.prompt_ids(prompt, plan.image_tokens_per_item, images=plan.images)
+            text_tokens = ids.shape[1] - plan.num_image_tokens
         except InputError as error:
             raise bad_request("invalid_request", str(error), "messages") from None
         if text_tokens > self.max_text_tokens:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
+from ..graph_ops import running_count
+
 IMAGE_PIVOTS = 4
 TEXT_PIVOTS = 4
 LINEAR_PROBES, PERTURB_SHIFT = 9, 5  # CPython's setobject.c
@@ -100,22 +102,22 @@ def set_iteration_order(keys: torch.Tensor) -> torch.Tensor:
     return torch.argsort(torch.cat(slots).float())
 
 
-def dart_select_fixed(keys: torch.Tensor, normed: torch.Tensor, image_start, num_image: int, keep: int):
-    """keys (S, KVH*hd) of layer K-1, normed (S, D) = final_norm(layer K-1 output) -> kept (KEEP,) sorted local
-    image indices, and the image tokens' L1 key norms (M,)."""
-    m, s = num_image, keys.shape[0]
+def dart_select_fixed(keys: torch.Tensor, normed: torch.Tensor, image_positions: torch.Tensor, keep: int):
+    """keys (S, KVH*hd) of layer K-1, normed (S, D) = final_norm(layer K-1 output), image_positions (M,) the image
+    tokens' rows, ascending -> kept (KEEP,) sorted local image indices, and the image tokens' L1 key norms (M,).
+    The text pivots are among the tokens after the last image token (several images: after all of them)."""
+    m, s = image_positions.shape[0], keys.shape[0]
     positions = torch.arange(s, device=keys.device)
-    span = image_start + torch.arange(m, device=keys.device)
     norms = keys.float().abs().sum(dim=-1)  # (S,) L1
-    image_norms = norms.index_select(0, span)
-    local = span - image_start  # 0..M-1 from the data: not folded into constants
+    image_norms = norms.index_select(0, image_positions)
+    local = running_count(image_positions >= 0) - 1  # 0..M-1, computed from the data: export cannot fold the ties
     image_pivots = top_ordered(image_norms, local, IMAGE_PIVOTS)  # local, by descending norm
-    after_image = positions >= image_start + m
+    after_image = positions > image_positions[m - 1:m]
     text_pivots = top_ordered(torch.where(after_image, norms, -torch.inf), positions, TEXT_PIVOTS)  # absolute
-    pivots = torch.cat([image_pivots + image_start, text_pivots])  # (8,) absolute, insertion order
+    pivots = torch.cat([image_positions.index_select(0, image_pivots), text_pivots])  # (8,) absolute, insertion order
     visit = pivots.index_select(0, set_iteration_order(pivots))
     taken = (local[:, None] == image_pivots[None, :]).any(dim=1)  # (M,) kept so far: the image pivots
-    image_states = normed.index_select(0, span)
+    image_states = normed.index_select(0, image_positions)
     for r, count in enumerate(picks_per_pivot(keep)):
         if count == 0:
             continue

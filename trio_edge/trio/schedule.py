@@ -14,6 +14,13 @@ SELECT_PRECISIONS = ("fp32", "model")
 SCHEDULE_FORMAT_VERSION = 1
 
 
+def split_keep(keep: int, items: int) -> tuple[int, ...]:
+    """A cut's KEEP split over `items` images (or video frame groups): KEEP // items each, one more for the first
+    KEEP % items (--budget-per-image)."""
+    base, extra = divmod(keep, items)
+    return tuple(base + (1 if i < extra else 0) for i in range(items))
+
+
 @dataclass(frozen=True)
 class Cut:
     """Prune after `layer` decoder layers have run (0 = before any), keeping `keep` image tokens."""

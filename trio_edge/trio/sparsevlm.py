@@ -307,15 +307,21 @@ def prune_and_recycle(layer_out: torch.Tensor, scores: torch.Tensor, image_start
 # The pipeline's stages
 
 
+def span_start(image_positions: torch.Tensor) -> torch.Tensor:
+    """The first image row (): SparseVLM's released code takes one image, whose tokens form one span."""
+    return image_positions[0]
+
+
 class SparseVLMRaters(torch.nn.Module):
-    """hidden (1, S, D) language-model input, image_start () -> raters (1, S) float32 0/1 (see rater_mask)."""
+    """hidden (1, S, D) language-model input, image_positions (M,) one span -> raters (1, S) float32 0/1 (see
+    rater_mask)."""
 
     def __init__(self, num_image_tokens: int, max_text_tokens: int | None = None):
         super().__init__()
         self.num_image_tokens, self.tail = num_image_tokens, max_text_tokens
 
-    def forward(self, hidden, image_start):
-        return rater_mask(hidden, image_start, self.num_image_tokens, self.tail)[None]
+    def forward(self, hidden, image_positions):
+        return rater_mask(hidden, span_start(image_positions), self.num_image_tokens, self.tail)[None]
 
 
 class SparseVLMSelectStage(torch.nn.Module):
@@ -323,7 +329,7 @@ class SparseVLMSelectStage(torch.nn.Module):
     image tokens by the raters' head-averaged attention in that layer, keeps K of the layer's output and
     recycles deleted ones into merged tokens placed right after them.
 
-    hidden (1, S, D) entering layer N-1, position_ids (1, S), image_start (), kv (1, 2, KVH, N, hd) of the
+    hidden (1, S, D) entering layer N-1, position_ids (1, S), image_positions (M,) one span, kv (1, 2, KVH, N, hd) of the
     one-layer segment [N-1, N), raters (1, S) -> kept (K,) indices into the M current image tokens, converged ()
     always True, hidden (1, S', D) entering layer N with S' = S - M + K + merged, position_ids (1, S')
     renumbered, saliency (M,) the rater attention, kv_out, raters_out (1, S')."""
@@ -340,9 +346,8 @@ class SparseVLMSelectStage(torch.nn.Module):
         self.runtime_form = runtime_form  # writes the KV buffer in place (the torch runtime)
         self.in_place_inputs = ("kv",) if runtime_form else ()
 
-    def forward(self, hidden, position_ids, image_start, kv, raters):
-        m, h = self.num_image_tokens, hidden[0]
-        span = image_start + torch.arange(m, device=hidden.device)  # (M,)
+    def forward(self, hidden, position_ids, image_positions, kv, raters):
+        h, span, image_start = hidden[0], image_positions, span_start(image_positions)  # one span (M,)
         h_out, new_kv, probs, _, _ = self._decoder.layer_with_attention(self.owned_layer, h, position_ids)
         rows = tail_rows(h.shape[0], self.tail, h.device)  # (R,): where the raters can be
         attention = probs.index_select(1, rows).mean(dim=0).index_select(1, span)  # (R, M): heads averaged
