@@ -166,3 +166,13 @@ def qwen3(shared_root):
 
     path, _ = built_once(shared_root, "tiny-qwen3", lambda p: str(make_tiny_qwen3_vl(p, seed=1)))
     return load(str(path))
+
+
+# ---- the tiny Qwen2.5-VL, shared by the several-images and video tests ---------------------------------------------
+@pytest.fixture(scope="session")
+def qwen2_5(shared_root):
+    """A tiny random Qwen2.5-VL (models.tiny_qwen: patch 14, 112-px windows, one full-attention block), loaded once."""
+    from trio_edge.models.tiny_qwen import make_tiny_qwen2_5_vl
+
+    path, _ = built_once(shared_root, "tiny-qwen2.5", lambda p: str(make_tiny_qwen2_5_vl(p, seed=1)))
+    return load(str(path))

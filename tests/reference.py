@@ -95,12 +95,20 @@ def reference_attention(model, layer_index: int, h: torch.Tensor, positions: tor
     return torch.stack(probs)
 
 
-def fastv_kept(model, layer_index: int, h, positions, image_start: int, m: int, keep: int) -> torch.Tensor:
+def image_rows_of(image_start, m: int | None = None) -> list[int]:
+    """The image tokens' rows: a list of rows as given (several images: spans with text between them), or the one
+    span [image_start, image_start + m)."""
+    return list(range(image_start, image_start + m)) if isinstance(image_start, int) else [int(r) for r in image_start]
+
+
+def fastv_kept(model, layer_index: int, h, positions, image_start, m: int | None, keep: int) -> torch.Tensor:
     """FastV as its authors' code does it: the attention of layer K-1 (computed on that layer's input),
-    averaged over heads, row of the last token, image columns; the top KEEP; sorted (local indices)."""
+    averaged over heads, row of the last token, image columns; the top KEEP; sorted (local indices). `image_start`,
+    `m`: the image span, or `image_start` the list of image rows (see image_rows_of)."""
+    rows = image_rows_of(image_start, m)
     attention = reference_attention(model, layer_index, h, positions).mean(dim=0)[-1]
-    scores = attention[image_start:image_start + m]
-    order = sorted(range(m), key=lambda i: (-float(scores[i]), i))  # ties: lower index first
+    scores = attention[rows]
+    order = sorted(range(len(rows)), key=lambda i: (-float(scores[i]), i))  # ties: lower index first
     return torch.tensor(sorted(order[:keep]), dtype=torch.long)
 
 
@@ -119,21 +127,24 @@ def reference_keys(model, layer_index: int, h: torch.Tensor, positions: torch.Te
     return k[0].transpose(0, 1).reshape(t, -1)
 
 
-def dart_kept(model, layer_index: int, h, positions, image_start: int, m: int, keep: int) -> torch.Tensor:
+def dart_kept(model, layer_index: int, h, positions, image_start, m: int | None, keep: int) -> torch.Tensor:
     """DART as its authors' LLaVA code does it, step by step (local indices, sorted): L1 key-norm pivots (4 image,
     4 text after the image) of layer K-1, states = final norm of that layer's output, pivots visited in the order
     of a Python set, each taking its least cosine-similar image tokens not yet taken. Budget: 4 + sum of picks
-    ((KEEP - 4) // 8 each, one more to each of the first (KEEP - 4) % 8 visited)."""
+    ((KEEP - 4) // 8 each, one more to each of the first (KEEP - 4) % 8 visited). Several images (`image_start`
+    a list of rows): image pivots among all image tokens, text pivots among the text after the last one."""
+    rows = image_rows_of(image_start, m)
     base, extra = divmod(keep - 4, 8)
     keys = reference_keys(model, layer_index, h, positions)
     state = model.model.language_model.norm(run_layer(model, layer_index, h, positions))
-    image_norm = keys[image_start:image_start + m].float().abs().sum(dim=-1)
-    text_norm = keys[image_start + m:].float().abs().sum(dim=-1)
+    image_norm = keys[rows].float().abs().sum(dim=-1)
+    after = rows[-1] + 1
+    text_norm = keys[after:].float().abs().sum(dim=-1)
     by_norm = lambda values: sorted(range(len(values)), key=lambda i: (-float(values[i]), i))  # noqa: E731
-    image_indices = [image_start + i for i in by_norm(image_norm)[:4]]
-    query_indices = [image_start + m + i for i in by_norm(text_norm)[:4]]
+    image_indices = [rows[i] for i in by_norm(image_norm)[:4]]
+    query_indices = [after + i for i in by_norm(text_norm)[:4]]
     indices_set = set(image_indices + query_indices)
-    valid = set(range(image_start, image_start + m)) - set(image_indices)
+    valid = set(rows) - set(image_indices)
     for visit, item in enumerate(list(indices_set.copy())):
         count = base + (1 if visit < extra else 0)
         valid_list = sorted(valid)
@@ -143,7 +154,7 @@ def dart_kept(model, layer_index: int, h, positions, image_start: int, m: int, k
         indices_set.update(picked)
         valid.difference_update(picked)
     indices_set.difference_update(query_indices)
-    return torch.tensor(sorted(i - image_start for i in indices_set), dtype=torch.long)
+    return torch.tensor(sorted(rows.index(i) for i in indices_set), dtype=torch.long)
 
 
 def reference_saliency(model, layer_index: int, h: torch.Tensor, positions: torch.Tensor,
@@ -162,8 +173,15 @@ def reference_saliency(model, layer_index: int, h: torch.Tensor, positions: torc
 
 
 def embed_prompt(model, inputs: dict, image_features: torch.Tensor | None = None):
-    """inputs from the HF processor -> (embeddings (S, D), image_start, M). `image_features` (M', D): what a rule
-    inside the vision tower left (TRIO-VE), in place of the processor's M image tokens."""
+    """inputs from the HF processor (one image) -> (embeddings (S, D), image_start, M). `image_features` (M', D):
+    what a rule inside the vision tower left (TRIO-VE), in place of the processor's M image tokens."""
+    embeds, rows = embed_prompt_rows(model, inputs, image_features)
+    assert rows == list(range(rows[0], rows[0] + len(rows))), "one image: its tokens must be contiguous"
+    return embeds, rows[0], len(rows)
+
+
+def embed_prompt_rows(model, inputs: dict, image_features: torch.Tensor | None = None):
+    """inputs from the HF processor, one image or several -> (embeddings (S, D), the image tokens' rows)."""
     input_ids = inputs["input_ids"]
     if image_features is None:
         features = model.model.get_image_features(pixel_values=inputs["pixel_values"],
@@ -179,28 +197,26 @@ def embed_prompt(model, inputs: dict, image_features: torch.Tensor | None = None
     embeds = model.get_input_embeddings()(input_ids)[0].clone()
     is_image = input_ids[0] == model.config.image_token_index
     where = torch.nonzero(is_image)[:, 0]
-    m = int(where.numel())
-    start = int(where[0])
-    assert torch.equal(where, torch.arange(start, start + m)), "image tokens must be contiguous"
-    assert features.shape[0] == m, (features.shape, m)
+    assert features.shape[0] == where.numel(), (features.shape, where.numel())
     embeds[is_image] = features.to(embeds.dtype)
-    return embeds, start, m
+    return embeds, where.tolist()
 
 
 @torch.no_grad()
-def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen, method="trio"):
+def _forward(model, x, prompt_len, image_rows: list[int], schedule, chosen, method="trio"):
     """One from-scratch pass over x (T, D) = prompt + generated embeddings; returns last logits (V,).
 
-    `chosen` holds, per cut, the kept indices local to that cut's image span; filled at prefill.
-    `method` fastv / dart score a cut N with layer N-1 run on that layer's input (kept from the loop); pdrop
-    (PyramidDrop) scores it like FastV but with layer N itself on its input, as its code does."""
+    `image_rows`: the image tokens' rows in the prompt (one span, or several with text between them: their union is
+    what every cut selects from). `chosen` holds, per cut, the kept indices local to that cut's image tokens;
+    filled at prefill. `method` fastv / dart score a cut N with layer N-1 run on that layer's input (kept from the
+    loop); pdrop (PyramidDrop) scores it like FastV but with layer N itself on its input, as its code does."""
     cuts = {c.layer: (i, c.keep) for i, c in enumerate(schedule.cuts)}
     renumber = schedule.positions == "renumber"
     total = x.shape[0]
     h = x
     positions = torch.arange(total)  # 'original' position ids of the current rows
-    image_ids = torch.arange(num_image)  # original image numbering of the current image rows
-    m = num_image
+    image_ids = torch.arange(len(image_rows))  # original image numbering of the current image rows
+    rows_now = list(image_rows)  # the current image rows
     kept_original, saliencies = [], []
     previous = None  # (h, positions) entering the previous layer
     for layer in range(len(model.model.language_model.layers)):
@@ -209,22 +225,22 @@ def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen, met
             if len(chosen) <= index:  # prefill: choose on the prompt
                 assert total == prompt_len
                 if method == "pdrop":  # the layer after the cut, on its input: this layer
-                    chosen.append(fastv_kept(model, layer, h, positions, image_start, m, keep))
+                    chosen.append(fastv_kept(model, layer, h, positions, rows_now, None, keep))
                 elif method in ("fastv", "dart"):
                     rule = fastv_kept if method == "fastv" else dart_kept
-                    chosen.append(rule(model, layer - 1, *previous, image_start, m, keep))
+                    chosen.append(rule(model, layer - 1, *previous, rows_now, None, keep))
                 else:
-                    sal = reference_saliency(model, layer, h, positions)[image_start:image_start + m]
-                    features = h[image_start:image_start + m]
+                    sal = reference_saliency(model, layer, h, positions)[rows_now]
+                    features = h[rows_now]
                     chosen.append(select_tokens(sal, features, keep, schedule.threshold))
                     saliencies.append(sal)
-            local = chosen[index]
-            rows = torch.cat([torch.arange(image_start), image_start + local,
-                              torch.arange(image_start + m, h.shape[0])])
+            local = chosen[index].tolist()
+            dropped = set(rows_now) - {rows_now[i] for i in local}
+            rows = [r for r in range(h.shape[0]) if r not in dropped]
             h = h[rows]
             positions = torch.arange(h.shape[0]) if renumber else positions[rows]
+            rows_now = [rows.index(rows_now[i]) for i in local]
             image_ids = image_ids[local]
-            m = keep
             kept_original.append(image_ids.tolist())
         previous = (h, positions)
         h = run_layer(model, layer, h, positions)
@@ -234,18 +250,18 @@ def _forward(model, x, prompt_len, image_start, num_image, schedule, chosen, met
 def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_token_ids=(),
                        method: str = "trio", image_features: torch.Tensor | None = None) -> ReferenceResult:
     """Greedy generation of the pruned model, recomputed from scratch at every step (`image_features`: see
-    embed_prompt)."""
+    embed_prompt); the processor's inputs may hold several images."""
     model = model.eval()
-    embeds, image_start, m = embed_prompt(model, inputs, image_features)
+    embeds, image_rows = embed_prompt_rows(model, inputs, image_features)
     for cut in schedule.cuts:
-        assert 1 <= cut.keep <= m
+        assert 1 <= cut.keep <= len(image_rows)
     embed = model.get_input_embeddings()
     prompt_len = embeds.shape[0]
     x = embeds
     chosen: list[torch.Tensor] = []
     token_ids, all_logits, kept, saliency = [], [], [], []
     for step in range(max_new_tokens):
-        logits, kept_step, sal = _forward(model, x, prompt_len, image_start, m, schedule, chosen, method)
+        logits, kept_step, sal = _forward(model, x, prompt_len, image_rows, schedule, chosen, method)
         if step == 0:
             kept, saliency = kept_step, sal
         token = int(logits.argmax())
