@@ -73,11 +73,29 @@ class StepClock:
         return scores
 
 
-def hf_inputs(loaded, image, prompt: str, device: str) -> dict:
+def hf_inputs(loaded, visual: dict, prompt: str, device: str) -> dict:
+    """transformers' inputs for the request: `visual` {"image": one or a list} or {"video": a SampledVideo}."""
     grid = loaded.adapter.default_grid()
-    inputs = {k: v.to(device) for k, v in loaded.adapter.hf_inputs(image, prompt, grid).items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
+    inputs = {k: v.to(device) for k, v in loaded.adapter.hf_inputs(visual.get("image"), prompt, grid,
+                                                                    video=visual.get("video")).items()}
+    for name in ("pixel_values", "pixel_values_videos"):
+        if name in inputs:
+            inputs[name] = inputs[name].to(loaded.model.dtype)
     return inputs
+
+
+def request_visual(images: int, video_frames: int) -> dict:
+    """What each request shows the model: one synthetic image, `images` different ones, or a synthetic video of
+    `video_frames` frames (already decoded, as for images: both sides of the comparison start from pixels)."""
+    from trio_edge.cli.bench import synthetic_image
+    from trio_edge.exporters.probe_inputs import frames_as_video
+
+    base = synthetic_image()
+    pictures = [base.rotate(90 * (i % 4)).transpose(0) if i % 2 else base.rotate(90 * (i % 4))
+                for i in range(max(images, video_frames, 1))]
+    if video_frames:
+        return {"video": frames_as_video(pictures)}
+    return {"image": pictures if images > 1 else pictures[0]}
 
 
 def hf_request(loaded, inputs: dict, new_tokens: int, device: str) -> dict:
@@ -119,7 +137,8 @@ TRIO_VARIANTS = {"fp32": "trio", "model": "trio_model_precision"}  # select prec
 
 def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int, workdir: Path,
                   precisions: tuple[str, ...] = ("fp32",), sparsevlm_budgets: tuple[int, ...] = (),
-                  keep_ratio: float = 0.111, preset: str | None = None, peers: tuple[str, ...] = ()):
+                  keep_ratio: float = 0.111, preset: str | None = None, peers: tuple[str, ...] = (),
+                  images: int = 1, video_frames: int = 0):
     """{"full": ..., "trio": ... (fp32 selection), "trio_model_precision": ..., "sparsevlm_64": ...} for one
     backend; SparseVLM at its authors' table budgets (its own cut layers). `preset`: the TRIO runs take that
     authors' schedule (e.g. trio-qwen: TRIO's Qwen vision stage, then its cut) instead of `keep_ratio`."""
@@ -133,17 +152,20 @@ def our_pipelines(loaded, backend: str, device: str, dtype: str, new_tokens: int
     variants.update({f"sparsevlm_{b}": {"method": "sparsevlm", "budget": b} for b in sparsevlm_budgets})
     variants.update({peer: {"method": peer, "keep_ratio": keep_ratio} for peer in peers})  # at its authors' layers
     pipelines = {}
+    visual = {"images": images, "video_frames": video_frames}
+    items = loaded.adapter.video_items(video_frames) if video_frames else images
     for name, options in variants.items():
         if backend in ("torch", "torch-eager"):  # torch: CUDA graphs on CUDA; torch-eager: never
-            schedule = loaded.adapter.schedule(loaded.adapter.default_grid(), **options) if options else Schedule()
+            schedule = (loaded.adapter.schedule(loaded.adapter.default_grid(), items, **options) if options
+                        else Schedule())
             pipelines[name] = load(loaded, schedule=schedule, max_new_tokens=new_tokens, device=device,
                                    method=method_for(options.get("method"), options.get("preset"), "trio"),
-                                   cuda_graphs=backend == "torch" and device.startswith("cuda"))
+                                   cuda_graphs=backend == "torch" and device.startswith("cuda"), **visual)
             continue
         out = workdir / f"{backend}-{name}"
         target = "onnxruntime" if backend == "onnxruntime-gqa" else "tensorrt"
         export(loaded.source, out, dtype=dtype, max_new_tokens=new_tokens, validate=False, progress=False,
-               loaded=loaded, target=target, **options)
+               loaded=loaded, target=target, **visual, **options)
         if backend == "tensorrt":  # engines are built from the export, on this GPU
             from trio_edge.exporters.engine_build import build_engines
 
@@ -198,6 +220,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", default="64",
                         help="answer lengths, comma-separated (e.g. 8,64): one export, one result per length")
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--images", type=int, default=1, help="images per request (default 1; each a different "
+                        "synthetic picture), one export taking that many")
+    parser.add_argument("--video-frames", type=int, default=0, help="Qwen models: each request is one synthetic "
+                        "video of this many frames instead of images")
     parser.add_argument("--warmup", type=int, default=0, help="whole rounds discarded (default 0)")
     parser.add_argument("--select-precision", choices=["fp32", "model", "both"], default="fp32",
                         help="precision of TRIO's select stages (see trio-export --help); both: one TRIO run each")
@@ -215,7 +241,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     lengths = [int(n) for n in str(args.new_tokens).split(",")]
 
-    from trio_edge.cli.bench import DEFAULT_PROMPT, synthetic_image
+    from trio_edge.cli.bench import DEFAULT_PROMPT
     from trio_edge.models.cost import decode_bytes_per_token, fp32_prefill_flops
     from trio_edge.models.random_weights import build_random
     from trio_edge.models.registry import load
@@ -226,7 +252,7 @@ def main(argv=None) -> dict:
 
         keep_freed_host_memory()
     dtype = getattr(torch, {"fp16": "float16", "fp32": "float32"}[args.dtype])
-    image, prompt = synthetic_image(), DEFAULT_PROMPT
+    visual, prompt = request_visual(args.images, args.video_frames), DEFAULT_PROMPT
     command = "python benchmarks/llava_next_7b.py " + " ".join(sys.argv[1:] if argv is None else argv)
     environment = bench.environment(",".join(args.backends.split(",")), args.device)
     peaks = measured_peaks(args.device, dtype)
@@ -236,15 +262,17 @@ def main(argv=None) -> dict:
         source = build_random(args.model, Path(tmp) / "model", dtype=dtype, scale=args.scale, layers=args.layers,
                               vision_layers=args.vision_layers)
         loaded = load(str(source), dtype=dtype, device=args.device)
+        items = loaded.adapter.video_items(args.video_frames) if args.video_frames else args.images
         architecture = {"hidden": loaded.adapter.decoder.hidden_size, "layers": loaded.adapter.num_layers,
-                        "image_tokens": loaded.adapter.image_token_count(loaded.adapter.default_grid())}
+                        "image_tokens": items * loaded.adapter.image_token_count(loaded.adapter.default_grid()),
+                        "images": 0 if args.video_frames else args.images, "video_frames": args.video_frames}
         for results in by_length.values():
             results["architecture"] = architecture
         element = torch.tensor([], dtype=dtype).element_size()
         precisions = ("fp32", "model") if args.select_precision == "both" else (args.select_precision,)
         budgets = tuple(int(b) for b in args.sparsevlm_budgets.split(",") if b.strip())
         peers = tuple(m for m in args.peers.split(",") if m.strip())
-        inputs = hf_inputs(loaded, image, prompt, args.device)
+        inputs = hf_inputs(loaded, visual, prompt, args.device)
         backends = args.backends.split(",")
         # Interleaved (default): every pipeline of every backend open at once, one request of each per round.
         # --sequential (memory-bound devices): transformers alone first, then one backend's pipelines at a time,
@@ -258,8 +286,11 @@ def main(argv=None) -> dict:
             pipelines = {f"{backend}_{name}": pipeline for backend in group
                          for name, pipeline in our_pipelines(loaded, backend, args.device, args.dtype, max(lengths),
                                                              Path(tmp), precisions, budgets, args.keep_ratio,
-                                                             args.preset, peers).items()}
-            runners = {run: turn(lambda n, p=pipeline: bench.request(p, image, prompt, n), lengths, args.turn_warmup)
+                                                             args.preset, peers, args.images,
+                                                             args.video_frames).items()}
+            runners = {run: turn(lambda n, p=pipeline: bench.request(p, visual.get("image"), prompt, n,
+                                                                     video=visual.get("video")),
+                                 lengths, args.turn_warmup)
                        for run, pipeline in pipelines.items()}
             if index == 0 and not args.sequential:
                 runners = {**hf_runner, **runners}

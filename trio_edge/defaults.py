@@ -38,3 +38,5 @@ SERVE_TIMEOUT = 120.0  # seconds from arrival to the last token (queue wait incl
 SERVE_MAX_BODY_MB = 32.0  # a request body (images travel base64-encoded inside it)
 SERVE_MAX_IMAGE_MB = 20.0  # one encoded image (OpenAI's own per-image limit)
 SERVE_MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels (the image is letterboxed to the export's small grid anyway)
+SERVE_MAX_VIDEO_MB = 20.0  # one encoded video (it travels base64-encoded inside the request body: raise both)
+SERVE_MAX_VIDEO_SECONDS = 600.0  # the longest clip a request may send (its frames are sampled uniformly anyway)

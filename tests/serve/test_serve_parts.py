@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from trio_edge.errors import InputError
 from trio_edge.models.llava import LlavaNextAdapter
 from trio_edge.serve.api_errors import ApiError
-from trio_edge.serve.conversation import turns_and_images
+from trio_edge.serve.conversation import turns_and_visuals
 from trio_edge.serve.images import data_url_bytes, decode_image
 from trio_edge.serve.schema import ChatCompletionRequest
 from trio_edge.serve.settings import ServeSettings
@@ -86,7 +86,8 @@ def test_openai_messages_become_turns_and_image_urls():
         {"role": "developer", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "what?"},
                                      {"type": "image_url", "image_url": {"url": "data:x"}}]}]})
-    turns, urls = turns_and_images(request.messages)
+    turns, urls, videos = turns_and_visuals(request.messages)
+    assert videos == []
     assert turns == [{"role": "system", "content": [text("be brief")]},
                      {"role": "user", "content": [text("what?"), IMAGE]}]
     assert urls == ["data:x"]

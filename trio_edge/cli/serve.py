@@ -59,9 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"largest encoded image (default {defaults.SERVE_MAX_IMAGE_MB:g}); 413 above")
     limits.add_argument("--max-image-pixels", type=at_least(1), default=defaults.SERVE_MAX_IMAGE_PIXELS,
                         help=f"most decoded pixels (default {defaults.SERVE_MAX_IMAGE_PIXELS}); 400 above")
+    limits.add_argument("--max-video-mb", type=positive_number, default=defaults.SERVE_MAX_VIDEO_MB,
+                        help=f"largest encoded video (default {defaults.SERVE_MAX_VIDEO_MB:g} MiB; it travels inside "
+                             "the body: raise --max-body-mb too); 413 above")
+    limits.add_argument("--max-video-seconds", type=positive_number, default=defaults.SERVE_MAX_VIDEO_SECONDS,
+                        help=f"longest video clip (default {defaults.SERVE_MAX_VIDEO_SECONDS:g} s); 400 above")
     limits.add_argument("--allow-remote-images", action="store_true",
-                        help="also fetch http(s) image URLs (off by default: the server would fetch any URL a "
-                             "client names)")
+                        help="also fetch http(s) image and video URLs (off by default: the server would fetch any "
+                             "URL a client names)")
     add_scale_out_options(parser)
     model_only = add_model_only_options(parser, "EXPORT_DIR_OR_MODEL")
     model_only.add_argument("--max-new-tokens", type=at_least(1), help=f"longest answer (default "
@@ -96,6 +101,7 @@ def main(argv=None):
     options = dict(host=args.host, port=args.port, api_key=args.api_key, model_name=args.model_name,
                    max_queue=args.max_queue, timeout=args.timeout, max_body_mb=args.max_body_mb,
                    max_image_mb=args.max_image_mb, max_image_pixels=args.max_image_pixels,
+                   max_video_mb=args.max_video_mb, max_video_seconds=args.max_video_seconds,
                    allow_remote_images=args.allow_remote_images, backend=args.backend, device=args.device,
                    low_memory=args.low_memory)
     model_options = dict(cuda_graphs=args.cuda_graphs, max_new_tokens=args.max_new_tokens,

@@ -127,7 +127,8 @@ def select_flops(shape: DecoderShape, seq: int, image_tokens: int, keep: int, nm
 def stage_flops(config, plan, prompt_tokens: int, tiles: int) -> dict[str, float]:
     """Prefill FLOPs per stage for a prompt of `prompt_tokens` (text + image) tokens, and decode per token."""
     shape = DecoderShape.from_config(config.text_config)
-    flops = {"vision": vision_flops(config.vision_config, tiles, shape.hidden, plan.grid)}
+    # the vision graph runs once per image / video frame group of the request
+    flops = {"vision": plan.items * vision_flops(config.vision_config, tiles, shape.hidden, plan.grid)}
     text = prompt_tokens - plan.num_image_tokens
     for stage in plan.stages():
         if hasattr(stage, "keep"):

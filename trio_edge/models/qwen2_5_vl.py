@@ -230,11 +230,17 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
 
         return arange_indices(total, frames)
 
-    def load_video(self, source, frames: int):
-        """A video file (path or bytes) -> `frames` frames sampled as this family's processor samples them."""
-        from .video import load_video
+    def load_video(self, source, frames: int, **limits):
+        """A video file (path or bytes) -> `frames` frames sampled as this family's processor samples them
+        (models.video.load_video; `limits`: its max_seconds / max_frames / max_pixels). A video already decoded
+        (a SampledVideo of `frames` frames) is taken as it is."""
+        from .video import SampledVideo, load_video
 
-        return load_video(source, frames, self.sample_frame_indices)
+        if isinstance(source, SampledVideo):
+            if len(source.frames) != frames:
+                raise InputError(f"the video has {len(source.frames)} sampled frames; this export takes {frames}")
+            return source
+        return load_video(source, frames, self.sample_frame_indices, **limits)
 
     def frame_groups(self, video) -> list[list[int]]:
         """The sampled frames' indices in the clip, in the groups the tower takes together."""

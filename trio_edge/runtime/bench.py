@@ -43,7 +43,7 @@ class TimedRequest(NamedTuple):
     peak_device_bytes: int | None  # torch's peak CUDA allocation during this request (None on CPU)
 
 
-def request(pipeline, image, prompt: str, new_tokens: int) -> TimedRequest:
+def request(pipeline, image, prompt: str, new_tokens: int, video=None) -> TimedRequest:
     """One timed request decoding exactly `new_tokens` tokens (stop tokens disabled for the call). Benchmarks
     that compare several pipelines call this in interleaved rounds, so a machine whose speed drifts over minutes
     weighs on every pipeline alike; the CUDA peak is taken per request so it stays this pipeline's own."""
@@ -52,7 +52,7 @@ def request(pipeline, image, prompt: str, new_tokens: int) -> TimedRequest:
         torch.cuda.reset_peak_memory_stats(pipeline.device)
     stops, pipeline.stop_token_ids = pipeline.stop_token_ids, set()
     try:
-        result = pipeline.generate(image, prompt, max_new_tokens=new_tokens)
+        result = pipeline.generate(image, prompt, max_new_tokens=new_tokens, video=video)
     finally:
         pipeline.stop_token_ids = stops
     return TimedRequest(result, torch.cuda.max_memory_allocated(pipeline.device) if cuda else None)

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..runtime.pipeline import Pipeline
 from .api_errors import ApiError, bad_request
-from .conversation import PromptChecker, turns_and_images
+from .conversation import PromptChecker, turns_and_visuals
 from .images import data_url_bytes, decode_image, remote_image_bytes
 from .metrics import ServeMetrics
 from .schema import (
@@ -180,19 +180,58 @@ def _check_model(name: str, settings: ServeSettings) -> None:
 
 
 async def _job_for(body: ChatCompletionRequest, state: ServerState, received: float) -> Job:
-    turns, urls = turns_and_images(body.messages)
-    if not urls:
+    plan = state.pipeline.plan
+    turns, image_urls, video_urls = turns_and_visuals(body.messages)
+    _check_visual_counts(plan, len(image_urls), len(video_urls))
+    options = _generation_options(body, plan.max_new_tokens)
+    if plan.video_frames:  # decoded first: some families write its frames' times into the prompt
+        data = await _image_bytes(video_urls[0], state, "video")
+        async with state.image_decodes:
+            video = await asyncio.to_thread(_decode_video, data, state)
+        prompt = state.checker.prompt(turns, video)
+        return Job(None, prompt, options, body.stop_sequences, body.stream, received, asyncio.get_running_loop(),
+                   video=video)
+    prompt = state.checker.prompt(turns)
+    images = []
+    for url in image_urls:
+        data = await _image_bytes(url, state)
+        async with state.image_decodes:
+            images.append(await asyncio.to_thread(decode_image, data, state.settings.max_image_pixels))
+    return Job(images if plan.images > 1 else images[0], prompt, options, body.stop_sequences, body.stream, received,
+               asyncio.get_running_loop())
+
+
+def _check_visual_counts(plan, images: int, videos: int) -> None:
+    """The request's image_url / video_url parts against what the export takes: its image count, or one video."""
+    if plan.video_frames:
+        if videos != 1 or images:
+            raise bad_request("wrong_visual_input", f"the messages have {images} image(s) and {videos} video(s); "
+                              f"this export takes exactly one video per request (a video_url part, e.g. "
+                              f"data:video/mp4;base64,...), {plan.video_frames} frames sampled from it", "messages")
+        return
+    if videos:
+        raise bad_request("video_not_supported", "this export takes images, not a video (a video export is made with "
+                          "trio-export --video-frames); send image_url parts", "messages")
+    if not images:
         raise bad_request("no_image", "the messages have no image; add an image_url part "
                           "(data:image/png;base64,...) to the user message", "messages")
-    if len(urls) > 1:
-        raise bad_request("too_many_images", f"the messages have {len(urls)} images; this export takes one image "
-                          "per request", "messages")
-    prompt = state.checker.prompt(turns)
-    options = _generation_options(body, state.pipeline.plan.max_new_tokens)
-    data = await _image_bytes(urls[0], state)
-    async with state.image_decodes:
-        image = await asyncio.to_thread(decode_image, data, state.settings.max_image_pixels)
-    return Job(image, prompt, options, body.stop_sequences, body.stream, received, asyncio.get_running_loop())
+    if images != plan.images:
+        code = "too_many_images" if images > plan.images else "too_few_images"
+        raise bad_request(code, f"the messages have {images} images; this export takes {plan.images} image"
+                          f"{'s' if plan.images > 1 else ''} per request", "messages")
+
+
+def _decode_video(data: bytes, state: ServerState):
+    """The video's frames as the export samples them, within the server's limits; 400 for a bad or long clip."""
+    from ..errors import InputError
+
+    settings = state.settings
+    try:
+        return state.checker.io.load_video(data, state.pipeline.plan.video_frames,
+                                           max_seconds=settings.max_video_seconds,
+                                           max_pixels=settings.max_image_pixels)
+    except InputError as error:
+        raise bad_request("invalid_video", str(error), "messages") from None
 
 
 def _generation_options(body: ChatCompletionRequest, limit: int) -> dict:
@@ -207,16 +246,18 @@ def _generation_options(body: ChatCompletionRequest, limit: int) -> dict:
             "seed": None if body.seed is None else body.seed % 2**63}  # any 64-bit seed, as OpenAI takes it
 
 
-async def _image_bytes(url: str, state: ServerState) -> bytes:
-    limit = state.settings.max_image_bytes
+async def _image_bytes(url: str, state: ServerState, kind: str = "image") -> bytes:
+    """The encoded bytes of an image (or a video: `kind`) URL, within the server's size limit."""
+    limit = state.settings.max_video_bytes if kind == "video" else state.settings.max_image_bytes
     if url.startswith("data:"):
-        return data_url_bytes(url, limit)
+        return data_url_bytes(url, limit, kind)
     if url.lower().startswith(("http://", "https://")):
         if state.remote is None:
-            raise bad_request("remote_images_disabled", "remote image URLs are refused by this server; send the "
-                              "image as a data URL (or start trio-serve with --allow-remote-images)", "messages")
-        return await remote_image_bytes(url, state.remote, limit)
-    raise bad_request("invalid_image", "the image URL must be a data: URL (data:image/png;base64,...)", "messages")
+            raise bad_request("remote_images_disabled", f"remote {kind} URLs are refused by this server; send the "
+                              f"{kind} as a data URL (or start trio-serve with --allow-remote-images)", "messages")
+        return await remote_image_bytes(url, state.remote, limit, kind)
+    example = "data:video/mp4;base64,..." if kind == "video" else "data:image/png;base64,..."
+    raise bad_request(f"invalid_{kind}", f"the {kind} URL must be a data: URL ({example})", "messages")
 
 
 def _queue_full(worker: GenerationWorker, settings: ServeSettings) -> ApiError:

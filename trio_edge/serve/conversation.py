@@ -17,9 +17,10 @@ from .schema import Message
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-def turns_and_images(messages: list[Message]) -> tuple[list[dict], list[str]]:
-    """The chat as the adapter's turns (image parts become {"type": "image"}) and the image URLs in order."""
-    turns, urls = [], []
+def turns_and_visuals(messages: list[Message]) -> tuple[list[dict], list[str], list[str]]:
+    """The chat as the adapter's turns (image parts become {"type": "image"}, video parts {"type": "video"}), and
+    the image URLs and video URLs, each in order."""
+    turns, images, videos = [], [], []
     for message in messages:
         content = message.content
         if content is None or isinstance(content, str):
@@ -29,11 +30,14 @@ def turns_and_images(messages: list[Message]) -> tuple[list[dict], list[str]]:
             for part in content:
                 if part.type == "text":
                     parts.append({"type": "text", "text": part.text})
-                else:
+                elif part.type == "image_url":
                     parts.append({"type": "image"})
-                    urls.append(part.image_url.url)
+                    images.append(part.image_url.url)
+                else:
+                    parts.append({"type": "video"})
+                    videos.append(part.video_url.url)
         turns.append({"role": ROLES[message.role], "content": parts})
-    return turns, urls
+    return turns, images, videos
 
 
 class PromptChecker:
@@ -45,11 +49,12 @@ class PromptChecker:
         self.plan = pipeline.plan
         self.max_text_tokens = pipeline.plan.max_text_tokens
 
-    def prompt(self, turns: list[dict]) -> str:
+    def prompt(self, turns: list[dict], video=None) -> str:
+        """`video`: the request's decoded video (its frame times are text in some families' prompts)."""
         plan = self.plan
         try:
             prompt = self.io.format_conversation(turns)
-            ids = self.io.prompt_ids(prompt, plan.image_tokens_per_item, images=plan.images)
+            ids = self.io.prompt_ids(prompt, plan.image_tokens_per_item, images=plan.images, video=video)
             text_tokens = ids.shape[1] - plan.num_image_tokens
         except InputError as error:
             raise bad_request("invalid_request", str(error), "messages") from None

@@ -30,7 +30,7 @@ from .settings import MIB, ServeSettings
 
 DEPLOYMENT = "trio-serve"
 SETTING_ARGS = ("model_name", "api_key", "max_queue", "timeout", "allow_remote_images", "max_body_mb",
-                "max_image_mb", "max_image_pixels")
+                "max_image_mb", "max_image_pixels", "max_video_mb", "max_video_seconds")
 OPEN_ARGS = ("backend", "device", "low_memory")
 
 
@@ -113,7 +113,7 @@ def build_app(args: dict):
     """Ray's application builder (`serve run trio_edge.serve.ray_app:build_app source=DIR replicas=2`, or
     `import_path` + `args` in a Serve config file). Keys: source (required); replicas or autoscale (MIN:MAX);
     cpus_per_replica; model_name, api_key, max_queue, timeout, allow_remote_images, max_body_mb, max_image_mb,
-    max_image_pixels; backend, device, low_memory."""
+    max_image_pixels, max_video_mb, max_video_seconds; backend, device, low_memory."""
     args = dict(args)
     unknown = sorted(set(args) - {"source", "replicas", "autoscale", "cpus_per_replica", *SETTING_ARGS, *OPEN_ARGS})
     if unknown:
@@ -132,14 +132,16 @@ def build_app(args: dict):
 
 def settings_from(source, *, model_name=None, api_key=None, max_queue=defaults.SERVE_MAX_QUEUE,
                   timeout=defaults.SERVE_TIMEOUT, allow_remote_images=False, max_body_mb=defaults.SERVE_MAX_BODY_MB,
-                  max_image_mb=defaults.SERVE_MAX_IMAGE_MB,
-                  max_image_pixels=defaults.SERVE_MAX_IMAGE_PIXELS) -> ServeSettings:
+                  max_image_mb=defaults.SERVE_MAX_IMAGE_MB, max_image_pixels=defaults.SERVE_MAX_IMAGE_PIXELS,
+                  max_video_mb=defaults.SERVE_MAX_VIDEO_MB,
+                  max_video_seconds=defaults.SERVE_MAX_VIDEO_SECONDS) -> ServeSettings:
     """ServeSettings from trio-serve's option values (strings from `serve run` are converted)."""
     return ServeSettings(model_name=model_name or Path(str(source)).name or str(source), api_key=api_key,
                          max_queue=_whole(max_queue, "max_queue"), timeout=float(timeout),
                          allow_remote_images=_flag(allow_remote_images),
                          max_body_bytes=int(float(max_body_mb) * MIB), max_image_bytes=int(float(max_image_mb) * MIB),
-                         max_image_pixels=_whole(max_image_pixels, "max_image_pixels"))
+                         max_image_pixels=_whole(max_image_pixels, "max_image_pixels"),
+                         max_video_bytes=int(float(max_video_mb) * MIB), max_video_seconds=float(max_video_seconds))
 
 
 def _whole(value, name: str) -> int:

@@ -23,6 +23,7 @@ def run_on_ray(source, *, host: str = defaults.SERVE_HOST, port: int = defaults.
                model_name=None, api_key=None, max_queue=defaults.SERVE_MAX_QUEUE, timeout=defaults.SERVE_TIMEOUT,
                allow_remote_images=False, max_body_mb=defaults.SERVE_MAX_BODY_MB,
                max_image_mb=defaults.SERVE_MAX_IMAGE_MB, max_image_pixels=defaults.SERVE_MAX_IMAGE_PIXELS,
+               max_video_mb=defaults.SERVE_MAX_VIDEO_MB, max_video_seconds=defaults.SERVE_MAX_VIDEO_SECONDS,
                ready=None, **open_options) -> None:
     """Serve `source` from Ray Serve replicas until SIGTERM or Ctrl-C; Ray's HTTP proxy listens on host:port.
     `address`: None starts a private cluster on this machine; "auto", "ray://HOST:PORT" or "HOST:PORT" joins one.
@@ -37,7 +38,8 @@ def run_on_ray(source, *, host: str = defaults.SERVE_HOST, port: int = defaults.
     check_address(address)
     settings = settings_from(source, model_name=model_name, api_key=api_key, max_queue=max_queue, timeout=timeout,
                              allow_remote_images=allow_remote_images, max_body_mb=max_body_mb,
-                             max_image_mb=max_image_mb, max_image_pixels=max_image_pixels)
+                             max_image_mb=max_image_mb, max_image_pixels=max_image_pixels,
+                             max_video_mb=max_video_mb, max_video_seconds=max_video_seconds)
     check_open(source, **open_options)
     probe = _bind(host, port)  # a taken port is one clear error here, not a proxy that never starts
     url = _url(probe)

@@ -30,7 +30,19 @@ class ImagePart(BaseModel):
     image_url: ImageURL
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+class VideoURL(BaseModel):
+    url: str = Field(description="data:video/mp4|webm|quicktime|x-matroska|x-msvideo;base64,... (http(s) URLs only "
+                                 "with --allow-remote-images)")
+
+
+class VideoPart(BaseModel):
+    """vLLM's convention for a video in a chat message (an export made with --video-frames takes one)."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
 
 
 class Message(BaseModel):

@@ -39,7 +39,8 @@ def start(source, *, host: str = defaults.SERVE_HOST, port: int = 0, log_level: 
     cannot be opened). Port 0 (the default) picks a free port: see `.url`. Stop with `.stop()` or `with`.
 
     `options`: api_key, max_queue, timeout (s), allow_remote_images, model_name (default: the source's last
-    path component), max_body_mb, max_image_mb, max_image_pixels; and what `trio_edge.load` takes (backend,
+    path component), max_body_mb, max_image_mb, max_image_pixels, max_video_mb, max_video_seconds; and what
+    `trio_edge.load` takes (backend,
     device, cuda_graphs, max_new_tokens and the schedule options for a model)."""
     server, sock, state = _prepare(source, host=host, port=port, log_level=log_level, **options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="trio-serve", daemon=True)
@@ -73,7 +74,8 @@ class RunningServer:
 def _prepare(source, *, host, port, log_level, api_key=None, max_queue=defaults.SERVE_MAX_QUEUE,
              timeout=defaults.SERVE_TIMEOUT, allow_remote_images=False, model_name=None,
              max_body_mb=defaults.SERVE_MAX_BODY_MB, max_image_mb=defaults.SERVE_MAX_IMAGE_MB,
-             max_image_pixels=defaults.SERVE_MAX_IMAGE_PIXELS, **open_options):
+             max_image_pixels=defaults.SERVE_MAX_IMAGE_PIXELS, max_video_mb=defaults.SERVE_MAX_VIDEO_MB,
+             max_video_seconds=defaults.SERVE_MAX_VIDEO_SECONDS, **open_options):
     """(uvicorn server, bound socket, app state); the pipeline opens once the server runs."""
     try:
         import uvicorn
@@ -88,7 +90,8 @@ def _prepare(source, *, host, port, log_level, api_key=None, max_queue=defaults.
     settings = ServeSettings(model_name=model_name or _default_name(source), api_key=api_key, max_queue=max_queue,
                              timeout=timeout, allow_remote_images=allow_remote_images,
                              max_body_bytes=int(max_body_mb * MIB), max_image_bytes=int(max_image_mb * MIB),
-                             max_image_pixels=max_image_pixels)
+                             max_image_pixels=max_image_pixels, max_video_bytes=int(max_video_mb * MIB),
+                             max_video_seconds=max_video_seconds)
     sock = _bind(host, port)
     holder = []  # the uvicorn server, for the loader to stop it if the pipeline cannot be opened
 

@@ -11,7 +11,8 @@ from ..errors import InputError
 MIB = 1024 * 1024
 REPLICA_HEADER = "x-trio-replica"  # names the replica that answered (Ray Serve)
 LIMIT_OPTIONS = {"max_body_bytes": ("--max-body-mb", MIB), "max_image_bytes": ("--max-image-mb", MIB),
-                 "max_image_pixels": ("--max-image-pixels", 1)}  # field -> (the option that sets it, its unit)
+                 "max_image_pixels": ("--max-image-pixels", 1), "max_video_bytes": ("--max-video-mb", MIB),
+                 "max_video_seconds": ("--max-video-seconds", 1)}  # field -> (the option that sets it, its unit)
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class ServeSettings:
     allow_remote_images: bool = False
     max_body_bytes: int = int(defaults.SERVE_MAX_BODY_MB * MIB)
     max_image_bytes: int = int(defaults.SERVE_MAX_IMAGE_MB * MIB)
-    max_image_pixels: int = defaults.SERVE_MAX_IMAGE_PIXELS
+    max_image_pixels: int = defaults.SERVE_MAX_IMAGE_PIXELS  # also every frame of a video
+    max_video_bytes: int = int(defaults.SERVE_MAX_VIDEO_MB * MIB)
+    max_video_seconds: float = defaults.SERVE_MAX_VIDEO_SECONDS
 
     def __post_init__(self):
         if not self.model_name or not self.model_name.strip():
@@ -33,7 +36,7 @@ class ServeSettings:
         if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
             raise InputError(f"--timeout must be a positive number of seconds, got {self.timeout!r}")
         for name, (option, unit) in LIMIT_OPTIONS.items():
-            if getattr(self, name) < 1:
+            if not getattr(self, name) > 0:
                 raise InputError(f"{option} must be positive, got {getattr(self, name) / unit:g}")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("the API key is empty; pass a non-empty --api-key or none")

@@ -34,8 +34,8 @@ class Answer:
 
 @dataclass(eq=False)
 class Job:
-    image: Any  # decoded RGB PIL image
-    prompt: str  # with the image slot in place (used verbatim by the pipeline)
+    image: Any  # decoded RGB PIL image, a list of them (an export taking several), or None (a video)
+    prompt: str  # with the image slots in place (used verbatim by the pipeline)
     options: dict  # max_new_tokens, temperature, top_p, seed
     stops: list[str]
     streaming: bool  # send the answer's text as it grows (else only the finished answer)
@@ -43,6 +43,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    video: Any = None  # the request's decoded video (models.video.SampledVideo), for an export with --video-frames
 
     def emit(self, kind: str, value) -> None:
         """("text", str) pieces when streaming, then ("done", Answer) or ("error", ApiError); from the worker
@@ -144,7 +145,7 @@ class GenerationWorker:
                     self._running = None
 
     def _generate(self, job: Job) -> None:
-        stream = self.pipeline.generate(job.image, job.prompt, stream=True, **job.options)
+        stream = self.pipeline.generate(job.image, job.prompt, video=job.video, stream=True, **job.options)
         matcher = StopMatcher(job.stops)
         shown = visible = ""
         stopped, last = False, None
