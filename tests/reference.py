@@ -274,6 +274,59 @@ def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_
     return ReferenceResult(token_ids, all_logits, kept, saliency)
 
 
+# ---- Qwen3-VL's pruned prefill from transformers' own parts ----------------------------------------------------
+def qwen3_plain_prefill(model, inputs, cuts: dict, method: str):
+    """The pruned prefill from transformers' parts, layer by layer: the embeddings with the vision features,
+    get_rope_index's rows, decoder layers called one by one, DeepStack's add at the visual rows after layers
+    0..k-1 (Qwen3VLTextModel._deepstack_process) of the visual tokens still there, and a cut N:KEEP after layer N-1
+    keeping the text and the kept visual rows (original M-RoPE rows). The visual tokens are one image's, several
+    images' or a video's frame groups' (text between them): a cut selects from all of them. TRIO (Qwen port) scores
+    the hidden states entering layer N with the layer just run and the input embedding table
+    (tests/qwen_reference.py); FastV and DART score layer N-1 on its input (tests/reference.py). Returns (kept per
+    cut, original numbering; last position's logits)."""
+    import qwen_reference
+
+    ids = inputs["input_ids"]
+    text = model.model.language_model
+    video = "pixel_values_videos" in inputs
+    pixels, grid = ((inputs["pixel_values_videos"], inputs["video_grid_thw"]) if video else
+                    (inputs["pixel_values"], inputs["image_grid_thw"]))
+    with torch.no_grad():
+        vision = model.model.visual(pixels, grid_thw=grid)
+        is_visual = ids[0] == (model.config.video_token_id if video else model.config.image_token_id)
+        h = text.embed_tokens(ids)[0].clone()
+        h[is_visual] = vision.pooler_output
+        positions = model.model.get_rope_index(ids, inputs["mm_token_type_ids"], inputs.get("image_grid_thw"),
+                                               inputs.get("video_grid_thw"))[0][:, 0]
+    rows = torch.nonzero(is_visual)[:, 0].tolist()
+    image_ids, kept_per_cut = list(range(len(rows))), []
+    for index in range(len(text.layers)):
+        entering = h
+        with torch.no_grad():
+            h = qwen_reference.run_decoder_layer(model, index, h, positions)
+            if index < len(vision.deepstack_features):
+                h = h.clone()
+                h[rows] += vision.deepstack_features[index][image_ids]
+        if index + 1 not in cuts:
+            continue
+        keep = cuts[index + 1]
+        if method == "trio":
+            saliency = qwen_reference.decoder_saliency(model, h, positions, index)[rows]
+            kept = qwen_reference.greedy_nms(saliency.tolist(), h[rows], keep)
+        else:
+            rule = fastv_kept if method == "fastv" else dart_kept
+            with torch.no_grad():
+                kept = rule(model, index, entering, positions, rows, None, keep).tolist()
+        dropped = set(rows) - {rows[i] for i in kept}
+        order = [r for r in range(h.shape[0]) if r not in dropped]
+        h, positions = h[order], positions[:, order]
+        rows = [order.index(rows[i]) for i in kept]
+        image_ids = [image_ids[i] for i in kept]
+        kept_per_cut.append(list(image_ids))
+    with torch.no_grad():
+        return kept_per_cut, model.lm_head(text.norm(h))[-1]
+
+
 # ---- TRIO-VE (ocy1/TRIO llava_arch.py encode_images, window_cls_selection, token_merging) ------------------------
 
 

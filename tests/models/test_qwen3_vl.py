@@ -23,6 +23,8 @@ from helpers import (
     random_image,
 )
 
+from reference import qwen3_plain_prefill
+
 from trio_edge.trio.schedule import Schedule
 
 GRID = (256, 256)  # 16 x 16 patches: 64 image tokens
@@ -101,52 +103,7 @@ def test_the_host_fallback_gathers_the_deepstack_planes_too(qwen3, pictures):
     torch.testing.assert_close(fallback.first_logits, exact.first_logits, rtol=1e-5, atol=1e-5)
 
 
-# ---- plain implementations from transformers' own parts ------------------------------------------------------
-def plain_prefill(model, inputs, cuts: dict, method: str):
-    """The pruned prefill from transformers' parts, layer by layer: the embeddings with the vision features,
-    get_rope_index's rows, decoder layers called one by one, DeepStack's add at the image rows after layers
-    0..k-1 (Qwen3VLTextModel._deepstack_process) of the image tokens still there, and a cut N:KEEP after layer N-1
-    keeping [text | kept image | text] rows (original M-RoPE rows). TRIO (Qwen port) scores the hidden states
-    entering layer N with the layer just run and the input embedding table (tests/qwen_reference.py); FastV and
-    DART score layer N-1 on its input (tests/reference.py). Returns (kept per cut, original numbering; last
-    position's logits)."""
-    import qwen_reference
-    import reference
-
-    ids = inputs["input_ids"]
-    text = model.model.language_model
-    with torch.no_grad():
-        vision = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
-        is_image = ids[0] == model.config.image_token_id
-        h = text.embed_tokens(ids)[0].clone()
-        h[is_image] = vision.pooler_output
-        positions = model.model.get_rope_index(ids, inputs["mm_token_type_ids"], inputs["image_grid_thw"])[0][:, 0]
-    start, image_ids, kept_per_cut = int(is_image.to(torch.int64).argmax()), list(range(int(is_image.sum()))), []
-    for index in range(len(text.layers)):
-        entering = h
-        with torch.no_grad():
-            h = qwen_reference.run_decoder_layer(model, index, h, positions)
-            if index < len(vision.deepstack_features):
-                h = h.clone()
-                h[start:start + len(image_ids)] += vision.deepstack_features[index][image_ids]
-        if index + 1 not in cuts:
-            continue
-        count, keep = len(image_ids), cuts[index + 1]
-        if method == "trio":
-            saliency = qwen_reference.decoder_saliency(model, h, positions, index)[start:start + count]
-            kept = qwen_reference.greedy_nms(saliency.tolist(), h[start:start + count], keep)
-        else:
-            rule = reference.fastv_kept if method == "fastv" else reference.dart_kept
-            with torch.no_grad():
-                kept = rule(model, index, entering, positions, start, count, keep).tolist()
-        rows = list(range(start)) + [start + i for i in kept] + list(range(start + count, h.shape[0]))
-        h, positions = h[rows], positions[:, rows]
-        image_ids = [image_ids[i] for i in kept]
-        kept_per_cut.append(list(image_ids))
-    with torch.no_grad():
-        return kept_per_cut, model.lm_head(text.norm(h))[-1]
-
-
+# ---- plain implementations from transformers' own parts (tests/reference.py qwen3_plain_prefill) ---------------
 @pytest.mark.parametrize("method, cuts", [("trio", "1:32,2:16"), ("trio", "2:24,3:10"), ("fastv", "2:24"),
                                           ("fastv", "3:20"), ("dart", "2:20"), ("dart", "3:20")])
 @pytest.mark.parametrize("runtime_form", [True, False], ids=["runtime-form", "export-form"])
@@ -155,7 +112,7 @@ def test_kept_sets_equal_plain_implementations(qwen3, pictures, method, cuts, ru
     layers = {cut.layer: cut.keep for cut in schedule.cuts}
     for index, prompt in CASES:
         inputs = qwen3.adapter.hf_inputs(pictures[index], prompt, GRID)
-        kept, logits = plain_prefill(qwen3.model, inputs, layers, method)
+        kept, logits = qwen3_plain_prefill(qwen3.model, inputs, layers, method)
         ours = make_pipeline(qwen3, schedule, max_new_tokens=1, grid=GRID, method=method,
                              runtime_form=runtime_form).generate(pictures[index], prompt)
         assert ours.kept == kept

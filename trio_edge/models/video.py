@@ -76,7 +76,7 @@ def load_video(source, num_frames: int, sample_indices, *, max_seconds: float = 
     except InputError:
         raise
     except _decoder_errors() as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split()) or type(error).__name__
         raise InputError(f"cannot decode {name}: {reason} (corrupt or truncated file, or not a video); "
                          f"{FORMATS_HINT}") from None
 
@@ -87,7 +87,7 @@ def _read(source) -> tuple[str, bytes]:
         data = bytes(source)
         if not data:
             raise InputError("the video is empty (0 bytes); " + FORMATS_HINT)
-        return "the video bytes", data
+        return "the video", data
     if not isinstance(source, (str, Path)) and not hasattr(source, "__fspath__"):
         raise InputError(f"the video must be a file path or bytes, not {type(source).__name__}")
     path = Path(source)
@@ -170,7 +170,8 @@ def _frames(container, stream, name: str, max_frames: int):
     """The stream's decoded frames in order, stopping with an InputError past `max_frames`."""
     for count, frame in enumerate(container.decode(stream)):
         if count >= max_frames:
-            raise InputError(f"{name} has more than {max_frames} frames, over this limit; trim the clip")
+            raise InputError(f"{name} has more than {max_frames} frames, over the {max_frames}-frame limit; trim the "
+                             "clip")
         yield frame
 
 
