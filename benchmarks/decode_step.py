@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
         if args.transformers_requests:  # transformers' own per-step decode, timestamped inside generate
             from llava_next_7b import hf_inputs, hf_request, hf_summary
 
-            inputs = hf_inputs(loaded, synthetic_image(), DEFAULT_PROMPT, "cpu")
+            inputs = hf_inputs(loaded, {"image": synthetic_image()}, DEFAULT_PROMPT, "cpu")
             hf = hf_summary([hf_request(loaded, inputs, 16, "cpu") for _ in range(args.transformers_requests)])
             results["runs"]["transformers_generate"] = {"step_ms": hf["decode_ms_per_token"],
                                                         "steps": hf["decode_step_ms"]["steps"]}

@@ -191,6 +191,12 @@ def test_exports_with_several_images_answer_as_pytorch_and_generate(tiny, qwen2_
         paths += ["--image", str(tmp_path / f"{index}.png")]
         picture.save(paths[-1])
     assert run_main([str(out), *paths, "--prompt", PROMPTS[0], "--json"]) == 0
+    records = tmp_path / "records.jsonl"  # trio-batch: a list of images per record; a wrong count fails its record
+    records.write_text(json.dumps({"id": "three", "image": paths[1::2], "prompt": PROMPTS[0]}) + "\n"
+                       + json.dumps({"id": "one", "image": paths[1], "prompt": PROMPTS[0]}) + "\n")
+    trio_edge.batch(out, records, tmp_path / "answers.jsonl", progress=False)
+    answers = {row["id"]: row for row in map(json.loads, (tmp_path / "answers.jsonl").read_text().splitlines())}
+    assert answers["three"]["kept"] == have.kept and "takes exactly 3 images" in answers["one"]["error"]
 
 
 def test_trio_run_reports_the_kept_tokens_per_image(tiny, pictures, tmp_path, capsys):

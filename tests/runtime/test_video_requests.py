@@ -163,6 +163,10 @@ def test_video_exports_answer_as_generate_and_pytorch(qwen2_5, qwen3, clip, tmp_
     body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert body["kept"] == want.kept and body["token_ids"] == want.token_ids
     assert len(body["kept_per_frame_group"][0]) == 4 and len(body["frame_groups"]) == 4
+    records = tmp_path / "records.jsonl"  # trio-batch: a video per record
+    records.write_text(json.dumps({"id": "clip", "video": str(path), "prompt": QUESTION}) + "\n")
+    trio_edge.batch(pruned, records, tmp_path / "answers.jsonl", progress=False)
+    assert json.loads((tmp_path / "answers.jsonl").read_text())["kept"] == want.kept
     for bad, message in ((tmp_path / "missing.mp4", "video file not found"),
                          (write_video(tmp_path / "short.mp4", indexed_frames(5), fps=8), "has 5 frames")):
         assert run_main([str(pruned), "--video", str(bad), "--prompt", QUESTION]) == 2

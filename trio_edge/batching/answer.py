@@ -17,7 +17,12 @@ def answer(pipeline, record: dict) -> dict:
     {"id", "error"} when this record cannot be answered (unreadable image, prompt too long, ...)."""
     options = {k: record[k] for k in ("max_new_tokens", "temperature", "top_p", "seed") if k in record}
     try:
-        result = pipeline.generate(_image(record["image"]), record["prompt"], **options)
+        if record.get("video") is not None:
+            result = pipeline.generate(None, record["prompt"], video=_image(record["video"], "video"), **options)
+        else:
+            image = record["image"]
+            image = [_image(i) for i in image] if isinstance(image, list) else _image(image)
+            result = pipeline.generate(image, record["prompt"], **options)
     except (TrioEdgeError, OSError, ValueError) as error:
         return {"id": record["id"], "error": f"{type(error).__name__}: {error}"}
     except Exception as error:  # noqa: BLE001 - one record's failure must not end a run of a million
@@ -27,15 +32,15 @@ def answer(pipeline, record: dict) -> dict:
             "completion_tokens": len(result.token_ids), "timings": result.timings}
 
 
-def _image(location: str):
-    """A path as is (the pipeline opens it); an http(s) URL's bytes."""
+def _image(location: str, kind: str = "image"):
+    """A path as is (the pipeline opens it); an http(s) URL's bytes (`kind`: what it is, for messages)."""
     if not location.lower().startswith(("http://", "https://")):
         return location
     try:
         with urllib.request.urlopen(location, timeout=URL_TIMEOUT_S) as response:  # noqa: S310 - http(s) only
             data = response.read(MAX_URL_BYTES + 1)
     except OSError as error:
-        raise InputError(f"cannot download the image {location}: {getattr(error, 'reason', error)}") from None
+        raise InputError(f"cannot download the {kind} {location}: {getattr(error, 'reason', error)}") from None
     if len(data) > MAX_URL_BYTES:
-        raise InputError(f"the image {location} is over {MAX_URL_BYTES // 2**20} MiB")
+        raise InputError(f"the {kind} {location} is over {MAX_URL_BYTES // 2**20} MiB")
     return data

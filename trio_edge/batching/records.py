@@ -1,5 +1,6 @@
-"""The input of trio-batch: records (`id`, `image`, `prompt`, generation options) from a JSONL file, or one record
-per image of a folder. Everything is checked before any pipeline opens: a bad line is one error naming it."""
+"""The input of trio-batch: records (`id`, `image` -- one path or URL, or a list of them for an export that takes
+several -- or `video`, `prompt`, generation options) from a JSONL file, or one record per image of a folder.
+Everything is checked before any pipeline opens: a bad line is one error naming it."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ from ..errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 OPTIONS = ("max_new_tokens", "temperature", "top_p", "seed")  # what Pipeline.generate takes per request
-KEYS = ("id", "image", "prompt", *OPTIONS)
+KEYS = ("id", "image", "video", "prompt", *OPTIONS)
 
 
 @dataclass(frozen=True)
 class Record:
     id: str | int
-    image: str  # an absolute path, or an http(s) URL
+    image: str | list[str] | None  # an absolute path or an http(s) URL, a list of them in prompt order; None: video
     prompt: str
     options: dict = field(default_factory=dict)
+    video: str | None = None  # an absolute path or an http(s) URL (an export made with --video-frames)
 
     def to_json(self) -> dict:
-        return {"id": self.id, "image": self.image, "prompt": self.prompt, **self.options}
+        visual = {"video": self.video} if self.video is not None else {"image": self.image}
+        return {"id": self.id, **visual, "prompt": self.prompt, **self.options}
 
 
 def read_records(source, *, prompt: str | None = None, options: dict | None = None) -> list[Record]:
@@ -74,13 +77,22 @@ def _record(line: str, number: int, path: Path, prompt: str | None, defaults: di
     if isinstance(ident, bool) or not isinstance(ident, (str, int)) or ident == "":
         raise InputError(f"{where} has {'no id' if ident is None else f'the id {ident!r}'}; each record needs an "
                          "id (a string or a whole number), unique in the file")
-    image = data.get("image")
-    if not isinstance(image, str) or not image.strip():
-        raise InputError(f"{where} (id {ident!r}) has no image; give its path or http(s) URL as \"image\"")
+    image, video = data.get("image"), data.get("video")
+    if (image is None) == (video is None):
+        raise InputError(f"{where} (id {ident!r}) has {'both an image and a video' if image is not None else 'no image'}"
+                         "; give its path or http(s) URL as \"image\" (a list of them for several images) or, for a "
+                         "video export, as \"video\"")
+    locations = [video] if video is not None else image if isinstance(image, list) else [image]
+    if not locations or not all(isinstance(v, str) and v.strip() for v in locations):
+        raise InputError(f"{where} (id {ident!r}): \"{'video' if video is not None else 'image'}\" must be a path or "
+                         "http(s) URL (\"image\" may be a non-empty list of them)")
     question = data.get("prompt", prompt)
     if not isinstance(question, str) or not question.strip():
         raise InputError(f"{where} (id {ident!r}) has no prompt; give it as \"prompt\" (or pass --prompt for "
                          "every record without one)")
-    remote = image.lower().startswith(("http://", "https://"))
-    image = image if remote else str((path.parent / image).resolve())
-    return Record(ident, image, question, {**defaults, **{k: data[k] for k in OPTIONS if k in data}})
+    located = [v if v.lower().startswith(("http://", "https://")) else str((path.parent / v).resolve())
+               for v in locations]
+    options = {**defaults, **{k: data[k] for k in OPTIONS if k in data}}
+    if video is not None:
+        return Record(ident, None, question, options, video=located[0])
+    return Record(ident, located if isinstance(image, list) else located[0], question, options)

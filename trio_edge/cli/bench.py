@@ -22,6 +22,7 @@ from .common import (
     add_device_options,
     add_quiet_option,
     add_schedule_options,
+    add_visual_options,
     at_least,
     check_output_paths,
     cli_entry,
@@ -29,6 +30,7 @@ from .common import (
     make_parents,
     positive_number,
     schedule_options,
+    visual_options,
 )
 
 DEFAULT_PROMPT = ("describe this picture in detail : which objects are there , what color and shape is each "
@@ -55,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=at_least(0), default=2, help="unmeasured requests first (default 2)")
     parser.add_argument("--iters", type=at_least(1), default=5, help="measured requests (default 5)")
     parser.add_argument("--new-tokens", type=at_least(1), default=32, help="tokens per answer (default 32)")
-    parser.add_argument("--image", help="image file (default: a synthetic image)")
+    add_visual_options(parser.add_argument_group("what a request shows the model (a model; an export fixed it)"))
+    visual = parser.add_mutually_exclusive_group()
+    visual.add_argument("--image", action="append", help="image file (default: synthetic images, as many as the "
+                        "export takes); repeat it for an export that takes several")
+    visual.add_argument("--video", help="video file for an export made with --video-frames (default: a synthetic "
+                        "clip)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--json", dest="json_path", help="write the results as JSON here (stdout's last line is "
                                                          "always a JSON summary)")
@@ -65,12 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def synthetic_image():
+def synthetic_image(seed: int = 0):
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+
+
+def request_inputs(plan, images: list[str] | None, video: str | None) -> dict:
+    """generate()'s visual arguments for the pipeline's plan: the given files, else synthetic images (as many as
+    it takes) or a synthetic clip (every frame sampled, 2 fps)."""
+    from ..exporters.probe_inputs import frames_as_video
+    from ..models.preprocess import load_image
+
+    if plan.video_frames:
+        if images:
+            raise InputError(f"this pipeline takes a video ({plan.video_frames} frames): pass --video, not --image")
+        return {"video": video or frames_as_video([synthetic_image(i) for i in range(plan.video_frames)])}
+    if video:
+        raise InputError("this pipeline takes images, not a video: pass --image (or export with --video-frames)")
+    pictures = [load_image(path) for path in images] if images else [synthetic_image(i) for i in range(plan.images)]
+    if len(pictures) != plan.images:
+        raise InputError(f"this pipeline takes {plan.images} images per request; pass --image {plan.images} times")
+    return {"image": pictures if plan.images > 1 else pictures[0]}
 
 
 def pipelines_for(args, workdir: Path):
@@ -90,7 +115,8 @@ def pipelines_for(args, workdir: Path):
             raise InputError(f"{args.model} is unpruned already: --compare-full measures an export against the "
                              "unpruned one; drop it, or pass a pruned export")
         # schedule options are the export's: open_pipeline refuses them with one line
-        pruned = open_pipeline(args.model, **devices, method=args.method, **schedule_options(args))
+        pruned = open_pipeline(args.model, **devices, method=args.method, **schedule_options(args),
+                               **visual_options(args))
         full = None
         if args.compare_full:
             full = open_pipeline(_export_full_like(manifest, workdir / "full", progress=not args.quiet), **devices)
@@ -115,15 +141,16 @@ def _pipelines_for_model(args, source: str, workdir: Path, devices: dict):
     adapter = loaded.adapter
     tiles = adapter.tile_count(adapter.default_grid())
     options, method = schedule_options(args), args.method
+    visual = {k: v for k, v in visual_options(args).items() if v is not None}
     if args.backend in (None, "torch"):  # the loaded model itself, no export
         if args.low_memory:
             raise InputError("--low-memory applies to the onnxruntime backend; add --backend onnxruntime")
-        common = dict(max_new_tokens=args.new_tokens, device=args.device, cuda_graphs=args.cuda_graphs)
+        common = dict(max_new_tokens=args.new_tokens, device=args.device, cuda_graphs=args.cuda_graphs, **visual)
         pruned = open_pipeline(loaded, method=method, **options, **common)
         full = open_pipeline(loaded, schedule=Schedule(), **common) if args.compare_full else None
         return pruned, full, loaded.model.config, tiles
     common = dict(dtype=args.dtype, max_new_tokens=max(args.new_tokens, 1), validate=False,
-                  progress=not args.quiet, loaded=loaded)
+                  progress=not args.quiet, loaded=loaded, **visual)
     export(source, workdir / "pruned", method=method, **common, **options)
     pruned = open_pipeline(workdir / "pruned", **devices)
     full = None
@@ -147,7 +174,7 @@ def _export_full_like(manifest, directory: Path, progress: bool) -> Path:
     export(manifest.model.source, directory, grid=f"{plan.grid[0]}x{plan.grid[1]}",
            target=manifest.target or "tensorrt", dtype="fp16" if manifest.model.dtype == "float16" else "fp32",
            max_text_tokens=plan.max_text_tokens, max_new_tokens=plan.max_new_tokens, validate=False,
-           progress=progress, **same_weights)
+           progress=progress, images=max(plan.images, 1), video_frames=plan.video_frames, **same_weights)
     return directory
 
 
@@ -156,12 +183,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_output_paths(json=args.json_path, trace=args.trace, plot=args.plot)
     from ..artifact.manifest import is_export_dir
-    from ..models.preprocess import load_image
     from ..runtime import bench
 
-    image = load_image(args.image) if args.image else synthetic_image()
     with tempfile.TemporaryDirectory(prefix="trio-bench-") as tmp:
         pruned, full, config, tiles = pipelines_for(args, Path(tmp))
+        visual = request_inputs(pruned.plan, args.image, args.video)
         pipelines = {"pruned" if pruned.plan.schedule.pruning else "full": pruned}
         if full is not None:
             pipelines["full"] = full
@@ -169,7 +195,8 @@ def main(argv=None):
         reports, backend = {}, pruned.backend.name
         for name, pipeline in pipelines.items():
             with pipeline:
-                reports[name] = bench.measure(pipeline, image, args.prompt, label=name, **measure)
+                reports[name] = bench.measure(pipeline, visual.get("image"), args.prompt, label=name,
+                                              video=visual.get("video"), **measure)
                 bench.add_flops(reports[name], config, pipeline.plan, tiles)
     result = {"environment": bench.environment(backend, args.device), "command": command_line("trio-bench", argv),
               "schedule": pruned.plan.describe(),

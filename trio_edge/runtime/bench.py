@@ -31,10 +31,10 @@ def counted(count: int, progress: bool, label: str, unit: str):
 
 
 def measure(pipeline, image, prompt: str, *, warmup: int, iters: int, new_tokens: int, progress: bool = True,
-            label: str = "") -> dict:
+            label: str = "", video=None) -> dict:
     """`warmup` + `iters` requests one after the other; the report summarises the last `iters` (summarize)."""
     loop = counted(warmup + iters, progress, label, "run")
-    results = [request(pipeline, image, prompt, new_tokens) for _ in loop]
+    results = [request(pipeline, image, prompt, new_tokens, video=video) for _ in loop]
     return summarize(pipeline, results[warmup:], new_tokens)
 
 
