@@ -214,3 +214,22 @@ def test_trio_run_reports_the_kept_tokens_per_image(tiny, pictures, tmp_path, ca
     assert sorted(i for k, offset in zip(per_image, (0, 88)) for i in (v + offset for v in k)) == body["kept"][0]
     assert run_main([str(tiny.source), *paths[:2], "--prompt", PROMPTS[0], "--images", "2"]) == 2
     assert "takes exactly 2 images" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def llava_1_5(tmp_path_factory):
+    """LLaVA-1.5's real architecture scaled down (one 336-px tile; 14 x 14 patches of 24 px), random weights."""
+    from trio_edge.models.random_weights import build_random
+    from trio_edge.models.registry import load
+
+    return load(str(build_random("llava-1.5-7b", tmp_path_factory.mktemp("llava-1.5"), dtype=torch.float32,
+                                 scale=0.03, layers=2, vision_layers=1, patch_size=24)))
+
+
+def test_llava_1_5_with_several_images_equals_generate(llava_1_5, pictures):
+    expected_ids, expected_logits = hf_generate(llava_1_5, pictures[:2], PROMPTS[4], None, 4)
+    schedule = llava_1_5.adapter.schedule(llava_1_5.adapter.default_grid(), 2, cuts="1:392")  # keep all
+    for pruned in (Schedule(), schedule):
+        pipeline = make_pipeline(llava_1_5, pruned, max_new_tokens=4, images=2)
+        assert pipeline.generate(pictures[:2], PROMPTS[4]).token_ids == expected_ids
+        torch.testing.assert_close(pipeline.backend.logits[0], expected_logits[0], rtol=1e-4, atol=1e-4)
