@@ -1,10 +1,11 @@
-"""Sample images shipped inside the package, reachable from any directory after an install.
+"""Sample images (and a sample video clip) shipped inside the package, reachable from any directory after an install.
 
     import trio_edge.samples
     trio_edge.samples.path("color")     # .../trio_edge/assets/samples/color.png
+    trio_edge.samples.path("moving")    # .../trio_edge/assets/samples/moving.mp4: a red circle crossing, 16 frames
     trio_edge.samples.records()         # [{"image": <path>, "question": ..., "answer": ...}, ...]
 
-From a shell: `python -m trio_edge.samples color` prints the path (no argument: every name and its question).
+From a shell: `python -m trio_edge.samples color` prints the path (no argument: every image's name and question).
 """
 
 from __future__ import annotations
@@ -22,17 +23,21 @@ def _folder() -> Path:
     return Path(str(resources.files("trio_edge") / "assets" / "samples"))
 
 
+SUFFIXES = (".png", ".mp4")  # sample images, and the sample video clip
+
+
 def names() -> list[str]:
-    """The sample images' names, e.g. ['color', 'count', 'shape']."""
-    return sorted(image.stem for image in _folder().glob("*.png"))
+    """The samples' names, e.g. ['color', 'count', 'moving', 'shape'] ('moving' is the video clip)."""
+    return sorted(item.stem for suffix in SUFFIXES for item in _folder().glob(f"*{suffix}"))
 
 
 def path(name: str) -> Path:
-    """The file of sample image `name` ('color', 'shape' or 'count'; a '.png' suffix is accepted)."""
-    stem = name[:-4] if name.endswith(".png") else name
-    if stem not in names():
-        raise InputError(f"no sample image named {name!r}; the samples are {', '.join(names())}")
-    return _folder() / f"{stem}.png"
+    """The file of sample `name` ('color', 'shape', 'count' or the clip 'moving'; its suffix is accepted)."""
+    stem = next((name[:-len(s)] for s in SUFFIXES if name.endswith(s)), name)
+    found = [_folder() / f"{stem}{suffix}" for suffix in SUFFIXES if (_folder() / f"{stem}{suffix}").is_file()]
+    if not found:
+        raise InputError(f"no sample named {name!r}; the samples are {', '.join(names())}")
+    return found[0]
 
 
 def records() -> list[dict]:

@@ -82,28 +82,29 @@ def parse_budgets(text: str) -> list[float]:
     return budgets
 
 
-def method_schedule(adapter, grid, method: str, ratio: float):
+def method_schedule(adapter, grid, method: str, ratio: float, items: int = 1):
     """The schedule `method` runs at layer-averaged budget `ratio` on this model: its authors' cut layers (scaled
     to the depth) and table shape (trio.presets.eval_placement), KEEPs scaled to reach the budget; its own
-    default positions. Raises ScheduleError when the method cannot reach the budget on this model."""
+    default positions. `items`: images per request (the budget counts all of their tokens). Raises ScheduleError
+    when the method cannot reach the budget on this model."""
     from ..errors import ScheduleError
     from ..trio.methods import VISION_TOWER, method_info
     from ..trio.presets import eval_placement, placed_cut_layers, vision_preset
     from ..trio.schedule import schedule_for_ratio
 
     if method == "sparsevlm":  # its own layers and 192-table shape (trio.sparsevlm); merged tokens come on top
-        return (adapter.schedule(grid, keep_ratio=ratio, method=method),
+        return (adapter.schedule(grid, items, keep_ratio=ratio, method=method),
                 "Gumpest/SparseVLMs layers 2/6/15 (scaled below 17 layers), 192-table shape; + merged tokens")
     if method == "trio-ve":  # its authors' shape: 1.5x the budget after the tower, a third of that from layer L/2
-        return (adapter.schedule(grid, keep_ratio=ratio, method=method),
+        return (adapter.schedule(grid, items, keep_ratio=ratio, method=method),
                 "ocy1/TRIO README shape: 1.5x the budget after the tower, a third of it from half depth (LLaVA: vision "
                 "96 / layer 16 keeps 32 of 32 layers; Qwen: 0.167 / layer 14 keeps 0.333 of 28)")
     if method_info(method).acts == VISION_TOWER:  # the authors' per-tile table at 64/128/192 of 576, else scaled
         preset = vision_preset(method, ratio)
         if preset is not None:
-            return adapter.schedule(grid, preset=preset), f"{preset} per tile (scaled to the tile's patches)"
-        return adapter.schedule(grid, keep_ratio=ratio, method=method), "KEEP per tile for the budget"
-    num_layers, m = adapter.num_layers, adapter.image_token_count(grid)
+            return adapter.schedule(grid, items, preset=preset), f"{preset} per tile (scaled to the tile's patches)"
+        return adapter.schedule(grid, items, keep_ratio=ratio, method=method), "KEEP per tile for the budget"
+    num_layers, m = adapter.num_layers, items * adapter.image_token_count(grid)
     layers, weights, shape = placed_cut_layers(method, ratio, num_layers)
     positions = method_info(method).positions
     try:
@@ -125,9 +126,10 @@ def method_schedule(adapter, grid, method: str, ratio: float):
 
 
 def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed: int = 0,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, images: int = 1, budget_per_image: bool = False) -> EvalResult:
     """Every method at every budget at its own authors' placement (method_schedule); `backend` onnxruntime also
-    exports each exportable method at each budget and runs its graphs."""
+    exports each exportable method at each budget and runs its graphs. `images`: images per record (the records'
+    `image` is then a list); `budget_per_image`: every cut splits its budget evenly over them."""
     from ..errors import ScheduleError
     from ..trio.methods import check_cuts, method_info
     from ..trio.schedule import Schedule
@@ -138,17 +140,21 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
         raise InputError(f"unknown methods {unknown}; choose from {', '.join(ALL_METHODS)}")
     adapter = loaded.adapter
     grid = adapter.default_grid()
-    m, layers = adapter.image_token_count(grid), adapter.num_layers
+    m, layers = images * adapter.image_token_count(grid), adapter.num_layers
+    visual = {"images": images, "budget_per_image": budget_per_image}
     peers = [x for x in methods if x != "full"]
     exported = [x for x in peers if backend == "onnxruntime" and method_info(x).exportable]
     bar = _bar(progress, len(records) * (1 + len(budgets) * (len(peers) + len(exported))))
-    full_acc, predictions = accuracy(open_pipeline(loaded, schedule=Schedule(), max_new_tokens=8), records, progress=bar)
+    full_acc, predictions = accuracy(open_pipeline(loaded, schedule=Schedule(), max_new_tokens=8, images=images),
+                                     records, progress=bar)
     result = EvalResult(len(records), full_acc, full_by_kind=accuracy_by_kind(predictions, records))
     for budget in budgets:
         for method in peers:
             try:
-                schedule, shape = method_schedule(adapter, grid, method, budget)
+                schedule, shape = method_schedule(adapter, grid, method, budget, images)
                 check_cuts(method, [(cut.layer, cut.keep) for cut in schedule.cuts])  # e.g. DART's 4-pivot minimum
+                pipeline = open_pipeline(loaded, schedule=schedule, max_new_tokens=8, method=method, seed=seed,
+                                         **visual)
             except ScheduleError as error:  # e.g. FastV's K=2 on a 4-layer model cannot go below ~50%
                 result.rows.append({"budget": budget, "schedule": "n/a", "method": method, "backend": "torch",
                                     "accuracy": None, "retention": None, "by_kind": {}, "note": str(error)})
@@ -157,12 +163,11 @@ def evaluate(loaded, records, *, budgets, methods, backend: str = "torch", seed:
             actual = schedule.budget_ratio(layers, m)
             if method == "sparsevlm":  # the realised ratio counts its merged tokens
                 actual = sum(image_tokens_per_layer(schedule.cuts, layers, m)) / (layers * m)
-            pipeline = open_pipeline(loaded, schedule=schedule, max_new_tokens=8, method=method, seed=seed)
             acc, predictions = accuracy(pipeline, records, progress=bar)
             result.rows.append(_row(actual, label, method, "torch", acc, full_acc, accuracy_by_kind(predictions, records),
                                     shape))
             if method in exported:
-                acc, predictions = _onnx_accuracy(loaded, schedule, method, records, bar)
+                acc, predictions = _onnx_accuracy(loaded, schedule, method, records, bar, **visual)
                 result.rows.append(_row(actual, label, method, "onnxruntime", acc, full_acc,
                                         accuracy_by_kind(predictions, records), shape))
     if bar is not None:
@@ -175,14 +180,14 @@ def _row(budget, schedule, method, backend, acc, full_acc, by_kind, shape="") ->
             "retention": acc / full_acc if full_acc else 0.0, "by_kind": by_kind, "placement": shape}
 
 
-def _onnx_accuracy(loaded, schedule, method: str, records, bar) -> tuple[float, list[str]]:
+def _onnx_accuracy(loaded, schedule, method: str, records, bar, **visual) -> tuple[float, list[str]]:
     from ..exporters.export import export
 
     cuts = schedule.text()
     with tempfile.TemporaryDirectory(prefix="trio-eval-") as tmp:
         out = Path(tmp) / "export"
         export(loaded.source, out, cuts=cuts, method=method, positions=schedule.positions, loaded=loaded,
-               max_new_tokens=8, validate=False, progress=False)
+               max_new_tokens=8, validate=False, progress=False, **visual)
         with open_pipeline(out, backend="onnxruntime") as pipeline:
             return accuracy(pipeline, records, progress=bar)
 

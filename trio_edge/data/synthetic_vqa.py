@@ -224,6 +224,37 @@ def make_split(n: int, seed: int, size: int = SIZE, objects: tuple[int, int] = (
     return [make_sample(rng, kind=KINDS[i % len(KINDS)], size=size, objects=objects) for i in range(n)]
 
 
+# ---- several images per question ---------------------------------------------------------------------------
+def make_multi_sample(rng: np.random.Generator, images: int, kind: str | None = None, size: int = SIZE) -> dict:
+    """A question about `images` images whose answer lives in one of them: a colour question names a shape that
+    only the target image shows, a shape question a colour only it shows, a count question a shape no other image
+    shows (so the count is the target's). The target sits at a random place among distractor scenes.
+    dict(image=[PIL images], question, answer, kind, target=index of the target image)."""
+    target = make_sample(rng, kind=kind, size=size)
+    words = target["question"].rstrip("?").split()
+    kind = target["kind"]
+    if kind == "color":  # "what color is the circle?": no other image shows a circle
+        avoided = ("shape", words[-1])
+    elif kind == "shape":  # "what shape is the blue object?": no other image shows blue
+        avoided = ("color", words[-2])
+    else:  # "how many circles are there?": no other image shows a circle
+        avoided = ("shape", next(shape for shape, plural in PLURALS.items() if plural == words[2]))
+    others = []
+    while len(others) < images - 1:
+        distractor = make_sample(rng, size=size)
+        if all(o[avoided[0]] != avoided[1] for o in distractor["objects"]):
+            others.append(distractor["image"])
+    place = int(rng.integers(images))
+    return {"image": others[:place] + [target["image"]] + others[place:], "question": target["question"],
+            "answer": target["answer"], "kind": kind, "target": place}
+
+
+def make_multi_split(n: int, seed: int, images: int, size: int = SIZE) -> list[dict]:
+    """`n` several-image samples (make_multi_sample), kinds balanced, deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    return [make_multi_sample(rng, images, kind=KINDS[i % len(KINDS)], size=size) for i in range(n)]
+
+
 # ---- records (jsonl folder) ------------------------------------------------------------------------
 def write_records(samples: list[dict], folder: str | Path, *, images_dir: str = "images",
                   records_file: str = RECORDS_FILE, names: list[str] | None = None) -> Path:
