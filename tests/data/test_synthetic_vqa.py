@@ -172,3 +172,46 @@ def test_trio_tiny_full_token_accuracy(model, image_tokens):
             text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
             hits += text == sample["answer"]
     assert hits / len(samples) >= 0.9, f"{hits}/{len(samples)}"
+
+
+def test_several_image_questions_have_their_answer_in_the_target_image_only():
+    from trio_edge.data.synthetic_vqa import PLURALS, make_multi_split
+
+    samples = make_multi_split(30, seed=4, images=3)
+    assert [s["kind"] for s in samples[:3]] == ["color", "shape", "count"]
+    assert len({s["target"] for s in samples}) == 3  # the target is anywhere among the images
+    for sample in samples:
+        assert len(sample["image"]) == 3 and all(image.size == (112, 112) for image in sample["image"])
+        words = sample["question"].rstrip("?").split()
+        if sample["kind"] == "color":
+            field, value = "shape", words[-1]
+        elif sample["kind"] == "shape":
+            field, value = "color", words[-2]
+        else:
+            field, value = "shape", next(shape for shape, plural in PLURALS.items() if plural == words[2])
+        showing = [i for i, objects in enumerate(sample["objects"]) if any(o[field] == value for o in objects)]
+        assert showing == [sample["target"]], sample["question"]
+    again = make_multi_split(30, seed=4, images=3)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for x, y in zip(samples, again) for a, b in zip(x["image"], y["image"]))
+
+
+def test_eval_with_several_images_runs_every_method(tmp_path, capsys):
+    """trio-eval --images 2 on trio-tiny: the full model and TRIO (one budget, and split per image) answer the
+    two-image questions; budgets count both images' tokens."""
+    import json
+
+    from trio_edge.cli.eval import main as eval_main
+
+    out = tmp_path / "eval.json"
+    for per_image in ([], ["--budget-per-image"]):
+        assert eval_main(["trio-tiny", "--images", "2", "--n", "6", "--methods", "full,trio", "--budgets", "1/3",
+                          "--quiet", "--json", str(out), *per_image]) == 0
+        body = json.loads(out.read_text())
+        assert body["images"] == 2 and body["budget_per_image"] == bool(per_image) and body["full_accuracy"] > 0.5
+        (row,) = body["rows"]
+        assert row["method"] == "trio" and row["schedule"].startswith("0:") and abs(row["budget"] - 1 / 3) < 0.01
+        assert int(row["schedule"].split(",")[0].split(":")[1]) > 259  # the first cut keeps tokens of both images
+    capsys.readouterr()
+    assert eval_main(["trio-tiny", "--images", "2", "--data", str(tmp_path), "--quiet"]) == 2
+    assert "--images applies to the synthetic data" in capsys.readouterr().err

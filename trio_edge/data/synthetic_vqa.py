@@ -229,7 +229,7 @@ def make_multi_sample(rng: np.random.Generator, images: int, kind: str | None = 
     """A question about `images` images whose answer lives in one of them: a colour question names a shape that
     only the target image shows, a shape question a colour only it shows, a count question a shape no other image
     shows (so the count is the target's). The target sits at a random place among distractor scenes.
-    dict(image=[PIL images], question, answer, kind, target=index of the target image)."""
+    dict(image=[PIL images], question, answer, kind, target=index of the target image, objects=[each image's])."""
     target = make_sample(rng, kind=kind, size=size)
     words = target["question"].rstrip("?").split()
     kind = target["kind"]
@@ -243,10 +243,11 @@ def make_multi_sample(rng: np.random.Generator, images: int, kind: str | None = 
     while len(others) < images - 1:
         distractor = make_sample(rng, size=size)
         if all(o[avoided[0]] != avoided[1] for o in distractor["objects"]):
-            others.append(distractor["image"])
+            others.append(distractor)
     place = int(rng.integers(images))
-    return {"image": others[:place] + [target["image"]] + others[place:], "question": target["question"],
-            "answer": target["answer"], "kind": kind, "target": place}
+    scenes = others[:place] + [target] + others[place:]
+    return {"image": [scene["image"] for scene in scenes], "question": target["question"], "answer": target["answer"],
+            "kind": kind, "target": place, "objects": [scene["objects"] for scene in scenes]}
 
 
 def make_multi_split(n: int, seed: int, images: int, size: int = SIZE) -> list[dict]:
