@@ -12,6 +12,7 @@ chosen once, at prefill, on the prompt, and reused at every later step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -274,6 +275,51 @@ def reference_generate(model, inputs: dict, schedule, max_new_tokens: int, stop_
     return ReferenceResult(token_ids, all_logits, kept, saliency)
 
 
+# ---- DART at the embedding level, as NVIDIA TensorRT Edge-LLM's DartPruner does it ------------------------------
+def edge_llm_dart_keep(embeds: torch.Tensor, visual: list[bool], keep_fraction: float, image_pivots: int = 4,
+                       text_pivots: int = 4) -> list[int]:
+    """Edge-LLM 0.11 (cpp/runtime/preprocess/visualTokenPruner.cpp pruneForPrefill, dartPruner.cpp), step by step
+    on plain lists: the visual rows' contiguous spans, each with quota ceil(span x keep_fraction) in 1..span; L1 and
+    L2 norms of every embedding row (float32); text pivots = the `text_pivots` text rows with the largest L1 (ties:
+    lower row), shared; per span its min(image_pivots, quota) rows with the largest L1 are retained pivots; then per
+    pivot (span pivots, then text pivots, each by descending L1) while the quota is not met, the ceil(remaining /
+    pivots left) candidates with the most negative dot / max(|p| |c|, 1e-8) join the retained set. Returns the
+    retained visual rows, as indices into the visual tokens (0..M-1), ascending."""
+    x = embeds.float()
+    l1 = [float(v) for v in x.abs().sum(dim=-1)]
+    l2 = [float(v) for v in x.norm(dim=-1)]
+    rows = [i for i, flag in enumerate(visual) if flag]
+    text = [i for i, flag in enumerate(visual) if not flag]
+
+    def top(positions, count):
+        return sorted(positions, key=lambda p: (-l1[p], p))[:count]
+
+    spans, start = [], 0
+    for index in range(1, len(rows) + 1):
+        if index == len(rows) or rows[index] != rows[index - 1] + 1:
+            spans.append(rows[start:index])
+            start = index
+    shared = top(text, text_pivots)
+    retained = []
+    for span in spans:
+        quota = max(1, min(len(span), math.ceil(len(span) * keep_fraction)))
+        pivots = top(span, min(image_pivots, quota))
+        chosen = list(pivots)
+        candidates = [p for p in span if p not in pivots]
+        order = pivots + shared
+        for offset, pivot in enumerate(order):
+            remaining = quota - len(chosen)
+            if remaining <= 0 or not candidates:
+                break
+            per_pivot = -(-remaining // (len(order) - offset))
+            score = {c: -float(x[pivot] @ x[c]) / max(l2[pivot] * l2[c], 1e-8) for c in candidates}
+            picked = sorted(candidates, key=lambda c: (-score[c], c))[:per_pivot]
+            chosen += picked
+            candidates = [c for c in candidates if c not in picked]
+        retained += chosen
+    return sorted(rows.index(r) for r in retained)
+
+
 # ---- Qwen3-VL's pruned prefill from transformers' own parts ----------------------------------------------------
 def qwen3_plain_prefill(model, inputs, cuts: dict, method: str):
     """The pruned prefill from transformers' parts, layer by layer: the embeddings with the vision features,
@@ -283,7 +329,8 @@ def qwen3_plain_prefill(model, inputs, cuts: dict, method: str):
     images' or a video's frame groups' (text between them): a cut selects from all of them. TRIO (Qwen port) scores
     the hidden states entering layer N with the layer just run and the input embedding table
     (tests/qwen_reference.py); FastV and DART score layer N-1 on its input (tests/reference.py). Returns (kept per
-    cut, original numbering; last position's logits)."""
+    cut, original numbering; last position's logits). A cut at 0 is Edge-LLM's embedding-level DART (edge_llm_dart_keep),
+    `cuts[0]` its keep fraction."""
     import qwen_reference
 
     ids = inputs["input_ids"]
@@ -300,6 +347,14 @@ def qwen3_plain_prefill(model, inputs, cuts: dict, method: str):
                                                inputs.get("video_grid_thw"))[0][:, 0]
     rows = torch.nonzero(is_visual)[:, 0].tolist()
     image_ids, kept_per_cut = list(range(len(rows))), []
+    if 0 in cuts:  # Edge-LLM's DART on the input embeddings (cuts[0]: the keep fraction); DeepStack rows follow
+        kept = edge_llm_dart_keep(h, is_visual.tolist(), cuts[0])
+        dropped = set(rows) - {rows[i] for i in kept}
+        order = [r for r in range(h.shape[0]) if r not in dropped]
+        h, positions = h[order], positions[:, order]
+        rows = [order.index(rows[i]) for i in kept]
+        image_ids = [image_ids[i] for i in kept]
+        kept_per_cut.append(list(image_ids))
     for index in range(len(text.layers)):
         entering = h
         with torch.no_grad():

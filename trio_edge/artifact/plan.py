@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .. import defaults
 from ..errors import InputError, ScheduleError, require_whole_numbers
-from ..trio.methods import VISION_TOWER, check_cuts, method_info
+from ..trio.methods import EMBEDDING, VISION_TOWER, check_cuts, method_info
 from ..trio.schedule import Cut, Schedule, VisionStage, split_keep
 
 POSITIONS_OVER_TRAINED = 4  # the most a plan may reach past max_position_embeddings (RoPE extrapolates)
@@ -211,7 +211,7 @@ def plan_for(adapter, schedule: Schedule, *, grid, max_text_tokens: int = defaul
         num_kv_heads=decoder.num_kv_heads, head_dim=decoder.head_dim, vocab_size=decoder.vocab_size, grid=grid,
         nms_iterations=nms_iterations, method=method, position_rows=adapter.position_rows,
         deepstack_layers=adapter.deepstack_layers, items=items, video_frames=video_frames,
-        budget_per_image=budget_per_image,
+        budget_per_image=budget_per_image, visual_runs=adapter.visual_runs(grid, items, bool(video_frames)),
     )
 
 
@@ -242,9 +242,11 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
               hidden_size, num_kv_heads, head_dim, vocab_size, grid,
               nms_iterations=defaults.NMS_ITERATIONS, method: str = defaults.METHOD,
               position_rows: int = 1, deepstack_layers: int = 0, items: int = 1, video_frames: int = 0,
-              budget_per_image: bool = False) -> PipelinePlan:
+              budget_per_image: bool = False, visual_runs: tuple[int, ...] | None = None) -> PipelinePlan:
     """`num_image_tokens`: the unpruned model's, over all `items` images / frame groups of a request; a vision stage
-    (schedule.vision) leaves the decoder fewer. `budget_per_image`: every cut splits its KEEP over the items."""
+    (schedule.vision) leaves the decoder fewer. `budget_per_image`: every cut splits its KEEP over the items.
+    `visual_runs`: the image tokens of each contiguous visual span (the embedding-level DART keeps a quota of
+    each; default one span per item)."""
     schedule.validate(num_layers, num_image_tokens)
     if items > 1 and method_info(method).cut_rule == "sparsevlm" and schedule.cuts:
         raise ScheduleError("SparseVLM's released code takes one image (its raters and recycling read one image span); "
@@ -271,7 +273,16 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
         for start, end in zip([0] + bounds, bounds + [num_layers])
         if end > start
     )
-    budgets = item_budgets(method, schedule.cuts, num_image_tokens, items) if budget_per_image else None
+    if method_info(method).acts == EMBEDDING:  # Edge-LLM's DART: a quota per visual span, at layer 0
+        if budget_per_image:
+            raise ScheduleError("--method dart-embed keeps a quota of every visual span already (as Edge-LLM does); "
+                                "drop --budget-per-image")
+        from ..trio.dart_embed import quotas_for_keep
+
+        runs = tuple(visual_runs or split_keep(num_image_tokens, items))
+        budgets = [{"item_tokens": runs, "item_keeps": quotas_for_keep(runs, c.keep)} for c in schedule.cuts]
+    else:
+        budgets = item_budgets(method, schedule.cuts, num_image_tokens, items) if budget_per_image else None
     selects = tuple(
         SelectPlan(f"select_{i}_layer{c.layer:02d}", c.layer, tokens[i], c.keep, merged=tokens[i + 1] - c.keep,
                    owned_segment=name(c.layer - 1, c.layer) if owns_layer else None,

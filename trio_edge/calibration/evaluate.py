@@ -37,14 +37,14 @@ class EvalResult:
         full = f"full tokens: accuracy {100 * self.full_accuracy:.1f}% on {self.n} samples"
         if kinds:
             full += " (" + ", ".join(f"{kind} {100 * self.full_by_kind[kind]:.1f}%" for kind in kinds) + ")"
-        header = f"{'budget':>7}  {'schedule':<22}{'method':<10}{'backend':<12}{'accuracy':>9}{'retention':>10}"
+        header = f"{'budget':>7}  {'schedule':<22}{'method':<12}{'backend':<12}{'accuracy':>9}{'retention':>10}"
         lines = [full, header + "".join(f"{kind:>10}" for kind in kinds)]
         for row in self.rows:
             if row["accuracy"] is None:
-                lines.append(f"{100 * row['budget']:>6.1f}%  {'n/a':<22}{row['method']:<10}{row['backend']:<12}"
+                lines.append(f"{100 * row['budget']:>6.1f}%  {'n/a':<22}{row['method']:<12}{row['backend']:<12}"
                              f"  cannot reach this budget here: {row['note']}")
                 continue
-            lines.append(f"{100 * row['budget']:>6.1f}%  {row['schedule']:<22}{row['method']:<10}{row['backend']:<12}"
+            lines.append(f"{100 * row['budget']:>6.1f}%  {row['schedule']:<22}{row['method']:<12}{row['backend']:<12}"
                          f"{100 * row['accuracy']:>8.1f}%{100 * row['retention']:>9.1f}%" + per_kind(row.get("by_kind", {})))
         return "\n".join(lines)
 
@@ -95,6 +95,9 @@ def method_schedule(adapter, grid, method: str, ratio: float, items: int = 1):
     if method == "sparsevlm":  # its own layers and 192-table shape (trio.sparsevlm); merged tokens come on top
         return (adapter.schedule(grid, items, keep_ratio=ratio, method=method),
                 "Gumpest/SparseVLMs layers 2/6/15 (scaled below 17 layers), 192-table shape; + merged tokens")
+    if method == "dart-embed":  # one cut at layer 0 (Edge-LLM): the budget is its keep fraction, a quota per span
+        return (adapter.schedule(grid, items, keep_ratio=ratio, method=method),
+                "NVIDIA TensorRT Edge-LLM: one cut on the input embeddings, ceil(span x budget) per visual span")
     if method == "trio-ve":  # its authors' shape: 1.5x the budget after the tower, a third of that from layer L/2
         return (adapter.schedule(grid, items, keep_ratio=ratio, method=method),
                 "ocy1/TRIO README shape: 1.5x the budget after the tower, a third of it from half depth (LLaVA: vision "

@@ -142,7 +142,7 @@ def export(model, output, *, cuts: str | None = None, keep_ratio: float | None =
     adapter = loaded.adapter
     grid_wh = adapter.grid_for(grid)
     items = visual_items(adapter, images, video_frames)
-    schedule = adapter.schedule(grid_wh, items, cuts=cuts, keep_ratio=keep_ratio, budget=budget,
+    schedule = adapter.schedule(grid_wh, items, bool(video_frames), cuts=cuts, keep_ratio=keep_ratio, budget=budget,
                                 schedule_file=schedule_file, preset=preset, positions=positions, threshold=threshold,
                                 precision=precision, method=method)
     plan = plan_for(adapter, schedule, grid=grid_wh, max_text_tokens=max_text_tokens,

@@ -388,9 +388,15 @@ class LlavaAdapter:
     def default_keep_weights(self) -> tuple[float, ...]:
         return REFERENCE_KEEP_WEIGHTS[-len(self.default_cut_layers()):]
 
-    def schedule(self, grid, items: int = 1, **options):
+    def visual_runs(self, grid, items: int = 1, video: bool = False) -> tuple[int, ...]:
+        """The image tokens of a request's contiguous visual runs, in order: one run per image (text between them);
+        a video's layout is its family's (Qwen)."""
+        return (self.image_token_count(grid),) * items
+
+    def schedule(self, grid, items: int = 1, video: bool = False, **options):
         """The schedule for user options (--cuts / --keep-ratio / --schedule-file, --method) on this model, with
-        `items` images (or video frame groups) per request: budgets count the image tokens of all of them."""
+        `items` images (or a video's frame groups, `video`) per request: budgets count the image tokens of all of
+        them."""
         from ..trio.schedule import resolve_schedule
 
         return resolve_schedule(default_cut_layers=self.default_cut_layers(),
@@ -398,7 +404,7 @@ class LlavaAdapter:
                                 num_image_tokens=items * self.image_token_count(grid), tile_tokens=self.tile_tokens(),
                                 vision_tokens_for=lambda keep, method: items * self.pruned_image_token_count(
                                     grid, keep, method),
-                                **options)
+                                visual_runs=self.visual_runs(grid, items, video), **options)
 
 
 class LlavaNextAdapter(LlavaAdapter):

@@ -365,7 +365,13 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         the layer before the cut)."""
         return tuple(sorted({max(1, layer) for layer in super().default_cut_layers()}))
 
-    def schedule(self, grid, items: int = 1, **options):
+    def visual_runs(self, grid, items: int = 1, video: bool = False) -> tuple[int, ...]:
+        """One run per image; a video's frame groups form one run (transformers' processor writes one
+        <|vision_start|> ... <|vision_end|> around all of them)."""
+        per_item = self.image_token_count(grid)
+        return (per_item * items,) if video else (per_item,) * items
+
+    def schedule(self, grid, items: int = 1, video: bool = False, **options):
         """As LLaVA's, with positions kept original (TRIO's Qwen code keeps each kept token's M-RoPE rows);
         renumbering M-RoPE rows is refused (no authors' code defines it). See constrain."""
         from ..trio.presets import method_for
@@ -381,7 +387,7 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
                                     "one); for several images or a video use --method trio (decoder cuts) or another "
                                     "decoder method")
             return self.constrain(self._trio_ve_schedule(grid, **options), method)
-        return self.constrain(super().schedule(grid, items, **options), method)
+        return self.constrain(super().schedule(grid, items, video, **options), method)
 
     def _trio_ve_schedule(self, grid, *, cuts=None, keep_ratio=None, schedule_file=None, preset=None, threshold=None,
                           precision=None, method=None, positions=None, budget=None):

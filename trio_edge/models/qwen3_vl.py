@@ -124,6 +124,10 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
     def _video_model_inputs(self, video) -> dict:
         return {}  # the timestamps are in the text
 
+    def visual_runs(self, grid, items: int = 1, video: bool = False) -> tuple[int, ...]:
+        """One run per image or video frame pair (each pair has its own timestamp and vision markers)."""
+        return (self.image_token_count(grid),) * items
+
     def fp32_compute(self) -> dict:
         """None marked: the fp16 overflow reported is Qwen2.5-VL's tower; none is reported for Qwen3-VL's."""
         return {}

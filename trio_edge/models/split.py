@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..graph_ops import clamp_index, running_count
+from ..trio.dart_embed import EmbeddingDartStage
 from ..trio.methods import RATERS_GRAPH
 from ..trio.select_module import LayerOwningSelectStage, SelectStage
 from ..trio.sparsevlm import SparseVLMRaters, SparseVLMSelectStage
@@ -60,7 +61,10 @@ def build_modules(adapter, plan, seed: int = 0, runtime_form: bool = False,
         modules[RATERS_GRAPH] = SparseVLMRaters(plan.num_image_tokens, plan.max_text_tokens)
     for sel in plan.selects:
         owned = plan.owned_segment_of(sel)
-        if plan.cut_rule == "sparsevlm":
+        if plan.cut_rule == "dart-embed":  # Edge-LLM's DART on the input embeddings, a quota per visual span
+            modules[sel.name] = EmbeddingDartStage(sel.tokens_in, sel.item_tokens, sel.item_keeps,
+                                                   carries_deepstack=plan.gives_deepstack(sel))
+        elif plan.cut_rule == "sparsevlm":
             modules[sel.name] = SparseVLMSelectStage(decoder, owned.start, sel.tokens_in, sel.keep,
                                                      runtime_form=runtime_form, max_text_tokens=plan.max_text_tokens)
         elif owned is not None:

@@ -208,7 +208,7 @@ def open_model(model, schedule: Schedule | None = None, *, grid=None, max_text_t
     adapter.validate_grid(grid)
     items = visual_items(adapter, images, video_frames)
     if schedule is None:
-        schedule = adapter.schedule(grid, items, method=method,
+        schedule = adapter.schedule(grid, items, bool(video_frames), method=method,
                                     **{k: v for k, v in schedule_options.items() if v is not None})
     elif any(v is not None for v in schedule_options.values()):
         raise InputError("pass either a Schedule or schedule options (cuts, keep_ratio, ...), not both")

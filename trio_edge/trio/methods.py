@@ -10,6 +10,8 @@ Where a rule acts decides the graphs a cut becomes:
   output. The preceding segment ends at N-1; layer N-1 is also a one-layer segment, which runs it in decode.
 - ANY_CUT (random, uniform): needs nothing from the model; acts like PROXY without the proxy pass.
 - VISION_TOWER (VisionZip, TRIO-VE): prunes the image features inside the vision graph, before the decoder.
+- EMBEDDING (DART as NVIDIA TensorRT Edge-LLM runs it): one cut at layer 0 that scores the input embeddings
+  themselves (no layer runs first), per visual span.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 from ..errors import ScheduleError
 
-PROXY, OWNED_LAYER, ANY_CUT, VISION_TOWER = "proxy", "owned-layer", "any-cut", "vision-tower"
+PROXY, OWNED_LAYER, ANY_CUT, VISION_TOWER, EMBEDDING = "proxy", "owned-layer", "any-cut", "vision-tower", "embedding"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ REGISTRY = {m.name: m for m in (
            "recycling by density-peak merge"),
     Method("dart", OWNED_LAYER, "original", True, (2,), "ZichenWen1/DART: key-norm pivots, least-similar picks",
            min_keep=4),
+    Method("dart-embed", EMBEDDING, "original", True, (0,),
+           "NVIDIA/TensorRT-Edge-LLM DartPruner (0.11): DART on the input embeddings before layer 0, a quota per "
+           "visual span, DeepStack planes and M-RoPE rows compacted with the tokens"),
     Method("pdrop", PROXY, "renumber", True, (8, 16, 24), "Cooperx521/PyramidDrop: layer N's last-token attention"),
     Method("visionzip", VISION_TOWER, "renumber", True, None,
            "dvlab-research/VisionZip: [CLS]-attention dominant tokens + key-similarity contextual merges, per tile"),
@@ -82,6 +87,9 @@ def check_cuts(method: str, cuts) -> None:
                             f"{layers}")
     if info.decoder_cuts is not None:
         return check_cuts(info.decoder_cuts, cuts)
+    if info.acts == EMBEDDING and layers and layers != [0]:
+        raise ScheduleError(f"--method {method} prunes the input embeddings once, before any decoder layer: give one "
+                            f"cut 0:KEEP (or --keep-ratio R), not cut layers {layers}")
     if info.owns_layer and any(layer < 1 for layer in layers):
         raise ScheduleError(f"--method {method} scores a cut N:K with decoder layer N-1, so N must be at least 1; "
                             f"got cut layers {layers} (e.g. use --cuts 2:KEEP)")

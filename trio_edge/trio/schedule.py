@@ -251,11 +251,14 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
                      positions: str | None = None, threshold: float | None = None, precision: str | None = None,
                      method: str | None = None, budget: int | None = None, default_cut_layers=(),
                      default_keep_weights=(), num_layers: int, num_image_tokens: int,
-                     tile_tokens: int | None = None, vision_tokens_for=None) -> Schedule:
+                     tile_tokens: int | None = None, vision_tokens_for=None,
+                     visual_runs: tuple[int, ...] | None = None) -> Schedule:
     """One schedule from the mutually exclusive user options; no option means no pruning. `method` gives the
     default positions (its authors' choice, trio.methods) and checks the cut layers it can act at. `budget` picks
     one of SparseVLM's tables (--method sparsevlm only). `tile_tokens` / `vision_tokens_for`: a vision-tower
-    method's tile ([CLS] + patches; None without a [CLS]) and the decoder's image tokens for a keep per tile."""
+    method's tile ([CLS] + patches; None without a [CLS]) and the decoder's image tokens for a keep per tile.
+    `visual_runs`: the image tokens of each contiguous visual span of a request (the embedding-level DART's quotas
+    are per span)."""
     from .methods import check_cuts, method_info
     from .presets import OWN_PLACEMENT, PRESETS, method_for, placed_cut_layers, preset_info
 
@@ -290,7 +293,14 @@ def resolve_schedule(*, cuts: str | None = None, keep_ratio: float | None = None
         schedule = sparsevlm_schedule(num_layers=num_layers, num_image_tokens=num_image_tokens, budget=budget,
                                       keep_ratio=keep_ratio, cuts=cuts, **overrides)
         return schedule.validate(num_layers, num_image_tokens)
-    if schedule_file is not None:
+    if method == "dart-embed" and keep_ratio is not None:  # Edge-LLM's quota of every span, at layer 0
+        from .dart_embed import span_quotas
+
+        if not 0 < keep_ratio <= 1:
+            raise ScheduleError(f"--keep-ratio must be within (0, 1], got {keep_ratio}")
+        runs = tuple(visual_runs or (num_image_tokens,))
+        schedule = Schedule((Cut(0, sum(span_quotas(runs, keep_ratio))),), **overrides)
+    elif schedule_file is not None:
         schedule = schedule_from_file(schedule_file, overrides)
     elif preset is not None:
         text, scaled = preset_info(preset).cuts_for(num_layers, num_image_tokens)
