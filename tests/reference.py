@@ -301,8 +301,11 @@ def edge_llm_dart_keep(embeds: torch.Tensor, visual: list[bool], keep_fraction: 
             start = index
     shared = top(text, text_pivots)
     retained = []
+    import numpy as np
+
+    reduction = np.float32(1.0 - keep_fraction)  # Edge-LLM's --dartReductionRatio, a C++ float
     for span in spans:
-        quota = max(1, min(len(span), math.ceil(len(span) * keep_fraction)))
+        quota = max(1, min(len(span), math.ceil(len(span) * (1.0 - float(reduction)))))
         pivots = top(span, min(image_pivots, quota))
         chosen = list(pivots)
         candidates = [p for p in span if p not in pivots]

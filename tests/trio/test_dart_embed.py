@@ -49,6 +49,12 @@ def test_the_rule_equals_edge_llms_selection(name, fraction, ties):
     torch.testing.assert_close(norms, embeds.abs().sum(dim=-1)[rows])
 
 
+def test_quotas_round_the_reduction_ratio_as_a_cpp_float():
+    """Edge-LLM reads --dartReductionRatio into a float: 1 - 0.9f = 0.10000002, so 120 tokens keep 13."""
+    assert span_quotas((120,), 0.1) == (13,) and span_quotas((120, 64), 0.25) == (30, 16)
+    assert span_quotas((3,), 0.01) == (1,) and span_quotas((50,), 1.0) == (50,)
+
+
 def test_each_pivot_adds_its_share_of_what_is_left():
     assert growth_counts(20, 4, 4) == [2, 2, 2, 2, 2, 2, 2, 2]
     assert growth_counts(10, 4, 4) == [1, 1, 1, 1, 1, 1]  # 4 pivots + 6

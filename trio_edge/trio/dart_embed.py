@@ -38,8 +38,12 @@ COSINE_EPS = 1e-8  # its cosine denominator floor (torch's cosine_similarity eps
 
 def span_quotas(spans: tuple[int, ...], keep_fraction: float) -> tuple[int, ...]:
     """Edge-LLM's retention quota of every visual span: ceil(span x (1 - reduction ratio)), within 1..span, where
-    `keep_fraction` = 1 - reduction ratio."""
-    return tuple(max(1, min(span, math.ceil(span * keep_fraction))) for span in spans)
+    `keep_fraction` = 1 - reduction ratio. The ratio is a C++ float there (1 - 0.9f is 0.10000002, so a span of 120
+    keeps 13, not 12): rounded to float32 here the same way."""
+    import numpy as np
+
+    kept = 1.0 - float(np.float32(1.0 - keep_fraction))
+    return tuple(max(1, min(span, math.ceil(span * kept))) for span in spans)
 
 
 def quotas_for_keep(spans: tuple[int, ...], keep: int) -> tuple[int, ...]:
