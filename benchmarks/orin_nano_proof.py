@@ -39,6 +39,7 @@ def main() -> None:
                        low_memory=not args.default_memory) as pipeline:
         opened = time.perf_counter()
         rss_after_open = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        stages = trace_stages(pipeline.backend)
         result = pipeline.generate(synthetic_image(), DEFAULT_PROMPT, max_new_tokens=args.new_tokens)
         done = time.perf_counter()
         ort_cache = sorted(set(pipeline.backend.cache.values()))  # low memory: graphs open during the request
@@ -66,10 +67,36 @@ def main() -> None:
         "wall_seconds": done - started,
         "ttft_ms": result.timings["ttft"],
         "stage_ms": {k: v for k, v in result.timings.items()},
+        # after each graph's first run: the process's RSS now and its peak so far (GiB), the sessions then open
+        "stage_rss": stages,
     }
     Path(args.out).write_text(json.dumps(body, indent=2))
     print(json.dumps({k: body[k] for k in ("weights", "ort_cache", "rss_after_open_gib", "peak_rss_gib", "within_target",
                                            "wall_seconds", "kept")}))
+    for row in stages:
+        print(f"{row['graph']:<20} RSS {row['rss_gib']:.2f} GiB (anonymous {row['anonymous_gib']:.2f}, files "
+              f"{row['file_backed_gib']:.2f}), peak so far {row['peak_gib']:.2f} GiB, open: {row['open_sessions']}")
+
+
+def trace_stages(backend) -> list[dict]:
+    """Record, after the first run of every graph, the process's resident memory now and at its peak so far
+    (/proc/self/status VmRSS, VmHWM) and the ONNX Runtime sessions open: where a request's peak comes from."""
+    rows, seen, run = [], set(), backend.run
+
+    def traced(graph, inputs):
+        out = run(graph, inputs)
+        if graph not in seen:
+            seen.add(graph)
+            status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+                          if line.startswith(("VmRSS", "VmHWM", "RssFile", "RssAnon")))
+            gib = {key: int(value.split()[0]) * 1024 / 2**30 for key, value in status.items()}
+            rows.append({"graph": graph, "rss_gib": gib.get("VmRSS"), "peak_gib": gib.get("VmHWM"),
+                         "file_backed_gib": gib.get("RssFile"), "anonymous_gib": gib.get("RssAnon"),
+                         "open_sessions": sorted(getattr(backend, "sessions", {}))})
+        return out
+
+    backend.run = traced
+    return rows
 
 
 if __name__ == "__main__":

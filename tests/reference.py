@@ -350,14 +350,18 @@ def qwen3_plain_prefill(model, inputs, cuts: dict, method: str):
                                                inputs.get("video_grid_thw"))[0][:, 0]
     rows = torch.nonzero(is_visual)[:, 0].tolist()
     image_ids, kept_per_cut = list(range(len(rows))), []
-    if 0 in cuts:  # Edge-LLM's DART on the input embeddings (cuts[0]: the keep fraction); DeepStack rows follow
-        kept = edge_llm_dart_keep(h, is_visual.tolist(), cuts[0])
+
+    def keep_only(kept):  # the text and the kept visual rows, in order; their positions and original ids follow
+        nonlocal h, positions, rows, image_ids
         dropped = set(rows) - {rows[i] for i in kept}
         order = [r for r in range(h.shape[0]) if r not in dropped]
         h, positions = h[order], positions[:, order]
         rows = [order.index(rows[i]) for i in kept]
         image_ids = [image_ids[i] for i in kept]
         kept_per_cut.append(list(image_ids))
+
+    if 0 in cuts:  # Edge-LLM's DART on the input embeddings (cuts[0]: the keep fraction); DeepStack rows follow
+        keep_only(edge_llm_dart_keep(h, is_visual.tolist(), cuts[0]))
     for index in range(len(text.layers)):
         entering = h
         with torch.no_grad():
@@ -375,12 +379,7 @@ def qwen3_plain_prefill(model, inputs, cuts: dict, method: str):
             rule = fastv_kept if method == "fastv" else dart_kept
             with torch.no_grad():
                 kept = rule(model, index, entering, positions, rows, None, keep).tolist()
-        dropped = set(rows) - {rows[i] for i in kept}
-        order = [r for r in range(h.shape[0]) if r not in dropped]
-        h, positions = h[order], positions[:, order]
-        rows = [order.index(rows[i]) for i in kept]
-        image_ids = [image_ids[i] for i in kept]
-        kept_per_cut.append(list(image_ids))
+        keep_only(kept)
     with torch.no_grad():
         return kept_per_cut, model.lm_head(text.norm(h))[-1]
 

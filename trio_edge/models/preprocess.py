@@ -38,24 +38,31 @@ def load_image(source):
         return _decode(io.BytesIO(data), "image bytes")
     if not isinstance(source, (str, Path)) and not hasattr(source, "__fspath__"):
         raise InputError(f"the image must be a file path, bytes or a PIL image, not {type(source).__name__}")
+    name, data = read_input_file(source, "image", FORMATS_HINT)
+    return _decode(io.BytesIO(data), f"image {name}")
+
+
+def read_input_file(source, kind: str, formats_hint: str) -> tuple[str, bytes]:
+    """(the path as messages show it, the file's bytes) of an image or video file (`kind`); a missing file, a
+    directory, a device or pipe, an empty or unreadable file is a one-line InputError."""
     path = Path(source)
-    name = _display(path)
+    name, article = _display(path), "an" if kind[0] in "aeiou" else "a"
     try:
         if path.is_dir():
-            raise InputError(f"image file not found: {name} is a directory; pass an image file inside it")
+            raise InputError(f"{kind} file not found: {name} is a directory; pass {article} {kind} file inside it")
         if not path.exists():
-            raise InputError(f"image file not found: {name}; check the path")
+            raise InputError(f"{kind} file not found: {name}; check the path")
         if not path.is_file():
-            raise InputError(f"image {name} is not a regular file (a device or pipe?); pass an image file")
-        if path.stat().st_size == 0:
-            raise InputError(f"image {name} is empty (0 bytes); " + FORMATS_HINT)
-        with open(path, "rb") as handle:
-            return _decode(handle, f"image {name}")
+            raise InputError(f"{kind} {name} is not a regular file (a device or pipe?); pass {article} {kind} file")
+        data = path.read_bytes()
     except InputError:
         raise
     except (OSError, ValueError) as error:  # permissions, a NUL in the path, a file vanishing meanwhile
         reason = getattr(error, "strerror", None) or str(error)
-        raise InputError(f"cannot read image {name}: {reason}; check the path and its permissions") from None
+        raise InputError(f"cannot read {kind} {name}: {reason}; check the path and its permissions") from None
+    if not data:
+        raise InputError(f"{kind} {name} is empty (0 bytes); {formats_hint}")
+    return name, data
 
 
 def _display(path: Path) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .preprocess import _display
+from .preprocess import read_input_file
 
 MAX_VIDEO_SECONDS = 600.0  # the longest clip decoded at all (its frames are sampled uniformly anyway)
 MAX_VIDEO_FRAMES = 36_000  # frames in the stream (10 minutes at 60 fps)
@@ -90,24 +90,8 @@ def _read(source) -> tuple[str, bytes]:
         return "the video", data
     if not isinstance(source, (str, Path)) and not hasattr(source, "__fspath__"):
         raise InputError(f"the video must be a file path or bytes, not {type(source).__name__}")
-    path = Path(source)
-    name = f"video {_display(path)}"
-    try:
-        if path.is_dir():
-            raise InputError(f"video file not found: {_display(path)} is a directory; pass a video file inside it")
-        if not path.exists():
-            raise InputError(f"video file not found: {_display(path)}; check the path")
-        if not path.is_file():
-            raise InputError(f"{name} is not a regular file (a device or pipe?); pass a video file")
-        data = path.read_bytes()
-    except InputError:
-        raise
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise InputError(f"cannot read {name}: {reason}; check the path and its permissions") from None
-    if not data:
-        raise InputError(f"{name} is empty (0 bytes); {FORMATS_HINT}")
-    return name, data
+    name, data = read_input_file(source, "video", FORMATS_HINT)
+    return f"video {name}", data
 
 
 def _decoder_errors() -> tuple:
