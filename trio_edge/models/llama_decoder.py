@@ -160,14 +160,35 @@ def values_after_mixing(v_proj, q, k, x, bias, scale):
     return out.transpose(0, 1).reshape(t, num_heads * head_dim)
 
 
+class ProxyHead(torch.autograd.Function):
+    """x (Q, D) @ weight.T as (weight @ x.T).T, the input's gradient as grad @ weight: both products read the
+    weight (V, D) as it is stored. The plain x @ weight.T differentiates into a product with weight.T as well, and
+    ONNX Runtime's transpose optimizer folds that transpose into a second resident copy of the matrix (on CPU, in
+    fp32 beside the fp32 copy of an fp16 weight: 2 x 2.5 GB for Qwen3-VL-8B's 151,936-word table in every select
+    graph). The form the select graphs are exported in."""
+
+    @staticmethod
+    def forward(x, weight):
+        return (weight @ x.t()).t()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return grad @ weight, None
+
+
 class FewRowsHead(torch.autograd.Function):
     """x (Q, D) @ weight.T for a few rows Q and a wide weight (V, D) (lm_head on TRIO's 4 supervised rows),
     computed as (weight @ x.T).T, with the input's gradient grad @ weight and none for the weight.
 
     On CPU torch's GEMM runs x @ weight.T with Q of 2-16 rows ~4x slower than the matrix-vector shaped
     weight @ x.T (26 vs 6 ms at 4 x 1024 x 32064, reading the weight once either way), and autograd's own
-    backward of the latter (weight.T @ grad.T) is slower still, hence a Function. Eager torch only: exported
-    graphs keep the plain MatMul that ONNX Runtime and TensorRT take and weight sharing expects."""
+    backward of the latter (weight.T @ grad.T) is slower still, hence a Function. Eager torch only (its backward
+    splits the vocabulary in a bmm); exported graphs take ProxyHead, the same products without the split."""
 
     @staticmethod
     def forward(x, weight):
@@ -408,9 +429,9 @@ class LlamaFamilyDecoder:
         allowed = torch.arange(s, device=h.device)[None, :] <= query_slot[:, None]
         hq = query_rows @ h + attn.o_proj(values_after_mixing(attn.v_proj, q, k, x, mask_bias(allowed), attn.scaling))
         hq = hq + layer.mlp(layer.post_attention_layernorm(hq))
-        if eager and self.lm_head.bias is None:
-            return FewRowsHead.apply(self.norm(hq), self.lm_head.weight)
-        return self.lm_head(self.norm(hq))
+        if self.lm_head.bias is not None:
+            return self.lm_head(self.norm(hq))
+        return (FewRowsHead if eager else ProxyHead).apply(self.norm(hq), self.lm_head.weight)
 
     def last_token_attention(self, layer_index, h, position_ids):
         """Head-averaged softmax attention of the last position to every position at `layer_index`, computed on
