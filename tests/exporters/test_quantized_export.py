@@ -22,7 +22,7 @@ from trio_edge.errors import ArtifactError, InputError
 from trio_edge.exporters.export import export
 from trio_edge.exporters.quantize import dequantized, pack_int4, recover_codes, rtn_codes, unpack_int4
 from trio_edge.exporters.trt_check import check_directory
-from trio_edge.runtime.backends.ort_sessions import cache_key, cache_root
+from trio_edge.runtime.backends.ort_sessions import cache_entry
 
 ORT_FLOAT = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 
@@ -176,8 +176,7 @@ def test_int8_fp16_export_validates_and_shares_the_float_lm_head(export_model, i
         assert len(pipeline.generate(image, "what is it?", max_new_tokens=2).kept[0]) == 40
         cached, settings = pipeline.backend.cache[select], pipeline.backend.settings
     assert cached in ("miss", "hit")
-    key = cache_key(manifest.content_key(), select, ort.__version__, settings)
-    optimized = _initializers(cache_root() / "ort" / key / "model.onnx")
+    optimized = _initializers(cache_entry(manifest.content_key(), select, ort.__version__, settings) / "model.onnx")
     large_fp32 = [n for n, t in optimized.items() if t.data_type == TensorProto.FLOAT and np.prod(t.dims) > 1024]
     assert not large_fp32, large_fp32
 

@@ -98,6 +98,16 @@ def test_cache_evicts_least_recently_used_and_rebuilds_a_damaged_entry(one_cut_d
     assert not older.exists() and recent.exists() and all(entry.exists() for entry in new)
 
 
+def test_eviction_spares_the_graphs_of_the_export_being_loaded(tmp_path):
+    """A large export's request opens its graphs over minutes: entries of that export are never evicted for its own
+    next entry, even when the export alone is over the limit (its next load must find every graph)."""
+    root = tmp_path / "ort"
+    ours = [_fake_entry(root, f"aaaaaaaaaaaa-{i:032x}", 2 << 20, age_s=600 + i) for i in range(3)]
+    theirs = _fake_entry(root, "bbbbbbbbbbbb-" + "0" * 32, 2 << 20, age_s=60_000)
+    assert evict(root, 1 << 20, keep=ours[-1]) == [theirs]
+    assert all(entry.exists() for entry in ours)
+
+
 @pytest.mark.parametrize("value", ["lots", "-1", "nan"])
 def test_a_bad_cache_limit_is_refused_before_loading(one_cut_dir, monkeypatch, value):
     monkeypatch.setenv(CACHE_LIMIT_ENV, value)

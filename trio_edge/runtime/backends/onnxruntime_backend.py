@@ -21,8 +21,8 @@ from ...artifact.dtypes import ORT_TYPES, TORCH_DTYPES, dtype_name
 from ...artifact.graphs import GraphKind
 from ...errors import BackendUnavailableError
 from .base import Backend
-from .ort_sessions import (LOW_MEMORY_SETTINGS, SESSION_SETTINGS, cache_key, cache_limit_bytes, cache_root,
-                           open_session, session_options)
+from .ort_sessions import (LOW_MEMORY_SETTINGS, SESSION_SETTINGS, cache_entry, cache_limit_bytes, open_session,
+                           session_options)
 
 PREFILL_ONLY = (GraphKind.VISION, GraphKind.SELECT)  # run once per request, before the first token
 # ONNX Runtime's CPU attention (its GroupQueryAttention kernel, and the tensorrt target's explicit MatMul-Softmax
@@ -80,13 +80,12 @@ class OnnxRuntimeBackend(Backend):
     def _session(self, name: str):
         """The open session of graph `name`, opened now if it is not."""
         if name not in self.sessions:
-            ort, key = self._ort, None
+            ort, entry = self._ort, None
             if self._export_key is not None:
-                key = cache_key(self._export_key, name, ort.__version__, self.settings)
+                entry = cache_entry(self._export_key, name, ort.__version__, self.settings)
             self.sessions[name], self.cache[name] = open_session(
                 ort, self._files[name], session_options(ort, self._threads, self._low_memory),
-                self._providers(self.specs[name].kind), self._disabled.get(name, ()),
-                None if key is None else cache_root() / "ort" / key)
+                self._providers(self.specs[name].kind), self._disabled.get(name, ()), entry)
         return self.sessions[name]
 
     def _providers(self, kind: str) -> list:

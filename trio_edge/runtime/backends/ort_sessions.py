@@ -32,7 +32,8 @@ with optimizations off, skipping the fusion passes. The cache is written to a te
 so concurrent loads never see half a file; an unwritable cache directory, or a cached graph that no longer
 opens, only costs the speed-up. The cache is bounded: after each new entry, the least recently used entries
 are removed until the cache holds at most $TRIO_EDGE_ORT_CACHE_GB GiB (default 20; a 7B export's optimized
-graphs take about 6 GB), never an entry used in the last minute.
+graphs take about 6 GB), never an entry used in the last minute nor one of the export being loaded (entries are
+named by their export: one export larger than the limit keeps all its graphs, so its next load is warm).
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ def cache_key(export_key: str, graph: str, ort_version: str, settings: dict) -> 
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
+EXPORT_PREFIX = 12  # hex digits of the export's content key that name its cache entries (export-graph)
+
+
+def cache_entry(export_key: str, graph: str, ort_version: str, settings: dict) -> Path:
+    """The cache directory of one graph's optimized model: named by its export, so eviction can spare the graphs
+    of the export being loaded (a request of a large export opens its graphs over minutes)."""
+    return cache_root() / "ort" / f"{export_key[:EXPORT_PREFIX]}-{cache_key(export_key, graph, ort_version, settings)}"
+
+
 def cache_limit_bytes() -> int:
     raw = os.environ.get(CACHE_LIMIT_ENV)
     try:
@@ -105,8 +115,10 @@ def cache_limit_bytes() -> int:
 
 
 def evict(root: Path, limit_bytes: int, keep: Path) -> list[Path]:
-    """Remove the least recently used cache entries under `root` (never `keep`, nor one used within
-    EVICTION_GRACE_S) until the cache holds at most `limit_bytes`; returns the removed entries."""
+    """Remove the least recently used cache entries under `root` (never `keep` nor another entry of its export,
+    nor one used within EVICTION_GRACE_S) until the cache holds at most `limit_bytes`; returns the removed
+    entries. An export whose optimized graphs alone exceed the limit keeps them all (a warm load needs every one)."""
+    export = keep.name.split("-", 1)[0] + "-" if "-" in keep.name else None
     entries = []
     for entry in root.iterdir():
         if entry.is_dir() and not entry.name.startswith(".partial-"):
@@ -116,7 +128,7 @@ def evict(root: Path, limit_bytes: int, keep: Path) -> list[Path]:
     for used, size, entry in sorted(entries, key=lambda e: e[0]):
         if total <= limit_bytes:
             break
-        if entry == keep or now - used < EVICTION_GRACE_S:
+        if entry == keep or now - used < EVICTION_GRACE_S or (export and entry.name.startswith(export)):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         total -= size
