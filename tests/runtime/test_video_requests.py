@@ -137,19 +137,20 @@ def test_video_requests_are_checked(qwen2_5, clip, tmp_path):
 
 @pytest.mark.slow
 def test_video_exports_answer_as_generate_and_pytorch(qwen2_5, qwen3, clip, tmp_path, capsys):
-    """ONNX Runtime: an unpruned Qwen2.5-VL video export equals generate token for token; a Qwen3-VL export with TRIO
+    """ONNX Runtime: unpruned Qwen2.5-VL and Qwen3-VL video exports equal generate token for token; a Qwen3-VL export with TRIO
     over the frame pairs keeps what PyTorch keeps; trio-run --video reports the kept tokens per frame pair; bad clips
     are one line and exit 2, and nothing is written."""
     import trio_edge
     from trio_edge.cli.run import main as run_main
 
-    unpruned = tmp_path / "qwen2.5-video"
-    trio_edge.export(qwen2_5.source, unpruned, video_frames=8, grid="224x224", max_text_tokens=40, max_new_tokens=5,
-                     progress=False, loaded=qwen2_5)
-    video = qwen2_5.adapter.load_video(clip, 8)
-    expected_ids, _ = hf_generate(qwen2_5, None, QUESTION, GRIDS["qwen2.5-vl"], 5, video=video)
-    with trio_edge.load(unpruned) as pipeline:
-        assert pipeline.generate(prompt=QUESTION, video=clip).token_ids == expected_ids
+    for loaded, grid in ((qwen2_5, "224x224"), (qwen3, "256x256")):  # unpruned: transformers' own answer
+        unpruned = tmp_path / f"{loaded.adapter.family}-video"
+        trio_edge.export(loaded.source, unpruned, video_frames=8, grid=grid, max_text_tokens=96, max_new_tokens=5,
+                         progress=False, loaded=loaded)
+        video = loaded.adapter.load_video(clip, 8)
+        expected_ids, _ = hf_generate(loaded, None, QUESTION, GRIDS[loaded.adapter.family], 5, video=video)
+        with trio_edge.load(unpruned) as pipeline:
+            assert pipeline.generate(prompt=QUESTION, video=clip).token_ids == expected_ids
 
     pruned = tmp_path / "qwen3-video-trio"
     trio_edge.export(qwen3.source, pruned, video_frames=8, grid="256x256", cuts="1:100,2:40", max_text_tokens=96,
