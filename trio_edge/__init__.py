@@ -1,5 +1,5 @@
-"""trio-edge: export LLaVA-family VLMs to ONNX / TensorRT with visual-token selection inside the graphs, and run
-them with fixed pruned-token shapes on edge GPUs.
+"""trio-edge: export vision-language models (LLaVA-NeXT, LLaVA-1.5, Qwen2.5-VL, Qwen3-VL) to ONNX / TensorRT with
+visual-token selection inside the graphs, and run them with fixed pruned-token shapes on edge GPUs.
 
     import trio_edge
 
@@ -7,6 +7,9 @@ them with fixed pruned-token shapes on edge GPUs.
     with trio_edge.load("exports/trio-tiny") as pipeline:                        # ONNX Runtime, CPU
         result = pipeline.generate("cat.png", "what color is the cat?")
         print(result.text, result.kept, result.timings["ttft"])
+
+An export made with images=N takes a list of N images per request; one made with video_frames=F (Qwen) takes
+`generate(video="clip.mp4", prompt=...)`.
 
 `export` and `load` take the same options as `trio-export` and `trio-run`, with the same defaults
 (`trio_edge.defaults`); `serve.run` / `serve.start` are `trio-serve`, `batch` is `trio-batch`. Heavy modules (torch, transformers, onnx) are imported on first use.
