@@ -29,7 +29,7 @@ QUESTION = "what happens in the video?"
 @pytest.fixture(scope="module")
 def clip() -> bytes:
     """3 s at 8 fps, 96x64: frames move and carry their index (lossless, so both sides decode the same pixels)."""
-    return write_video(None, indexed_frames(24, 96, 64), fps=8, codec="ffv1", container="matroska", pix_fmt="bgr0")
+    return write_video(None, indexed_frames(24, 96, 64), fps=8, codec="ffv1", container="matroska")
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,7 @@ def test_unpruned_with_a_video_equals_generate(families, clip, family, runtime_f
 def test_the_frames_and_their_times_matter(qwen2_5, qwen3, clip):
     """The parity above is not vacuous: other frames (a shorter clip), or the same frames at another frame rate
     (Qwen2.5-VL's temporal positions, Qwen3-VL's timestamps), change the logits."""
-    other_rate = write_video(None, indexed_frames(24, 96, 64), fps=2, codec="ffv1", container="matroska",
-                             pix_fmt="bgr0")
+    other_rate = write_video(None, indexed_frames(24, 96, 64), fps=2, codec="ffv1", container="matroska")
     for loaded in (qwen2_5, qwen3):
         grid = GRIDS[loaded.adapter.family]
         pipeline = make_pipeline(loaded, Schedule(), max_new_tokens=1, grid=grid, video_frames=8, max_text_tokens=96)

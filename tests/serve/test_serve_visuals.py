@@ -93,8 +93,7 @@ def test_a_video_answers_as_trio_run(video_server, clip, capsys):
 def test_bad_videos_are_refused_and_the_server_goes_on(video_server, clip, tmp_path):
     mp4 = clip.read_bytes()
     long_clip = write_video(None, indexed_frames(48, 96, 64), fps=8)  # 6 s, over --max-video-seconds 5
-    big = write_video(None, indexed_frames(40, 320, 240, seed=3), fps=8, codec="ffv1", container="matroska",
-                      pix_fmt="bgr0")  # over --max-video-mb 0.5
+    big = write_video(None, indexed_frames(40, 320, 240), fps=8, codec="ffv1", container="matroska")  # over --max-video-mb 0.5
     cases = {
         "invalid_video": [video_part(mp4[: len(mp4) // 2])],
         "invalid_video/long": [video_part(long_clip)],

@@ -74,7 +74,7 @@ def test_qwen3_cut_at_layer_zero_equals_the_plain_prefill(qwen3, request_kind, f
     visual = {"one image": dict(images=1), "two images": dict(images=2), "video": dict(video_frames=8)}[request_kind]
     video = None
     if request_kind == "video":
-        clip = write_video(None, indexed_frames(16, 96, 64), fps=8, codec="ffv1", container="matroska", pix_fmt="bgr0")
+        clip = write_video(None, indexed_frames(16, 96, 64), fps=8, codec="ffv1", container="matroska")
         video = adapter.load_video(clip, 8)
     items = 4 if video is not None else visual["images"]
     schedule = adapter.schedule(GRID, items, video is not None, keep_ratio=fraction, method="dart-embed")
@@ -94,7 +94,7 @@ def test_qwen3_cut_at_layer_zero_equals_the_plain_prefill(qwen3, request_kind, f
 def test_a_qwen2_5_video_is_one_span(qwen2_5):
     """Qwen2.5-VL writes a video's frame pairs as one visual run: one quota for all of them (Edge-LLM's spans are
     the contiguous runs), so a pair can keep more than its share."""
-    clip = write_video(None, indexed_frames(16, 96, 64), fps=8, codec="ffv1", container="matroska", pix_fmt="bgr0")
+    clip = write_video(None, indexed_frames(16, 96, 64), fps=8, codec="ffv1", container="matroska")
     schedule = qwen2_5.adapter.schedule((224, 224), 4, True, keep_ratio=0.3, method="dart-embed")
     assert schedule.text() == "0:77"  # ceil(256 x 0.3), where four spans of 64 would keep 4 x 20 = 80
     pipeline = make_pipeline(qwen2_5, schedule, max_new_tokens=1, grid=(224, 224), video_frames=8,

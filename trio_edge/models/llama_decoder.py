@@ -181,7 +181,7 @@ class ProxyHead(torch.autograd.Function):
         return grad @ weight, None
 
 
-class FewRowsHead(torch.autograd.Function):
+class FewRowsHead(ProxyHead):
     """x (Q, D) @ weight.T for a few rows Q and a wide weight (V, D) (lm_head on TRIO's 4 supervised rows),
     computed as (weight @ x.T).T, with the input's gradient grad @ weight and none for the weight.
 
@@ -189,14 +189,6 @@ class FewRowsHead(torch.autograd.Function):
     weight @ x.T (26 vs 6 ms at 4 x 1024 x 32064, reading the weight once either way), and autograd's own
     backward of the latter (weight.T @ grad.T) is slower still, hence a Function. Eager torch only (its backward
     splits the vocabulary in a bmm); exported graphs take ProxyHead, the same products without the split."""
-
-    @staticmethod
-    def forward(x, weight):
-        return (weight @ x.t()).t()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
 
     @staticmethod
     def backward(ctx, grad):

@@ -43,10 +43,23 @@ def load_image(source):
 
 
 def read_input_file(source, kind: str, formats_hint: str) -> tuple[str, bytes]:
-    """(the path as messages show it, the file's bytes) of an image or video file (`kind`); a missing file, a
-    directory, a device or pipe, an empty or unreadable file is a one-line InputError."""
+    """(the path as messages show it, the file's bytes) of an image file; every failure is a one-line
+    InputError (see `check_input_file`)."""
+    path, name = check_input_file(source, kind, formats_hint)
+    try:
+        data = path.read_bytes()
+    except (OSError, ValueError) as error:  # the file vanished or changed permissions meanwhile
+        raise InputError(f"cannot read {kind} {name}: {os_reason(error)}; check the path and its permissions") from None
+    if not data:
+        raise InputError(f"{kind} {name} is empty (0 bytes); {formats_hint}")
+    return name, data
+
+
+def check_input_file(source, kind: str, formats_hint: str) -> tuple[Path, str]:
+    """(the path, how messages name it) of an image or video file (`kind`) that exists and can be opened;
+    a missing file, a directory, a device or pipe, an empty or unreadable file is a one-line InputError."""
     path = Path(source)
-    name, article = _display(path), "an" if kind[0] in "aeiou" else "a"
+    name, article = display_path(path), "an" if kind[0] in "aeiou" else "a"
     try:
         if path.is_dir():
             raise InputError(f"{kind} file not found: {name} is a directory; pass {article} {kind} file inside it")
@@ -54,18 +67,22 @@ def read_input_file(source, kind: str, formats_hint: str) -> tuple[str, bytes]:
             raise InputError(f"{kind} file not found: {name}; check the path")
         if not path.is_file():
             raise InputError(f"{kind} {name} is not a regular file (a device or pipe?); pass {article} {kind} file")
-        data = path.read_bytes()
+        if path.stat().st_size == 0:
+            raise InputError(f"{kind} {name} is empty (0 bytes); {formats_hint}")
+        open(path, "rb").close()  # unreadable files are refused here, with the OS's reason
     except InputError:
         raise
     except (OSError, ValueError) as error:  # permissions, a NUL in the path, a file vanishing meanwhile
-        reason = getattr(error, "strerror", None) or str(error)
-        raise InputError(f"cannot read {kind} {name}: {reason}; check the path and its permissions") from None
-    if not data:
-        raise InputError(f"{kind} {name} is empty (0 bytes); {formats_hint}")
-    return name, data
+        raise InputError(f"cannot read {kind} {name}: {os_reason(error)}; check the path and its permissions") from None
+    return path, name
 
 
-def _display(path: Path) -> str:
+def os_reason(error: BaseException) -> str:
+    """An OS error's reason without Python's `[Errno N] ...: 'path'` decoration."""
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def display_path(path: Path) -> str:
     """The path for a message: at most 200 characters, undecodable bytes shown escaped (never a crash)."""
     text = str(path)
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
