@@ -176,3 +176,20 @@ def qwen2_5(shared_root):
 
     path, _ = built_once(shared_root, "tiny-qwen2.5", lambda p: str(make_tiny_qwen2_5_vl(p, seed=1)))
     return load(str(path))
+
+
+@pytest.fixture(scope="session")
+def qwen3_fp16_export(qwen3, shared_root):
+    """get(weights) -> the tiny Qwen3-VL exported in fp16 with TRIO's selection in the model's precision (its select
+    graphs read the embed graph's token table as the proxy head), `weights` "fp16" or "int4" (the Orin Nano proof's
+    Qwen configuration, scaled down); built once per run, not validated."""
+
+    def get(weights: str) -> Path:
+        def build(out):
+            export(qwen3.source, out, loaded=qwen3, cuts="1:24,2:8", dtype="fp16", weights=weights,
+                   precision="model", max_text_tokens=48, max_new_tokens=4, progress=False, validate=False)
+            return {}
+
+        return built_once(shared_root, f"tiny-qwen3-{weights}-fp16", build)[0]
+
+    return get

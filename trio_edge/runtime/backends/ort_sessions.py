@@ -136,12 +136,23 @@ def evict(root: Path, limit_bytes: int, keep: Path) -> list[Path]:
     return removed
 
 
-def open_session(ort, path: Path, options, providers, disabled_optimizers, cache_dir: Path | None):
+def open_session(ort, path: Path, options, providers, disabled_optimizers, cache_dir: Path | None,
+                 form=None):
     """An InferenceSession of `path`, through the optimized-graph cache at `cache_dir` when given.
-    Returns (session, 'hit' | 'miss' | 'off')."""
+    `form`: a function of `path` returning the serialized graph to run instead (its external data still read
+    from beside `path`), or None to run the file as it is; only called when the graph is optimized (not on a
+    cache hit). Returns (session, 'hit' | 'miss' | 'off')."""
     disabled = list(disabled_optimizers) or None
+
+    def from_export():
+        model = form(path) if form is not None else None
+        if model is None:
+            return ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+        return ort.InferenceSession(model, options, providers=providers, disabled_optimizers=disabled)
+
     if cache_dir is None:
-        return ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled), "off"
+        return from_export(), "off"
     cached = cache_dir / CACHED_MODEL
     if cached.is_file():
         level = options.graph_optimization_level
@@ -161,11 +172,11 @@ def open_session(ort, path: Path, options, providers, disabled_optimizers, cache
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache_dir.parent))
     except OSError:  # no writable cache: load without it
-        return ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled), "off"
+        return from_export(), "off"
     options.optimized_model_filepath = str(staging / CACHED_MODEL)
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", CACHED_WEIGHTS)
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    session = ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
+    session = from_export()
     try:
         staging.rename(cache_dir)
     except OSError:  # another process got there first, or the directory cannot be written: keep theirs
