@@ -17,8 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trio_edge.artifact.manifest import read_manifest
 from trio_edge.exporters.probe_inputs import random_inputs
-from trio_edge.runtime.backends.ort_forms import (embed_form, fp16_rows_merged_in_fp32, low_memory_select_form,
-                                                  transposed_weights_as_gemm)
+from trio_edge.runtime.backends.ort_forms import embed_form, fp16_rows_merged_in_fp32
 from trio_edge.runtime.backends.ort_sessions import session_options
 from trio_edge.runtime.open import open_export
 
@@ -39,8 +38,7 @@ def _session(model, directory, low_memory=True):
 
 def test_each_form_computes_the_same_bits(qwen_int4):
     manifest = read_manifest(qwen_int4)
-    forms = {"embed": embed_form, **{s.name: low_memory_select_form for s in manifest.plan.selects}}
-    for name, form in forms.items():
+    for name, form in {"embed": embed_form}.items():
         path, spec = qwen_int4 / manifest.graphs[name].file, manifest.specs()[name]
         rewritten = form(path)
         assert rewritten is not None, f"{name}: nothing rewritten"
@@ -59,28 +57,37 @@ def _float_copies(model_path, table_shape) -> list[str]:
 
 
 def test_optimized_graphs_keep_the_token_table_fp16(qwen_int4, tmp_path):
-    """What ONNX Runtime keeps after optimizing (the graphs saved in its cache): the embed graph (either mode) and
-    the select graphs (low memory) hold no fp32 copy of the vocabulary x hidden table; the default mode's select
-    graphs still do (two: W and W^T), which is why the select form is the low-memory one only."""
+    """What ONNX Runtime keeps after optimizing (the graphs saved in its cache), in either mode: the embed graph in
+    its form holds no fp32 copy of the vocabulary x hidden table (as exported it held one, the Gather run in fp32),
+    nor does a select graph (ProxyHead: both products read the head as stored, cast per call)."""
     manifest = read_manifest(qwen_int4)
     table = (manifest.plan.vocab_size, manifest.plan.hidden_size)
-    for low_memory, expected_select_copies in ((False, 2), (True, 0)):
+    found = {}
+    for low_memory in (False, True):
         options = session_options(ort, 1, low_memory=low_memory)
-        for name, form in (("embed", embed_form), (manifest.plan.selects[0].name, low_memory_select_form)):
+        for name in ("embed", manifest.plan.selects[0].name):
             out = tmp_path / f"{name}-{low_memory}" / "model.onnx"
             out.parent.mkdir()
             options.optimized_model_filepath = str(out)
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                              "model.onnx.data")
             path = qwen_int4 / manifest.graphs[name].file
-            model = form(path) if name == "embed" or low_memory else str(path)
+            model = embed_form(path) if name == "embed" else str(path)
             if isinstance(model, bytes):
                 options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                                  str(qwen_int4))
             skip = ["MatMulAddFusion"] + (["ConstantFolding"] if name != "embed" else [])
             ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=skip)
-            copies = _float_copies(out, table)
-            assert len(copies) == (0 if name == "embed" else expected_select_copies), (name, low_memory, copies)
+            found[name, low_memory] = _float_copies(out, table)
+    assert found == {key: [] for key in found}
+    as_exported = tmp_path / "embed-as-exported" / "model.onnx"
+    as_exported.parent.mkdir()
+    options = session_options(ort, 1)
+    options.optimized_model_filepath = str(as_exported)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
+    ort.InferenceSession(str(qwen_int4 / manifest.graphs["embed"].file), options,
+                         providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"])
+    assert len(_float_copies(as_exported, table)) == 1  # what the form removes
 
 
 PROMPTS = ["what color is the triangle?", "how many circles are there?"]
@@ -107,7 +114,7 @@ def test_low_memory_answers_as_the_default_path_with_selects_alone(qwen3_fp16_ex
 
             backend.run_impl = traced
             answers.append(_answers(pipeline, pictures_qwen))
-            assert backend.settings["graph_forms"].keys() == ({"embed", "select"} if low_memory else {"embed"})
+            assert backend.settings["graph_forms"].keys() == {"embed"}
             assert not low_memory or (alone and all(alone))
     assert answers[1] == answers[0] and answers[2] == answers[0]
 
@@ -120,7 +127,6 @@ def test_the_forms_change_no_answer(qwen_int4, pictures_qwen, monkeypatch, low_m
         assert pipeline.backend.settings["graph_forms"]
         with_forms = _answers(pipeline, pictures_qwen)
     monkeypatch.setattr(backend_module, "GRAPH_FORMS", {})
-    monkeypatch.setattr(backend_module, "LOW_MEMORY_FORMS", {})
     with open_export(qwen_int4, low_memory=low_memory, ort_cache=False) as pipeline:
         assert not pipeline.backend.settings["graph_forms"]
         assert _answers(pipeline, pictures_qwen) == with_forms
@@ -136,31 +142,6 @@ def pictures_qwen():
 # ---- the rewrites on hand-made graphs ---------------------------------------------------------------------
 def _run(model, feed):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
-
-
-def test_transposed_weights_become_gemm_only_where_it_is_the_same_product():
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w")
-    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "wt"], ["logits"]),  # 2-D x: Gemm(x, w, transB=1)
-             helper.make_node("MatMul", ["x3", "wt"], ["logits3"]),  # 3-D x: left as it is
-             helper.make_node("Transpose", ["wt"], ["w_again"], perm=[1, 0]),
-             helper.make_node("MatMul", ["g", "w_again"], ["grad"])]  # Transpose(Transpose(w)) -> w
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
-                                           helper.make_tensor_value_info("x3", TensorProto.FLOAT, [1, 2, 4]),
-                                           helper.make_tensor_value_info("g", TensorProto.FLOAT, [2, 6])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                               for n in ("logits", "logits3", "grad")], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    feed = {"x": rng.standard_normal((2, 4)).astype(np.float32), "x3": rng.standard_normal((1, 2, 4)).astype(np.float32),
-            "g": rng.standard_normal((2, 6)).astype(np.float32)}
-    expected = _run(model, feed)
-    assert transposed_weights_as_gemm(model) == 2
-    ops = [(n.op_type, list(n.input)) for n in model.graph.node]
-    assert ops == [("Transpose", ["w"]), ("Gemm", ["x", "w"]), ("MatMul", ["x3", "wt"]), ("MatMul", ["g", "w"])]
-    for want, got in zip(expected, _run(model, feed)):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    assert transposed_weights_as_gemm(model) == 0  # nothing left to rewrite
 
 
 def test_the_merge_of_gathered_fp16_rows_runs_in_fp32_and_returns_fp16():

@@ -8,76 +8,13 @@ to fp32 (1.45 GiB, held for the session's life, or cast again on every call). Ca
 gathered rows) to fp32 in the graph, and the result back, keeps the Gather in fp16: the table stays
 memory-mapped from the export's data file and only the prompt's rows are read.
 
-Select graphs (low-memory mode): a TRIO select graph reads its proxy head (lm_head, or on Qwen the input embedding
-table) twice, the forward logits as MatMul(x, Transpose(W)) and the backward as MatMul(g, Transpose(Transpose(W))).
-ONNX Runtime folds Transpose(W) into a transposed copy and, with no fp16 MatMul on CPU, keeps an fp32 copy of each
-form: two fp32 tables per select graph (2.9 GiB at Qwen3-VL-4B, 4.6 GiB at 8B). Written as Gemm(x, W, transB=1)
-and MatMul(g, W), both read W itself: one Cast to fp32 per call (1.45 GiB while the select runs at 4B), and the
-fp16 table stays memory-mapped. Not in the default mode: there the two resident fp32 copies make each select
-call about 0.8 s faster at 4B on this 2-core CPU than casting once per call.
+(Select graphs need no form: the exporter writes their proxy head as ProxyHead, whose two products read the
+head as stored, so ONNX Runtime folds no transposed copy of it.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-TRANSPOSE_2D = [1, 0]
-
-
-def _perm(node) -> list[int] | None:
-    for attribute in node.attribute:
-        if attribute.name == "perm":
-            return list(attribute.ints)
-    return None
-
-
-def _rank_2(graph) -> set[str]:
-    """Names of the tensors the graph declares 2-D (value_info, inputs, outputs, initializers)."""
-    declared = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input, *graph.output)
-                if v.type.tensor_type.HasField("shape")}
-    declared.update({t.name: len(t.dims) for t in graph.initializer})
-    return {name for name, rank in declared.items() if rank == 2}
-
-
-def transposed_weights_as_gemm(model) -> int:
-    """Rewrite `model` (an onnx ModelProto, top graph) in place: MatMul(A, Transpose(W)) with W a 2-D initializer
-    and A declared 2-D becomes Gemm(A, W, transB=1), and Transpose(Transpose(W)) becomes W. Returns how many uses
-    of a transposed weight were rewritten (0: the model is unchanged)."""
-    from onnx import helper
-
-    graph = model.graph
-    weights = {t.name for t in graph.initializer if len(t.dims) == 2}
-    two_d = _rank_2(graph)
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {v.name for v in graph.output}
-    removed, rewritten = set(), 0
-    for node in graph.node:
-        if node.op_type != "Transpose" or node.input[0] not in weights or _perm(node) != TRANSPOSE_2D:
-            continue
-        weight, transposed = node.input[0], node.output[0]
-        for user in consumers.get(transposed, []):
-            if (user.op_type == "MatMul" and list(user.input).index(transposed) == 1 and user.input[0] in two_d
-                    and user.input[0] != transposed):
-                user.op_type = "Gemm"
-                user.input[1] = weight
-                user.attribute.append(helper.make_attribute("transB", 1))
-                rewritten += 1
-            elif (user.op_type == "Transpose" and _perm(user) == TRANSPOSE_2D and user.output[0] not in outputs):
-                for reader in consumers.get(user.output[0], []):
-                    reader.input[:] = [weight if name == user.output[0] else name for name in reader.input]
-                removed.add(id(user))
-                rewritten += 1
-        if transposed not in outputs and all(id(u) in removed or u.op_type == "Gemm" and transposed not in u.input
-                                             for u in consumers.get(transposed, [])):
-            removed.add(id(node))
-    if rewritten:
-        kept = [node for node in graph.node if id(node) not in removed]
-        del graph.node[:]
-        graph.node.extend(kept)
-    return rewritten
 
 
 def fp16_rows_merged_in_fp32(model) -> int:
@@ -121,7 +58,3 @@ def rewritten(path: Path, *rewrites) -> bytes | None:
 
 def embed_form(path: Path) -> bytes | None:
     return rewritten(path, fp16_rows_merged_in_fp32)
-
-
-def low_memory_select_form(path: Path) -> bytes | None:
-    return rewritten(path, transposed_weights_as_gemm)
