@@ -1,4 +1,4 @@
-"""Markdown tables for docs/results.md from benchmarks/results/*.json (python benchmarks/readme_tables.py)."""
+"""Markdown tables for docs/results.md from benchmarks/results/*.json (python benchmarks/readme_tables.py; with\n--several-images: the table of benchmarks/several_images.sh)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,42 @@ def decode_step_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+SEVERAL_IMAGES = ["llava1", "llava4", "qwen1", "qwen4", "qwenvideo", "qwen3video"]  # benchmarks/several_images.sh
+
+
+def several_images_table() -> str:
+    """One row per configuration of benchmarks/several_images.sh (each its own run: ratios within a row)."""
+    lines = ["| configuration | visual tokens | matmul peak TFLOP/s | TTFT ms: transformers / unpruned / TRIO 11.1% | "
+             "TTFT + 64 tokens ms: same | TRIO TTFT gain vs unpruned | TRIO + 64 vs transformers | KV MiB: unpruned -> "
+             "TRIO | process peak RSS GiB |", "|---|---:|---:|---|---|---:|---:|---|---:|"]
+    for config in SEVERAL_IMAGES:
+        path = RESULTS / f"several_images_{config}_cpu_wide_64.json"
+        if not path.is_file():
+            continue
+        body = json.loads(path.read_text())
+        arch, (ratios,) = body["architecture"], body["ratios"].values()
+        tf, full, trio = (body["runs"][name] for name in sorted(body["runs"], key=_run_order))
+        what = (f"{arch['video_frames']}-frame video" if arch.get("video_frames") else
+                f"{arch.get('images', 1)} image{'s' if arch.get('images', 1) > 1 else ''}")
+        lines.append(
+            f"| {_model(body['command'])}, {what} | {arch['image_tokens']} | {body['peaks']['matmul_tflops']:.3f} | "
+            f"{tf['ttft_ms']:.0f} / {full['ttft_ms']:.0f} / {trio['ttft_ms']:.0f} | "
+            f"{tf['end_to_end_ms']:.0f} / {full['end_to_end_ms']:.0f} / {trio['end_to_end_ms']:.0f} | "
+            f"**{ratios['ttft_speedup_vs_full']:.2f}x** | {ratios['end_to_end_speedup_vs_transformers']:.2f}x | "
+            f"{full['kv_used_bytes'] / 2**20:.1f} -> {trio['kv_used_bytes'] / 2**20:.1f} | "
+            f"{trio['peak_host_rss_bytes'] / 2**30:.2f} |")
+    return "\n".join(lines)
+
+
+def _model(command: str) -> str:
+    words = command.split()
+    return words[words.index("--model") + 1] if "--model" in words else "llava-next-7b"
+
+
+def _run_order(name: str) -> int:
+    return 0 if name.startswith("transformers") else 1 if name.endswith("_full") else 2
+
+
 def _row_values(run: dict):
     roof = run.get("roofline") or {}
     flops = run.get("flops", {}).get("prefill_total")
@@ -72,6 +108,9 @@ def _cell(value, fmt: str) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--several-images"]:
+        print(several_images_table())
+        return
     names = sys.argv[1:] or sorted(p.name for p in RESULTS.glob("*.json") if "runs" in json.loads(p.read_text()))
     for name in names:
         body = json.loads((RESULTS / name).read_text())

@@ -105,10 +105,15 @@ def _info_from_record(record: dict) -> ExportInfo:
                          "graphs": {k: GraphEntry.from_dict(g) for k, g in record["graphs"].items()}})
 
 
+def loaded_once(shared_root, name: str, make, seed: int):
+    """The tiny model `make(path, seed=seed)` builds, saved once per test run under `name` and loaded."""
+    path, _ = built_once(shared_root, name, lambda p: str(make(p, seed=seed)))
+    return load(str(path))
+
+
 @pytest.fixture(scope="session")
 def export_model(shared_root):
-    path, _ = built_once(shared_root, "tiny-export-model", lambda p: str(make_tiny_llava_next(p, seed=3)))
-    return load(str(path))
+    return loaded_once(shared_root, "tiny-export-model", make_tiny_llava_next, seed=3)
 
 
 @pytest.fixture(scope="session")
@@ -164,8 +169,7 @@ def qwen3(shared_root):
     """A tiny random Qwen3-VL (models.tiny_qwen3: patch 16, 3 DeepStack layers of 4), loaded once per run."""
     from trio_edge.models.tiny_qwen3 import make_tiny_qwen3_vl
 
-    path, _ = built_once(shared_root, "tiny-qwen3", lambda p: str(make_tiny_qwen3_vl(p, seed=1)))
-    return load(str(path))
+    return loaded_once(shared_root, "tiny-qwen3", make_tiny_qwen3_vl, seed=1)
 
 
 # ---- the tiny Qwen2.5-VL, shared by the several-images and video tests ---------------------------------------------
@@ -174,8 +178,7 @@ def qwen2_5(shared_root):
     """A tiny random Qwen2.5-VL (models.tiny_qwen: patch 14, 112-px windows, one full-attention block), loaded once."""
     from trio_edge.models.tiny_qwen import make_tiny_qwen2_5_vl
 
-    path, _ = built_once(shared_root, "tiny-qwen2.5", lambda p: str(make_tiny_qwen2_5_vl(p, seed=1)))
-    return load(str(path))
+    return loaded_once(shared_root, "tiny-qwen2.5", make_tiny_qwen2_5_vl, seed=1)
 
 
 @pytest.fixture(scope="session")
