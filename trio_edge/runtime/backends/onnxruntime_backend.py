@@ -9,7 +9,8 @@ Sessions open when the backend is built, except in low-memory mode: there each g
 and the graphs a request runs once during prefill (vision tower, select stages) close again after their run,
 so their weights are never resident beside the decoder's (see ort_sessions). The cost: those graphs open again
 for every request (from the optimized-graph cache, so without the optimizer passes), and a prefill-only graph
-opens with every other graph closed. Embed graphs open in the form of ort_forms (the token table kept fp16).
+opens with every other graph closed. Embed graphs open in the form of ort_forms (the token table kept fp16), and in
+low-memory mode segment graphs too (wide int4 products split by columns).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from ...artifact.graphs import GraphKind
 from ...errors import BackendUnavailableError
 from ..host_memory import release_freed_host_memory
 from .base import Backend
-from .ort_forms import embed_form
+from .ort_forms import embed_form, low_memory_segment_form
 from .ort_sessions import (LOW_MEMORY_SETTINGS, SESSION_SETTINGS, cache_entry, cache_limit_bytes, open_session,
                            session_options)
 
 PREFILL_ONLY = (GraphKind.VISION, GraphKind.SELECT)  # run once per request, before the first token
-# graphs opened in another form (ort_forms); named in the settings (and so in the optimized-graph cache's key)
+# graphs opened in another form (ort_forms), always or in low-memory mode; named in the settings (and so in the
+# optimized-graph cache's key)
 GRAPH_FORMS = {GraphKind.EMBED: ("fp16 table rows merged in fp32", embed_form)}
+LOW_MEMORY_FORMS = {**GRAPH_FORMS,
+                    GraphKind.SEGMENT: ("wide int4 products split by columns", low_memory_segment_form)}
 # ONNX Runtime's CPU attention (its GroupQueryAttention kernel, and the tensorrt target's explicit MatMul-Softmax
 # form) computes every query of a call against every key and materialises the (heads, T, keys) probabilities,
 # so a T-token prefill does the whole T x T square where causal attention needs half of it (PyTorch's SDPA
@@ -77,7 +81,8 @@ class OnnxRuntimeBackend(Backend):
                          "device": str(self.device)}
         if low_memory:
             self.settings.update(LOW_MEMORY_SETTINGS)
-        self.settings["graph_forms"] = {kind.value: what for kind, (what, _) in GRAPH_FORMS.items()}
+        self._forms = LOW_MEMORY_FORMS if low_memory else GRAPH_FORMS
+        self.settings["graph_forms"] = {kind.value: what for kind, (what, _) in self._forms.items()}
         self.sessions, self.cache = {}, {}  # open sessions; graph -> 'hit' | 'miss' | 'off' of its last open
         if not low_memory:
             for name in graph_files:
@@ -93,7 +98,7 @@ class OnnxRuntimeBackend(Backend):
             if self._low_memory and kind in PREFILL_ONLY and self.sessions:
                 self.sessions.clear()  # a prefill-only graph runs alone: the others reopen from the cache after it
                 release_freed_host_memory()
-            form = GRAPH_FORMS[kind][1] if kind in GRAPH_FORMS else None
+            form = self._forms[kind][1] if kind in self._forms else None
             self.sessions[name], self.cache[name] = open_session(
                 ort, self._files[name], session_options(ort, self._threads, self._low_memory),
                 self._providers(kind), self._disabled.get(name, ()), entry, form=form)
