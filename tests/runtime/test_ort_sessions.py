@@ -29,6 +29,24 @@ def test_second_load_hits_the_cache_and_answers_the_same(one_cut_dir, image, mon
         assert (logits - answers[0][2]).abs().max() < 1e-4
 
 
+def test_low_memory_runs_a_freshly_optimized_graph_from_the_cache(one_cut_dir, image, monkeypatch, tmp_path):
+    """On a cache miss a low-memory load closes the session it optimized and opens the cached graph, so the weights
+    ONNX Runtime made while optimizing are mapped from the cache's file; the default mode keeps its session."""
+    monkeypatch.setenv("TRIO_EDGE_CACHE", str(tmp_path / "cache"))
+    answers = []
+    for low_memory in (True, False):
+        with open_export(one_cut_dir, low_memory=low_memory) as pipeline:
+            result = pipeline.generate(image, "what color is the circle", max_new_tokens=6)
+            answers.append((result.token_ids, result.kept))
+            backend = pipeline.backend
+            # each mode has its own cache entries (settings differ); low memory reopens graphs within a request
+            assert set(backend.cache.values()) == ({"miss", "hit"} if low_memory else {"miss"})
+            for name, session in backend.sessions.items():
+                from_cache = session._model_path is not None and "/ort/" in session._model_path
+                assert from_cache is low_memory, (name, session._model_path)
+    assert answers[0] == answers[1]
+
+
 def test_settings_are_recorded():
     assert SESSION_SETTINGS["enable_mem_pattern"] and SESSION_SETTINGS["session.disable_prepacking"] == "0"
 

@@ -101,7 +101,8 @@ class OnnxRuntimeBackend(Backend):
             form = self._forms[kind][1] if kind in self._forms else None
             self.sessions[name], self.cache[name] = open_session(
                 ort, self._files[name], session_options(ort, self._threads, self._low_memory),
-                self._providers(kind), self._disabled.get(name, ()), entry, form=form)
+                self._providers(kind), self._disabled.get(name, ()), entry, form=form,
+                reopen_options=(lambda: session_options(ort, self._threads, True)) if self._low_memory else None)
         return self.sessions[name]
 
     def _providers(self, kind: str) -> list:

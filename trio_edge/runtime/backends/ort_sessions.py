@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 from ...errors import InputError
+from ..host_memory import release_freed_host_memory
 
 SESSION_SETTINGS = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
                     "inter_op_num_threads": 1, "enable_mem_pattern": True, "enable_cpu_mem_arena": True,
@@ -137,11 +138,14 @@ def evict(root: Path, limit_bytes: int, keep: Path) -> list[Path]:
 
 
 def open_session(ort, path: Path, options, providers, disabled_optimizers, cache_dir: Path | None,
-                 form=None):
+                 form=None, reopen_options=None):
     """An InferenceSession of `path`, through the optimized-graph cache at `cache_dir` when given.
     `form`: a function of `path` returning the serialized graph to run instead (its external data still read
     from beside `path`), or None to run the file as it is; only called when the graph is optimized (not on a
-    cache hit). Returns (session, 'hit' | 'miss' | 'off')."""
+    cache hit). `reopen_options`: a function returning fresh SessionOptions; when given, a graph just optimized
+    into the cache is closed and opened again from there, so the weights ONNX Runtime made while optimizing (int4
+    weights in MatMulNBits' layout, fp32 copies) are memory-mapped from the cache's file instead of held in the
+    process's memory (low-memory mode). Returns (session, 'hit' | 'miss' | 'off')."""
     disabled = list(disabled_optimizers) or None
 
     def from_export():
@@ -185,4 +189,8 @@ def open_session(ort, path: Path, options, providers, disabled_optimizers, cache
         evict(cache_dir.parent, cache_limit_bytes(), keep=cache_dir)
     except OSError:  # another process is evicting too: the next miss tries again
         pass
+    if reopen_options is not None and cached.is_file():
+        del session
+        release_freed_host_memory()
+        return open_session(ort, path, reopen_options(), providers, disabled_optimizers, cache_dir, form)[0], "miss"
     return session, "miss"
