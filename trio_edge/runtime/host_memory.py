@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -36,7 +37,7 @@ def keep_freed_host_memory() -> bool:
     if _kept is None:
         _kept = False
         if keeping_allowed():
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc = _glibc()
             _kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
     return _kept
 
@@ -44,7 +45,7 @@ def keep_freed_host_memory() -> bool:
 def keeping_allowed() -> bool:
     """Whether keep_freed_host_memory would act here: glibc, and not opted out with $TRIO_EDGE_KEEP_HOST_MEMORY=0."""
     wanted = os.environ.get(OPT_OUT_ENV, "1").strip() != "0"
-    return wanted and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    return wanted and _glibc() is not None
 
 
 def release_freed_host_memory() -> bool:
@@ -52,10 +53,17 @@ def release_freed_host_memory() -> bool:
     the middle of the heap): low-memory runs call it after closing a graph's session, whose freed weights and
     activations glibc would otherwise keep as heap fragments (0.3 GiB after the vision graph of a Qwen3-VL-4B
     int4 export). False where the C library is not glibc (nothing done) or nothing was released."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+@functools.cache
+def _glibc():
+    """The C library when it is glibc (mallopt, malloc_trim), else None; looked up once per process (platform's
+    libc_ver reads the interpreter's binary)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    return bool(libc.malloc_trim(0))
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def host_memory_kept() -> bool:

@@ -25,6 +25,7 @@ head as stored, so ONNX Runtime folds no transposed copy of it.)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,10 @@ def fp16_rows_merged_in_fp32(model) -> int:
     return rewritten
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return math.ceil(value / multiple) * multiple
+
+
 def _raw_bytes(tensor, directory: Path) -> bytes:
     """An initializer's stored bytes, inline or from its external data file (no unpacking)."""
     from onnx import TensorProto
@@ -100,13 +105,13 @@ def quantized_products_split(model, directory: Path, above_bytes: int | None = N
         if scales is None or codes.data_type != TensorProto.INT4 or len(codes.dims) != 2:
             continue
         rows, columns = codes.dims
+        fp32_bytes = rows * columns * 4
         users = consumers.get(node.output[0], [])
-        if (rows * columns * 4 <= above or columns % 2 or not users
+        if (fp32_bytes <= above or columns % 2 or not users
                 or any(u.op_type != "MatMul" or u.input[1] != node.output[0] or u.input[0] == node.output[0]
                        for u in users)):
             continue
-        width = -(-columns // -(-rows * columns * 4 // piece))
-        width = -(-width // PIECE_ALIGN) * PIECE_ALIGN
+        width = _round_up(math.ceil(columns / math.ceil(fp32_bytes / piece)), PIECE_ALIGN)
         if width >= columns:
             continue
         packed = np.frombuffer(_raw_bytes(codes, directory), np.uint8).reshape(rows, columns // 2)
