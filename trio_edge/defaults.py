@@ -13,6 +13,7 @@ MAX_NEW_TOKENS = 64  # longest answer, in tokens
 # ---- selection ----------------------------------------------------------------------------------------------
 NMS_THRESHOLD = 0.8  # TRIO's feature-similarity threshold (cosine >= it suppresses)
 NMS_ITERATIONS = 32  # Cluster-NMS steps unrolled in exported select graphs (host fallback beyond)
+NMS_BLOCK = 256  # image tokens per block of the fixed-shape NMS (selection.py: why this size)
 POSITIONS = "renumber"  # positions after a cut: renumbered 0..S'-1 as LLaVA's released code does
 SELECT_PRECISION = "fp32"  # select stages in fp32: the kept set equals the fp32 reference exactly
 METHOD = "trio"  # the selection rule of every cut

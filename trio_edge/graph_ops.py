@@ -1,12 +1,16 @@
-"""Small integer ops written so they export to ops TensorRT accepts for INT64.
+"""Small ops written so they export to ops TensorRT accepts.
 
 TensorRT's Clip and CumSum are float-only, so index clamping uses Where and running counts are summed
-in float32 (exact below 2**24, far above any sequence length here).
+in float32 (exact below 2**24, far above any sequence length here). TensorRT's TopK returns at most
+TOPK_MAX_K elements, so a longer top-k or sort is taken in rounds of at most that many (top_k).
 """
 
 from __future__ import annotations
 
 import torch
+
+#: TensorRT's ITopKLayer returns at most this many elements (its operator page: k <= 3840); trio-check enforces it.
+TOPK_MAX_K = 3840
 
 
 def clamp_index(index: torch.Tensor, high: int) -> torch.Tensor:
@@ -58,3 +62,33 @@ def pruned_index_map(seq_len, image_positions: torch.Tensor, kept: torch.Tensor)
 def rows_after_pruning(image_positions: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """Rows of the kept image tokens in the pruned sequence (K,): each moves up by the dropped tokens before it."""
     return image_positions.index_select(0, kept) - kept + torch.arange(kept.shape[0], device=kept.device)
+
+
+def top_k(values: torch.Tensor, k: int, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(values, k, largest=largest)`` of a 1-D tensor, as TopK ops of at most TOPK_MAX_K each.
+
+    Up to TOPK_MAX_K it is one TopK. Beyond, round r takes the best TOPK_MAX_K of what earlier rounds left and
+    overwrites those with the worst value of the dtype (ScatterElements), so each index comes out once: the
+    values equal torch.topk's, in order; the indices equal them wherever values are distinct (equal values come
+    out in an order TopK chooses, as in one TopK). Values must not be that worst value (-inf for floats, the
+    dtype's max for ascending integers)."""
+    if k <= TOPK_MAX_K:
+        return torch.topk(values, k, largest=largest)
+    if values.dtype.is_floating_point:
+        worst = -torch.inf if largest else torch.inf
+    else:
+        info = torch.iinfo(values.dtype)
+        worst = info.min if largest else info.max
+    found_values, found_indices, rest = [], [], values
+    for start in range(0, k, TOPK_MAX_K):
+        round_values, round_indices = torch.topk(rest, min(TOPK_MAX_K, k - start), largest=largest)
+        found_values.append(round_values)
+        found_indices.append(round_indices)
+        if start + TOPK_MAX_K < k:
+            rest = rest.scatter(0, round_indices, worst)
+    return torch.cat(found_values), torch.cat(found_indices)
+
+
+def sort_ascending(values: torch.Tensor) -> torch.Tensor:
+    """``torch.sort(values).values`` of a 1-D tensor, exported as TopK rounds TensorRT accepts (top_k)."""
+    return top_k(values, values.shape[0], largest=False)[0]

@@ -4,6 +4,7 @@ import math
 import random
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as nnf
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from helpers import assert_fixed_shape_ops
+from trio_edge.exporters.trt_check import check_model
 from trio_edge.errors import InputError
 from trio_edge.trio.peers import random_select, uniform_select
 from trio_edge.trio.selection import (
@@ -349,6 +351,33 @@ def test_fixed_select_exports_to_onnx(tmp_path, block):
             converged_runs += 1
             assert kept.tolist() == select_tokens(scores, features, 10, 0.8).tolist(), n
     assert converged_runs >= 15
+
+
+class LargeSelect(torch.nn.Module):
+    def __init__(self, keep, iterations):
+        super().__init__()
+        self.keep, self.iterations = keep, iterations
+
+    def forward(self, scores, features):
+        return nms_select_fixed(scores, features, self.keep, 0.8, self.iterations)
+
+
+def test_select_over_more_tokens_than_tensorrt_topk_takes(tmp_path):
+    """4,100 image tokens (several images' worth) keeping 3,900: every sort and top-k of the graph runs in TopK
+    rounds of at most 3,840 (TensorRT's limit; trio-check finds no error) and equals the greedy reference."""
+    m, keep = 4100, 3900
+    cases = [clustered_case(m, 32, clusters, spread, seed) for seed, (clusters, spread) in
+             enumerate([(600, 0.3), (4100, 0.0), (40, 1.0)])]
+    iterations = max(cluster_iterations_needed(scores, features, 0.8, keep) for scores, features in cases)
+    path = tmp_path / "select.onnx"
+    torch.onnx.export(LargeSelect(keep, iterations).eval(), cases[0], str(path), dynamo=True, opset_version=18)
+    report = check_model(path)
+    assert report.ok, [finding.message for finding in report.errors]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for scores, features in cases:
+        kept, converged = session.run(None, dict(zip(names, (scores.numpy(), features.numpy()))))
+        assert bool(converged) and kept.tolist() == select_tokens(scores, features, keep, 0.8).tolist()
 
 
 # ---- peers -------------------------------------------------------------------------------

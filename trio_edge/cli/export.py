@@ -1,7 +1,9 @@
-"""trio-export MODEL -o DIR: split a LLaVA-family VLM into ONNX graphs with token selection inside.
+"""trio-export MODEL -o DIR: split a VLM (LLaVA-NeXT, LLaVA-1.5, Qwen2.5-VL, Qwen3-VL) into ONNX graphs with token
+selection inside.
 
-MODEL is an alias (llava-next-7b, llava-next-mistral-7b, llava-1.5-7b, tiny-random, trio-tiny, trio-tiny-qwen), a
-Hugging Face id, or a local save_pretrained directory. Writes vision, embed, one segment graph per
+MODEL is an alias (llava-next-7b, llava-next-mistral-7b, llava-1.5-7b, qwen2.5-vl-3b, qwen2.5-vl-7b, qwen3-vl-2b,
+qwen3-vl-4b, qwen3-vl-8b; trio-tiny, trio-tiny-qwen shipped; tiny-random, tiny-random-qwen, tiny-random-qwen3 built in
+code), a Hugging Face id, or a local save_pretrained directory. Writes vision, embed, one segment graph per
 layer group (prefill and decode alike, static KV buffer) and one select graph per cut, validates every
 graph against its PyTorch module in ONNX Runtime, and writes manifest.json with sha256 of every file.
 Without --cuts / --keep-ratio / --schedule-file nothing is pruned (the unpruned graphs). With --images N a
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=defaults.OPSET, help=f"ONNX opset, 18..23 (default "
                         f"{defaults.OPSET}; quantized exports use at least 21)")
     parser.add_argument("--nms-iterations", type=int, default=defaults.NMS_ITERATIONS,
-                        help=f"Cluster-NMS iterations unrolled per block of 384 tokens in select graphs (default "
+                        help=f"Cluster-NMS iterations unrolled per block of {defaults.NMS_BLOCK} tokens in select graphs (default "
                              f"{defaults.NMS_ITERATIONS}; "
                              "the runtime falls back to the exact greedy rule on the host if a request needs more)")
     weights = parser.add_argument_group("weight-only quantization")

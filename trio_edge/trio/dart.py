@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-from ..graph_ops import running_count
+from ..graph_ops import running_count, sort_ascending, top_k
 
 IMAGE_PIVOTS = 4
 TEXT_PIVOTS = 4
@@ -126,4 +126,4 @@ def dart_select_fixed(keys: torch.Tensor, normed: torch.Tensor, image_positions:
         picked = ranks(torch.where(taken, -torch.inf, distance), local) < count
         taken = taken | picked
     key = taken.float() * m + (m - local).float()  # distinct (exact below 2**24): TopK never sees a tie
-    return torch.sort(torch.topk(key, keep).indices).values, image_norms
+    return sort_ascending(top_k(key, keep)[1]), image_norms

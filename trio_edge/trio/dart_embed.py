@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from ..graph_ops import count_at_most, running_count
+from ..graph_ops import count_at_most, running_count, sort_ascending, top_k
 from .dart import ranks, top_ordered
 from .select_module import apply_selection, carried_rows
 
@@ -94,7 +94,7 @@ def embedding_dart_fixed(embeds: torch.Tensor, image_positions: torch.Tensor, sp
             picked = ranks(torch.where(taken, -torch.inf, anti[step]), index) < count
             taken = taken | picked
         key = taken.float() * span + (span - (index - offset)).float()  # distinct: TopK sees no tie
-        kept.append(torch.sort(torch.topk(key, quota).indices).values + offset)
+        kept.append(sort_ascending(top_k(key, quota)[1]) + offset)
         offset += span
     return torch.cat(kept), l1.index_select(0, image_positions)
 

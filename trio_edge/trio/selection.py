@@ -12,7 +12,9 @@ import numbers
 
 import torch
 
+from ..defaults import NMS_BLOCK
 from ..errors import InputError
+from ..graph_ops import running_count, sort_ascending, top_k
 
 
 def check_keep(keep, num_tokens: int) -> int:
@@ -88,26 +90,27 @@ def select_tokens(scores: torch.Tensor, features: torch.Tensor, keep: int, thres
 
 
 def _exact_keys(key: torch.Tensor, bound: int) -> torch.Tensor:
-    """Integer TopK keys below `bound` as floats TopK compares exactly (float32 up to 2**24)."""
-    return key.float() if bound <= 2**24 else key.double()
+    """Integer TopK keys below `bound` as TopK compares them exactly: float32 up to 2**24, else int64 (TensorRT
+    has no float64)."""
+    return key.float() if bound <= 2**24 else key.long()
 
 
 def visiting_order(scores: torch.Tensor) -> torch.Tensor:
     """The image tokens in visiting order (descending score, equal scores lower index first), as (M,) int64
     indices. Fixed-shape and exact without any (M, M) comparison: the first TopK is read for its values only,
-    the second sees distinct keys, so TopK's tie behaviour never matters."""
+    the second sees distinct keys, so TopK's tie behaviour never matters (nor does top_k's rounds, past 3840)."""
     num_tokens = scores.shape[0]
-    values, position = torch.topk(scores, num_tokens)  # ties in any order
-    new_value = torch.cat((torch.zeros_like(position[:1]), (values[1:] != values[:-1]).long()))
-    tier = num_tokens - torch.cumsum(new_value, 0)  # M for the highest score, one less per lower distinct score
+    values, position = top_k(scores, num_tokens)  # ties in any order
+    new_value = torch.cat((torch.zeros_like(values[:1], dtype=torch.bool), values[1:] != values[:-1]))
+    tier = num_tokens - running_count(new_value)  # M for the highest score, one less per lower distinct score
     key = _exact_keys(tier * num_tokens + (num_tokens - 1 - position), num_tokens * num_tokens + num_tokens)
-    return position.index_select(0, torch.topk(key, num_tokens).indices)
+    return position.index_select(0, top_k(key, num_tokens)[1])
 
 
-# Tokens per block of the fixed-shape rule. Each block is compared with the kept-token buffer (at most `keep`
-# rows) and with itself, and runs its Cluster-NMS steps on its own (B, B) matrix, which stays in cache: the
-# similarities cost about M x (keep + B) x D, so smaller blocks cost less arithmetic but more (small) ops.
-NMS_BLOCK = 256
+# Tokens per block of the fixed-shape rule (defaults.NMS_BLOCK). Each block is compared with the kept-token
+# buffer (at most `keep` rows) and with itself, and runs its Cluster-NMS steps on its own (B, B) matrix, which
+# stays in cache: the similarities cost about M x (keep + B) x D, so smaller blocks cost less arithmetic but more
+# (small) ops.
 
 
 def first_kept(keep_vec: torch.Tensor, descending_rank: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -115,7 +118,7 @@ def first_kept(keep_vec: torch.Tensor, descending_rank: torch.Tensor, capacity: 
     ones (never read). `descending_rank` is M-1-position: distinct keys, so TopK's ties never matter."""
     num_tokens = descending_rank.shape[0]
     key = keep_vec.long() * num_tokens + descending_rank[:keep_vec.shape[0]]
-    return torch.topk(_exact_keys(key, 2 * num_tokens), capacity).indices
+    return top_k(_exact_keys(key, 2 * num_tokens), capacity)[1]
 
 
 def _cluster_nms(scores, features, keep: int, threshold: float, iterations: int,
@@ -195,14 +198,14 @@ def nms_select_fixed(scores, features, keep: int, threshold: float, iterations: 
     # Kept tokens first (in visiting order), then the fill in visiting order: distinct keys.
     position = torch.arange(count, device=scores.device)
     key = keep_vec.long() * count + (count - 1 - position)
-    chosen = visit.index_select(0, torch.topk(_exact_keys(key, 2 * count), keep).indices)
-    return torch.sort(chosen).values, converged
+    chosen = visit.index_select(0, top_k(_exact_keys(key, 2 * count), keep)[1])
+    return sort_ascending(chosen), converged
 
 
 def top_k_fixed(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """The ``keep`` highest scores' indices, sorted ascending; equal scores go to the lower index (as a stable
     descending sort). Fixed-shape and exact in a graph: the first ``keep`` of ``visiting_order``."""
-    return torch.sort(visiting_order(scores)[:keep]).values
+    return sort_ascending(visiting_order(scores)[:keep])
 
 
 def cluster_iterations_needed(scores, features, threshold: float, keep: int | None = None,

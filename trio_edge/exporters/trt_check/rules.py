@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from ...errors import InputError
+from ...graph_ops import TOPK_MAX_K  # ITopKLayer limit: K <= 3840 (operators.md words it "less than 3840")
 
 TENSORRT_VERSION_CHECKED = "10.15"
 TENSORRT_SOURCE = (
@@ -27,8 +28,6 @@ OPSET_MIN = 9
 OPSET_MAX = 24
 #: Highest opset documented for TensorRT 10.0 (later 10.x parsers accept more).
 OPSET_MAX_TRT_10_0 = 20
-#: ITopKLayer limit: K <= 3840 (operators.md words it "less than 3840").
-TOPK_MAX_K = 3840
 #: protobuf cannot serialize or parse a single message of 2 GiB or more.
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3
 #: Custom-op domains TensorRT's parser resolves through its plugin registry.
