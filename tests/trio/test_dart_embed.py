@@ -123,6 +123,8 @@ def test_what_the_embedding_level_rule_cannot_take(qwen3):
 
     with pytest.raises(ScheduleError, match="keeps a quota of every visual span already"):
         open_model(qwen3, images=2, cuts="0:40", method="dart-embed", budget_per_image=True, grid="256x256")
+    with pytest.raises(ScheduleError, match="cut 0:2 is under the 3 spans of this export; keep at least 3"):
+        open_model(qwen3, images=3, cuts="0:2", method="dart-embed", grid="256x256")
 
 
 @pytest.mark.slow

@@ -280,6 +280,11 @@ def make_plan(*, num_layers, num_image_tokens, schedule: Schedule, max_text_toke
         from ..trio.dart_embed import quotas_for_keep
 
         runs = tuple(visual_runs or split_keep(num_image_tokens, items))
+        for c in schedule.cuts:
+            if c.keep < len(runs):
+                raise ScheduleError(f"--method dart-embed keeps at least one token of every visual span (as Edge-LLM "
+                                    f"does): cut 0:{c.keep} is under the {len(runs)} spans of this export; keep at "
+                                    f"least {len(runs)}")
         budgets = [{"item_tokens": runs, "item_keeps": quotas_for_keep(runs, c.keep)} for c in schedule.cuts]
     else:
         budgets = item_budgets(method, schedule.cuts, num_image_tokens, items) if budget_per_image else None
