@@ -27,6 +27,10 @@ def test_every_sample_is_an_image_with_its_question_and_the_clip_decodes():
 def test_an_unknown_sample_says_which_exist():
     with pytest.raises(trio_edge.InputError, match="no sample named 'cat'; the samples are color, count, moving, shape"):
         samples.path("cat")
+    assert samples.path("color.png") == samples.path("color") and samples.path("moving.mp4").suffix == ".mp4"
+    for wrong_suffix in ("color.mp4", "moving.png"):  # a suffix given is the file's, not a hint
+        with pytest.raises(trio_edge.InputError, match=f"no sample named '{wrong_suffix}'"):
+            samples.path(wrong_suffix)
 
 
 def test_the_module_prints_paths_from_any_directory(tmp_path):

@@ -33,8 +33,8 @@ def names() -> list[str]:
 
 def path(name: str) -> Path:
     """The file of sample `name` ('color', 'shape', 'count' or the clip 'moving'; its suffix is accepted)."""
-    stem = next((name[:-len(s)] for s in SUFFIXES if name.endswith(s)), name)
-    found = [_folder() / f"{stem}{suffix}" for suffix in SUFFIXES if (_folder() / f"{stem}{suffix}").is_file()]
+    candidates = [name] if name.endswith(SUFFIXES) else [f"{name}{suffix}" for suffix in SUFFIXES]
+    found = [_folder() / file for file in candidates if (_folder() / file).is_file()]
     if not found:
         raise InputError(f"no sample named {name!r}; the samples are {', '.join(names())}")
     return found[0]
