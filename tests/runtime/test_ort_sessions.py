@@ -131,3 +131,18 @@ def test_a_bad_cache_limit_is_refused_before_loading(one_cut_dir, monkeypatch, v
     monkeypatch.setenv(CACHE_LIMIT_ENV, value)
     with pytest.raises(InputError, match=CACHE_LIMIT_ENV):
         open_export(one_cut_dir, ort_cache=True)
+
+
+def test_a_graph_that_fails_to_load_leaves_no_partial_cache_entry(tmp_path):
+    """A miss whose graph cannot be opened raises ONNX Runtime's error and removes its staging directory, which
+    eviction would otherwise never count or remove."""
+    import onnxruntime as ort
+
+    from trio_edge.runtime.backends.ort_sessions import open_session
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a graph")
+    cache = tmp_path / "cache"
+    with pytest.raises(Exception, match="(?i)protobuf|parse|load"):
+        open_session(ort, broken, ort.SessionOptions(), ["CPUExecutionProvider"], (), cache / "entry")
+    assert list(cache.iterdir()) == []

@@ -22,8 +22,8 @@ Settings (SESSION_SETTINGS, also printed by the benchmarks):
   activations themselves: on the 7B architecture at hidden 1024 (benchmarks/runtime_memory.py) one request's
   peak RSS falls from 1.79 to 0.98 GiB with the same kept tokens. Weight prepacking off as well: a prepacked
   MatMulNBits weight is a second copy beside the original (2.3x the int4 bytes of a 7B segment resident,
-  benchmarks/graph_resident_memory.py). The backend then also opens each graph at first use and closes the
-  prefill-only ones after their run (onnxruntime_backend). Meant for memory-bound devices (Jetson).
+  benchmarks/graph_resident_memory.py). The backend then also opens each graph at first use and runs the
+  prefill-only ones alone, closed when the next graph opens (onnxruntime_backend). Meant for memory-bound devices (Jetson).
 
 Optimized-graph cache: the first load of a graph saves ONNX Runtime's optimized model under the user cache
 directory ($TRIO_EDGE_CACHE, else $XDG_CACHE_HOME/trio-edge, else ~/.cache/trio-edge), keyed by the export's
@@ -180,7 +180,11 @@ def open_session(ort, path: Path, options, providers, disabled_optimizers, cache
     options.optimized_model_filepath = str(staging / CACHED_MODEL)
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", CACHED_WEIGHTS)
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    session = from_export()
+    try:
+        session = from_export()
+    except BaseException:  # no half-written entry stays behind (evict never counts or removes .partial-*)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     try:
         staging.rename(cache_dir)
     except OSError:  # another process got there first, or the directory cannot be written: keep theirs
