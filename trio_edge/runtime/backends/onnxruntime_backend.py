@@ -6,8 +6,9 @@ signature marks as its input updated in place (a segment's kv_out): that one is 
 buffer, and the graph's scatter of the new KV slots then writes there without copying the cache.
 
 Sessions open when the backend is built, except in low-memory mode: there each graph opens at its first run,
-and the graphs a request runs once during prefill (vision tower, select stages) close again after their run,
-so their weights are never resident beside the decoder's (see ort_sessions). The cost: those graphs open again
+and the graphs a request runs once during prefill (vision tower, select stages) run alone and close as soon as
+another graph opens (the vision graph stays open across a request's images), so their weights are never resident
+beside the decoder's (see ort_sessions). The cost: those graphs open again
 for every request (from the optimized-graph cache, so without the optimizer passes), and a prefill-only graph
 opens with every other graph closed. Embed graphs open in the form of ort_forms (the token table kept fp16), and in
 low-memory mode segment graphs too (wide int4 products split by columns).
@@ -60,7 +61,7 @@ class OnnxRuntimeBackend(Backend):
                  disabled_optimizers: dict[str, tuple[str, ...]] | None = None, export_key: str | None = None,
                  low_memory: bool = False):
         """`low_memory`: no CPU arena, no memory pattern, no weight prepacking (see ort_sessions), sessions opened
-        at first use and prefill-only graphs closed after their run. `disabled_optimizers`: per graph, the ONNX
+        at first use and prefill-only graphs run alone, closed when another graph opens. `disabled_optimizers`: per graph, the ONNX
         Runtime graph optimizers to skip (see artifact.weights.ort_disabled_optimizers). `export_key` (the
         export's file hashes) turns on the optimized-graph cache (see ort_sessions); None loads without it."""
         super().__init__(specs, device)
@@ -95,9 +96,15 @@ class OnnxRuntimeBackend(Backend):
             if self._export_key is not None:
                 entry = cache_entry(self._export_key, name, ort.__version__, self.settings)
             kind = self.specs[name].kind
-            if self._low_memory and kind in PREFILL_ONLY and self.sessions:
-                self.sessions.clear()  # a prefill-only graph runs alone: the others reopen from the cache after it
-                release_freed_host_memory()
+            if self._low_memory:
+                # a prefill-only graph runs alone: the others reopen from the cache after it; it closes when another
+                # graph opens (it stays open across the images or frame groups of one request)
+                closing = list(self.sessions) if kind in PREFILL_ONLY else [
+                    other for other in self.sessions if self.specs[other].kind in PREFILL_ONLY]
+                for other in closing:
+                    del self.sessions[other]
+                if closing:
+                    release_freed_host_memory()
             form = self._forms[kind][1] if kind in self._forms else None
             self.sessions[name], self.cache[name] = open_session(
                 ort, self._files[name], session_options(ort, self._threads, self._low_memory),
@@ -133,10 +140,6 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(t.name, kind, index, ORT_TYPES[t.dtype], tuple(out.shape), out.data_ptr())
             outputs[t.name] = out
         session.run_with_iobinding(binding)
-        if self._low_memory and spec.kind in PREFILL_ONLY:
-            del binding, session
-            self.sessions.pop(graph)  # its weights go back now; the next request opens it again
-            release_freed_host_memory()
         return outputs
 
     def close(self):
