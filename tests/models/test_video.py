@@ -359,6 +359,33 @@ def test_frames_over_max_pixels():
         assert load_video(data, 2, linspace_indices, max_pixels=32 * 24).total_frames == 4
 
 
+def test_decoding_over_the_pixel_budget():
+    """A clip whose frames up to the last sampled one pass max_decoded_pixels is refused: from the header before
+    decoding (MP4), while counting where the header has no count (WebM: the counting pass decodes every frame)."""
+    message = ("the video costs more than {} decoded pixels to sample (every frame up to the last sampled one is "
+               "decoded: a long clip of large frames); trim or downscale it (e.g. ffmpeg -i IN -t 60 -vf scale=-2:720 "
+               "OUT.mp4)")
+    mp4, webm = write_video(None, gray_frames(16), 8), write_video(None, gray_frames(16), 8, "libvpx", "webm")
+    frame = 32 * 24
+    assert refusal(mp4, max_decoded_pixels=16 * frame - 1) == message.format(16 * frame - 1)  # linspace: up to 15
+    assert load_video(mp4, 4, linspace_indices, max_decoded_pixels=16 * frame).total_frames == 16
+    assert load_video(mp4, 4, arange_indices, max_decoded_pixels=13 * frame).frame_indices == (0, 4, 8, 12)
+    assert refusal(webm, max_decoded_pixels=16 * frame - 1) == message.format(16 * frame - 1)
+    assert refusal(webm, max_decoded_pixels=31 * frame) == message.format(31 * frame)  # counted, then decoded
+    assert load_video(webm, 4, linspace_indices, max_decoded_pixels=32 * frame).total_frames == 16
+
+
+def test_fit_shrinks_each_kept_frame_as_it_decodes():
+    seen = []
+
+    def fit(image):
+        seen.append(image.size)
+        return image.resize((4, 3))
+
+    clip = load_video(write_video(None, indexed_frames(6), 6, "png", "mov"), 3, linspace_indices, fit=fit)
+    assert seen == [(32, 24)] * 3 and [frame.size for frame in clip.frames] == [(4, 3)] * 3
+
+
 # ---- the caller's bugs: ValueError, not InputError ------------------------------------------------------------
 @pytest.mark.parametrize("num_frames", [0, -1, True, 2.0, None])
 def test_num_frames_must_be_a_count(num_frames):

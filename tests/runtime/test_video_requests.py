@@ -53,6 +53,18 @@ def test_unpruned_with_a_video_equals_generate(families, clip, family, runtime_f
     assert result.frame_groups == [list(video.frame_indices[i:i + 2]) for i in range(0, 8, 2)]
 
 
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_frames_letterboxed_as_they_decode_give_the_same_pixels(families, clip, family):
+    """The pipeline and trio-serve letterbox each kept frame to the export's size while decoding (no full-size frame
+    is held): the vision inputs are exactly those of letterboxing the full-size frames later."""
+    adapter, grid = families[family].adapter, GRIDS[family]
+    early = adapter.load_video(clip, 8, grid)
+    assert {frame.size for frame in early.frames} == {grid}
+    for ours, full_size in zip(adapter.video_pixel_values(early, grid),
+                               adapter.video_pixel_values(adapter.load_video(clip, 8), grid), strict=True):
+        assert torch.equal(ours, full_size)
+
+
 def test_the_frames_and_their_times_matter(qwen2_5, qwen3, clip):
     """The parity above is not vacuous: other frames (a shorter clip), or the same frames at another frame rate
     (Qwen2.5-VL's temporal positions, Qwen3-VL's timestamps), change the logits."""
@@ -167,6 +179,11 @@ def test_video_exports_answer_as_generate_and_pytorch(qwen2_5, qwen3, clip, tmp_
     records.write_text(json.dumps({"id": "clip", "video": str(path), "prompt": QUESTION}) + "\n")
     trio_edge.batch(pruned, records, tmp_path / "answers.jsonl", progress=False)
     assert json.loads((tmp_path / "answers.jsonl").read_text())["kept"] == want.kept
+    from trio_edge.cli.bench import main as bench_main  # trio-bench --video: the clip decoded once, then measured
+
+    assert bench_main([str(pruned), "--video", str(path), "--prompt", QUESTION, "--warmup", "0", "--iters", "1",
+                       "--new-tokens", "2", "--quiet", "--json", str(tmp_path / "bench.json")]) == 0
+    assert json.loads((tmp_path / "bench.json").read_text())
     for bad, message in ((tmp_path / "missing.mp4", "video file not found"),
                          (write_video(tmp_path / "short.mp4", indexed_frames(5), fps=8), "has 5 frames")):
         assert run_main([str(pruned), "--video", str(bad), "--prompt", QUESTION]) == 2

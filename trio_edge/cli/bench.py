@@ -80,16 +80,20 @@ def synthetic_image(seed: int = 0):
     return Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
 
 
-def request_inputs(plan, images: list[str] | None, video: str | None) -> dict:
-    """generate()'s visual arguments for the pipeline's plan: the given files, else synthetic images (as many as
-    it takes) or a synthetic clip (every frame sampled, 2 fps)."""
+def request_inputs(pipeline, images: list[str] | None, video: str | None) -> dict:
+    """generate()'s visual arguments for the pipeline's plan: the given files, decoded once here as images are (so
+    that no measured request decodes them), else synthetic images (as many as it takes) or a synthetic clip (every
+    frame sampled, 2 fps)."""
     from ..exporters.probe_inputs import frames_as_video
     from ..models.preprocess import load_image
 
+    plan = pipeline.plan
     if plan.video_frames:
         if images:
             raise InputError(f"this pipeline takes a video ({plan.video_frames} frames): pass --video, not --image")
-        return {"video": video or frames_as_video([synthetic_image(i) for i in range(plan.video_frames)])}
+        if video:
+            return {"video": pipeline.io.load_video(video, plan.video_frames, plan.grid)}
+        return {"video": frames_as_video([synthetic_image(i) for i in range(plan.video_frames)])}
     if video:
         raise InputError("this pipeline takes images, not a video: pass --image (or export with --video-frames)")
     pictures = [load_image(path) for path in images] if images else [synthetic_image(i) for i in range(plan.images)]
@@ -187,7 +191,7 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory(prefix="trio-bench-") as tmp:
         pruned, full, config, tiles = pipelines_for(args, Path(tmp))
-        visual = request_inputs(pruned.plan, args.image, args.video)
+        visual = request_inputs(pruned, args.image, args.video)
         pipelines = {"pruned" if pruned.plan.schedule.pruning else "full": pruned}
         if full is not None:
             pipelines["full"] = full

@@ -230,17 +230,20 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
 
         return arange_indices(total, frames)
 
-    def load_video(self, source, frames: int, **limits):
+    def load_video(self, source, frames: int, grid: tuple[int, int] | None = None, **limits):
         """A video file (path or bytes) -> `frames` frames sampled as this family's processor samples them
-        (models.video.load_video; `limits`: its max_seconds / max_frames / max_pixels). A video already decoded
-        (a SampledVideo of `frames` frames) is taken as it is."""
+        (models.video.load_video; `limits`: its max_seconds / max_frames / max_pixels / max_decoded_pixels). With
+        `grid`, each kept frame is letterboxed to it as it decodes (what video_pixel_values does to it anyway: a
+        second letterbox to the same size changes no pixel), so full-size frames are not held. A video already
+        decoded (a SampledVideo of `frames` frames) is taken as it is."""
         from .video import SampledVideo, load_video
 
         if isinstance(source, SampledVideo):
             if len(source.frames) != frames:
                 raise InputError(f"the video has {len(source.frames)} sampled frames; this export takes {frames}")
             return source
-        return load_video(source, frames, self.sample_frame_indices, **limits)
+        fit = (lambda image: self.letterboxed(image, grid)) if grid is not None else None
+        return load_video(source, frames, self.sample_frame_indices, fit=fit, **limits)
 
     def frame_groups(self, video) -> list[list[int]]:
         """The sampled frames' indices in the clip, in the groups the tower takes together."""

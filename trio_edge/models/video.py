@@ -27,6 +27,10 @@ MAX_VIDEO_SECONDS = 600.0
 MAX_VIDEO_FRAMES = 36_000
 # Decompression-bomb guard, as for images: the largest frame (in pixels) decoded at all.
 MAX_FRAME_PIXELS = 4096 * 4096
+# All the pixels one clip may cost to decode (every frame up to the last sampled one, and the whole clip once more
+# where the container stores no frame count): twice a 10-minute 1080p clip at 30 fps. A small file can hold a long,
+# large, static clip that decodes for minutes; this bounds that work.
+MAX_DECODED_PIXELS = 2 * 600 * 30 * 1920 * 1080
 FORMATS_HINT = "pass an MP4, MKV, WebM, MOV or AVI video"
 # The only demuxers FFmpeg may pick (its `format_whitelist`). Beyond matching FORMATS_HINT, this keeps
 # playlist-like formats (HLS, concat, ...) out: those open further files or URLs named inside the data.
@@ -96,23 +100,27 @@ def _check_rule_arguments(total_frames, num_frames) -> None:
 
 
 def load_video(source, num_frames: int, sample_indices: SampleRule, *, max_seconds: float = MAX_VIDEO_SECONDS,
-               max_frames: int = MAX_VIDEO_FRAMES, max_pixels: int = MAX_FRAME_PIXELS) -> SampledVideo:
+               max_frames: int = MAX_VIDEO_FRAMES, max_pixels: int = MAX_FRAME_PIXELS,
+               max_decoded_pixels: int = MAX_DECODED_PIXELS, fit: Callable | None = None) -> SampledVideo:
     """Decode the first video stream of a file path or bytes and keep the `num_frames` frames that
-    `sample_indices(total_frames, num_frames)` picks (e.g. `arange_indices`, `linspace_indices`).
+    `sample_indices(total_frames, num_frames)` picks (e.g. `arange_indices`, `linspace_indices`). `fit` (an RGB PIL
+    image -> the image to keep) is applied to each kept frame as it decodes, so that full-size frames are not held
+    (e.g. the letterbox to an export's size).
 
     The frame rate is the stream's average rate; the frame count is the header's where it has one (MP4, MOV,
     AVI), counted by decoding otherwise (MKV, WebM do not store it), and recounted when the header promised
     more frames than decode (an MP4 cut with an edit list). Limits are checked on the header before anything
     is decoded and again on what decodes: a clip over `max_seconds` or `max_frames`, or with frames over
     `max_pixels`, is refused, as is one with fewer than `num_frames` frames, and anything unreadable, not a
-    video, corrupt or truncated (InputError, one line).
+    video, corrupt or truncated (InputError, one line). So is a clip whose decoding would pass `max_decoded_pixels`
+    (frames decoded x their pixels), refused from the header's size before decoding where it can be.
 
     `num_frames` under 1, or a rule that does not return `num_frames` increasing indices inside the clip, is a
     bug in the caller: ValueError, not InputError."""
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"num_frames must be a whole number of at least 1, got {num_frames!r}")
     open_stream, what = _opener(source)
-    limits = _Limits(max_seconds, max_frames, max_pixels, what)
+    limits = _Limits(max_seconds, max_frames, max_pixels, max_decoded_pixels, what)
     fps, header_frames, header_seconds = _read_header(open_stream, what, limits)
     if header_frames:
         total, exact = header_frames, False
@@ -126,7 +134,8 @@ def load_video(source, num_frames: int, sample_indices: SampleRule, *, max_secon
             raise InputError(f"{what} has {_frames_text(total)}; this export samples {num_frames}: use a longer "
                              "clip or re-export with a smaller --video-frames")
         indices = _checked_indices(sample_indices, total, num_frames)
-        frames, decoded, span = _decode_at(open_stream, what, indices, limits, fps)
+        limits.check_decoding(indices[-1] + 1)
+        frames, decoded, span = _decode_at(open_stream, what, indices, limits, fps, fit)
         if frames is not None:
             return SampledVideo(frames=frames, frame_indices=tuple(indices), fps=fps, total_frames=total)
         if decoded == 0:
@@ -143,8 +152,28 @@ def load_video(source, num_frames: int, sample_indices: SampleRule, *, max_secon
 class _Limits:
     """The size guards, with the one-line refusals they raise."""
 
-    def __init__(self, max_seconds: float, max_frames: int, max_pixels: int, what: str):
+    def __init__(self, max_seconds: float, max_frames: int, max_pixels: int, max_decoded_pixels: int, what: str):
         self.max_seconds, self.max_frames, self.max_pixels, self.what = max_seconds, max_frames, max_pixels, what
+        self.max_decoded_pixels = max_decoded_pixels
+        self.decoded_pixels = 0  # by every pass over the clip so far
+        self.frame_pixels = None  # one frame's, from the header when it says
+
+    def decoded(self, frame) -> None:
+        """Check one more decoded frame: its size, and the pixels decoded so far against the budget."""
+        self.check_pixels(frame.width, frame.height)
+        self.decoded_pixels += frame.width * frame.height
+        if self.decoded_pixels > self.max_decoded_pixels:
+            self._refuse_decoding()
+
+    def check_decoding(self, frames: int) -> None:
+        """Refuse before decoding `frames` more frames when the header's frame size says they pass the budget."""
+        if self.frame_pixels and self.decoded_pixels + frames * self.frame_pixels > self.max_decoded_pixels:
+            self._refuse_decoding()
+
+    def _refuse_decoding(self) -> None:
+        raise InputError(f"{self.what} costs more than {self.max_decoded_pixels} decoded pixels to sample (every "
+                         "frame up to the last sampled one is decoded: a long clip of large frames); trim or downscale "
+                         "it (e.g. ffmpeg -i IN -t 60 -vf scale=-2:720 OUT.mp4)")
 
     def check_seconds(self, seconds: float, at_least: bool = False) -> None:
         if seconds > self.max_seconds:
@@ -268,6 +297,7 @@ def _read_header(open_stream, what: str, limits: _Limits) -> tuple[float, int | 
         width, height = stream.codec_context.width, stream.codec_context.height
         if width and height:
             limits.check_pixels(width, height)
+            limits.frame_pixels = width * height
         return fps, frames, seconds
 
 
@@ -335,7 +365,7 @@ def _count_frames(open_stream, what: str, fps: float, limits: _Limits) -> tuple[
     span = _Span(fps)
     with _Decoding(open_stream, what) as stream:
         for frame in stream.container.decode(stream):
-            limits.check_pixels(frame.width, frame.height)
+            limits.decoded(frame)
             count += 1
             limits.check_frames(count, at_least=True)
             limits.check_seconds(count / fps, at_least=True)
@@ -359,11 +389,11 @@ def _checked_indices(sample_indices: SampleRule, total: int, num_frames: int) ->
     return indices
 
 
-def _decode_at(open_stream, what: str, indices: list[int], limits: _Limits,
-               fps: float) -> tuple[tuple | None, int, float | None]:
-    """(the frames at `indices` as RGB PIL images, frames decoded, the seconds they span), decoding up to the
-    last index; the frames are None when the stream ended before it (the count was wrong), and then every
-    frame was decoded."""
+def _decode_at(open_stream, what: str, indices: list[int], limits: _Limits, fps: float,
+               fit: Callable | None) -> tuple[tuple | None, int, float | None]:
+    """(the frames at `indices` as RGB PIL images, each passed through `fit` when given, frames decoded, the seconds
+    they span), decoding up to the last index; the frames are None when the stream ended before it (the count was
+    wrong), and then every frame was decoded."""
     wanted = set(indices)
     last = indices[-1]
     kept = []
@@ -371,9 +401,10 @@ def _decode_at(open_stream, what: str, indices: list[int], limits: _Limits,
     span = _Span(fps)
     with _Decoding(open_stream, what) as stream:
         for frame in stream.container.decode(stream):
-            limits.check_pixels(frame.width, frame.height)
+            limits.decoded(frame)
             if decoded in wanted:
-                kept.append(frame.to_image())  # rgb24, as transformers' reader converts (to_ndarray("rgb24"))
+                image = frame.to_image()  # rgb24, as transformers' reader converts (to_ndarray("rgb24"))
+                kept.append(fit(image) if fit is not None else image)
             decoded += 1
             span.add(frame)
             if decoded > last:

@@ -119,7 +119,7 @@ class Pipeline:
         plan, io = self.plan, self.io
         images = self._image_list(image, video)
         if video is not None:
-            video = io.load_video(video, plan.video_frames)
+            video = io.load_video(video, plan.video_frames, plan.grid)
         input_ids = io.prompt_ids(prompt, plan.image_tokens_per_item, images=len(images), video=video).to(self.device)
         text_tokens = input_ids.shape[1] - plan.num_image_tokens
         if text_tokens > plan.max_text_tokens:

@@ -185,6 +185,9 @@ async def _job_for(body: ChatCompletionRequest, state: ServerState, received: fl
     _check_visual_counts(plan, len(image_urls), len(video_urls))
     options = _generation_options(body, plan.max_new_tokens)
     if plan.video_frames:  # decoded first: some families write its frames' times into the prompt
+        worker = state.running_worker()
+        if not worker.has_room():  # decoding a clip can take seconds: not for a request that cannot wait
+            raise _queue_full(worker, state.settings)
         data = await _image_bytes(video_urls[0], state, "video")
         async with state.image_decodes:
             video = await asyncio.to_thread(_decode_video, data, state)
@@ -224,12 +227,13 @@ def _check_visual_counts(plan, images: int, videos: int) -> None:
 def _decode_video(data: bytes, state: ServerState):
     """The video's frames as the export samples them, within the server's limits; 400 for a bad or long clip."""
     from ..errors import InputError
+    from ..models.video import MAX_FRAME_PIXELS
 
     settings = state.settings
     try:
-        return state.checker.io.load_video(data, state.pipeline.plan.video_frames,
-                                           max_seconds=settings.max_video_seconds,
-                                           max_pixels=settings.max_image_pixels)
+        plan = state.pipeline.plan
+        return state.checker.io.load_video(data, plan.video_frames, plan.grid, max_seconds=settings.max_video_seconds,
+                                           max_pixels=min(settings.max_image_pixels, MAX_FRAME_PIXELS))
     except InputError as error:
         raise bad_request("invalid_video", str(error), "messages") from None
 

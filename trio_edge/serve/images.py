@@ -26,7 +26,7 @@ PARAM = "messages"
 
 
 VIDEO_MIME_TYPES = {"video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/x-msvideo",
-                    "video/avi", "video/mpeg"}
+                    "video/avi"}  # the containers models.video.DEMUXERS lets FFmpeg open
 # kind -> (the data URL expected, its MIME types, the formats named in refusals)
 DATA_KINDS = {"image": ("data:image/png;base64,<data> (or image/jpeg, image/webp)", DATA_MIME_TYPES,
                         "PNG, JPEG or WebP"),

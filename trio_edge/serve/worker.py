@@ -87,6 +87,11 @@ class GenerationWorker:
     def _has_room(self) -> bool:
         return len(self._waiting) < self.max_queue or (self._running is None and not self._waiting)
 
+    def has_room(self) -> bool:
+        """Whether a job submitted now would be taken (a later submit may still find the queue full)."""
+        with self._condition:
+            return not self._closing and self._has_room()
+
     def submit(self, job: Job) -> bool:
         """Queue `job`; False when the queue is full (or the worker is closing)."""
         with self._condition:
