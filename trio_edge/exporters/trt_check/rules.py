@@ -11,7 +11,8 @@ import onnx
 from onnx import TensorProto
 
 from ...errors import InputError
-from ...graph_ops import TOPK_MAX_K as TOPK_MAX_K  # (re-exported) ITopKLayer limit: K <= 3840 (operators.md words it "less than 3840")
+# ITopKLayer limit, re-exported: K <= 3840 (operators.md words it "less than 3840")
+from ...graph_ops import TOPK_MAX_K as TOPK_MAX_K
 
 TENSORRT_VERSION_CHECKED = "10.15"
 TENSORRT_SOURCE = (
