@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,9 +22,16 @@ STARTUP_S = 240  # imports and graph loading on a busy 2-core machine
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768 and up), at random: an outgoing connection of any process
+    (Ray starts many) can take a port from that range between this probe and the server's bind."""
+    while True:
+        port = random.randrange(20000, 32768)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:  # in use: try another
+                pass
 
 
 class ServerProcess:
