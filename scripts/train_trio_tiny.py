@@ -296,6 +296,11 @@ class Trainer(nn.Module):
         tokens numbered on from there (Llama: the positions themselves)."""
         return order[None].expand(batch, -1)
 
+    def decoder_inputs(self, batch: int, length: int, image_start: int, image_tokens: int) -> dict:
+        """What else the decoder call takes for the packed sequence (batch, length) whose image tokens are at
+        image_start .. image_start + image_tokens - 1, from the last tile_features call; LLaVA: nothing."""
+        return {}
+
     def vision_modules(self):
         """What stage 1 trains (with the aux heads): the vision tower and the projector."""
         return (self.vision, self.projector)
@@ -338,7 +343,8 @@ class Trainer(nn.Module):
             mask = ((kv < base) & (kv <= q)) | ((branch[:, None] == branch[None, :]) & (positions[None, :] <= positions[:, None]) & (kv >= base))
             mask = mask[None, None]
         out = self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=self.position_ids(b, prefix.numel(), positions),
-                      use_cache=False, output_hidden_states=self.training)
+                      use_cache=False, output_hidden_states=self.training,
+                      **self.decoder_inputs(b, seq.shape[1], prefix.numel(), image.shape[1]))
         hidden = out.last_hidden_state
         # per question: the answer is predicted at index len-3 of its suffix, the eos at len-2
         starts = base + torch.arange(k) * l

@@ -32,7 +32,7 @@ from train_trio_tiny import (Trainer, evaluate_only, make_parser, object_labels,
                              train_model)
 
 from trio_edge.models.mrope import image_prompt_positions
-from trio_edge.models.qwen2_5_vl import CHAT_TEMPLATE, Qwen2_5_VLAdapter, QwenProcessor
+from trio_edge.models.qwen2_5_vl import Qwen2_5_VLAdapter, QwenProcessor
 from trio_edge.models.qwen_vision import QwenVisionFeatures, rotate_half
 from trio_edge.models.tiny_qwen import make_tiny_qwen_image_processor, make_tiny_qwen_tokenizer, tiny_qwen2_5_vl_config
 
@@ -40,19 +40,33 @@ from trio_edge.models.tiny_qwen import make_tiny_qwen_image_processor, make_tiny
 def build(args):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    return build_qwen(args, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLAdapter,
+                      lambda tokenizer: tiny_qwen2_5_vl_config(tokenizer, **model_sizes(args)),
+                      make_tiny_qwen_image_processor(pixels=args.image_side ** 2))
+
+
+def model_sizes(args) -> dict:
+    """The tiny config builders' size options, from the shared parser's."""
+    return dict(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, vision_heads=args.vision_heads)
+
+
+def build_qwen(args, model_class, adapter_class, make_config, image_processor):
+    """A Qwen-VL `model_class` (config `make_config(tokenizer)`) with the tiny Qwen tokenizer carrying the family's
+    chat template and `image_processor` (pinned to --image-side square), unit-scale init -> (model, processor,
+    adapter)."""
     tokenizer = make_tiny_qwen_tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATE
-    config = tiny_qwen2_5_vl_config(tokenizer, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                                    kv_heads=args.kv_heads, vision_hidden=args.vision_hidden,
-                                    vision_layers=args.vision_layers, vision_heads=args.vision_heads)
-    processor = QwenProcessor(tokenizer, make_tiny_qwen_image_processor(pixels=args.image_side ** 2))
+    tokenizer.chat_template = adapter_class.chat_template
+    config = make_config(tokenizer)
+    processor = QwenProcessor(tokenizer, image_processor, adapter_class.chat_template)
     torch.manual_seed(args.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model = model_class(config)
     if args.init == "scaled":
         scaled_init(model, config, skip=())  # the vision tower too: its HF init is std 0.02, not fan-in scaled
-    adapter = Qwen2_5_VLAdapter(config, processor, model)
+    adapter = adapter_class(config, processor, model)
     if adapter.default_grid() != (args.image_side, args.image_side):
-        raise SystemExit(f"--image-side {args.image_side} must be a multiple of 112 px (the attention window)")
+        raise SystemExit(f"--image-side {args.image_side} must be a multiple of {adapter.image_side_multiple()} px "
+                         f"({adapter.family}'s image side unit)")
     return model, processor, adapter
 
 
@@ -88,10 +102,12 @@ class BatchedQwenVision(QwenVisionFeatures):
 class QwenTrainer(Trainer):
     """Trainer's packed multi-question forward with Qwen's vision tower and M-RoPE positions."""
 
+    vision_class = BatchedQwenVision  # the family's vision tower over a batch of images at the fixed size
+
     def __init__(self, model, adapter, grid, probe_layer: int = 2):
         torch.nn.Module.__init__(self)
         self.model = model
-        self.vision = BatchedQwenVision(model.model.visual, adapter._thw(grid))
+        self.vision = self.vision_class(model.model.visual, adapter._thw(grid))
         self.merged = adapter.merged_grid(grid)
         self.add_heads(model, adapter, probe_layer)
 
@@ -116,10 +132,12 @@ class QwenTrainer(Trainer):
         return rows[:, None].expand(-1, batch, -1)
 
 
-def merged_token_labels(side: int):
-    """Per merged image token (raster order over the side/28 x side/28 merged grid), the colour / shape of the
-    object covering its cell of the 112-px scene (the image is letterboxed to side x side, an exact upscale)."""
-    per_side = side // 28
+def merged_token_labels(per_side: int):
+    """Per merged image token (raster order over the per_side x per_side merged grid), the colour / shape of the
+    object covering its cell of the 112-px scene (the image is letterboxed to the square grid, so each token's
+    pixels are that cell's, resampled)."""
+    if 112 % per_side:
+        raise SystemExit(f"{per_side} image tokens per side do not split the 112-px scene into whole cells")
 
     def labels_of(sample):
         return object_labels(sample, region_objects(sample["mask"], per_side, len(sample["objects"])))
@@ -127,23 +145,36 @@ def merged_token_labels(side: int):
     return labels_of
 
 
-def parse_args(argv=None):
-    p = make_parser(__doc__)
-    p.add_argument("--image-side", type=int, default=224, help="export / training image size (multiple of 112 px)")
+def make_qwen_parser(description: str, image_side: int, side_unit: int, **defaults):
+    """The shared recipe's options, an --image-side (default `image_side`, a multiple of `side_unit` px) and
+    --vision-heads, with the Qwen tiny models' sizes (12,000 training images: the uint8 patches of a 224-px image
+    are 3x a trio-tiny image's, 150 KB) and `defaults` over them."""
+    p = make_parser(description)
+    p.add_argument("--image-side", type=int, default=image_side,
+                   help=f"export / training image size (multiple of {side_unit} px)")
     p.add_argument("--vision-heads", type=int, default=2)
-    # 12,000 training images: the uint8 patches of a 224-px image are 3x a trio-tiny image's (150 KB)
-    p.set_defaults(cache_dir="/tmp/trio-tiny-qwen-cache", vision_layers=3, vision_hidden=64, train_size=12_000,
-                   layers=12, hidden=64, steps=2000)
-    return p.parse_args(argv)
+    p.set_defaults(**{"vision_layers": 3, "vision_hidden": 64, "train_size": 12_000, "layers": 12, "hidden": 64,
+                      "steps": 2000, **defaults})
+    return p
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def parse_args(argv=None):
+    parser = make_qwen_parser(__doc__, image_side=224, side_unit=112, cache_dir="/tmp/trio-tiny-qwen-cache")
+    return parser.parse_args(argv)
+
+
+def run_qwen(args, build, trainer_class, token_pixels: int):
+    """--eval-only, else the recipe with `build`, `trainer_class` and labels per merged token of `token_pixels` px
+    (patch x spatial merge)."""
     torch.set_num_threads(args.threads)
     if args.eval_only:
         return evaluate_only(args)
-    train_model(args, build, lambda model, adapter, grid: QwenTrainer(model, adapter, grid, args.probe_layer),
-                merged_token_labels(args.image_side))
+    train_model(args, build, lambda model, adapter, grid: trainer_class(model, adapter, grid, args.probe_layer),
+                merged_token_labels(args.image_side // token_pixels))
+
+
+def main(argv=None):
+    run_qwen(parse_args(argv), build, QwenTrainer, token_pixels=28)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def test_shipped_samples_are_valid_records():
     assert all(r["answer"] in answer_vocabulary() for r in records)
 
 
-@pytest.mark.parametrize("model, image_tokens", [("trio-tiny", 259), ("trio-tiny-qwen", 64)])
+@pytest.mark.parametrize("model, image_tokens", [("trio-tiny", 259), ("trio-tiny-qwen", 64), ("trio-tiny-qwen3", 64)])
 def test_trio_tiny_full_token_accuracy(model, image_tokens):
     """The shipped models answer held-out questions (greedy, full image tokens) through HF generate."""
     from trio_edge.models.registry import load

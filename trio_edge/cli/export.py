@@ -2,10 +2,10 @@
 selection inside.
 
 MODEL is an alias (llava-next-7b, llava-next-mistral-7b, llava-1.5-7b, qwen2.5-vl-3b, qwen2.5-vl-7b, qwen3-vl-2b,
-qwen3-vl-4b, qwen3-vl-8b; trio-tiny, trio-tiny-qwen shipped; tiny-random, tiny-random-qwen, tiny-random-qwen3 built in
-code), a Hugging Face id, or a local save_pretrained directory. Writes vision, embed, one segment graph per
-layer group (prefill and decode alike, static KV buffer) and one select graph per cut, validates every
-graph against its PyTorch module in ONNX Runtime, and writes manifest.json with sha256 of every file.
+qwen3-vl-4b, qwen3-vl-8b; trio-tiny, trio-tiny-qwen, trio-tiny-qwen3 shipped; tiny-random, tiny-random-qwen,
+tiny-random-qwen3 built in code), a Hugging Face id, or a local save_pretrained directory. Writes vision, embed,
+one segment graph per layer group (prefill and decode alike, static KV buffer) and one select graph per cut,
+validates every graph against its PyTorch module in ONNX Runtime, and writes manifest.json with sha256 of every file.
 Without --cuts / --keep-ratio / --schedule-file nothing is pruned (the unpruned graphs). With --images N a
 request takes N images (the vision graph runs once per image) and the cuts' budgets count all of their image
 tokens; with --video-frames F (Qwen families) a request takes one video, F frames sampled uniformly.

@@ -57,14 +57,20 @@ class Qwen3VisionFeatures(nn.Module):
                                                                       visual.deepstack_merger_list)}
 
     def forward(self, pixel_values):
-        visual = self.visual
-        h = visual.patch_embed(pixel_values)
-        h = h + self.position_embeddings.to(h.dtype)
+        h = self.visual.patch_embed(pixel_values)
+        h, planes = self.run_blocks(h + self.position_embeddings.to(h.dtype), self.cos, self.sin)
+        features = self.visual.merger(h)  # (M, D)
+        return (features, torch.cat(planes, dim=-1)) if planes else features
+
+    def run_blocks(self, h, cos, sin, images: int = 1):
+        """The vision blocks on patch embeddings h (images * N, C), `images` equal consecutive spans each attending
+        within itself (cos / sin: the rotary rows of those spans) -> (the last block's output, [the DeepStack
+        mergers' outputs (images * M, D)] in the order of deepstack_visual_indexes). One image when exported; a
+        batch of images in the training script of trio-tiny-qwen3."""
         planes = []
-        for index, block in enumerate(visual.blocks):
-            h = h + vision_attention(block.attn, block.norm1(h), self.cos, self.sin)
+        for index, block in enumerate(self.visual.blocks):
+            h = h + vision_attention(block.attn, block.norm1(h), cos, sin, images)
             h = h + block.mlp(block.norm2(h))
             if index in self.deepstack:
                 planes.append(self.deepstack[index](h))
-        features = visual.merger(h)  # (M, D)
-        return (features, torch.cat(planes, dim=-1)) if planes else features
+        return h, planes

@@ -14,6 +14,7 @@ from ..errors import ModelNotFoundError
 SHIPPED = {
     "trio-tiny": Path(__file__).resolve().parent.parent / "assets" / "trio-tiny",
     "trio-tiny-qwen": Path(__file__).resolve().parent.parent / "assets" / "trio-tiny-qwen",
+    "trio-tiny-qwen3": Path(__file__).resolve().parent.parent / "assets" / "trio-tiny-qwen3",
 }
 
 ALIASES = {
@@ -30,6 +31,7 @@ ALIASES = {
     "tiny-random-qwen3": None,  # a tiny random Qwen3-VL, built in code on first use
     "trio-tiny": str(SHIPPED["trio-tiny"]),  # trained on the synthetic VQA task, shipped in the package
     "trio-tiny-qwen": str(SHIPPED["trio-tiny-qwen"]),  # a Qwen2.5-VL trained on the same task, shipped likewise
+    "trio-tiny-qwen3": str(SHIPPED["trio-tiny-qwen3"]),  # a Qwen3-VL (DeepStack) trained on the same task, likewise
 }
 
 
