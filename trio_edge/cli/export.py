@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=defaults.OPSET, help=f"ONNX opset, 18..23 (default "
                         f"{defaults.OPSET}; quantized exports use at least 21)")
     parser.add_argument("--nms-iterations", type=int, default=defaults.NMS_ITERATIONS,
-                        help=f"Cluster-NMS iterations unrolled per block of {defaults.NMS_BLOCK} tokens in select graphs (default "
+                        help=f"Cluster-NMS iterations unrolled per block of {defaults.NMS_BLOCK} tokens in select "
+                             "graphs (default "
                              f"{defaults.NMS_ITERATIONS}; "
                              "the runtime falls back to the exact greedy rule on the host if a request needs more)")
     weights = parser.add_argument_group("weight-only quantization")

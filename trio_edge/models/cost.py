@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..trio.selection import NMS_BLOCK
+from ..defaults import NMS_BLOCK
 
 
 @dataclass(frozen=True)

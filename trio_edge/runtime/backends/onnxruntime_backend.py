@@ -61,9 +61,10 @@ class OnnxRuntimeBackend(Backend):
                  disabled_optimizers: dict[str, tuple[str, ...]] | None = None, export_key: str | None = None,
                  low_memory: bool = False):
         """`low_memory`: no CPU arena, no memory pattern, no weight prepacking (see ort_sessions), sessions opened
-        at first use and prefill-only graphs run alone, closed when another graph opens. `disabled_optimizers`: per graph, the ONNX
-        Runtime graph optimizers to skip (see artifact.weights.ort_disabled_optimizers). `export_key` (the
-        export's file hashes) turns on the optimized-graph cache (see ort_sessions); None loads without it."""
+        at first use and prefill-only graphs run alone, closed when another graph opens. `disabled_optimizers`: per
+        graph, the ONNX Runtime graph optimizers to skip (see artifact.weights.ort_disabled_optimizers).
+        `export_key` (the export's file hashes) turns on the optimized-graph cache (see ort_sessions); None loads
+        without it."""
         super().__init__(specs, device)
         ort = _import_ort()
         if self.device.type == "cuda":

@@ -71,14 +71,14 @@ def _round_up(value: int, multiple: int) -> int:
 
 def _raw_bytes(tensor, directory: Path) -> bytes:
     """An initializer's stored bytes, inline or from its external data file (no unpacking)."""
-    from onnx import TensorProto
+    from onnx import TensorProto, external_data_helper
 
-    if tensor.data_location != TensorProto.EXTERNAL:
+    if not external_data_helper.uses_external_data(tensor):
         return tensor.raw_data
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    with open(directory / info["location"], "rb") as data:
-        data.seek(int(info.get("offset", 0)))
-        return data.read(int(info["length"]))
+    loaded = TensorProto()
+    loaded.CopyFrom(tensor)  # the model's own tensor keeps pointing at its file
+    external_data_helper.load_external_data_for_tensor(loaded, str(directory))
+    return loaded.raw_data
 
 
 def quantized_products_split(model, directory: Path, above_bytes: int | None = None,

@@ -23,7 +23,8 @@ Settings (SESSION_SETTINGS, also printed by the benchmarks):
   peak RSS falls from 1.79 to 0.98 GiB with the same kept tokens. Weight prepacking off as well: a prepacked
   MatMulNBits weight is a second copy beside the original (2.3x the int4 bytes of a 7B segment resident,
   benchmarks/graph_resident_memory.py). The backend then also opens each graph at first use and runs the
-  prefill-only ones alone, closed when the next graph opens (onnxruntime_backend). Meant for memory-bound devices (Jetson).
+  prefill-only ones alone, closed when the next graph opens (onnxruntime_backend). Meant for memory-bound devices
+  (Jetson).
 
 Optimized-graph cache: the first load of a graph saves ONNX Runtime's optimized model under the user cache
 directory ($TRIO_EDGE_CACHE, else $XDG_CACHE_HOME/trio-edge, else ~/.cache/trio-edge), keyed by the export's
