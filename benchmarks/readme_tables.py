@@ -58,7 +58,7 @@ def decode_step_table(path: Path) -> str:
     return "\n".join(lines)
 
 
-SEVERAL_IMAGES = ["llava1", "llava4", "qwen1", "qwen4", "qwenvideo", "qwen3video"]  # benchmarks/several_images.sh
+SEVERAL_IMAGES = ["llava1", "llava4", "qwen1", "qwen4", "qwenvideo", "qwen3_1", "qwen3_4", "qwen3video"]  # benchmarks/several_images.sh
 
 
 def several_images_table() -> str:
