@@ -165,12 +165,12 @@ def sample_records() -> list[tuple[Image.Image, str, str]]:
             for record in samples.records()]
 
 
-def assert_pipeline_answers(loaded, records, schedule: Schedule | None = None) -> None:
-    """The torch pipeline in the form export traces answers every (image, question, answer) right: unpruned, token
-    for token as transformers' generate; pruned by `schedule`, keeping some but not all image tokens."""
+def assert_pipeline_answers(loaded, schedule: Schedule | None = None) -> None:
+    """The torch pipeline in the form export traces answers every shipped sample record right: unpruned, token for
+    token as transformers' generate; pruned by `schedule`, keeping some but not all image tokens."""
     tokens = loaded.adapter.image_token_count(loaded.adapter.default_grid())
     pipeline = make_pipeline(loaded, schedule, max_text_tokens=40, max_new_tokens=3, runtime_form=False)
-    for image, question, answer in records:
+    for image, question, answer in sample_records():
         result = pipeline.generate(image, question)
         assert result.text.strip() == answer, (schedule, question)
         if schedule is None:
@@ -179,14 +179,15 @@ def assert_pipeline_answers(loaded, records, schedule: Schedule | None = None) -
             assert 0 < len(result.kept[-1]) < tokens
 
 
-def assert_export_answers_as_transformers(loaded, records, folder) -> None:
-    """One unpruned export of `loaded` to `folder` answers every record right, token for token as generate."""
+def assert_export_answers_as_transformers(loaded, folder) -> None:
+    """One unpruned export of `loaded` to `folder` answers every shipped sample record right, token for token as
+    generate."""
     from trio_edge import load as load_export
     from trio_edge.exporters.export import export
 
     export(loaded.source, folder, loaded=loaded, max_text_tokens=40, max_new_tokens=3, progress=False)
     with load_export(folder) as graphs:
-        for image, question, answer in records:
+        for image, question, answer in sample_records():
             result = graphs.generate(image, question)
             assert result.text.strip() == answer
             assert result.token_ids == hf_generate(loaded, image, question, max_new_tokens=3)[0]

@@ -7,7 +7,7 @@ ONNX graphs answer the same (one unpruned export, about 20 s here)."""
 from __future__ import annotations
 
 import pytest
-from helpers import assert_export_answers_as_transformers, assert_pipeline_answers, sample_records
+from helpers import assert_export_answers_as_transformers, assert_pipeline_answers
 
 from trio_edge.models.registry import SHIPPED, load
 
@@ -17,11 +17,6 @@ def loaded():
     return load("trio-tiny-qwen")
 
 
-@pytest.fixture(scope="module")
-def records():
-    return sample_records()
-
-
 def test_the_shipped_model_is_a_qwen_at_its_pinned_size(loaded):
     adapter = loaded.adapter
     assert loaded.source == str(SHIPPED["trio-tiny-qwen"])
@@ -29,10 +24,10 @@ def test_the_shipped_model_is_a_qwen_at_its_pinned_size(loaded):
 
 
 @pytest.mark.parametrize("keep_ratio", [None, 0.333], ids=["unpruned", "trio-1/3"])
-def test_the_pipeline_answers_the_samples(loaded, records, keep_ratio):
+def test_the_pipeline_answers_the_samples(loaded, keep_ratio):
     schedule = loaded.adapter.schedule((224, 224), keep_ratio=keep_ratio) if keep_ratio else None
-    assert_pipeline_answers(loaded, records, schedule)
+    assert_pipeline_answers(loaded, schedule)
 
 
-def test_the_exported_graphs_answer_as_transformers(loaded, records, tmp_path):
-    assert_export_answers_as_transformers(loaded, records, tmp_path / "export")
+def test_the_exported_graphs_answer_as_transformers(loaded, tmp_path):
+    assert_export_answers_as_transformers(loaded, tmp_path / "export")

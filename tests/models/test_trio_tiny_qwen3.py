@@ -8,7 +8,7 @@ added); its exported ONNX graphs answer the same (one unpruned export, about 20 
 from __future__ import annotations
 
 import pytest
-from helpers import assert_export_answers_as_transformers, assert_pipeline_answers, sample_records
+from helpers import assert_export_answers_as_transformers, assert_pipeline_answers
 
 from trio_edge.models.registry import SHIPPED, load
 
@@ -20,11 +20,6 @@ def loaded():
     return load("trio-tiny-qwen3")
 
 
-@pytest.fixture(scope="module")
-def records():
-    return sample_records()
-
-
 def test_the_shipped_model_is_a_qwen3_at_its_pinned_size(loaded):
     adapter = loaded.adapter
     assert loaded.source == str(SHIPPED["trio-tiny-qwen3"])
@@ -34,12 +29,12 @@ def test_the_shipped_model_is_a_qwen3_at_its_pinned_size(loaded):
 
 
 @pytest.mark.parametrize("keep_ratio", [None, 0.333], ids=["unpruned", "trio-1/3"])
-def test_the_pipeline_answers_the_samples(loaded, records, keep_ratio):
+def test_the_pipeline_answers_the_samples(loaded, keep_ratio):
     schedule = loaded.adapter.schedule(GRID, keep_ratio=keep_ratio) if keep_ratio else None
     if schedule is not None:  # a cut inside the DeepStack layers: the kept tokens' later planes are gathered
         assert schedule.cuts[0].layer < loaded.adapter.deepstack_layers
-    assert_pipeline_answers(loaded, records, schedule)
+    assert_pipeline_answers(loaded, schedule)
 
 
-def test_the_exported_graphs_answer_as_transformers(loaded, records, tmp_path):
-    assert_export_answers_as_transformers(loaded, records, tmp_path / "export")
+def test_the_exported_graphs_answer_as_transformers(loaded, tmp_path):
+    assert_export_answers_as_transformers(loaded, tmp_path / "export")
