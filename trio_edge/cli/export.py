@@ -50,9 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{defaults.OPSET}; quantized exports use at least 21)")
     parser.add_argument("--nms-iterations", type=int, default=defaults.NMS_ITERATIONS,
                         help=f"Cluster-NMS iterations unrolled per block of {defaults.NMS_BLOCK} tokens in select "
-                             "graphs (default "
-                             f"{defaults.NMS_ITERATIONS}; "
-                             "the runtime falls back to the exact greedy rule on the host if a request needs more)")
+                             f"graphs (default {defaults.NMS_ITERATIONS}; the runtime falls back to the exact greedy "
+                             "rule on the host if a request needs more)")
     weights = parser.add_argument_group("weight-only quantization")
     weights.add_argument("--weights", help="fp32, fp16, int8 or int4 (default: the --dtype). int8/int4 store the "
                          "language model's linear layers as integers with one scale per block of input channels "
