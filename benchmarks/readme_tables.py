@@ -58,7 +58,8 @@ def decode_step_table(path: Path) -> str:
     return "\n".join(lines)
 
 
-SEVERAL_IMAGES = ["llava1", "llava4", "qwen1", "qwen4", "qwenvideo", "qwen3_1", "qwen3_4", "qwen3video"]  # benchmarks/several_images.sh
+# The configurations of benchmarks/several_images.sh, in its order
+SEVERAL_IMAGES = ["llava1", "llava4", "qwen1", "qwen4", "qwenvideo", "qwen3_1", "qwen3_4", "qwen3video"]
 
 
 def several_images_table() -> str:

@@ -6,7 +6,8 @@
 #   Qwen2.5-VL-7B architecture (hidden 896, 16 layers so TRIO's Qwen cuts, from layer 1, reach 11.1%): 1 image,
 #     4 images, then a 16-frame video (8 frame pairs of 576 tokens)
 #   Qwen3-VL-8B architecture (hidden 1024, 16 layers, DeepStack): 1 image, 4 images, then a 16-frame video
-# Usage: bash benchmarks/several_images.sh [CONFIGS (default "llava1 llava4 qwen1 qwen4 qwenvideo qwen3_1 qwen3_4 qwen3video")]
+# Usage: bash benchmarks/several_images.sh [CONFIGS]
+#   (default "llava1 llava4 qwen1 qwen4 qwenvideo qwen3_1 qwen3_4 qwen3video")
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 configs=${1:-llava1 llava4 qwen1 qwen4 qwenvideo qwen3_1 qwen3_4 qwen3video}
